@@ -1,0 +1,130 @@
+"""One line of the wire format to one typed message, and back. No I/O here.
+
+Adding a frame kind means adding its class to ``messages`` and one row to
+``_KINDS`` below; encoding needs nothing new.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .messages import (
+    ClientMessage,
+    Delivery,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Message,
+    Ping,
+    Pong,
+    ServerMessage,
+    Talk,
+)
+
+__all__ = ["ProtocolError", "Role", "decode", "encode"]
+
+
+class Role(enum.Enum):
+    """Which end of a connection we are; it decides which frames we accept."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class ProtocolError(Exception):
+    """The peer sent something the protocol does not allow.
+
+    ``code`` and ``detail`` are what a server tells the client in reply
+    (``reply`` builds that frame).
+    """
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code.value}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def reply(self) -> Error:
+        return Error(self.code, self.detail)
+
+
+def encode(message: Message) -> bytes:
+    """The frame for *message*, LF included."""
+    return ("|".join((message.kind, *message.fields())) + "\n").encode()
+
+
+@attrs.frozen
+class _Kind:
+    build: Callable[..., Any]
+    min_fields: int
+    max_fields: int
+    # The last field takes the rest of the line, ``|`` included.
+    rest: bool = False
+    # The error code for a field that breaks its rules.
+    invalid: ErrorCode = ErrorCode.BAD_FRAME
+
+
+# What each side accepts from the other: the frames a server decodes come
+# from clients, and the other way round.
+_KINDS: dict[Role, dict[str, _Kind]] = {
+    Role.SERVER: {
+        "login": _Kind(Login, 1, 1, invalid=ErrorCode.BAD_NAME),
+        "talk": _Kind(Talk, 2, 2, rest=True),
+        "exit": _Kind(Exit, 0, 1),
+        "ping": _Kind(Ping, 1, 1),
+        "pong": _Kind(Pong, 1, 1),
+    },
+    Role.CLIENT: {
+        "login": _Kind(Login, 1, 1),
+        "talk": _Kind(Delivery, 3, 3, rest=True),
+        "exit": _Kind(Exit, 1, 1),
+        "error": _Kind(Error, 2, 2, rest=True),
+        "ping": _Kind(Ping, 1, 1),
+        "pong": _Kind(Pong, 1, 1),
+    },
+}
+
+
+def decode(line: bytes, our_role: Role) -> ClientMessage | ServerMessage:
+    """The message in *line* (no LF), as read by *our_role*.
+
+    Raises ProtocolError with the code the protocol gives for the fault.
+    """
+    try:
+        text = line.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
+    kind_name, bar, rest = text.partition("|")
+    kind = _KINDS[our_role].get(kind_name)
+    if kind is None:
+        shown = kind_name if len(kind_name) <= 32 else kind_name[:32] + "..."
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown kind {shown!r}")
+    if not bar:
+        fields = []
+    elif kind.rest:
+        fields = rest.split("|", kind.max_fields - 1)
+    else:
+        fields = rest.split("|")
+    if not kind.min_fields <= len(fields) <= kind.max_fields:
+        raise ProtocolError(ErrorCode.BAD_FRAME, _field_count(kind_name, kind))
+    if "" in fields:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"{kind_name} has an empty field")
+    try:
+        message: ClientMessage | ServerMessage = kind.build(*fields)
+    except ValueError as error:
+        raise ProtocolError(kind.invalid, str(error)) from None
+    return message
+
+
+def _field_count(name: str, kind: _Kind) -> str:
+    if kind.min_fields == kind.max_fields:
+        count = str(kind.max_fields)
+    else:
+        count = f"{kind.min_fields} to {kind.max_fields}"
+    plural = "" if count == "1" else "s"
+    return f"{name} takes {count} field{plural}"

@@ -1,0 +1,136 @@
+"""A sans-IO trichat connection: bytes in, typed messages out, and back.
+
+``Connection`` never touches a socket. Feed it what arrived with
+``receive_data`` (``b""`` at end of file), take messages from
+``next_event`` until it returns ``NEED_DATA``, and turn messages into bytes
+with ``send``. On the server side it also keeps the login state, so the
+rules about what may come before and after ``login`` live in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from ._codec import ProtocolError, Role, decode, encode
+from ._linebuffer import LineBuffer, LineTooLong
+from .messages import ClientMessage, ErrorCode, Exit, Login, Message, ServerMessage, Talk
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_LINE",
+    "NEED_DATA",
+    "Connection",
+    "ProtocolError",
+    "Role",
+    "State",
+]
+
+DEFAULT_MAX_LINE: Final = 4096
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""``next_event`` has no whole frame yet: call ``receive_data`` first."""
+CLOSED: Final = _Sentinel.CLOSED
+"""The peer closed its side and every frame before that has been read."""
+
+
+class State(enum.Enum):
+    """Where a connection stands, as the server sees it."""
+
+    LOGGING_IN = "logging in"
+    CHATTING = "chatting"
+    CLOSED = "closed"
+
+
+class Connection:
+    """One end of a trichat connection; *our_role* says which end.
+
+    A server-side connection knows whether its client has logged in: a
+    ``talk`` before ``login``, a second ``login`` or an ``exit|NAME`` naming
+    someone else raise ProtocolError with the protocol's code, and the
+    connection stays usable. A line over *max_line* bytes raises
+    ProtocolError with ``too-long`` and the connection is closed.
+    """
+
+    def __init__(self, our_role: Role, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.our_role = our_role
+        self.state = State.LOGGING_IN
+        self.name: str | None = None
+        self._lines = LineBuffer(max_line)
+        self._eof = False
+
+    @property
+    def max_line(self) -> int:
+        return self._lines.max_line
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the peer; ``b""`` means it closed its side."""
+        if data:
+            if self._eof:
+                raise RuntimeError("data received after end of file")
+            self._lines.feed(data)
+        else:
+            self._eof = True
+
+    def next_event(
+        self,
+    ) -> ClientMessage | ServerMessage | _Sentinel:
+        """The next message, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises ProtocolError for a frame that breaks the protocol; after
+        any code but ``too-long`` the next frame can be read as usual.
+        """
+        if self.state is State.CLOSED:
+            return CLOSED
+        while True:
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                self.state = State.CLOSED
+                raise ProtocolError(
+                    ErrorCode.TOO_LONG,
+                    f"a frame is at most {self.max_line} bytes",
+                ) from None
+            if line is None:
+                if self._eof:
+                    self.state = State.CLOSED
+                    return CLOSED
+                return NEED_DATA
+            if line:
+                break
+        message = decode(line, self.our_role)
+        if self.our_role is Role.SERVER:
+            self._check_client_frame(message)
+        return message
+
+    def _check_client_frame(self, message: ClientMessage | ServerMessage) -> None:
+        if self.state is State.LOGGING_IN:
+            if isinstance(message, Talk) or (
+                isinstance(message, Exit) and message.name is not None
+            ):
+                raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
+        elif isinstance(message, Login):
+            raise ProtocolError(
+                ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.name}"
+            )
+        elif isinstance(message, Exit) and message.name not in (None, self.name):
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"exit names another user: {message.name}"
+            )
+
+    def logged_in(self, name: str) -> None:
+        """Record that the server accepted this client's login as *name*."""
+        if self.state is not State.LOGGING_IN:
+            raise RuntimeError(f"cannot log in while {self.state.value}")
+        self.state = State.CHATTING
+        self.name = name
+
+    def send(self, message: Message) -> bytes:
+        """The bytes that carry *message* to the peer."""
+        return encode(message)

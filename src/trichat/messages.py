@@ -1,0 +1,254 @@
+"""The frames of trichat protocol v1 as typed, validated ``attrs`` classes.
+
+Every class checks its fields when it is built, so a message that breaks the
+protocol's rules cannot exist. Each class names its frame ``kind`` and
+``fields``; the codec derives both directions of the wire format from them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import attrs
+
+__all__ = [
+    "BROADCAST",
+    "MAX_NAME",
+    "MAX_TEXT",
+    "MAX_TOKEN",
+    "ClientMessage",
+    "Delivery",
+    "Error",
+    "ErrorCode",
+    "Exit",
+    "Login",
+    "Message",
+    "Ping",
+    "Pong",
+    "ServerMessage",
+    "Talk",
+    "check_name",
+    "check_text",
+    "check_token",
+    "name_key",
+]
+
+MAX_NAME = 32
+MAX_TEXT = 4000
+MAX_TOKEN = 64
+BROADCAST = "*"
+"""The ``talk`` target that means every other user online."""
+
+_NAME_PUNCTUATION = frozenset("_-.")
+# C0 controls except TAB, DEL and the C1 controls.
+_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# The same, TAB included.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+class ErrorCode(enum.StrEnum):
+    """Why the server refused a frame or closed a connection."""
+
+    BAD_FRAME = "bad-frame"
+    BAD_NAME = "bad-name"
+    NAME_TAKEN = "name-taken"
+    NOT_LOGGED_IN = "not-logged-in"
+    ALREADY_LOGGED_IN = "already-logged-in"
+    NO_SUCH_USER = "no-such-user"
+    TOO_LONG = "too-long"
+    RATE_LIMITED = "rate-limited"
+    SERVER_FULL = "server-full"
+    TOO_MANY_CONNECTIONS = "too-many-connections"
+    LOGIN_TIMEOUT = "login-timeout"
+    SHUTTING_DOWN = "shutting-down"
+
+    @property
+    def closes(self) -> bool:
+        """True when the server closes the connection after this error."""
+        return self in _CLOSING_CODES
+
+
+_CLOSING_CODES = frozenset(
+    {
+        ErrorCode.TOO_LONG,
+        ErrorCode.SERVER_FULL,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.LOGIN_TIMEOUT,
+        ErrorCode.SHUTTING_DOWN,
+    }
+)
+
+
+@lru_cache(maxsize=4096)
+def _name_problem(name: str) -> str | None:
+    if not 1 <= len(name) <= MAX_NAME:
+        return f"a name has 1 to {MAX_NAME} characters"
+    if name[0] in ".-":
+        return "a name must not start with '.' or '-'"
+    for position, char in enumerate(name):
+        if char in _NAME_PUNCTUATION:
+            continue
+        category = unicodedata.category(char)
+        if category[0] == "L" or category == "Nd":
+            continue
+        if category[0] == "M" and position > 0:
+            continue
+        return f"a name may not contain {char!r}"
+    return None
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError, saying why, unless *name* is a valid user name."""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+@lru_cache(maxsize=65536)
+def name_key(name: str) -> str:
+    """The form under which two names clash: NFKC, then casefolded."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def check_text(text: str) -> None:
+    """Raise ValueError unless *text* is valid message text."""
+    if not 1 <= len(text) <= MAX_TEXT:
+        raise ValueError(f"text has 1 to {MAX_TEXT} characters")
+    if _TEXT_FORBIDDEN.search(text):
+        raise ValueError("text may not contain control characters other than TAB")
+
+
+def check_token(token: str) -> None:
+    """Raise ValueError unless *token* is a valid ping/pong token."""
+    if not 1 <= len(token) <= MAX_TOKEN:
+        raise ValueError(f"a token has 1 to {MAX_TOKEN} characters")
+    if "|" in token or _CONTROL.search(token):
+        raise ValueError("a token may not contain '|' or control characters")
+
+
+def _name(_: Any, __: Any, value: str) -> None:
+    check_name(value)
+
+
+def _target(_: Any, __: Any, value: str) -> None:
+    if value != BROADCAST:
+        check_name(value)
+
+
+def _text(_: Any, __: Any, value: str) -> None:
+    check_text(value)
+
+
+def _token(_: Any, __: Any, value: str) -> None:
+    check_token(value)
+
+
+def _optional_name(_: Any, __: Any, value: str | None) -> None:
+    if value is not None:
+        check_name(value)
+
+
+def _detail(_: Any, __: Any, value: str) -> None:
+    if not 1 <= len(value) <= MAX_TEXT:
+        raise ValueError(f"an error detail has 1 to {MAX_TEXT} characters")
+    if _TEXT_FORBIDDEN.search(value):
+        raise ValueError("an error detail may not contain control characters")
+
+
+@attrs.frozen
+class Login:
+    """``login|NAME``: take NAME (client), or NAME is online (server)."""
+
+    kind: ClassVar[str] = "login"
+    name: str = attrs.field(validator=_name)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+@attrs.frozen
+class Talk:
+    """``talk|TO|TEXT``: a client sends TEXT to user TO, or to everyone (``*``)."""
+
+    kind: ClassVar[str] = "talk"
+    to: str = attrs.field(validator=_target)
+    text: str = attrs.field(validator=_text)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.to, self.text)
+
+
+@attrs.frozen
+class Delivery:
+    """``talk|FROM|TO|TEXT``: the server hands a client a message from FROM.
+
+    TO is the receiver's own name for a direct message, ``*`` for a broadcast.
+    """
+
+    kind: ClassVar[str] = "talk"
+    sender: str = attrs.field(validator=_name)
+    to: str = attrs.field(validator=_target)
+    text: str = attrs.field(validator=_text)
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.to == BROADCAST
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.sender, self.to, self.text)
+
+
+@attrs.frozen
+class Exit:
+    """``exit`` or ``exit|NAME``: leave (client), or NAME went offline (server)."""
+
+    kind: ClassVar[str] = "exit"
+    name: str | None = attrs.field(default=None, validator=_optional_name)
+
+    def fields(self) -> tuple[str, ...]:
+        return () if self.name is None else (self.name,)
+
+
+@attrs.frozen
+class Ping:
+    """``ping|TOKEN``: a liveness probe; the peer answers ``pong|TOKEN``."""
+
+    kind: ClassVar[str] = "ping"
+    token: str = attrs.field(validator=_token)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.token,)
+
+
+@attrs.frozen
+class Pong:
+    """``pong|TOKEN``: the answer to ``ping|TOKEN``."""
+
+    kind: ClassVar[str] = "pong"
+    token: str = attrs.field(validator=_token)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.token,)
+
+
+@attrs.frozen
+class Error:
+    """``error|CODE|DETAIL``: the server refused a request or is closing."""
+
+    kind: ClassVar[str] = "error"
+    code: ErrorCode = attrs.field(converter=ErrorCode)
+    detail: str = attrs.field(validator=_detail)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.code.value, self.detail)
+
+
+ClientMessage = Login | Talk | Exit | Ping | Pong
+"""What a client may send."""
+ServerMessage = Login | Delivery | Exit | Error | Ping | Pong
+"""What a server may send."""
+Message = ClientMessage | ServerMessage
