@@ -30,7 +30,7 @@ class LineBuffer:
     def __len__(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
     def next_line(self) -> bytes | None:

@@ -14,7 +14,15 @@ from typing import Final
 
 from ._codec import ProtocolError, Role, decode, encode
 from ._linebuffer import LineBuffer, LineTooLong
-from .messages import ClientMessage, ErrorCode, Exit, Login, Message, ServerMessage, Talk
+from .messages import (
+    ClientMessage,
+    ErrorCode,
+    Exit,
+    Login,
+    Message,
+    ServerMessage,
+    Talk,
+)
 
 __all__ = [
     "CLOSED",
@@ -69,7 +77,7 @@ class Connection:
     def max_line(self) -> int:
         return self._lines.max_line
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Take bytes from the peer; ``b""`` means it closed its side."""
         if data:
             if self._eof:

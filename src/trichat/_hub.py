@@ -1,0 +1,144 @@
+"""Who is online, and how a message reaches them.
+
+The hub maps each online user's clash key (``name_key``) to a ``Peer``: the
+user's name as they wrote it and their ``Outbox``, the bounded queue their
+writer task drains. Routing is synchronous and never waits: a peer whose
+queue is full is kicked (its own task then takes it offline) instead of
+slowing the sender or anyone else down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import attrs
+import trio
+
+from ._codec import encode
+from .messages import BROADCAST, Delivery, Error, ErrorCode, Exit, Login, Talk, name_key
+
+__all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
+
+
+class Outbox:
+    """A client's queue of encoded frames, bounded in frames and in bytes.
+
+    ``put`` never blocks: it returns False when the frame does not fit (the
+    client is too slow) or the outbox is closed. The writer task owns the
+    receiving end and sends what has piled up in one write.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self._send, self.receive = trio.open_memory_channel[bytes](max_frames)
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self.final: bytes = b""
+        """Sent after everything queued, whatever the limits (a closing error)."""
+
+    def put(self, frame: bytes) -> bool:
+        if self.queued_bytes + len(frame) > self.max_bytes:
+            return False
+        try:
+            self._send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.queued_bytes += len(frame)
+        return True
+
+    def take_all(self, first: bytes) -> bytes:
+        """*first* and every frame queued behind it, as one block of bytes."""
+        frames = [first]
+        receive = self.receive
+        while True:
+            try:
+                frames.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        data = b"".join(frames)
+        self.queued_bytes -= len(data)
+        return data
+
+    def close(self, final: bytes = b"") -> None:
+        """Take no more frames; the writer sends what is queued, then *final*."""
+        self.final = final
+        self._send.close()
+
+
+@attrs.define(eq=False)
+class Peer:
+    """An online user as the hub sees them."""
+
+    name: str
+    outbox: Outbox
+    kick: Callable[[str], None]
+    """Take this user offline, giving the reason (for the log)."""
+    key: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.key = name_key(self.name)
+
+    def send(self, frame: bytes) -> bool:
+        """Queue *frame*; a peer that cannot take it is kicked as too slow."""
+        if self.outbox.put(frame):
+            return True
+        self.kick("too slow: outgoing queue full")
+        return False
+
+
+class NameTaken(Exception):
+    """Another online user holds a name that clashes with the one asked for."""
+
+
+class Hub:
+    """The online users, and delivery of presence and talk between them."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, Peer] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def names(self) -> list[str]:
+        return [peer.name for peer in self._peers.values()]
+
+    def join(self, peer: Peer) -> None:
+        """Put *peer* online: tell everyone, then give the newcomer its
+        acknowledgement and one ``login`` frame per user already online.
+
+        Raises NameTaken when an online user's name clashes with the peer's.
+        """
+        if peer.key in self._peers:
+            raise NameTaken(peer.name)
+        self._announce(encode(Login(peer.name)))
+        roster = [encode(Login(peer.name))]
+        roster.extend(encode(Login(other.name)) for other in self._peers.values())
+        self._peers[peer.key] = peer
+        peer.send(b"".join(roster))
+
+    def leave(self, peer: Peer, *, announce: bool = True) -> None:
+        """Take *peer* offline and, if *announce*, tell everyone else."""
+        if self._peers.get(peer.key) is not peer:
+            return
+        del self._peers[peer.key]
+        if announce:
+            self._announce(encode(Exit(peer.name)))
+
+    def deliver(self, sender: Peer, talk: Talk) -> Error | None:
+        """Route *talk* from *sender*; returns the error to tell the sender."""
+        if talk.to == BROADCAST:
+            self._announce(encode(Delivery(sender.name, BROADCAST, talk.text)), sender)
+            return None
+        recipient = self._peers.get(name_key(talk.to))
+        if recipient is None or not recipient.send(
+            encode(Delivery(sender.name, recipient.name, talk.text))
+        ):
+            return Error(ErrorCode.NO_SUCH_USER, talk.to)
+        return None
+
+    def _announce(self, frame: bytes, sender: Peer | None = None) -> None:
+        for peer in list(self._peers.values()):
+            if peer is not sender:
+                peer.send(frame)

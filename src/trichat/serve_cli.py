@@ -1,0 +1,196 @@
+"""``trichat serve``: options, logging and signal handling around ChatServer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+
+import trio
+
+from .server import ChatServer, ServerConfig
+
+log = logging.getLogger("trichat.server")
+
+_DEFAULTS = ServerConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    parser.add_argument(
+        "--host", default=d.host, help="address to listen on (%(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=d.port, help="TCP port (%(default)s)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (%(default)s)",
+    )
+    limits = parser.add_argument_group("limits (0 switches off those that say so)")
+    limits.add_argument(
+        "--max-line",
+        type=int,
+        default=d.max_line,
+        help="longest frame in bytes, LF included (%(default)s)",
+    )
+    limits.add_argument(
+        "--queue-size",
+        type=int,
+        default=d.queue_size,
+        help="frames queued for a client before it counts as too slow (%(default)s)",
+    )
+    limits.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=d.queue_bytes,
+        help="bytes queued for a client before it counts as too slow (%(default)s)",
+    )
+    limits.add_argument(
+        "--max-clients",
+        type=int,
+        default=d.max_clients,
+        help="connections in all (%(default)s)",
+    )
+    limits.add_argument(
+        "--max-per-ip",
+        type=int,
+        default=d.max_per_ip,
+        help="connections from one address; 0: no limit (%(default)s)",
+    )
+    limits.add_argument(
+        "--login-timeout",
+        type=float,
+        default=d.login_timeout,
+        help="seconds a connection has to log in (%(default)s)",
+    )
+    limits.add_argument(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval,
+        help="seconds of silence before the server pings a client; 0: never "
+        "(%(default)s)",
+    )
+    limits.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=d.ping_timeout,
+        help="seconds a pinged client has to send anything (%(default)s)",
+    )
+    limits.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate,
+        help="frames per second a client may send on average; 0: no limit "
+        "(%(default)s)",
+    )
+    limits.add_argument(
+        "--burst",
+        type=int,
+        default=d.burst,
+        help="frames a client may send at once above the rate (%(default)s)",
+    )
+    limits.add_argument(
+        "--flood-grace",
+        type=float,
+        default=d.flood_grace,
+        help="seconds over the rate before the connection is closed (%(default)s)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = None
+    if args.tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(
+                f"cannot load the TLS certificate or key: {error}"
+            ) from None
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_line=args.max_line,
+        queue_size=args.queue_size,
+        queue_bytes=args.queue_bytes,
+        max_clients=args.max_clients,
+        max_per_ip=args.max_per_ip,
+        login_timeout=args.login_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        rate=args.rate,
+        burst=args.burst,
+        flood_grace=args.flood_grace,
+        ssl_context=context,
+    )
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Let the process hold *wanted* sockets, if the hard limit allows."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def run(server: ChatServer) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully.
+
+    A second signal while shutting down stops at once.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop() -> None:
+                await server.serve()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(serve_then_stop)
+            async for signum in signals:
+                if server.stopping:
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+                log.info("%s received", signal.Signals(signum).name)
+                server.shutdown()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _config(args)
+    except ValueError as error:
+        print(f"trichat serve: {error}", file=sys.stderr)
+        return 2
+    _raise_file_limit(config.max_clients + 64)
+    failures: list[OSError] = []
+    try:
+        trio.run(run, ChatServer(config))
+    except* OSError as group:
+        failures.extend(e for e in group.exceptions if isinstance(e, OSError))
+    if failures:
+        reason = failures[0].strerror or failures[0]
+        print(
+            f"trichat serve: cannot listen on {config.host}:{config.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

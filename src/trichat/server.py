@@ -1,0 +1,461 @@
+"""The trichat server: one Trio task per connection, routing through the hub.
+
+``ChatServer(config).serve()`` listens, and runs every connection as a task
+in the server's nursery. A connection is a reader (this module's
+``_Session.read_loop``: frames in, replies and deliveries out) and a writer
+(drains the client's bounded outbox in one ``send_all`` per wake-up), both
+in the connection's own nursery. ``shutdown()`` stops accepting, tells every
+client ``error|shutting-down|...`` and waits for the connections to close.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import ssl
+from collections import Counter
+from itertools import count
+from typing import Any
+
+import attrs
+import trio
+
+from ._codec import ProtocolError, Role, encode
+from ._hub import Hub, NameTaken, Outbox, Peer
+from .connection import CLOSED, NEED_DATA, Connection
+from .messages import Error, ErrorCode, Exit, Login, Ping, Pong, Talk
+
+__all__ = ["ChatServer", "ServerConfig"]
+
+log = logging.getLogger("trichat.server")
+
+_RECEIVE_SIZE = 65536
+# A reader hands the scheduler back after this many frames from one read, so
+# the writers of the users it is talking to can drain their queues.
+_FRAMES_PER_TURN = 64
+# accept() errors that mean "out of resources for now", not "listener broken".
+_ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value}")
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Where the server listens and the limits it enforces.
+
+    Times are in seconds. ``max_per_ip``, ``rate`` and ``ping_interval`` of
+    0 switch that limit off.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8089, validator=_not_negative)
+    max_line: int = attrs.field(default=4096, validator=attrs.validators.ge(64))
+    queue_size: int = attrs.field(default=1024, validator=_positive)
+    queue_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    max_clients: int = attrs.field(default=10_000, validator=_positive)
+    max_per_ip: int = attrs.field(default=1000, validator=_not_negative)
+    login_timeout: float = attrs.field(default=10.0, validator=_positive)
+    ping_interval: float = attrs.field(default=60.0, validator=_not_negative)
+    ping_timeout: float = attrs.field(default=30.0, validator=_positive)
+    rate: float = attrs.field(default=100.0, validator=_not_negative)
+    burst: int = attrs.field(default=200, validator=_positive)
+    flood_grace: float = attrs.field(default=5.0, validator=_positive)
+    close_timeout: float = attrs.field(default=0.5, validator=_positive)
+    """How long a closing connection may take to flush and say goodbye."""
+    ssl_context: ssl.SSLContext | None = None
+
+
+class _TokenBucket:
+    """Allows *rate* frames a second on average, *burst* at once."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class _Close(Exception):
+    """Ends a session's read loop: close with *error* (if any) and say why."""
+
+    def __init__(self, reason: str, error: Error | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class _Session:
+    """One client connection, from accept to close."""
+
+    def __init__(
+        self, server: ChatServer, stream: trio.abc.Stream, address: str
+    ) -> None:
+        config = server.config
+        self.server = server
+        self.config = config
+        self.stream = stream
+        self.address = address
+        self.conn = Connection(Role.SERVER, config.max_line)
+        self.outbox = Outbox(config.queue_size, config.queue_bytes)
+        self.peer: Peer | None = None
+        now = trio.current_time()
+        self.bucket = (
+            _TokenBucket(config.rate, config.burst, now) if config.rate else None
+        )
+        self.flood_since: float | None = None
+        self.last_refused = -math.inf
+        self.last_heard = now
+        self.login_deadline = now + config.login_timeout
+        self.ping_token: str | None = None
+        self.ping_deadline = math.inf
+        self.pings = count(1)
+        self.read_scope = trio.CancelScope()
+        self.write_scope = trio.CancelScope()
+        self.end_reason = "closed"
+        self.end_error: Error | None = None
+
+    # -- control from outside ------------------------------------------------
+
+    def kick(self, reason: str) -> None:
+        """Drop the client at once, discarding what is queued for it."""
+        if self.write_scope.cancel_called:
+            return
+        self.end_reason = reason
+        self.end_error = None
+        self.read_scope.cancel()
+        self.write_scope.cancel()
+
+    def close_with(self, error: Error, reason: str) -> None:
+        """Stop reading, send what is queued and then *error*, and close."""
+        self.end_reason = reason
+        self.end_error = error
+        self.read_scope.cancel()
+
+    # -- the connection's life -----------------------------------------------
+
+    async def run(self) -> None:
+        log.info("connect %s", self.address)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.write_loop)
+            with self.read_scope:
+                try:
+                    await self.read_loop()
+                except _Close as close:
+                    self.end_reason = close.reason
+                    self.end_error = close.error
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.end_reason = "connection lost"
+            self.go_offline()
+            final = encode(self.end_error) if self.end_error else b""
+            self.outbox.close(final)
+            # Flushing and lingering share one deadline.
+            close_by = trio.current_time() + self.config.close_timeout
+            self.write_scope.deadline = close_by
+        if self.end_error is not None and not self.write_scope.cancelled_caught:
+            with trio.move_on_at(close_by):
+                await _linger(self.stream)
+
+    def go_offline(self) -> None:
+        peer, self.peer = self.peer, None
+        who = f" {peer.name}" if peer else ""
+        if peer is not None:
+            self.server.hub.leave(peer, announce=not self.server.stopping)
+        if self.end_reason in ("exit", "closed"):
+            log.info("exit %s%s (%s)", self.address, who, self.end_reason)
+        else:
+            log.info("drop %s%s: %s", self.address, who, self.end_reason)
+
+    async def write_loop(self) -> None:
+        outbox = self.outbox
+        send_all = self.stream.send_all
+        with self.write_scope:
+            try:
+                async for first in outbox.receive:
+                    await send_all(outbox.take_all(first))
+                if outbox.final:
+                    await send_all(outbox.final)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.kick("connection lost")
+
+    async def read_loop(self) -> None:
+        conn = self.conn
+        handled = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except ProtocolError as error:
+                if error.code.closes:
+                    raise _Close(error.code.value, error.reply) from None
+                self.reply(error.reply)
+                continue
+            if event is NEED_DATA:
+                conn.receive_data(await self.receive())
+                handled = 0
+                continue
+            if event is CLOSED:
+                raise _Close("closed")
+            if self.bucket is not None and not self.within_rate():
+                continue
+            self.handle(event)
+            if self.read_scope.cancel_called:
+                await trio.lowlevel.checkpoint()  # kicked: Cancelled ends the loop
+            handled += 1
+            if handled == _FRAMES_PER_TURN:
+                handled = 0
+                await trio.lowlevel.checkpoint()
+
+    def handle(self, message: object) -> None:
+        match message:
+            case Talk():
+                assert self.peer is not None
+                error = self.server.hub.deliver(self.peer, message)
+                if error is not None:
+                    self.reply(error)
+            case Login(name=name):
+                self.log_in(name)
+            case Exit():
+                raise _Close("exit")
+            case Ping(token=token):
+                self.reply(Pong(token))
+            case Pong(token=token):
+                if token == self.ping_token:
+                    self.ping_token = None
+            case _:  # pragma: no cover - Connection only yields client frames
+                raise AssertionError(f"unexpected message {message!r}")
+
+    def log_in(self, name: str) -> None:
+        peer = Peer(name, self.outbox, self.kick)
+        try:
+            self.server.hub.join(peer)
+        except NameTaken:
+            self.reply(Error(ErrorCode.NAME_TAKEN, f"{name} is already online"))
+            return
+        self.peer = peer
+        self.conn.logged_in(name)
+        self.login_deadline = math.inf
+        log.info("login %s %s", self.address, name)
+
+    def reply(self, message: Error | Pong | Ping) -> None:
+        if not self.outbox.put(encode(message)):
+            self.kick("too slow: outgoing queue full")
+
+    def within_rate(self) -> bool:
+        """Charge one frame to the token bucket; False if it is refused."""
+        assert self.bucket is not None
+        now = trio.current_time()
+        if self.bucket.take(now):
+            if self.flood_since is not None and now - self.last_refused > 1.0:
+                self.flood_since = None
+            return True
+        self.last_refused = now
+        if self.flood_since is None:
+            self.flood_since = now
+        elif now - self.flood_since >= self.config.flood_grace:
+            raise _Close(
+                "flooding",
+                Error(
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self.config.rate:g} frames/s for "
+                    f"{self.config.flood_grace:g} s; closing",
+                ),
+            )
+        self.reply(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"over {self.config.rate:g} frames/s; frame dropped",
+            )
+        )
+        return False
+
+    async def receive(self) -> bytes | bytearray:
+        """The next bytes from the client, sending pings while it is quiet.
+
+        Raises _Close when the login timeout or a ping timeout runs out.
+        """
+        interval = self.config.ping_interval
+        while True:
+            if self.peer is None:
+                deadline = self.login_deadline
+            elif self.ping_token is not None:
+                deadline = self.ping_deadline
+            elif interval:
+                deadline = self.last_heard + interval
+            else:
+                deadline = math.inf
+            with trio.move_on_at(deadline):
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                self.last_heard = trio.current_time()
+                self.ping_token = None
+                return data
+            if self.peer is None:
+                raise _Close(
+                    "login timeout",
+                    Error(
+                        ErrorCode.LOGIN_TIMEOUT,
+                        f"no login within {self.config.login_timeout:g} s",
+                    ),
+                )
+            if self.ping_token is not None:
+                raise _Close("ping timeout")
+            self.ping_token = f"t{next(self.pings)}"
+            self.ping_deadline = trio.current_time() + self.config.ping_timeout
+            self.reply(Ping(self.ping_token))
+
+
+class ChatServer:
+    """A trichat server; ``serve`` runs it, ``shutdown`` stops it."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.hub = Hub()
+        self.stopping = False
+        self._sessions: set[_Session] = set()
+        self._per_ip: Counter[str] = Counter()
+        self._accepting = trio.CancelScope()
+
+    @property
+    def connections(self) -> int:
+        return len(self._sessions)
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until ``shutdown``.
+
+        Reports the bound port through *task_status*, so a caller can bind
+        port 0 with ``port = await nursery.start(server.serve)``.
+        """
+        listeners = await trio.open_tcp_listeners(
+            self.config.port, host=self.config.host
+        )
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    for listener in listeners:
+                        sockname = listener.socket.getsockname()
+                        log.info("listening on %s port %s", sockname[0], sockname[1])
+                    task_status.started(listeners[0].socket.getsockname()[1])
+            for listener in listeners:
+                await listener.aclose()
+        log.info("stopped")
+
+    def shutdown(self) -> None:
+        """Stop accepting and close every connection with ``shutting-down``."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: closing %d connections", len(self._sessions))
+        self._accepting.cancel()
+        goodbye = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
+        for session in list(self._sessions):
+            session.close_with(goodbye, "server shutting down")
+
+    async def _accept_loop(
+        self, listener: trio.SocketListener, connections: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                if error.errno not in _ACCEPT_BACKOFF_ERRNOS:
+                    raise
+                log.warning("accept failed: %s; retrying shortly", error)
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(self._handle, stream)
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        try:
+            peer = tcp.socket.getpeername()
+        except OSError:
+            await tcp.aclose()
+            return
+        ip = str(peer[0])
+        address = f"{ip}:{peer[1]}"
+        refusal = self._refusal(ip)
+        if self.stopping:
+            refusal = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
+        stream: trio.abc.Stream = tcp
+        if self.config.ssl_context is not None:
+            stream = trio.SSLStream(tcp, self.config.ssl_context, server_side=True)
+        if refusal is not None:
+            log.info("refuse %s: %s", address, refusal.code.value)
+            await self._refuse(stream, refusal)
+            return
+        session = _Session(self, stream, address)
+        self._sessions.add(session)
+        self._per_ip[ip] += 1
+        try:
+            await session.run()
+        except Exception:
+            log.exception("connection %s failed", address)
+        finally:
+            self._sessions.discard(session)
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
+            await trio.aclose_forcefully(stream)
+
+    def _refusal(self, ip: str) -> Error | None:
+        config = self.config
+        if len(self._sessions) >= config.max_clients:
+            return Error(
+                ErrorCode.SERVER_FULL,
+                f"the server holds its maximum of {config.max_clients} connections",
+            )
+        if config.max_per_ip and self._per_ip[ip] >= config.max_per_ip:
+            return Error(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"{ip} holds its maximum of {config.max_per_ip} connections",
+            )
+        return None
+
+    async def _refuse(self, stream: trio.abc.Stream, error: Error) -> None:
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                await stream.send_all(encode(error))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            else:
+                await _linger(stream)
+        await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """End our side of *stream*, then discard input until the peer closes.
+
+    Closing a socket with unread input makes the kernel reset the
+    connection, and a reset can destroy data the peer has not read yet (the
+    error we just sent). Callers bound the wait with a deadline.
+    """
+    try:
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while await stream.receive_some(_RECEIVE_SIZE):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
