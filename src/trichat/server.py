@@ -391,17 +391,22 @@ class ChatServer:
     async def _handle(self, tcp: trio.SocketStream) -> None:
         try:
             peer = tcp.socket.getpeername()
-        except OSError:
+        except OSError:  # already gone
             await tcp.aclose()
             return
-        ip = str(peer[0])
-        address = f"{ip}:{peer[1]}"
-        refusal = self._refusal(ip)
-        if self.stopping:
-            refusal = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
         stream: trio.abc.Stream = tcp
         if self.config.ssl_context is not None:
             stream = trio.SSLStream(tcp, self.config.ssl_context, server_side=True)
+        await self.serve_connection(stream, str(peer[0]), f"{peer[0]}:{peer[1]}")
+
+    async def serve_connection(
+        self, stream: trio.abc.Stream, ip: str, address: str | None = None
+    ) -> None:
+        """Serve one client on *stream* (any Trio stream) until it is gone,
+        then close the stream. *ip* counts towards ``max_per_ip``; *address*
+        names the client in the log. Tests use it with in-memory streams."""
+        address = address or ip
+        refusal = self._refusal(ip)
         if refusal is not None:
             log.info("refuse %s: %s", address, refusal.code.value)
             await self._refuse(stream, refusal)
@@ -422,6 +427,8 @@ class ChatServer:
 
     def _refusal(self, ip: str) -> Error | None:
         config = self.config
+        if self.stopping:
+            return Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
         if len(self._sessions) >= config.max_clients:
             return Error(
                 ErrorCode.SERVER_FULL,

@@ -1,0 +1,117 @@
+"""Shared pieces for tests that talk to a real in-process server over TCP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trichat.server import ChatServer, ServerConfig
+
+# No single step of a network test should take anywhere near this long.
+STEP_TIMEOUT = 5.0
+
+
+class LiveServer:
+    """A running server and the test clients connected to it."""
+
+    def __init__(self, server: ChatServer, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.clients: list[LineClient] = []
+
+    async def connect(self) -> LineClient:
+        client = await LineClient.connect(self.port)
+        self.clients.append(client)
+        return client
+
+    async def login(self, name: str) -> LineClient:
+        """A client logged in as *name*, its acknowledgement read."""
+        client = await self.connect()
+        await client.send(f"login|{name}")
+        assert await client.read_line() == f"login|{name}"
+        return client
+
+
+@asynccontextmanager
+async def running_server(**config: Any) -> AsyncIterator[LiveServer]:
+    """A server on 127.0.0.1 and a free port, with *config* as ServerConfig
+    options; at the end its clients are closed and it shuts down."""
+    config.setdefault("port", 0)
+    server = ChatServer(ServerConfig(**config))
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(server.serve)
+        live = LiveServer(server, port)
+        try:
+            yield live
+        finally:
+            for client in live.clients:
+                await trio.aclose_forcefully(client.stream)
+            server.shutdown()
+
+
+class LineClient:
+    """A bare line-based client, as `nc` would be, for driving the server."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._buffer = bytearray()
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, port: int) -> LineClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, line: str | bytes) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        await self.stream.send_all(data if data.endswith(b"\n") else data + b"\n")
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def read_line(self) -> str:
+        """The next line from the server, without its LF.
+
+        Fails the test if none comes within STEP_TIMEOUT or the server closes.
+        """
+        with trio.fail_after(STEP_TIMEOUT):
+            while b"\n" not in self._buffer:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    self.eof = True
+                    raise AssertionError(
+                        f"server closed; unread: {bytes(self._buffer)!r}"
+                    )
+                self._buffer += data
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer[:] = rest
+        return line.decode()
+
+    async def read_lines(self, count: int) -> list[str]:
+        return [await self.read_line() for _ in range(count)]
+
+    async def expect(self, *lines: str) -> None:
+        """Assert that the next lines are exactly *lines*, in order."""
+        assert await self.read_lines(len(lines)) == list(lines)
+
+    async def read_until_closed(self) -> list[str]:
+        """Every line until the server closes the connection."""
+        with trio.fail_after(STEP_TIMEOUT):
+            while True:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    break
+                self._buffer += data
+        self.eof = True
+        lines = bytes(self._buffer).split(b"\n")
+        self._buffer.clear()
+        assert lines[-1] == b"", f"partial line at close: {lines[-1]!r}"
+        return [line.decode() for line in lines[:-1]]
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
