@@ -1,0 +1,116 @@
+"""Hypothesis strategies for valid trichat names, texts, tokens and messages.
+
+They are written from the protocol's rules, not from ``trichat.messages``, so
+a test that checks the validators against them checks two readings of the
+rules against each other. Import them as ``from strategies import names``.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from trichat.messages import (
+    BROADCAST,
+    MAX_NAME,
+    MAX_TEXT,
+    MAX_TOKEN,
+    ClientMessage,
+    Delivery,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    ServerMessage,
+    Talk,
+)
+
+__all__ = [
+    "client_messages",
+    "details",
+    "error_codes",
+    "names",
+    "server_messages",
+    "targets",
+    "texts",
+    "tokens",
+]
+
+# A name may start with a letter (L*), a decimal digit (Nd) or "_" ...
+_name_first = st.characters(categories=("L", "Nd"), include_characters="_")
+# ... and go on with those, combining marks (M*), "-" and ".".
+_name_rest = st.characters(categories=("L", "M", "Nd"), include_characters="_-.")
+
+# Text: anything but control characters (Cc is exactly C0, DEL and C1) and
+# lone surrogates (not UTF-8); TAB is allowed. "|" and a few other characters
+# that have tripped up line protocols are drawn often on purpose.
+_text_char = st.one_of(
+    st.characters(exclude_categories=("Cc", "Cs")),
+    st.sampled_from("\t| \u00a0\u2028\u0301é"),
+)
+# A token: no control character (TAB included) and no "|".
+_token_char = st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="|")
+
+
+@st.composite
+def _names(draw: st.DrawFn, max_size: int) -> str:
+    first = draw(_name_first)
+    rest = draw(st.text(_name_rest, max_size=max_size - 1))
+    return first + rest
+
+
+def names(max_size: int = MAX_NAME) -> st.SearchStrategy[str]:
+    """Valid user names of 1 to *max_size* characters."""
+    return _names(max_size)
+
+
+def targets() -> st.SearchStrategy[str]:
+    """Valid ``talk`` targets: a name, or ``*`` for everyone."""
+    return st.one_of(names(), st.just(BROADCAST))
+
+
+def texts(max_size: int = MAX_TEXT) -> st.SearchStrategy[str]:
+    """Valid message texts of 1 to *max_size* characters."""
+    return st.text(_text_char, min_size=1, max_size=max_size)
+
+
+def details() -> st.SearchStrategy[str]:
+    """Valid ``error`` details (the same rules as message text)."""
+    return texts(max_size=200)
+
+
+def tokens() -> st.SearchStrategy[str]:
+    """Valid ``ping``/``pong`` tokens."""
+    return st.text(_token_char, min_size=1, max_size=MAX_TOKEN)
+
+
+def error_codes() -> st.SearchStrategy[ErrorCode]:
+    """Every error code of the protocol."""
+    return st.sampled_from(ErrorCode)
+
+
+def client_messages() -> st.SearchStrategy[ClientMessage]:
+    """Any frame a client may send, as the server decodes it."""
+    return st.one_of(
+        st.builds(Login, names()),
+        st.builds(Talk, targets(), texts()),
+        st.builds(Exit, st.none() | names()),
+        st.builds(Ping, tokens()),
+        st.builds(Pong, tokens()),
+    )
+
+
+def server_messages() -> st.SearchStrategy[ServerMessage]:
+    """Any frame a server may send, as the client decodes it.
+
+    A server's ``exit`` always names who left, so ``Exit()`` is not drawn.
+    """
+    return st.one_of(
+        st.builds(Login, names()),
+        st.builds(Delivery, names(), targets(), texts()),
+        st.builds(Exit, names()),
+        st.builds(Error, error_codes(), details()),
+        st.builds(Ping, tokens()),
+        st.builds(Pong, tokens()),
+    )
