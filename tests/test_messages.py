@@ -369,10 +369,8 @@ def test_error_detail_may_hold_bars_and_tabs() -> None:
     assert Error(ErrorCode.BAD_FRAME, "a|b\tc").detail == "a|b\tc"
 
 
-# Known core bug: a lone surrogate is not a control character, so the text,
-# token and detail checks let it through, and ``encode`` then fails with
-# UnicodeEncodeError instead of the message being refused when it is built.
-@pytest.mark.xfail(strict=True, reason="core accepts lone surrogates (not UTF-8)")
+# A lone surrogate cannot be encoded as UTF-8, so no frame could carry it:
+# the message is refused when it is built, not when it is encoded.
 @pytest.mark.parametrize(
     "build",
     [

@@ -22,6 +22,7 @@ from .messages import (
     Message,
     ServerMessage,
     Talk,
+    name_key,
 )
 
 __all__ = [
@@ -127,7 +128,11 @@ class Connection:
             raise ProtocolError(
                 ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.name}"
             )
-        elif isinstance(message, Exit) and message.name not in (None, self.name):
+        elif (
+            isinstance(message, Exit)
+            and message.name is not None
+            and name_key(message.name) != name_key(self.name or "")
+        ):
             raise ProtocolError(
                 ErrorCode.BAD_FRAME, f"exit names another user: {message.name}"
             )

@@ -44,10 +44,11 @@ BROADCAST = "*"
 """The ``talk`` target that means every other user online."""
 
 _NAME_PUNCTUATION = frozenset("_-.")
-# C0 controls except TAB, DEL and the C1 controls.
-_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 controls except TAB, DEL and the C1 controls; and lone surrogates,
+# which no UTF-8 frame can carry.
+_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 # The same, TAB included.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ErrorCode(enum.StrEnum):
@@ -119,7 +120,9 @@ def check_text(text: str) -> None:
     if not 1 <= len(text) <= MAX_TEXT:
         raise ValueError(f"text has 1 to {MAX_TEXT} characters")
     if _TEXT_FORBIDDEN.search(text):
-        raise ValueError("text may not contain control characters other than TAB")
+        raise ValueError(
+            "text may not contain control characters (but TAB) or lone surrogates"
+        )
 
 
 def check_token(token: str) -> None:
