@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import attrs
 import trio
 
-from ._codec import encode
-from .messages import BROADCAST, Delivery, Error, ErrorCode, Exit, Login, Talk, name_key
+from ._codec import delivery_frame, encode
+from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
 
@@ -28,12 +28,14 @@ class Outbox:
     receiving end and sends what has piled up in one write.
     """
 
+    __slots__ = ("_send", "final", "max_bytes", "queued_bytes", "receive")
+
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self._send, self.receive = trio.open_memory_channel[bytes](max_frames)
         self.max_bytes = max_bytes
         self.queued_bytes = 0
-        self.final: bytes = b""
-        """Sent after everything queued, whatever the limits (a closing error)."""
+        # Sent after everything queued, whatever the limits (a closing error).
+        self.final = b""
 
     def put(self, frame: bytes) -> bool:
         if self.queued_bytes + len(frame) > self.max_bytes:
@@ -73,9 +75,13 @@ class Peer:
     kick: Callable[[str], None]
     """Take this user offline, giving the reason (for the log)."""
     key: str = attrs.field(init=False)
+    login_frame: bytes = attrs.field(init=False, repr=False)
+    exit_frame: bytes = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.key = name_key(self.name)
+        self.login_frame = encode(Login(self.name))
+        self.exit_frame = encode(Exit(self.name))
 
     def send(self, frame: bytes) -> bool:
         """Queue *frame*; a peer that cannot take it is kicked as too slow."""
@@ -112,9 +118,9 @@ class Hub:
         """
         if peer.key in self._peers:
             raise NameTaken(peer.name)
-        self._announce(encode(Login(peer.name)))
-        roster = [encode(Login(peer.name))]
-        roster.extend(encode(Login(other.name)) for other in self._peers.values())
+        self._announce(peer.login_frame)
+        roster = [peer.login_frame]
+        roster.extend(other.login_frame for other in self._peers.values())
         self._peers[peer.key] = peer
         peer.send(b"".join(roster))
 
@@ -124,16 +130,16 @@ class Hub:
             return
         del self._peers[peer.key]
         if announce:
-            self._announce(encode(Exit(peer.name)))
+            self._announce(peer.exit_frame)
 
     def deliver(self, sender: Peer, talk: Talk) -> Error | None:
         """Route *talk* from *sender*; returns the error to tell the sender."""
         if talk.to == BROADCAST:
-            self._announce(encode(Delivery(sender.name, BROADCAST, talk.text)), sender)
+            self._announce(delivery_frame(sender.name, BROADCAST, talk.text), sender)
             return None
         recipient = self._peers.get(name_key(talk.to))
         if recipient is None or not recipient.send(
-            encode(Delivery(sender.name, recipient.name, talk.text))
+            delivery_frame(sender.name, recipient.name, talk.text)
         ):
             return Error(ErrorCode.NO_SUCH_USER, talk.to)
         return None

@@ -67,6 +67,8 @@ class Connection:
     ProtocolError with ``too-long`` and the connection is closed.
     """
 
+    __slots__ = ("_eof", "_lines", "name", "our_role", "state")
+
     def __init__(self, our_role: Role, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.our_role = our_role
         self.state = State.LOGGING_IN

@@ -107,6 +107,29 @@ class _Close(Exception):
 class _Session:
     """One client connection, from accept to close."""
 
+    __slots__ = (
+        "address",
+        "bucket",
+        "config",
+        "conn",
+        "end_error",
+        "end_reason",
+        "flood_since",
+        "kicked",
+        "last_heard",
+        "last_refused",
+        "login_deadline",
+        "outbox",
+        "peer",
+        "ping_deadline",
+        "ping_token",
+        "pings",
+        "read_scope",
+        "server",
+        "stream",
+        "write_scope",
+    )
+
     def __init__(
         self, server: ChatServer, stream: trio.abc.Stream, address: str
     ) -> None:
@@ -133,13 +156,15 @@ class _Session:
         self.write_scope = trio.CancelScope()
         self.end_reason = "closed"
         self.end_error: Error | None = None
+        self.kicked = False
 
     # -- control from outside ------------------------------------------------
 
     def kick(self, reason: str) -> None:
         """Drop the client at once, discarding what is queued for it."""
-        if self.write_scope.cancel_called:
+        if self.kicked:
             return
+        self.kicked = True
         self.end_reason = reason
         self.end_error = None
         self.read_scope.cancel()
@@ -198,7 +223,51 @@ class _Session:
                 self.kick("connection lost")
 
     async def read_loop(self) -> None:
+        """Read and handle frames until the session ends (by raising _Close).
+
+        The login, ping and ping-answer deadlines share one cancel scope per
+        quiet period rather than one per read: reads are the hot path, and
+        a scope that expires early just wakes us to set a later deadline.
+        """
+        while True:
+            with trio.move_on_at(self.wake_at()):
+                await self.read_frames()
+            self.check_quiet(trio.current_time())
+
+    def wake_at(self) -> float:
+        if self.peer is None:
+            return self.login_deadline
+        if self.ping_token is not None:
+            return self.ping_deadline
+        if self.config.ping_interval:
+            return self.last_heard + self.config.ping_interval
+        return math.inf
+
+    def check_quiet(self, now: float) -> None:
+        """Enforce the login timeout and liveness once a deadline passed."""
+        if self.peer is None:
+            if now >= self.login_deadline:
+                raise _Close(
+                    "login timeout",
+                    Error(
+                        ErrorCode.LOGIN_TIMEOUT,
+                        f"no login within {self.config.login_timeout:g} s",
+                    ),
+                )
+        elif self.ping_token is not None:
+            if now >= self.ping_deadline:
+                raise _Close("ping timeout")
+        elif (
+            self.config.ping_interval
+            and now - self.last_heard >= self.config.ping_interval
+        ):
+            self.ping_token = f"t{next(self.pings)}"
+            self.ping_deadline = now + self.config.ping_timeout
+            self.reply(Ping(self.ping_token))
+
+    async def read_frames(self) -> None:
         conn = self.conn
+        receive_some = self.stream.receive_some
         handled = 0
         while True:
             try:
@@ -209,7 +278,10 @@ class _Session:
                 self.reply(error.reply)
                 continue
             if event is NEED_DATA:
-                conn.receive_data(await self.receive())
+                data = await receive_some(_RECEIVE_SIZE)
+                self.last_heard = trio.current_time()
+                self.ping_token = None
+                conn.receive_data(data)
                 handled = 0
                 continue
             if event is CLOSED:
@@ -217,8 +289,8 @@ class _Session:
             if self.bucket is not None and not self.within_rate():
                 continue
             self.handle(event)
-            if self.read_scope.cancel_called:
-                await trio.lowlevel.checkpoint()  # kicked: Cancelled ends the loop
+            if self.kicked:
+                await trio.lowlevel.checkpoint()  # Cancelled ends the loop
             handled += 1
             if handled == _FRAMES_PER_TURN:
                 handled = 0
@@ -237,9 +309,8 @@ class _Session:
                 raise _Close("exit")
             case Ping(token=token):
                 self.reply(Pong(token))
-            case Pong(token=token):
-                if token == self.ping_token:
-                    self.ping_token = None
+            case Pong():
+                pass  # any frame at all proves the client alive
             case _:  # pragma: no cover - Connection only yields client frames
                 raise AssertionError(f"unexpected message {message!r}")
 
@@ -286,40 +357,6 @@ class _Session:
             )
         )
         return False
-
-    async def receive(self) -> bytes | bytearray:
-        """The next bytes from the client, sending pings while it is quiet.
-
-        Raises _Close when the login timeout or a ping timeout runs out.
-        """
-        interval = self.config.ping_interval
-        while True:
-            if self.peer is None:
-                deadline = self.login_deadline
-            elif self.ping_token is not None:
-                deadline = self.ping_deadline
-            elif interval:
-                deadline = self.last_heard + interval
-            else:
-                deadline = math.inf
-            with trio.move_on_at(deadline):
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-                self.last_heard = trio.current_time()
-                self.ping_token = None
-                return data
-            if self.peer is None:
-                raise _Close(
-                    "login timeout",
-                    Error(
-                        ErrorCode.LOGIN_TIMEOUT,
-                        f"no login within {self.config.login_timeout:g} s",
-                    ),
-                )
-            if self.ping_token is not None:
-                raise _Close("ping timeout")
-            self.ping_token = f"t{next(self.pings)}"
-            self.ping_deadline = trio.current_time() + self.config.ping_timeout
-            self.reply(Ping(self.ping_token))
 
 
 class ChatServer:
