@@ -6,10 +6,10 @@ import re
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import trio
-
 from helpers import STEP_TIMEOUT, LineClient
 
 
@@ -40,12 +40,12 @@ class ServeProcess:
 async def start_serve(nursery: trio.Nursery, *options: str) -> tuple[ServeProcess, int]:
     command = [sys.executable, "-m", "trichat", "serve", "--port", "0", *options]
     process: trio.Process = await nursery.start(
-        lambda task_status: trio.run_process(
+        partial(
+            trio.run_process,
             command,
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             check=False,
-            task_status=task_status,
         )
     )
     serve = ServeProcess(process)
