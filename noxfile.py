@@ -29,3 +29,10 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Time the hot path per frame: codec, name_key, hub routing (micro.py)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/micro.py", *session.posargs)

@@ -1,0 +1,236 @@
+"""Micro-benchmarks of trichat's hot path, in nanoseconds per frame.
+
+Run ``python benchmarks/micro.py`` (or ``nox -s bench``). Each benchmark
+times a batch of operations several times with ``time.perf_counter_ns`` and
+prints the median per operation, with the fastest and slowest repeat.
+Compare numbers from one machine only, and with nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import trio
+
+from trichat import NEED_DATA, Connection, Delivery, Role, Talk, encode, name_key
+from trichat._hub import Hub, Outbox, Peer
+
+TEXT = "1732694400123456789 42 " + "x" * 41  # 64 characters, like trichat bench
+# One benchmark: prepares its state and returns a function that runs a
+# batch and returns how many operations it did.
+Batch = Callable[[], int]
+
+
+def _chunk(lines: list[bytes]) -> bytes:
+    return b"".join(lines)
+
+
+def decode_talk(frames: int) -> Batch:
+    """The server reads ``talk|TO|TEXT`` frames, many to a chunk."""
+    chunk = _chunk([encode(Talk("bob", TEXT))] * frames)
+
+    def batch() -> int:
+        conn = Connection(Role.SERVER)
+        conn.logged_in("alice")
+        conn.receive_data(chunk)
+        count = 0
+        next_event = conn.next_event
+        while next_event() is not NEED_DATA:
+            count += 1
+        return count
+
+    return batch
+
+
+def decode_delivery(frames: int) -> Batch:
+    """A client (such as trichat bench) reads ``talk|FROM|TO|TEXT`` frames."""
+    chunk = _chunk([encode(Delivery("alice", "bob", TEXT))] * frames)
+
+    def batch() -> int:
+        conn = Connection(Role.CLIENT)
+        conn.receive_data(chunk)
+        count = 0
+        next_event = conn.next_event
+        while next_event() is not NEED_DATA:
+            count += 1
+        return count
+
+    return batch
+
+
+def encode_delivery(frames: int) -> Batch:
+    """Encode a ready ``Delivery``."""
+    delivery = Delivery("alice", "bob", TEXT)
+
+    def batch() -> int:
+        for _ in range(frames):
+            encode(delivery)
+        return frames
+
+    return batch
+
+
+def build_and_encode_delivery(frames: int) -> Batch:
+    """Build (and so validate) a ``Delivery`` and encode it, as routing does."""
+
+    def batch() -> int:
+        for _ in range(frames):
+            encode(Delivery("alice", "bob", TEXT))
+        return frames
+
+    return batch
+
+
+def name_key_cached(calls: int) -> Batch:
+    """``name_key`` of a name seen before (the lru_cache hit)."""
+    names = [f"Zoë{i}" for i in range(100)]
+    for name in names:
+        name_key(name)
+
+    def batch() -> int:
+        for _ in range(calls // len(names)):
+            for name in names:
+                name_key(name)
+        return calls // len(names) * len(names)
+
+    return batch
+
+
+def name_key_uncached(calls: int) -> Batch:
+    """``name_key`` computed afresh: NFKC, then casefold."""
+    compute = name_key.__wrapped__
+    names = [f"\uff3aoë{i}" for i in range(calls)]  # a full-width Z
+
+    def batch() -> int:
+        for name in names:
+            compute(name)
+        return len(names)
+
+    return batch
+
+
+def _drain(outbox: Outbox) -> None:
+    receive = outbox.receive
+    while True:
+        try:
+            frame = receive.receive_nowait()
+        except trio.WouldBlock:
+            return
+        outbox.queued_bytes -= len(frame)
+
+
+def _hub(users: int, queue: int) -> tuple[Hub, list[Peer]]:
+    hub = Hub()
+    peers = []
+    for i in range(users):
+        peer = Peer(f"user{i}", Outbox(queue, queue * 256), lambda reason: None)
+        hub.join(peer)
+        _drain(peer.outbox)
+        peers.append(peer)
+    return hub, peers
+
+
+def hub_direct(messages: int) -> Batch:
+    """Route one direct ``talk`` to one user and queue it in their outbox."""
+    hub, (alice, bob) = _hub(2, messages)
+    talk = Talk("user1", TEXT)
+
+    def batch() -> int:
+        deliver = hub.deliver
+        for _ in range(messages):
+            deliver(alice, talk)
+        _drain(bob.outbox)
+        return messages
+
+    return batch
+
+
+def hub_broadcast(users: int, broadcasts: int) -> Batch:
+    """Route a broadcast from one user to *users* others (one operation per
+    recipient, outbox included)."""
+    hub, peers = _hub(users + 1, broadcasts)
+    sender = peers[0]
+    talk = Talk("*", TEXT)
+
+    def batch() -> int:
+        for _ in range(broadcasts):
+            hub.deliver(sender, talk)
+        for peer in peers[1:]:
+            _drain(peer.outbox)
+        return broadcasts * users
+
+    return batch
+
+
+@contextmanager
+def _quiet_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def measure(batch: Batch, repeats: int) -> tuple[float, float, float]:
+    """Median, fastest and slowest nanoseconds per operation over *repeats*."""
+    batch()  # warm caches and the allocator
+    per_op = []
+    for _ in range(repeats):
+        with _quiet_gc():
+            start = time.perf_counter_ns()
+            operations = batch()
+            elapsed = time.perf_counter_ns() - start
+        per_op.append(elapsed / operations)
+    return statistics.median(per_op), min(per_op), max(per_op)
+
+
+def benchmarks(scale: float) -> list[tuple[str, Batch]]:
+    def n(count: int) -> int:
+        return max(1, round(count * scale))
+
+    chosen: list[tuple[str, Batch]] = [
+        ("decode+validate talk (server)", decode_talk(n(20_000))),
+        ("decode+validate delivery (client)", decode_delivery(n(20_000))),
+        ("encode Delivery", encode_delivery(n(50_000))),
+        ("build+encode Delivery", build_and_encode_delivery(n(50_000))),
+        ("name_key, cached", name_key_cached(n(100_000))),
+        ("name_key, uncached", name_key_uncached(n(20_000))),
+        ("hub: direct talk to 1 user", hub_direct(n(20_000))),
+        ("hub: broadcast, per recipient of 1000", hub_broadcast(1000, n(20))),
+    ]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed batches (%(default)s)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every batch's size (%(default)s)",
+    )
+    args = parser.parse_args(argv)
+    print(f"{'benchmark':<40} {'ns/op':>9} {'min':>9} {'max':>9}")
+
+    async def run_all() -> None:
+        # Inside Trio, as in the server (the hub's outboxes are channels).
+        for name, batch in benchmarks(args.scale):
+            median, low, high = measure(batch, args.repeats)
+            print(f"{name:<40} {median:9.0f} {low:9.0f} {high:9.0f}", flush=True)
+
+    trio.run(run_all)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
