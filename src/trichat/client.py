@@ -1,0 +1,367 @@
+"""A trichat client for programs and bots: log in, send, and read what arrives.
+
+``open_client`` connects (TCP or TLS), logs in and hands out a ``Client``;
+``Client.login`` does the same over a stream that is already open. A client
+is an async iterator of every frame the server sends; it answers the
+server's pings by itself and keeps a roster of who is online.
+
+    async with open_client("bot") as client:
+        await client.broadcast("hello")
+        async for message in client:
+            ...
+
+Nothing here writes to a terminal.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Final
+
+import trio
+
+from .connection import (
+    CLOSED,
+    DEFAULT_MAX_LINE,
+    NEED_DATA,
+    Connection,
+    ProtocolError,
+    Role,
+)
+from .messages import (
+    BROADCAST,
+    MAX_NAME,
+    MAX_TEXT,
+    ClientMessage,
+    Delivery,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    ServerMessage,
+    Talk,
+    name_key,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_SERVER_FRAME",
+    "BadServerFrame",
+    "Client",
+    "ConnectionLost",
+    "LoginRefused",
+    "connect",
+    "open_client",
+]
+
+DEFAULT_PORT: Final = 8089
+
+MAX_SERVER_FRAME: Final = len("talk|||") + 4 * (2 * MAX_NAME + MAX_TEXT) + len("\r\n")
+"""The longest frame a server can send, in bytes: a ``talk|FROM|TO|TEXT``
+whose every character takes four bytes in UTF-8. It is longer than the
+server's own limit on what it reads, since a delivery adds FROM."""
+
+_RECEIVE_SIZE: Final = 65536
+# How long closing may take to say goodbye before the stream is just closed.
+_CLOSE_GRACE: Final = 2.0
+
+
+class LoginRefused(Exception):
+    """The server answered ``login`` with an error.
+
+    ``error`` is that ``Error``; its ``code`` says why (``bad-name``,
+    ``name-taken``, ``server-full``, ...).
+    """
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"{error.code.value}: {error.detail}")
+        self.error = error
+
+
+class ConnectionLost(Exception):
+    """The connection broke, or closed before the login was acknowledged."""
+
+
+class BadServerFrame(Exception):
+    """The server sent a frame that the protocol does not allow.
+
+    ``problem`` is the ProtocolError that describes it. Unless ``fatal`` is
+    true, the frames after it can still be read: iterating the client again
+    goes on with the next one. A fatal problem (a line over the limit) ends
+    the iteration.
+    """
+
+    def __init__(self, problem: ProtocolError) -> None:
+        super().__init__(f"the server sent a bad frame: {problem}")
+        self.problem = problem
+        self.fatal = problem.code is ErrorCode.TOO_LONG
+
+
+def _unexpected(message: ServerMessage, while_doing: str) -> BadServerFrame:
+    return BadServerFrame(
+        ProtocolError(
+            ErrorCode.BAD_FRAME, f"unexpected {message.kind} frame {while_doing}"
+        )
+    )
+
+
+class Client(trio.abc.AsyncResource):
+    """A logged-in trichat connection; build it with ``connect``,
+    ``open_client`` or ``Client.login``.
+
+    Iterating it yields every frame the server sends (``Login``,
+    ``Delivery``, ``Exit``, ``Error``, ``Ping``, ``Pong``) until the server
+    closes the connection, or right after an error that closes it
+    (``ErrorCode.closes``). A ``Ping`` is answered with a ``Pong`` before it
+    is yielded. Only one task may iterate at a time; any number may send.
+
+    Attributes:
+      name: the client's name as the server acknowledged it.
+      last_heard: ``trio.current_time()`` when the last frame arrived (or
+        when the client was made), so a keepalive can tell that the server
+        went quiet.
+      max_frame: the longest frame, in bytes, that ``send`` lets through;
+        the server closes a connection that sends a longer line.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        """Wrap *stream* before logging in; ``Client.login`` is the way in."""
+        self.name = ""
+        self.last_heard = trio.current_time()
+        self.max_frame = DEFAULT_MAX_LINE
+        self._stream = stream
+        self._connection = Connection(Role.CLIENT, max_line=MAX_SERVER_FRAME)
+        self._online: dict[str, str] = {}
+        self._send_lock = trio.Lock()
+        self._send_broken = False
+        self._receiving = False
+        self._finished = False
+        self._closed = False
+
+    @classmethod
+    async def login(cls, stream: trio.abc.Stream, name: str) -> Client:
+        """Log in as *name* over *stream* and wait for the acknowledgement.
+
+        Raises ValueError for a name the protocol does not allow (nothing is
+        sent then), LoginRefused when the server refuses it, ConnectionLost
+        when the connection ends first, and BadServerFrame when the server
+        answers with something else. *stream* is not closed on failure: after
+        ``bad-name`` or ``name-taken`` the server lets the connection try
+        again. On success the client owns *stream*.
+        """
+        request = Login(name)
+        client = cls(stream)
+        await client.send(request)
+        while True:
+            message = await client._receive()
+            match message:
+                case None:
+                    raise ConnectionLost(
+                        "the server closed the connection before accepting the login"
+                    )
+                case Login(acknowledged) if name_key(acknowledged) == name_key(name):
+                    client.name = acknowledged
+                    client._connection.logged_in(acknowledged)
+                    return client
+                case Error():
+                    raise LoginRefused(message)
+                case Ping(token):
+                    await client._answer(token)
+                case Pong():
+                    pass
+                case _:
+                    raise _unexpected(message, "before the login was accepted")
+
+    @property
+    def online(self) -> tuple[str, ...]:
+        """Who else is online, as far as the frames read so far tell."""
+        return tuple(self._online.values())
+
+    async def send(self, message: ClientMessage) -> None:
+        """Send one frame.
+
+        Raises ValueError when the frame is longer than ``max_frame`` bytes,
+        and ConnectionLost when the connection is gone, or when an earlier
+        send was cancelled halfway (the stream may hold part of a frame).
+        """
+        data = self._connection.send(message)
+        if len(data) > self.max_frame:
+            raise ValueError(
+                f"the frame has {len(data)} bytes; the server takes at most"
+                f" {self.max_frame}"
+            )
+        async with self._send_lock:
+            if self._send_broken:
+                raise ConnectionLost("an earlier send was interrupted")
+            try:
+                await self._stream.send_all(data)
+            except trio.Cancelled:
+                self._send_broken = True
+                raise
+            except trio.BrokenResourceError as error:
+                raise ConnectionLost(f"connection lost: {error}") from error
+            except trio.ClosedResourceError as error:
+                raise ConnectionLost("the client is closed") from error
+
+    async def talk(self, to: str, text: str) -> None:
+        """Send *text* to the user *to*; ValueError when either is invalid."""
+        await self.send(Talk(to, text))
+
+    async def broadcast(self, text: str) -> None:
+        """Send *text* to every other user online."""
+        await self.send(Talk(BROADCAST, text))
+
+    async def ping(self, token: str) -> None:
+        """Send ``ping|TOKEN``; the server's ``Pong`` arrives by iteration."""
+        await self.send(Ping(token))
+
+    async def exit(self) -> None:
+        """Say ``exit`` and close. A connection that is already gone is fine."""
+        try:
+            with suppress(ConnectionLost):
+                await self.send(Exit())
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection without a word; a second call does nothing."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        with trio.move_on_after(_CLOSE_GRACE):
+            await self._stream.aclose()
+
+    def __aiter__(self) -> Client:
+        return self
+
+    async def __anext__(self) -> ServerMessage:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already reading")
+        if self._finished:
+            raise StopAsyncIteration
+        self._receiving = True
+        try:
+            message = await self._receive()
+        except BadServerFrame as bad:
+            self._finished = bad.fatal
+            raise
+        except ConnectionLost:
+            self._finished = True
+            raise
+        finally:
+            self._receiving = False
+        if message is None:
+            self._finished = True
+            raise StopAsyncIteration
+        match message:
+            case Login(name) if name_key(name) != name_key(self.name):
+                self._online[name_key(name)] = name
+            case Exit(str(name)):
+                self._online.pop(name_key(name), None)
+            case Ping(token):
+                await self._answer(token)
+            case Error(code) if code.closes:
+                self._finished = True
+        return message
+
+    async def _answer(self, token: str) -> None:
+        # A lost connection shows up on the receiving side soon enough.
+        with suppress(ConnectionLost):
+            await self.send(Pong(token))
+
+    async def _receive(self) -> ServerMessage | None:
+        """The next frame from the server; None at the end of the stream."""
+        while True:
+            try:
+                event = self._connection.next_event()
+            except ProtocolError as problem:
+                raise BadServerFrame(problem) from None
+            if event is CLOSED:
+                return None
+            if event is NEED_DATA:
+                try:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                except trio.BrokenResourceError as error:
+                    raise ConnectionLost(f"connection lost: {error}") from error
+                except trio.ClosedResourceError:
+                    # Closed on our side: nothing more will be read.
+                    return None
+                self._connection.receive_data(data)
+                continue
+            match event:
+                case Login() | Delivery() | Exit() | Error() | Ping() | Pong():
+                    self.last_heard = trio.current_time()
+                    return event
+                case Talk():  # pragma: no cover - a client's decoder never builds it
+                    raise AssertionError("decoded a client frame on the client side")
+
+
+async def connect(
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Client:
+    """Connect to a trichat server, log in as *name*, and return the client.
+
+    With *ssl_context* the connection is TLS, and the handshake is done
+    before the login, so a certificate the context does not trust (or a
+    server that does not speak TLS) fails here with ConnectionLost. The
+    certificate must match *server_hostname* (default *host*). Raises
+    OSError when the server cannot be reached, and whatever
+    ``Client.login`` raises. The caller closes the client
+    (``async with client:``); ``open_client`` does that for you.
+    """
+    Login(name)  # a name the protocol refuses is not worth a connection
+    tcp = await trio.open_tcp_stream(host, port)
+    stream: trio.abc.Stream = tcp
+    try:
+        if ssl_context is not None:
+            # https_compatible: a server that closes without a TLS close_notify
+            # has still closed the connection; every frame ends with its LF,
+            # so a cut cannot pass for a shorter frame.
+            tls = trio.SSLStream(
+                tcp,
+                ssl_context,
+                server_hostname=server_hostname or host,
+                https_compatible=True,
+            )
+            stream = tls
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as error:
+                reason = error.__cause__ or error
+                raise ConnectionLost(f"TLS handshake failed: {reason}") from error
+        return await Client.login(stream, name)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+@asynccontextmanager
+async def open_client(
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> AsyncIterator[Client]:
+    """``connect`` as a context manager that closes the client at the end.
+
+    Leaving the block closes the connection without ``exit``; the server
+    then tells the others that the user left. Call ``client.exit()`` first
+    to say goodbye.
+    """
+    client = await connect(
+        name, host, port, ssl_context=ssl_context, server_hostname=server_hostname
+    )
+    async with client:
+        yield client

@@ -1,0 +1,625 @@
+"""``trichat connect NAME``: chat from a terminal, or from a script through pipes.
+
+``main`` parses nothing itself: ``add_arguments`` fills the ``connect``
+subcommand's parser and ``main`` runs the session. The session proper is
+``run_session``, which takes its input lines and output streams as
+arguments, so tests (and other front ends) can drive it without a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import datetime
+import os
+import re
+import ssl
+import sys
+import unicodedata
+from collections import deque
+from collections.abc import AsyncIterable, Callable
+from typing import Final, TextIO
+
+import trio
+
+from .client import (
+    DEFAULT_PORT,
+    BadServerFrame,
+    Client,
+    ConnectionLost,
+    LoginRefused,
+    connect,
+)
+from .messages import (
+    Delivery,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    ServerMessage,
+    name_key,
+)
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "add_arguments",
+    "describe_error",
+    "escape",
+    "main",
+    "run_session",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+"""The server could not be reached, or the connection was lost or closed."""
+EXIT_REFUSED: Final = 2
+"""The server refused the name (or the command line was wrong)."""
+EXIT_INTERRUPTED: Final = 130
+"""Ctrl-C, as a shell reports a SIGINT."""
+
+PROMPT: Final = "> "
+CONNECT_TIMEOUT: Final = 30.0
+"""How long connecting and logging in may take, in seconds."""
+
+HELP: Final = """\
+@NAME TEXT       send TEXT to NAME, who becomes the current peer
+/msg NAME TEXT   the same
+/all TEXT        send TEXT to everyone online
+TEXT             send TEXT to the current peer: the last user you wrote to or
+                 who wrote to you; with no current peer and only one other
+                 user online, to that user
+//TEXT           send /TEXT (a text that starts with /) like TEXT
+/who             list who is online
+/help            show this help
+/quit            leave (end of input, Ctrl-D, does too)"""
+
+_ESC = "\x1b["
+_RESET = _ESC + "0m"
+_DIM = _ESC + "2m"
+_BOLD = _ESC + "1m"
+_RED = _ESC + "31m"
+_CLEAR_LINE = "\r" + _ESC + "K"
+_LINE_UP = _ESC + "1A"
+
+_ERROR_WORDS: Final = {
+    ErrorCode.BAD_FRAME: "the server did not understand",
+    ErrorCode.BAD_NAME: "bad name",
+    ErrorCode.NAME_TAKEN: "name taken",
+    ErrorCode.NOT_LOGGED_IN: "not logged in",
+    ErrorCode.ALREADY_LOGGED_IN: "already logged in",
+    ErrorCode.NO_SUCH_USER: "no such user",
+    ErrorCode.TOO_LONG: "message too long",
+    ErrorCode.RATE_LIMITED: "rate limited",
+    ErrorCode.SERVER_FULL: "the server is full",
+    ErrorCode.TOO_MANY_CONNECTIONS: "too many connections from this address",
+    ErrorCode.LOGIN_TIMEOUT: "login timed out",
+    ErrorCode.SHUTTING_DOWN: "the server is shutting down",
+}
+# Refusals of the name itself; other refusals (a full server...) are failures.
+_NAME_REFUSALS: Final = frozenset({ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN})
+# Control, format (bidi among them), surrogate, line and paragraph separators.
+_UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+_COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
+_TARGETED = re.compile(r"(\S+)(?:\s+(.*))?", re.DOTALL)
+
+
+def escape(text: str) -> str:
+    """*text* safe to print: control characters (TAB too), escape sequences,
+    bidi and other format characters, and line separators are shown as
+    Python escapes (``\\x1b``, ``\\u202e``); everything else is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def describe_error(error: Error) -> str:
+    """The server's error in plain words, e.g. ``no such user: carol``."""
+    words = _ERROR_WORDS.get(error.code, error.code.value.replace("-", " "))
+    return f"{words}: {escape(error.detail)}"
+
+
+class _Session:
+    """The state of one terminal session; ``run_session`` drives it."""
+
+    def __init__(
+        self,
+        client: Client,
+        out: TextIO,
+        err: TextIO,
+        *,
+        tty: bool,
+        colour: bool,
+        clock: Callable[[], datetime.datetime],
+    ) -> None:
+        self.client = client
+        self.out = out
+        self.err = err
+        self.tty = tty
+        self.colour = colour
+        self.clock = clock
+        self.peer: str | None = None
+        self.status: int | None = None
+        self.silent = False
+        self.scope = trio.CancelScope()
+        self._pings = 0
+        self._prompted = False
+        # Lines written so far, and how many there were when the user's
+        # current input line arrived.
+        self._written = 0
+        self._written_before_input = 0
+
+    # Output
+
+    def paint(self, text: str, style: str) -> str:
+        return f"{style}{text}{_RESET}" if self.colour else text
+
+    def emit(
+        self, text: str, *, stamp: bool = True, replace_input: bool = False
+    ) -> None:
+        """Write one line (time-stamped unless *stamp* is false).
+
+        On a TTY the prompt is cleared first and shown again after it;
+        *replace_input* also overwrites the line the user just typed.
+        """
+        if stamp:
+            text = self.paint(self.clock().strftime("%H:%M:%S"), _DIM) + " " + text
+        self._written += 1
+        if self.tty:
+            before = _LINE_UP + _CLEAR_LINE if replace_input else _CLEAR_LINE
+            self.out.write(before + text + "\n" + PROMPT)
+            self._prompted = True
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def info(self, text: str) -> None:
+        self.emit(self.paint(f"* {text}", _DIM))
+
+    def problem(self, text: str) -> None:
+        self.emit(self.paint(f"! {text}", _RED))
+
+    def prompt(self) -> None:
+        if self.tty:
+            self.out.write(PROMPT)
+            self.out.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            self.out.write(_CLEAR_LINE)
+            self.out.flush()
+
+    def finish(self, status: int, problem: str | None = None) -> None:
+        """Record how the session ends (the first call wins) and end it."""
+        if self.status is None:
+            self.status = status
+            if problem is not None:
+                self.end()
+                self.err.write(f"trichat: {problem}\n")
+                self.err.flush()
+        self.scope.cancel()
+
+    # What arrives
+
+    async def receive(self) -> None:
+        while True:
+            try:
+                async for message in self.client:
+                    self.show(message)
+            except BadServerFrame as bad:
+                if bad.fatal:
+                    self.finish(EXIT_FAILURE, escape(str(bad)))
+                    return
+                self.problem(f"ignored a frame: {escape(str(bad))}")
+                continue
+            except ConnectionLost as lost:
+                self.finish(EXIT_FAILURE, escape(str(lost)))
+                return
+            self.finish(EXIT_FAILURE, "the server closed the connection")
+            return
+
+    def show(self, message: ServerMessage) -> None:
+        if self.silent:
+            self.silent = False
+            self.info("the server is answering again")
+        own = name_key(self.client.name)
+        match message:
+            case Delivery(sender, _, text) if message.is_broadcast:
+                sender_shown = self.paint(escape(sender), _BOLD)
+                self.emit(f"{sender_shown} (to all): {escape(text)}")
+            case Delivery(sender, _, text):
+                self.peer = sender
+                self.emit(f"{self.paint(escape(sender), _BOLD)}: {escape(text)}")
+            case Login(name) if name_key(name) != own:
+                self.info(f"{escape(name)} is online")
+            case Exit(str(name)) if name_key(name) != own:
+                self.info(f"{escape(name)} left")
+            case Error(code) if code.closes:
+                self.finish(EXIT_FAILURE, describe_error(message))
+            case Error():
+                self.problem(describe_error(message))
+            case Login() | Exit() | Ping() | Pong():
+                pass
+
+    async def keepalive(self, interval: float) -> None:
+        """Ping when the server has been quiet for *interval* seconds; say so
+        once when not even that gets an answer within another interval."""
+        client = self.client
+        while True:
+            await trio.sleep_until(client.last_heard + interval)
+            if trio.current_time() < client.last_heard + interval:
+                continue
+            self._pings += 1
+            try:
+                await client.ping(f"keepalive-{self._pings}")
+            except ConnectionLost as lost:
+                self.finish(EXIT_FAILURE, escape(str(lost)))
+                return
+            sent = trio.current_time()
+            await trio.sleep_until(sent + interval)
+            if client.last_heard < sent and not self.silent:
+                self.silent = True
+                quiet = trio.current_time() - client.last_heard
+                self.problem(
+                    f"the server is not answering (nothing heard for {quiet:.0f} s)"
+                )
+
+    # What the user types
+
+    async def read(self, lines: AsyncIterable[str]) -> None:
+        async for line in lines:
+            if not await self.handle(line):
+                break
+        self.finish(EXIT_OK)
+
+    async def handle(self, line: str) -> bool:
+        """Act on one input line; False when it asks to quit."""
+        self._prompted = False
+        self._written_before_input = self._written
+        if not line.strip():
+            pass
+        elif line.startswith("//"):
+            await self.say(line[1:])
+        elif line.startswith("/"):
+            if not await self.command(line):
+                return False
+        elif line.startswith("@"):
+            await self.targeted(line[1:], usage="@NAME TEXT")
+        else:
+            await self.say(line)
+        if not self._prompted:
+            self.prompt()
+        return True
+
+    async def command(self, line: str) -> bool:
+        match = _COMMAND.fullmatch(line)
+        assert match is not None  # any line that starts with "/" matches
+        name, rest = match[1].lower(), match[2] or ""
+        if name == "quit":
+            return False
+        if name == "msg":
+            await self.targeted(rest, usage="/msg NAME TEXT")
+        elif name == "all":
+            if rest.strip():
+                await self.send(None, rest)
+            else:
+                self.problem("usage: /all TEXT")
+        elif name == "who":
+            self.who()
+        elif name == "help":
+            for help_line in HELP.splitlines():
+                self.emit(help_line, stamp=False)
+        else:
+            self.problem(f"unknown command /{escape(match[1])}: /help lists them")
+        return True
+
+    async def targeted(self, rest: str, *, usage: str) -> None:
+        match = _TARGETED.fullmatch(rest)
+        if match is None or not (match[2] or "").strip():
+            self.problem(f"usage: {usage}")
+            return
+        await self.send(match[1], match[2])
+
+    async def say(self, text: str) -> None:
+        """Send *text* to the current peer, or to the only other user."""
+        to = self.peer
+        if to is None:
+            others = self.client.online
+            if len(others) == 1:
+                to = others[0]
+            elif not others:
+                self.problem("nobody else is online")
+                return
+            else:
+                self.problem(
+                    "several users are online: write @NAME TEXT to pick one,"
+                    " or /all TEXT for everyone"
+                )
+                return
+        await self.send(to, text)
+
+    async def send(self, to: str | None, text: str) -> None:
+        """Send *text* to user *to*, or to everyone when *to* is None."""
+        try:
+            if to is None:
+                await self.client.broadcast(text)
+            else:
+                await self.client.talk(to, text)
+        except ValueError as invalid:
+            self.problem(f"not sent: {invalid}")
+            return
+        except ConnectionLost as lost:
+            self.finish(EXIT_FAILURE, escape(str(lost)))
+            return
+        if to is not None:
+            self.peer = to
+        if self.tty:
+            # Show what went where, in place of the line as typed unless
+            # something else has been written below it meanwhile.
+            where = "(to all)" if to is None else f"-> {escape(to)}"
+            you = self.paint("you", _BOLD)
+            self.emit(
+                f"{you} {where}: {escape(text)}",
+                replace_input=self._written == self._written_before_input,
+            )
+
+    def who(self) -> None:
+        others = self.client.online
+        if others:
+            self.info("online: " + ", ".join(escape(name) for name in others))
+        else:
+            self.info("nobody else is online")
+        if self.peer is not None:
+            self.info(f"current peer: {escape(self.peer)}")
+
+
+async def run_session(
+    client: Client,
+    lines: AsyncIterable[str],
+    out: TextIO,
+    err: TextIO | None = None,
+    *,
+    tty: bool = False,
+    colour: bool | None = None,
+    ping_interval: float = 30.0,
+    clock: Callable[[], datetime.datetime] = datetime.datetime.now,
+) -> int:
+    """Chat over the logged-in *client*, reading *lines* and writing *out*.
+
+    Returns the exit status: EXIT_OK after ``/quit`` or the end of *lines*
+    (the client says ``exit``), EXIT_FAILURE when the connection is lost or
+    the server closes it (one line on *err*, default ``sys.stderr``).
+    The client is closed at the end. *tty* adds a prompt, and colour unless
+    *colour* is false; *ping_interval* 0 turns the keepalive off; *clock*
+    gives the wall time for the time stamps.
+    """
+    session = _Session(
+        client,
+        out,
+        sys.stderr if err is None else err,
+        tty=tty,
+        colour=tty if colour is None else colour,
+        clock=clock,
+    )
+    welcome = f"logged in as {escape(client.name)}"
+    session.info(welcome + ("; /help lists the commands" if tty else ""))
+    try:
+        with session.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.receive)
+                if ping_interval > 0:
+                    nursery.start_soon(session.keepalive, ping_interval)
+                nursery.start_soon(session.read, lines)
+        if session.status == EXIT_OK:
+            await client.exit()
+    finally:
+        await client.aclose()
+        session.end()
+    assert session.status is not None
+    return session.status
+
+
+class _Lines:
+    """The lines read from a file descriptor, without their line ends.
+
+    Each read runs in a worker thread that is abandoned when the reading
+    task is cancelled, so this works on TTYs, pipes and plain files alike
+    and leaves the descriptor's flags alone. Bytes that are not UTF-8 are
+    replaced.
+    """
+
+    def __init__(self, fd: int, read: Callable[[int, int], bytes] = os.read) -> None:
+        self._fd = fd
+        self._read = read
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._ready: deque[str] = deque()
+        self._eof = False
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ready:
+            if self._eof:
+                raise StopAsyncIteration
+            data = await trio.to_thread.run_sync(
+                self._read, self._fd, 65536, abandon_on_cancel=True
+            )
+            self._eof = not data
+            text = self._partial + self._decoder.decode(data, final=self._eof)
+            *complete, self._partial = text.split("\n")
+            if self._eof and self._partial:
+                complete.append(self._partial)
+            self._ready.extend(line.removesuffix("\r") for line in complete)
+        return self._ready.popleft()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``connect``'s arguments to *parser*."""
+    parser.add_argument("name", metavar="NAME", help="the name to chat under")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="server address (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="server port (default %(default)s)",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="CA bundle to verify the server with (implies --tls;"
+        " default: the system's trusted CAs)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=_interval,
+        default=30.0,
+        metavar="SECONDS",
+        help="ping the server after this long without a word from it, and warn"
+        " when another as long passes in silence; 0 turns it off"
+        " (default %(default)s)",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return port
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return seconds
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``trichat connect``; returns the exit status."""
+    try:
+        return trio.run(_connect_and_chat, args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except BrokenPipeError:
+        return _stdout_gone()
+    except BaseExceptionGroup as group:
+        interrupts, rest = group.split(KeyboardInterrupt)
+        if interrupts is not None and rest is None:
+            return _interrupted()
+        broken_pipes, rest = group.split(BrokenPipeError)
+        if broken_pipes is not None and rest is None:
+            return _stdout_gone()
+        raise
+
+
+def _interrupted() -> int:
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return EXIT_INTERRUPTED
+
+
+def _stdout_gone() -> int:
+    # Whoever read the output has gone; do not fail again flushing at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILURE
+
+
+def _fail(problem: str, status: int = EXIT_FAILURE) -> int:
+    print(f"trichat: {problem}", file=sys.stderr, flush=True)
+    return status
+
+
+def _os_reason(error: OSError) -> str:
+    """Why connecting failed, in the words of the system calls."""
+    if error.strerror:
+        return error.strerror
+    cause = error.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = dict.fromkeys(
+            os.strerror(leaf.errno) if leaf.errno else str(leaf)
+            for leaf in _leaves(cause)
+            if isinstance(leaf, OSError)
+        )
+        if reasons:
+            return "; ".join(reasons)
+    return str(error)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            found.extend(_leaves(inner))
+        else:
+            found.append(inner)
+    return found
+
+
+async def _connect_and_chat(args: argparse.Namespace) -> int:
+    ssl_context = None
+    if args.tls or args.ca is not None:
+        try:
+            ssl_context = ssl.create_default_context(cafile=args.ca)
+        except (OSError, ssl.SSLError) as error:
+            return _fail(f"cannot use the CA file {args.ca}: {error}", EXIT_REFUSED)
+    where = f"{args.host}:{args.port}"
+    shown_name = escape(args.name)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            client = await connect(
+                args.name, args.host, args.port, ssl_context=ssl_context
+            )
+    except ValueError as invalid:
+        return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
+    except LoginRefused as refused:
+        status = EXIT_REFUSED if refused.error.code in _NAME_REFUSALS else EXIT_FAILURE
+        return _fail(
+            f"cannot log in as {shown_name}: {describe_error(refused.error)}", status
+        )
+    except (ConnectionLost, BadServerFrame) as failure:
+        return _fail(f"cannot connect to {where}: {escape(str(failure))}")
+    except trio.TooSlowError:
+        return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
+    except OSError as error:
+        return _fail(f"cannot connect to {where}: {_os_reason(error)}")
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    async with client:
+        return await run_session(
+            client,
+            _Lines(sys.stdin.fileno()),
+            sys.stdout,
+            sys.stderr,
+            tty=tty,
+            colour=tty and "NO_COLOR" not in os.environ,
+            ping_interval=args.ping_interval,
+        )

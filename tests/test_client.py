@@ -1,0 +1,602 @@
+"""The library client against a scripted fake server."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from typing import ParamSpec
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from trichat.client import (
+    MAX_SERVER_FRAME,
+    BadServerFrame,
+    Client,
+    ConnectionLost,
+    LoginRefused,
+    connect,
+    open_client,
+)
+from trichat.connection import CLOSED, NEED_DATA, Connection, Role
+from trichat.messages import (
+    ClientMessage,
+    Delivery,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    Talk,
+)
+
+P = ParamSpec("P")
+
+
+def fail_after(
+    seconds: float,
+) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
+    """Bound a test: it fails with TooSlowError after *seconds*."""
+
+    def decorate(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+        @functools.wraps(test)
+        async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
+            with trio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return bounded
+
+    return decorate
+
+
+class FakeServer:
+    """The server's end of a stream, scripted by a test."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.connection = Connection(Role.SERVER)
+
+    async def receive(self) -> ClientMessage | None:
+        """The client's next frame; None when the client closed."""
+        while True:
+            event = self.connection.next_event()
+            if event is NEED_DATA:
+                try:
+                    data = await self.stream.receive_some()
+                except trio.ClosedResourceError:
+                    return None
+                self.connection.receive_data(data)
+                continue
+            if event is CLOSED:
+                return None
+            match event:
+                case Login() | Talk() | Exit() | Ping() | Pong():
+                    return event
+                case _:
+                    raise AssertionError(f"a client sent {event!r}")
+
+    async def expect(self, message: ClientMessage) -> None:
+        assert await self.receive() == message
+
+    async def expect_closed(self) -> None:
+        assert await self.receive() is None
+
+    async def send(self, *lines: str) -> None:
+        await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
+
+    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
+        """Take the client's login and acknowledge it as *name*; list *online*."""
+        message = await self.receive()
+        assert isinstance(message, Login)
+        self.connection.logged_in(name)
+        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
+
+
+def fake_server_pair() -> tuple[trio.abc.Stream, FakeServer]:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    return client_stream, FakeServer(server_stream)
+
+
+async def logged_in(
+    name: str = "alice", online: Iterable[str] = ()
+) -> tuple[Client, FakeServer]:
+    client_stream, server = fake_server_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept, name, online)
+        client = await Client.login(client_stream, name)
+    return client, server
+
+
+def roster(client: Client) -> tuple[str, ...]:
+    return client.online
+
+
+async def next_message(client: Client) -> object:
+    return await client.__anext__()
+
+
+# Logging in
+
+
+@fail_after(5)
+async def test_login_waits_for_the_acknowledgement() -> None:
+    client, server = await logged_in("alice")
+    assert client.name == "alice"
+    assert roster(client) == ()
+    await client.aclose()
+    await server.expect_closed()
+
+
+@fail_after(5)
+async def test_the_name_is_the_one_the_server_acknowledged() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("login|Zoë")
+    client = await Client.login(client_stream, "\uff3aOË")
+    assert client.name == "Zoë"
+    await server.expect(Login("\uff3aOË"))
+
+
+@pytest.mark.parametrize(
+    "code", [ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN, ErrorCode.SERVER_FULL]
+)
+@fail_after(5)
+async def test_a_refusal_raises_login_refused(code: ErrorCode) -> None:
+    client_stream, server = fake_server_pair()
+    await server.send(f"error|{code.value}|not you | not now")
+    with pytest.raises(LoginRefused) as refused:
+        await Client.login(client_stream, "alice")
+    assert refused.value.error == Error(code, "not you | not now")
+    assert str(refused.value) == f"{code.value}: not you | not now"
+
+
+@fail_after(5)
+async def test_after_a_refusal_the_stream_can_log_in_again() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("error|name-taken|alice is online")
+    with pytest.raises(LoginRefused):
+        await Client.login(client_stream, "alice")
+    await server.expect(Login("alice"))
+    await server.send("login|alice2")
+    client = await Client.login(client_stream, "alice2")
+    assert client.name == "alice2"
+    await server.expect(Login("alice2"))
+
+
+@fail_after(5)
+async def test_a_name_the_protocol_refuses_is_not_sent() -> None:
+    client_stream, server = fake_server_pair()
+    with pytest.raises(ValueError, match="may not contain"):
+        await Client.login(client_stream, "no spaces")
+    with pytest.raises(ValueError, match="may not contain"):
+        await connect("*")
+    await client_stream.aclose()
+    await server.expect_closed()
+
+
+@fail_after(5)
+async def test_end_of_stream_before_the_acknowledgement() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    await server_stream.send_eof()
+    with pytest.raises(ConnectionLost, match="before accepting the login"):
+        await Client.login(client_stream, "alice")
+
+
+@fail_after(5)
+async def test_a_ping_before_the_acknowledgement_is_answered() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("ping|early", "pong|stray", "login|alice")
+    client = await Client.login(client_stream, "alice")
+    assert client.name == "alice"
+    await server.expect(Login("alice"))
+    await server.expect(Pong("early"))
+
+
+@pytest.mark.parametrize("frame", ["login|bob", "talk|bob|alice|hi", "exit|bob"])
+@fail_after(5)
+async def test_another_frame_instead_of_the_acknowledgement(frame: str) -> None:
+    client_stream, server = fake_server_pair()
+    await server.send(frame)
+    with pytest.raises(BadServerFrame, match="before the login was accepted"):
+        await Client.login(client_stream, "alice")
+
+
+@fail_after(5)
+async def test_a_malformed_answer_to_login() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("welcome")
+    with pytest.raises(BadServerFrame, match="unknown kind 'welcome'"):
+        await Client.login(client_stream, "alice")
+
+
+# What arrives
+
+
+@fail_after(5)
+async def test_the_roster_follows_login_and_exit_frames() -> None:
+    client, server = await logged_in("alice", online=["bob", "carol"])
+    assert await next_message(client) == Login("bob")
+    assert roster(client) == ("bob",)
+    assert await next_message(client) == Login("carol")
+    assert roster(client) == ("bob", "carol")
+    await server.send("exit|BOB", "login|ALICE", "exit|nobody", "login|dave")
+    assert await next_message(client) == Exit("BOB")
+    assert roster(client) == ("carol",)
+    # Its own name (in any case) is not someone else online.
+    assert await next_message(client) == Login("ALICE")
+    assert await next_message(client) == Exit("nobody")
+    assert await next_message(client) == Login("dave")
+    assert roster(client) == ("carol", "dave")
+
+
+@fail_after(5)
+async def test_deliveries_are_yielded() -> None:
+    client, server = await logged_in("alice")
+    await server.send("talk|bob|alice|hi | how are you?", "talk|carol|*|lunch?")
+    direct = await next_message(client)
+    assert direct == Delivery("bob", "alice", "hi | how are you?")
+    assert isinstance(direct, Delivery)
+    assert not direct.is_broadcast
+    assert await next_message(client) == Delivery("carol", "*", "lunch?")
+
+
+@fail_after(5)
+async def test_a_delivery_longer_than_the_servers_own_limit_is_read() -> None:
+    client, server = await logged_in("alice")
+    # 4000 four-byte characters: the most a client can send, and more bytes
+    # than any frame a server reads.
+    text = "\U0001f600" * 4000
+    await server.send(f"talk|{'ö' * 32}|alice|{text}")
+    message = await next_message(client)
+    assert isinstance(message, Delivery)
+    assert message.text == text
+    assert len(f"talk|{'ö' * 32}|alice|{text}\r\n".encode()) < MAX_SERVER_FRAME
+
+
+@fail_after(5)
+async def test_pings_are_answered_and_yielded() -> None:
+    client, server = await logged_in("alice")
+    await server.send("ping|t1", "pong|mine")
+    assert await next_message(client) == Ping("t1")
+    await server.expect(Pong("t1"))
+    assert await next_message(client) == Pong("mine")
+
+
+@fail_after(5)
+async def test_an_error_that_keeps_the_connection_is_yielded() -> None:
+    client, server = await logged_in("alice")
+    await server.send("error|no-such-user|carol", "talk|bob|alice|still here")
+    assert await next_message(client) == Error(ErrorCode.NO_SUCH_USER, "carol")
+    assert await next_message(client) == Delivery("bob", "alice", "still here")
+
+
+@fail_after(5)
+async def test_a_closing_error_is_yielded_then_iteration_ends() -> None:
+    client, server = await logged_in("alice")
+    # The server keeps the stream open: the error alone ends the iteration.
+    await server.send("error|shutting-down|bye", "talk|bob|alice|never seen")
+    received = [message async for message in client]
+    assert received == [Error(ErrorCode.SHUTTING_DOWN, "bye")]
+    assert [message async for message in client] == []
+
+
+@fail_after(5)
+async def test_iteration_ends_when_the_server_closes() -> None:
+    client, server = await logged_in("alice", online=["bob"])
+    await server.send("talk|bob|alice|last words")
+    await server.stream.aclose()
+    received = [message async for message in client]
+    assert received == [Login("bob"), Delivery("bob", "alice", "last words")]
+    assert [message async for message in client] == []
+
+
+@fail_after(5)
+async def test_a_frame_cut_by_the_end_of_the_stream_is_dropped() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.send_all(b"talk|bob|alice|cut sh")
+    await server.stream.aclose()
+    assert [message async for message in client] == []
+
+
+@fail_after(5)
+async def test_a_malformed_frame_raises_and_reading_goes_on() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.send_all(
+        b"bogus|x\nerror|no-such-code|x\ntalk|b\xffb|alice|x\ntalk|bob|alice|ok\n"
+    )
+    with pytest.raises(BadServerFrame, match="unknown kind 'bogus'") as bad:
+        await next_message(client)
+    assert not bad.value.fatal
+    assert bad.value.problem.code is ErrorCode.BAD_FRAME
+    with pytest.raises(BadServerFrame, match="bad-frame"):
+        await next_message(client)
+    with pytest.raises(BadServerFrame, match="UTF-8"):
+        await next_message(client)
+    assert await next_message(client) == Delivery("bob", "alice", "ok")
+
+
+@fail_after(5)
+async def test_a_line_over_the_limit_is_fatal() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.send_all(b"x" * (MAX_SERVER_FRAME + 1))
+    with pytest.raises(BadServerFrame, match="too-long") as bad:
+        await next_message(client)
+    assert bad.value.fatal
+    assert [message async for message in client] == []
+
+
+class BrokenStream(trio.abc.Stream):
+    """A stream whose connection was reset."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("reset by peer")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("reset by peer")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@fail_after(5)
+async def test_a_broken_connection_raises_connection_lost() -> None:
+    client = Client(BrokenStream())
+    with pytest.raises(ConnectionLost, match="reset by peer"):
+        await next_message(client)
+    assert [message async for message in client] == []
+    with pytest.raises(ConnectionLost, match="reset by peer"):
+        await client.talk("bob", "hi")
+    with pytest.raises(ConnectionLost, match="reset by peer"):
+        await Client.login(BrokenStream(), "alice")
+    await client.exit()  # leaving a lost connection is not an error
+
+
+@fail_after(5)
+async def test_only_one_task_reads_at_a_time() -> None:
+    client, _server = await logged_in("alice")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(next_message, client)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await next_message(client)
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(5)
+async def test_last_heard_is_when_the_last_frame_arrived(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = await logged_in("alice")
+    start = client.last_heard
+    assert start == trio.current_time()
+    await trio.sleep(3)
+    assert client.last_heard == start
+    await server.send("ping|x")
+    await next_message(client)
+    assert client.last_heard == start + 3
+
+
+# Sending
+
+
+@fail_after(5)
+async def test_what_the_client_sends() -> None:
+    client, server = await logged_in("alice")
+    await client.talk("bob", "hi | there")
+    await client.broadcast("lunch?")
+    await client.ping("t-1")
+    await client.send(Pong("t-2"))
+    await server.expect(Talk("bob", "hi | there"))
+    await server.expect(Talk("*", "lunch?"))
+    await server.expect(Ping("t-1"))
+    await server.expect(Pong("t-2"))
+
+
+@fail_after(5)
+async def test_exit_says_goodbye_and_closes() -> None:
+    client, server = await logged_in("alice")
+    await client.exit()
+    await server.expect(Exit())
+    await server.expect_closed()
+    assert [message async for message in client] == []
+    with pytest.raises(ConnectionLost, match="closed"):
+        await client.talk("bob", "too late")
+    await client.aclose()
+
+
+@fail_after(5)
+async def test_what_the_protocol_forbids_is_not_sent() -> None:
+    client, server = await logged_in("alice")
+    with pytest.raises(ValueError, match="control characters"):
+        await client.talk("bob", "\x1b[2J")
+    with pytest.raises(ValueError, match="may not contain"):
+        await client.talk("bob carol", "hi")
+    with pytest.raises(ValueError, match="1 to 4000"):
+        await client.broadcast("")
+    with pytest.raises(ValueError, match="may not contain"):
+        await client.ping("a|b")
+    # Valid text that makes a frame over the server's limit.
+    with pytest.raises(ValueError, match="at most 4096"):
+        await client.talk("bob", "ö" * 2100)
+    await client.talk("bob", "fine")
+    await server.expect(Talk("bob", "fine"))
+
+
+@fail_after(5)
+async def test_sending_after_the_server_closed() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.aclose()
+    with pytest.raises(ConnectionLost):
+        await client.talk("bob", "anyone?")
+
+
+@fail_after(5)
+async def test_several_tasks_may_send_at_once() -> None:
+    # In lockstep, send_all waits for the reader, so sends really overlap.
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    server = FakeServer(server_stream)
+    server.connection.logged_in("alice")
+    client = Client(client_stream)
+    texts = [f"message {number} " * 20 for number in range(10)]
+    async with trio.open_nursery() as nursery:
+        for text in texts:
+            nursery.start_soon(client.talk, "bob", text)
+        received = [await server.receive() for _ in texts]
+    assert sorted(received, key=repr) == sorted(
+        (Talk("bob", text) for text in texts), key=repr
+    )
+
+
+@fail_after(5)
+async def test_a_send_cancelled_halfway_breaks_later_sends() -> None:
+    client_stream, _server_stream = trio.testing.lockstep_stream_pair()
+    client = Client(client_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.talk, "bob", "nobody reads this")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ConnectionLost, match="interrupted"):
+        await client.talk("bob", "or this")
+    await client.exit()
+
+
+# Connecting over TCP and TLS
+
+
+async def serve_fake(
+    nursery: trio.Nursery,
+    handler: Callable[[trio.abc.Stream], Awaitable[None]],
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
+    """Serve *handler* on a free local port; return the port.
+
+    A client that breaks the connection (a failed TLS handshake) ends its
+    handler, not the server.
+    """
+
+    async def tolerant(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await handler(stream)
+
+    listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    if ssl_context is None:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, tolerant, 0, host="127.0.0.1")
+        )
+    else:
+        listeners = await nursery.start(
+            functools.partial(
+                trio.serve_ssl_over_tcp, tolerant, 0, ssl_context, host="127.0.0.1"
+            )
+        )
+    listener = listeners[0]
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+async def chat_server(stream: trio.abc.Stream) -> None:
+    """Accept any login, then echo the client's talk back to it; until exit."""
+    server = FakeServer(stream)
+    message = await server.receive()
+    assert isinstance(message, Login)
+    server.connection.logged_in(message.name)
+    await server.send(f"login|{message.name}", "login|bob")
+    while True:
+        message = await server.receive()
+        if message is None or isinstance(message, Exit):
+            break
+        if isinstance(message, Talk):
+            await server.send(f"talk|bob|{message.to}|{message.text}")
+    await stream.aclose()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
+@fail_after(10)
+async def test_open_client_over_tcp() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await serve_fake(nursery, chat_server)
+        async with open_client("alice", port=port) as client:
+            assert client.name == "alice"
+            await client.talk("bob", "echo")
+            assert await next_message(client) == Login("bob")
+            assert await next_message(client) == Delivery("bob", "bob", "echo")
+            await client.exit()
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(10)
+async def test_open_client_over_tls(ca: trustme.CA) -> None:
+    server_context, client_context = tls_contexts(ca)
+    async with trio.open_nursery() as nursery:
+        port = await serve_fake(nursery, chat_server, server_context)
+        async with open_client(
+            "alice", port=port, ssl_context=client_context, server_hostname="localhost"
+        ) as client:
+            await client.broadcast("over tls")
+            assert await next_message(client) == Login("bob")
+            assert await next_message(client) == Delivery("bob", "*", "over tls")
+            await client.exit()
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(10)
+async def test_tls_with_an_untrusted_certificate(ca: trustme.CA) -> None:
+    server_context, _ = tls_contexts(ca)
+    other_ca = trustme.CA()
+    client_context = ssl.create_default_context()
+    other_ca.configure_trust(client_context)
+    async with trio.open_nursery() as nursery:
+        port = await serve_fake(nursery, chat_server, server_context)
+        with pytest.raises(ConnectionLost, match=r"TLS handshake failed.*verify"):
+            await connect("alice", port=port, ssl_context=client_context)
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(10)
+async def test_tls_to_a_plain_tcp_server(ca: trustme.CA) -> None:
+    _, client_context = tls_contexts(ca)
+
+    async def plain(stream: trio.abc.Stream) -> None:
+        # What a plain server answers bytes that are not a frame.
+        await stream.send_all(b"error|bad-frame|frame is not valid UTF-8\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve_fake(nursery, plain)
+        with pytest.raises(ConnectionLost, match="TLS handshake failed"):
+            await connect("alice", port=port, ssl_context=client_context)
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(10)
+async def test_an_unreachable_server() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(OSError, match="connect"):
+        await connect("alice", port=port)

@@ -1,0 +1,952 @@
+"""The terminal front end: fake input lines and a fake server, captured output."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import io
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ParamSpec
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from trichat.client import Client
+from trichat.connection import CLOSED, NEED_DATA, Connection, Role
+from trichat.messages import (
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    Talk,
+)
+from trichat.terminal import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    PROMPT,
+    _Lines,
+    add_arguments,
+    describe_error,
+    escape,
+    run_session,
+)
+
+P = ParamSpec("P")
+NOW = datetime.datetime(2024, 5, 17, 12, 0, 1)
+
+
+def fail_after(
+    seconds: float,
+) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
+    """Bound a test: it fails with TooSlowError after *seconds*."""
+
+    def decorate(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+        @functools.wraps(test)
+        async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
+            with trio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return bounded
+
+    return decorate
+
+
+class FakeServer:
+    """The server's end of a stream, scripted by a test."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.connection = Connection(Role.SERVER)
+
+    async def receive(self) -> ClientMessage | None:
+        """The client's next frame; None when the client closed."""
+        while True:
+            event = self.connection.next_event()
+            if event is NEED_DATA:
+                try:
+                    data = await self.stream.receive_some()
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return None
+                self.connection.receive_data(data)
+                continue
+            if event is CLOSED:
+                return None
+            match event:
+                case Login() | Talk() | Exit() | Ping() | Pong():
+                    return event
+                case _:
+                    raise AssertionError(f"a client sent {event!r}")
+
+    async def receive_all(self) -> list[ClientMessage]:
+        """Every frame until the client closes."""
+        frames = []
+        while (message := await self.receive()) is not None:
+            frames.append(message)
+        return frames
+
+    async def send(self, *lines: str) -> None:
+        await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
+
+    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
+        """Take the client's login and acknowledge it as *name*; list *online*."""
+        message = await self.receive()
+        assert isinstance(message, Login)
+        self.connection.logged_in(name)
+        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
+
+
+class Chat:
+    """A ``run_session`` in progress: type lines, hear frames, read output."""
+
+    def __init__(self, client: Client, server: FakeServer) -> None:
+        self.client = client
+        self.server = server
+        self.out = io.StringIO()
+        self.err = io.StringIO()
+        self.status: int | None = None
+        self.keyboard, self._lines = trio.open_memory_channel[str](0)
+        self._shown = 0
+
+    async def run(self, **options: Any) -> None:
+        async with self._lines:
+            self.status = await run_session(
+                self.client,
+                self._lines,
+                self.out,
+                self.err,
+                clock=lambda: NOW,
+                **options,
+            )
+
+    async def type(self, *lines: str) -> None:
+        """Enter *lines* and wait until the session has dealt with them."""
+        for line in lines:
+            await self.keyboard.send(line)
+            await trio.testing.wait_all_tasks_blocked()
+
+    async def hear(self, *frames: str) -> None:
+        """Have the server send *frames*; wait until the session showed them."""
+        await self.server.send(*frames)
+        await trio.testing.wait_all_tasks_blocked()
+
+    async def end_input(self) -> None:
+        await self.keyboard.aclose()
+
+    def new_output(self) -> list[str]:
+        """The lines written since the last call."""
+        lines = self.out.getvalue().splitlines()
+        new, self._shown = lines[self._shown :], len(lines)
+        return new
+
+
+@asynccontextmanager
+async def chatting(
+    name: str = "alice", online: Iterable[str] = (), **options: Any
+) -> AsyncIterator[Chat]:
+    """Log in over a memory stream and run a session; the block ends it."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FakeServer(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept, name, online)
+        client = await Client.login(client_stream, name)
+    chat = Chat(client, server)
+    options.setdefault("ping_interval", 0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(chat.run, **options))
+        await trio.testing.wait_all_tasks_blocked()
+        yield chat
+
+
+async def sent(server: FakeServer, count: int) -> list[ClientMessage | None]:
+    return [await server.receive() for _ in range(count)]
+
+
+# What the user types
+
+
+@fail_after(5)
+async def test_welcome_and_roster() -> None:
+    async with chatting("alice", online=["bob", "carol"]) as chat:
+        assert chat.new_output() == [
+            "12:00:01 * logged in as alice",
+            "12:00:01 * bob is online",
+            "12:00:01 * carol is online",
+        ]
+        await chat.end_input()
+    assert chat.status == EXIT_OK
+    assert chat.err.getvalue() == ""
+
+
+@fail_after(5)
+async def test_at_name_sends_and_makes_the_current_peer() -> None:
+    async with chatting("alice", online=["bob", "carol"]) as chat:
+        await chat.type("@bob hi | there", "and again")
+        assert await sent(chat.server, 2) == [
+            Talk("bob", "hi | there"),
+            Talk("bob", "and again"),
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_msg_sends_and_makes_the_current_peer() -> None:
+    async with chatting("alice", online=["bob", "carol"]) as chat:
+        await chat.type("@bob first", "/msg carol  hello  there", "to carol")
+        assert await sent(chat.server, 3) == [
+            Talk("bob", "first"),
+            Talk("carol", "hello  there"),
+            Talk("carol", "to carol"),
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_all_goes_to_everyone_and_keeps_no_peer() -> None:
+    async with chatting("alice", online=["bob", "carol"]) as chat:
+        chat.new_output()
+        await chat.type("/all lunch?", "who gets this?")
+        assert await sent(chat.server, 1) == [Talk("*", "lunch?")]
+        assert chat.new_output() == [
+            "12:00:01 ! several users are online: write @NAME TEXT to pick one,"
+            " or /all TEXT for everyone"
+        ]
+        await chat.end_input()
+    assert await chat.server.receive_all() == [Exit()]
+
+
+@fail_after(5)
+async def test_plain_text_goes_to_the_only_other_user() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        await chat.type("hi bob")
+        await chat.hear("login|carol")
+        # bob became the current peer by being written to.
+        await chat.type("still bob")
+        assert await sent(chat.server, 2) == [
+            Talk("bob", "hi bob"),
+            Talk("bob", "still bob"),
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_plain_text_with_nobody_to_send_to() -> None:
+    async with chatting("alice") as chat:
+        chat.new_output()
+        await chat.type("hello?")
+        assert chat.new_output() == ["12:00:01 ! nobody else is online"]
+        await chat.hear("login|bob", "exit|bob")
+        await chat.type("hello?")
+        assert chat.new_output() == [
+            "12:00:01 * bob is online",
+            "12:00:01 * bob left",
+            "12:00:01 ! nobody else is online",
+        ]
+        await chat.end_input()
+    assert await chat.server.receive_all() == [Exit()]
+
+
+@fail_after(5)
+async def test_whoever_wrote_last_becomes_the_current_peer() -> None:
+    async with chatting("alice", online=["bob", "carol"]) as chat:
+        await chat.type("@bob hi")
+        await chat.hear("talk|carol|alice|psst")
+        await chat.type("hi carol")
+        # A message to everyone does not make its sender the peer.
+        await chat.hear("talk|bob|*|lunch?")
+        await chat.type("still carol")
+        assert await sent(chat.server, 3) == [
+            Talk("bob", "hi"),
+            Talk("carol", "hi carol"),
+            Talk("carol", "still carol"),
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_double_slash_sends_a_text_that_starts_with_a_slash() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        await chat.type("//shrug", "/ /")
+        assert await sent(chat.server, 1) == [Talk("bob", "/shrug")]
+        await chat.end_input()
+    assert chat.new_output()[-1] == "12:00:01 ! unknown command /: /help lists them"
+
+
+@fail_after(5)
+async def test_who() -> None:
+    async with chatting("alice", online=["bob", "Zoë"]) as chat:
+        chat.new_output()
+        await chat.type("/who")
+        assert chat.new_output() == ["12:00:01 * online: bob, Zoë"]
+        await chat.type("@zoë hi", "/WHO")
+        assert chat.new_output() == [
+            "12:00:01 * online: bob, Zoë",
+            "12:00:01 * current peer: zoë",
+        ]
+        await chat.hear("exit|bob", "exit|ZOË")
+        chat.new_output()
+        await chat.type("/who")
+        assert chat.new_output() == [
+            "12:00:01 * nobody else is online",
+            "12:00:01 * current peer: zoë",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_help() -> None:
+    async with chatting("alice") as chat:
+        chat.new_output()
+        await chat.type("/help")
+        shown = chat.new_output()
+        await chat.end_input()
+    for command in ("@NAME TEXT", "/msg NAME TEXT", "/all TEXT", "/who", "/quit"):
+        assert any(line.startswith(command) for line in shown), command
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("/frob x", "unknown command /frob: /help lists them"),
+        ("@bob", "usage: @NAME TEXT"),
+        ("@bob   ", "usage: @NAME TEXT"),
+        ("@ bob hi", "usage: @NAME TEXT"),
+        ("/msg bob", "usage: /msg NAME TEXT"),
+        ("/msg", "usage: /msg NAME TEXT"),
+        ("/all", "usage: /all TEXT"),
+        ("@bob! hi", "not sent: a name may not contain '!'"),
+        ("@bob \x1b[2J", "not sent: text may not contain control characters"),
+        ("@bob " + "x" * 4001, "not sent: text has 1 to 4000 characters"),
+        ("@bob " + "ö" * 2100, "not sent: the frame has 4210 bytes"),
+    ],
+)
+@fail_after(5)
+async def test_input_that_is_not_sent_gets_a_hint(line: str, hint: str) -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.type(line, "")
+        shown = chat.new_output()
+        await chat.end_input()
+    assert len(shown) == 1
+    assert shown[0].startswith(f"12:00:01 ! {hint}")
+    assert await chat.server.receive_all() == [Exit()]
+
+
+@fail_after(5)
+async def test_empty_lines_are_ignored() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.type("", "   ", "\t")
+        assert chat.new_output() == []
+        await chat.end_input()
+    assert await chat.server.receive_all() == [Exit()]
+
+
+# What arrives
+
+
+@fail_after(5)
+async def test_how_events_are_shown() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear(
+            "talk|bob|alice|hi | how are you?",
+            "talk|bob|*|lunch?",
+            "login|carol",
+            "exit|carol",
+            "error|no-such-user|carol",
+            "error|rate-limited|slow down",
+            "error|bad-frame|talk takes 2 fields",
+            "ping|p1",
+            "pong|p2",
+        )
+        assert chat.new_output() == [
+            "12:00:01 bob: hi | how are you?",
+            "12:00:01 bob (to all): lunch?",
+            "12:00:01 * carol is online",
+            "12:00:01 * carol left",
+            "12:00:01 ! no such user: carol",
+            "12:00:01 ! rate limited: slow down",
+            "12:00:01 ! the server did not understand: talk takes 2 fields",
+        ]
+        assert await chat.server.receive() == Pong("p1")
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_what_others_send_is_escaped() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear(
+            "talk|bob|alice|\u202eevil\u202c\tok",
+            "error|no-such-user|\u2066x\u2069",
+            "talk|bob|*|line\u2028break \U000e0041",
+        )
+        assert chat.new_output() == [
+            "12:00:01 bob: \\u202eevil\\u202c\\x09ok",
+            "12:00:01 ! no such user: \\u2066x\\u2069",
+            "12:00:01 bob (to all): line\\u2028break \\U000e0041",
+        ]
+        await chat.end_input()
+
+
+def test_escape() -> None:
+    assert (
+        escape("plain é ß 中文 \U0001f600 a\u0301")
+        == "plain é ß 中文 \U0001f600 a\u0301"
+    )
+    assert escape("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert escape("\x00\x07\x7f\x9b\r\n\t") == "\\x00\\x07\\x7f\\x9b\\x0d\\x0a\\x09"
+    assert escape("\u200f\u202e\u2066\ufeff\u00ad") == (
+        "\\u200f\\u202e\\u2066\\ufeff\\xad"
+    )
+    assert escape("\u2028\u2029") == "\\u2028\\u2029"
+    assert escape("\U000e0001") == "\\U000e0001"
+
+
+def test_describe_error() -> None:
+    for code in ErrorCode:
+        text = describe_error(Error(code, "why\u202e"))
+        assert text.endswith(": why\\u202e")
+        assert "-" not in text
+    assert describe_error(Error("no-such-user", "carol")) == "no such user: carol"
+
+
+@fail_after(5)
+async def test_a_bad_frame_is_reported_and_reading_goes_on() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear("bogus|\u202e", "talk|bob|alice|fine")
+        assert chat.new_output() == [
+            "12:00:01 ! ignored a frame: the server sent a bad frame:"
+            " bad-frame: unknown kind 'bogus'",
+            "12:00:01 bob: fine",
+        ]
+        await chat.end_input()
+
+
+# How a session ends
+
+
+@fail_after(5)
+async def test_quit_says_exit_and_ends_with_status_0() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        await chat.type("@bob bye", "/quit")
+        # Nobody reads on after /quit.
+        with pytest.raises(trio.BrokenResourceError):
+            chat.keyboard.send_nowait("@bob not sent")
+    assert chat.status == EXIT_OK
+    assert await chat.server.receive_all() == [Talk("bob", "bye"), Exit()]
+    assert chat.err.getvalue() == ""
+
+
+@fail_after(5)
+async def test_end_of_input_says_exit_and_ends_with_status_0() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        await chat.type("@bob bye")
+        await chat.end_input()
+    assert chat.status == EXIT_OK
+    assert await chat.server.receive_all() == [Talk("bob", "bye"), Exit()]
+
+
+@fail_after(5)
+async def test_the_server_closing_ends_with_status_1() -> None:
+    async with chatting("alice") as chat:
+        # The input stays open: the session must stop reading it by itself.
+        await chat.server.stream.aclose()
+    assert chat.status == EXIT_FAILURE
+    assert chat.err.getvalue() == "trichat: the server closed the connection\n"
+
+
+@fail_after(5)
+async def test_a_server_shutdown_ends_with_status_1() -> None:
+    async with chatting("alice") as chat:
+        chat.new_output()
+        await chat.hear("error|shutting-down|back in five")
+    assert chat.status == EXIT_FAILURE
+    assert chat.err.getvalue() == (
+        "trichat: the server is shutting down: back in five\n"
+    )
+    assert chat.new_output() == []
+    # It left without saying exit: the server had already said goodbye.
+    assert await chat.server.receive_all() == []
+
+
+@fail_after(5)
+async def test_a_line_over_the_limit_ends_with_status_1() -> None:
+    async with chatting("alice") as chat:
+        await chat.server.stream.send_all(b"x" * 20000)
+    assert chat.status == EXIT_FAILURE
+    assert chat.err.getvalue().startswith(
+        "trichat: the server sent a bad frame: too-long"
+    )
+
+
+class ResetStream(trio.abc.Stream):
+    """A stream that reads *frames*, then finds the connection reset."""
+
+    def __init__(self, *frames: bytes) -> None:
+        self.frames = list(frames)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("connection reset")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if self.frames:
+            return self.frames.pop(0)
+        raise trio.BrokenResourceError("connection reset")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@fail_after(5)
+async def test_a_lost_connection_ends_with_status_1() -> None:
+    client = Client(ResetStream(b"talk|bob|alice|hi\n"))
+    out, err = io.StringIO(), io.StringIO()
+    send_lines, lines = trio.open_memory_channel[str](0)
+    async with send_lines:
+        status = await run_session(
+            client, lines, out, err, ping_interval=0, clock=lambda: NOW
+        )
+    assert status == EXIT_FAILURE
+    assert out.getvalue().splitlines()[-1] == "12:00:01 bob: hi"
+    assert err.getvalue() == "trichat: connection lost: connection reset\n"
+
+
+@fail_after(5)
+async def test_a_failed_send_ends_with_status_1() -> None:
+    # The reading side has not noticed yet; the send finds out.
+    client_stream, _ = trio.testing.memory_stream_pair()
+    client = Client(trio.StapledStream(ResetStream(), client_stream.receive_stream))
+    out, err = io.StringIO(), io.StringIO()
+    send_lines, lines = trio.open_memory_channel[str](1)
+    async with send_lines:
+        send_lines.send_nowait("/all hello")
+        status = await run_session(
+            client, lines, out, err, ping_interval=0, clock=lambda: NOW
+        )
+    assert status == EXIT_FAILURE
+    assert err.getvalue() == "trichat: connection lost: connection reset\n"
+
+
+# Keepalive
+
+
+@fail_after(600)
+async def test_keepalive_pings_a_quiet_server_and_says_when_it_stops_answering(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chatting("alice", ping_interval=10) as chat:
+        start = trio.current_time()
+        chat.new_output()
+        assert await chat.server.receive() == Ping("keepalive-1")
+        assert trio.current_time() == start + 10
+        # No answer for another interval: one warning, not one per ping.
+        assert await chat.server.receive() == Ping("keepalive-2")
+        assert await chat.server.receive() == Ping("keepalive-3")
+        assert trio.current_time() == start + 30
+        assert chat.new_output() == [
+            "12:00:01 ! the server is not answering (nothing heard for 20 s)"
+        ]
+        await chat.hear("pong|keepalive-3")
+        assert chat.new_output() == ["12:00:01 * the server is answering again"]
+        # An answered ping is followed by the next only after a quiet interval.
+        assert await chat.server.receive() == Ping("keepalive-4")
+        assert trio.current_time() == start + 40
+        await chat.end_input()
+
+
+@fail_after(600)
+async def test_keepalive_stays_quiet_while_the_server_talks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chatting("alice", online=["bob"], ping_interval=10) as chat:
+        start = trio.current_time()
+        for _ in range(5):
+            await trio.sleep(9)
+            await chat.server.send("talk|bob|*|tick")
+        with trio.move_on_after(9):
+            assert await chat.server.receive() is None  # pragma: no cover
+        assert await chat.server.receive() == Ping("keepalive-1")
+        assert trio.current_time() == start + 55
+        await chat.end_input()
+
+
+# The terminal
+
+
+@fail_after(5)
+async def test_a_tty_gets_a_prompt_colour_and_an_echo() -> None:
+    async with chatting("alice", online=["bob"], tty=True) as chat:
+        await chat.type("hi")
+        await chat.hear("talk|bob|alice|\u202eyo")
+        await chat.end_input()
+    shown = chat.out.getvalue()
+    assert PROMPT in shown
+    assert "\x1b[1mbob\x1b[0m: \\u202eyo" in shown
+    assert "\x1b[1myou\x1b[0m -> bob: hi" in shown
+    assert "/help lists the commands" in shown
+
+
+@fail_after(5)
+async def test_without_a_tty_there_is_no_prompt_and_no_colour() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        await chat.type("hi", "/who", "/nope")
+        await chat.hear("talk|bob|alice|yo", "error|no-such-user|x")
+        await chat.end_input()
+    shown = chat.out.getvalue()
+    assert PROMPT not in shown
+    assert "\x1b" not in shown
+    assert all(line.startswith("12:00:01 ") for line in shown.splitlines())
+
+
+@fail_after(5)
+async def test_a_tty_without_colour() -> None:
+    async with chatting("alice", online=["bob"], tty=True, colour=False) as chat:
+        await chat.hear("talk|bob|alice|yo")
+        await chat.end_input()
+    shown = chat.out.getvalue()
+    assert PROMPT in shown
+    assert "\x1b[0m" not in shown
+
+
+@fail_after(5)
+async def test_lines_from_a_pipe() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        lines = _Lines(read_fd)
+        os.write(write_fd, b"one\r\ntwo\n\nthr")
+        assert [await lines.__anext__() for _ in range(3)] == ["one", "two", ""]
+        # A character split between reads, and a byte that is not UTF-8.
+        os.write(write_fd, b"\xc3")
+        os.write(write_fd, b"\xa9e \xff\nlast")
+        os.close(write_fd)
+        write_fd = -1
+        assert [line async for line in lines] == ["thr\u00e9e \ufffd", "last"]
+        assert [line async for line in lines] == []
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        os.close(read_fd)
+
+
+@fail_after(5)
+async def test_reading_lines_can_be_cancelled() -> None:
+    read_fd, write_fd = os.pipe()
+    read_returned = threading.Event()
+
+    def read(fd: int, size: int) -> bytes:
+        try:
+            return os.read(fd, size)
+        finally:
+            read_returned.set()
+
+    try:
+        lines = _Lines(read_fd, read=read)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lines.__anext__)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert not read_returned.is_set()
+    finally:
+        # End the abandoned read before its descriptor goes away.
+        os.close(write_fd)
+        await trio.to_thread.run_sync(read_returned.wait)
+        os.close(read_fd)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_arguments() -> None:
+    args = parse("alice")
+    assert (args.name, args.host, args.port) == ("alice", "127.0.0.1", 8089)
+    assert (args.tls, args.ca, args.ping_interval) == (False, None, 30.0)
+    args = parse("bob", "--host", "chat.example", "--port", "9000", "--tls")
+    assert (args.host, args.port, args.tls) == ("chat.example", 9000, True)
+    args = parse("bob", "--ca", "ca.pem", "--ping-interval", "0")
+    assert (args.ca, args.ping_interval) == ("ca.pem", 0.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (),
+        ("alice", "--port", "0"),
+        ("alice", "--port", "http"),
+        ("alice", "--ping-interval", "-1"),
+        ("alice", "--ping-interval", "nan"),
+    ],
+)
+def test_bad_arguments(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(*argv)
+    assert exited.value.code == 2
+    capsys.readouterr()
+
+
+# The command, run as a process over a real socket
+
+CONNECT = """\
+import argparse, sys
+from trichat import terminal
+parser = argparse.ArgumentParser()
+terminal.add_arguments(parser)
+sys.exit(terminal.main(parser.parse_args(sys.argv[1:])))
+"""
+
+
+async def serve(
+    nursery: trio.Nursery,
+    handler: Callable[[FakeServer], Awaitable[None]],
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
+    """Serve *handler* on a free local port; return the port."""
+
+    async def serve_one(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await handler(FakeServer(stream))
+
+    if ssl_context is None:
+        start: Callable[..., Awaitable[Any]] = functools.partial(
+            trio.serve_tcp, serve_one, 0, host="127.0.0.1"
+        )
+    else:
+        start = functools.partial(
+            trio.serve_ssl_over_tcp, serve_one, 0, ssl_context, host="127.0.0.1"
+        )
+    listeners = await nursery.start(start)
+    listener = listeners[0]
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+async def connect_process(
+    *argv: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    result = await trio.run_process(
+        [sys.executable, "-c", CONNECT, *argv],
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert b"Traceback" not in result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port: int = unused.getsockname()[1]
+    return port
+
+
+@fail_after(20)
+async def test_main_chats_through_pipes() -> None:
+    received: list[ClientMessage] = []
+
+    async def bob_is_here(server: FakeServer) -> None:
+        await server.accept("alice", online=["bob"])
+        await server.send("talk|bob|alice|hi alice")
+        received.extend(await server.receive_all())
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, bob_is_here)
+        result = await connect_process(
+            "alice", "--port", str(port), stdin=b"@bob hello\n/all bye\n"
+        )
+        nursery.cancel_scope.cancel()
+    assert result.returncode == EXIT_OK
+    assert result.stderr == b""
+    assert received == [Talk("bob", "hello"), Talk("*", "bye"), Exit()]
+    assert b"* logged in as alice\n" in result.stdout
+    assert b"> " not in result.stdout
+
+
+@fail_after(20)
+async def test_main_with_an_unreachable_server() -> None:
+    port = free_port()
+    result = await connect_process("alice", "--port", str(port))
+    assert result.returncode == EXIT_FAILURE
+    assert result.stderr.decode() == (
+        f"trichat: cannot connect to 127.0.0.1:{port}: Connection refused\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "problem"),
+    [
+        (
+            "error|name-taken|alice is online",
+            EXIT_REFUSED,
+            "name taken: alice is online",
+        ),
+        ("error|bad-name|too long", EXIT_REFUSED, "bad name: too long"),
+        ("error|server-full|try later", EXIT_FAILURE, "the server is full: try later"),
+    ],
+)
+@fail_after(20)
+async def test_main_when_the_login_is_refused(
+    refusal: str, status: int, problem: str
+) -> None:
+    async def refuse(server: FakeServer) -> None:
+        assert await server.receive() == Login("alice")
+        await server.send(refusal)
+        await server.receive_all()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, refuse)
+        result = await connect_process("alice", "--port", str(port))
+        nursery.cancel_scope.cancel()
+    assert result.returncode == status
+    assert result.stderr.decode() == f"trichat: cannot log in as alice: {problem}\n"
+
+
+@fail_after(20)
+async def test_main_with_a_name_the_protocol_refuses() -> None:
+    result = await connect_process("no spaces", "--port", str(free_port()))
+    assert result.returncode == EXIT_REFUSED
+    assert result.stderr.decode() == (
+        "trichat: cannot log in as no spaces: a name may not contain ' '\n"
+    )
+
+
+@asynccontextmanager
+async def connect_started(*argv: str) -> AsyncIterator[trio.Process]:
+    """Run the command with an input pipe that stays open; kill it at the end."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", CONNECT, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        await process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            assert pipe is not None
+            await pipe.aclose()
+
+
+async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
+    assert stream is not None
+    chunks = []
+    while chunk := await stream.receive_some():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@fail_after(20)
+async def test_main_when_the_server_shuts_down() -> None:
+    async def shut_down(server: FakeServer) -> None:
+        await server.accept("alice")
+        await server.send("error|shutting-down|the server is stopping")
+        await server.stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, shut_down)
+        async with connect_started("alice", "--port", str(port)) as process:
+            status = await process.wait()
+            err = await read_all(process.stderr)
+        nursery.cancel_scope.cancel()
+    assert status == EXIT_FAILURE
+    assert err == b"trichat: the server is shutting down: the server is stopping\n"
+
+
+@fail_after(20)
+async def test_main_exits_cleanly_on_ctrl_c() -> None:
+    async def wait(server: FakeServer) -> None:
+        await server.accept("alice")
+        await server.receive_all()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, wait)
+        async with connect_started("alice", "--port", str(port)) as process:
+            assert process.stdout is not None
+            # Once the session has started:
+            assert b"logged in" in await process.stdout.receive_some()
+            process.send_signal(signal.SIGINT)
+            status = await process.wait()
+            err = await read_all(process.stderr)
+        nursery.cancel_scope.cancel()
+    assert status == EXIT_INTERRUPTED
+    assert err == b""
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@fail_after(20)
+async def test_main_over_tls(ca: trustme.CA, tmp_path: Path) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    other_ca_file = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca_file))
+
+    async def greet(server: FakeServer) -> None:
+        login = await server.receive()
+        if login is None:  # a client that does not trust the certificate
+            return
+        assert login == Login("alice")
+        server.connection.logged_in("alice")
+        await server.send("login|alice", "login|bob")
+        await server.receive_all()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, greet, server_context)
+        good = await connect_process("alice", "--port", str(port), "--ca", str(ca_file))
+        wrong = await connect_process(
+            "alice", "--port", str(port), "--ca", str(other_ca_file)
+        )
+        missing = await connect_process(
+            "alice", "--port", str(port), "--ca", str(tmp_path / "missing.pem")
+        )
+        nursery.cancel_scope.cancel()
+    assert good.returncode == EXIT_OK
+    assert b"* bob is online" in good.stdout
+    assert wrong.returncode == EXIT_FAILURE
+    assert wrong.stderr.startswith(
+        f"trichat: cannot connect to 127.0.0.1:{port}: TLS handshake failed:".encode()
+    )
+    assert b"CERTIFICATE_VERIFY_FAILED" in wrong.stderr
+    assert missing.returncode == EXIT_REFUSED
+    assert missing.stderr.startswith(b"trichat: cannot use the CA file")
