@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from hypothesis import strategies as st
 from trichat import Connection, Role, Talk, encode
 from trichat.bench import (
     DEFAULT_PORT,
+    Progress,
     Settings,
     Usage,
     add_arguments,
     format_report,
+    loop_note,
     main,
     parse_duration,
     parse_stamp,
@@ -319,6 +322,19 @@ def test_contended_cpus_are_reported() -> None:
     assert "server" not in warnings[2].split("of the window")[0]
 
 
+def test_closed_loop_note() -> None:
+    calm = {"gen_cpu_pct": 60, "gen_bottleneck": False, "srv_cpu_pct": 70}
+    note = loop_note("dm", calm)
+    assert note is not None
+    assert note.startswith("neither the server (70%) nor the generator (60%)")
+    assert loop_note("fanout", calm) is not None
+    # Open loop, a saturated server or generator, or no server figures: no note.
+    assert loop_note("rate", calm) is None
+    assert loop_note("dm", {**calm, "srv_cpu_pct": 95}) is None
+    assert loop_note("dm", {**calm, "gen_bottleneck": True}) is None
+    assert loop_note("dm", {"gen_cpu_pct": 60, "gen_bottleneck": False}) is None
+
+
 def test_report_table() -> None:
     result = {
         "scenario": "dm",
@@ -471,13 +487,37 @@ async def test_idle_end_to_end() -> None:
 async def test_a_rate_limited_server_is_reported_not_hung() -> None:
     with trio.fail_after(RUN_TIMEOUT):
         async with running_server(rate=20, burst=5) as live:
-            result = await run_bench(tiny(live.port, "dm"))
+            result = await run_bench(tiny(live.port, "dm", pid=os.getpid()))
     assert result["ok"]
+    assert "--rate 0" in result["warnings"][0]
+    assert not any(w.startswith("neither") for w in result["warnings"])
     assert result["error_codes"]["rate-limited"] == result["errors"] > 0
     # Every message was either delivered or refused: none went missing.
     assert result["lost"] == 0
     assert result["refused"] == result["errors"]
-    assert any("--rate 0" in warning for warning in result["warnings"])
+
+
+class ShutDownWhenMeasuring(Progress):
+    def __init__(self, shutdown: Callable[[], None]) -> None:
+        super().__init__()
+        self.shutdown = shutdown
+
+    def phase(self, run: Any, text: str) -> None:
+        if text == "measuring":
+            self.shutdown()
+
+
+async def test_the_server_going_away_ends_the_run() -> None:
+    with trio.fail_after(RUN_TIMEOUT):
+        async with running_server(rate=0) as live:
+            settings = tiny(live.port, "dm", duration=0.5, drain=0.5)
+            progress = ShutDownWhenMeasuring(live.server.shutdown)
+            result = await run_bench(settings, progress)
+    assert result["ok"]
+    assert result["sent"] > 0  # it went away mid-run
+    assert result["conns_lost"] == 4
+    assert result["error_codes"] == {"shutting-down": 4}
+    assert any("closed 4 connection(s)" in w for w in result["warnings"])
 
 
 async def test_a_taken_name_fails_the_run() -> None:

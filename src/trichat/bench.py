@@ -71,10 +71,12 @@ from .messages import (
 __all__ = [
     "SCENARIOS",
     "BenchError",
+    "Progress",
     "Settings",
     "Usage",
     "add_arguments",
     "format_report",
+    "loop_note",
     "main",
     "parse_duration",
     "parse_stamp",
@@ -572,9 +574,13 @@ class _Handler:
         pass
 
 
-class _Progress:
-    """Shows how a run is going on stderr: a live line on a terminal, a line
-    per phase elsewhere, nothing when quiet."""
+class Progress:
+    """Shows how a run is going on *stream*: a live line on a terminal, a
+    line per phase elsewhere, nothing when quiet or without a stream.
+
+    ``phase`` is called as the run enters each phase ("logging in",
+    "warming up", "measuring", "draining", ...).
+    """
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
         self.stream = stream
@@ -625,7 +631,7 @@ class _Progress:
 class _Run:
     """Counters and clocks shared by one run's tasks."""
 
-    def __init__(self, settings: Settings, progress: _Progress) -> None:
+    def __init__(self, settings: Settings, progress: Progress) -> None:
         self.settings = settings
         self.progress = progress
         self.phase = "starting"
@@ -653,6 +659,7 @@ class _Run:
         self.error_codes: dict[str, int] = {}
         self.last_error = ""
         self.conns_lost = 0
+        self._lost: set[str] = set()
         self.exits_seen = 0
         self.logged_in = 0
         self.presence = 0
@@ -684,8 +691,9 @@ class _Run:
         )
         self.last_error = f"the server sent a bad frame: {error}"
 
-    def connection_lost(self) -> None:
-        if self.live:
+    def connection_lost(self, client: _Client) -> None:
+        if self.live and client.name not in self._lost:
+            self._lost.add(client.name)
             self.conns_lost += 1
 
     async def send(self, client: _Client, data: bytes) -> bool:
@@ -693,7 +701,7 @@ class _Run:
         try:
             await client.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.connection_lost()
+            self.connection_lost(client)
             return False
         return True
 
@@ -789,7 +797,7 @@ async def _read(run: _Run, client: _Client, handler: _Handler) -> None:
                 elif event is NEED_DATA:
                     break
                 elif event is CLOSED:
-                    run.connection_lost()
+                    run.connection_lost(client)
                     return
                 elif isinstance(event, Login):
                     handler.login(event.name)
@@ -804,7 +812,7 @@ async def _read(run: _Run, client: _Client, handler: _Handler) -> None:
             now = time.perf_counter_ns()
             conn.receive_data(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        run.connection_lost()
+        run.connection_lost(client)
 
 
 async def _log_in_all(
@@ -1266,6 +1274,23 @@ def usage_summary(
     return summary, warnings
 
 
+def loop_note(scenario: str, summary: dict[str, Any]) -> str | None:
+    """For a closed-loop run in which neither the generator nor the server
+    kept a core busy, a note that the rate is not the server's capacity."""
+    if scenario not in ("dm", "fanout") or summary.get("gen_bottleneck", True):
+        return None
+    server = summary.get("srv_cpu_pct")
+    if server is None or server >= BOTTLENECK_PCT:
+        return None
+    return (
+        f"neither the server ({server}%) nor the generator "
+        f"({summary['gen_cpu_pct']}%) kept a core busy: the closed loop (what "
+        "is in flight, and how fast the generator answers) set this rate, "
+        "not the server's capacity (for a one-process server). Try a larger "
+        "-W or -P, several generators, or the Go loadgen."
+    )
+
+
 def _finish_result(run: _Run, result: dict[str, Any]) -> None:
     settings = run.settings
     result.update(summarize_latencies(run.latencies))
@@ -1280,18 +1305,22 @@ def _finish_result(run: _Run, result: dict[str, Any]) -> None:
     result["exits_seen"] = run.exits_seen
     result["logged_in"] = run.logged_in
     warnings: list[str] = result["warnings"]
-    if run.usage_start is not None and run.usage_end is not None:
-        usage, notes = usage_summary(run.usage_start, run.usage_end)
-        result.update(usage)
-        warnings.extend(notes)
-    if run.usage_end and settings.pid is not None and "srv_cpu_s" not in result:
-        warnings.append(f"could not read /proc/{settings.pid}/stat: no server CPU")
-    if run.error_codes.get(ErrorCode.RATE_LIMITED.value):
+    rate_limited = bool(run.error_codes.get(ErrorCode.RATE_LIMITED.value))
+    if rate_limited:
         warnings.append(
             "the server rate-limited the generator's users (error|rate-limited): "
             "the numbers measure that limit, not the server's capacity. Start "
             "the server with --rate 0 to benchmark it."
         )
+    if run.usage_start is not None and run.usage_end is not None:
+        usage, notes = usage_summary(run.usage_start, run.usage_end)
+        result.update(usage)
+        warnings.extend(notes)
+        note = loop_note(settings.scenario, usage)
+        if note is not None and not rate_limited:
+            warnings.append(note)
+    if run.usage_end and settings.pid is not None and "srv_cpu_s" not in result:
+        warnings.append(f"could not read /proc/{settings.pid}/stat: no server CPU")
     if run.conns_lost:
         warnings.append(
             f"the server closed {run.conns_lost} connection(s) during the run "
@@ -1317,13 +1346,13 @@ def _finish_result(run: _Run, result: dict[str, Any]) -> None:
 
 
 async def run_bench(
-    settings: Settings, progress: _Progress | None = None
+    settings: Settings, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run one benchmark and return its results (what ``--json`` prints).
 
     A run that could not be carried out has ``ok`` False and ``error``.
     """
-    progress = progress or _Progress()
+    progress = progress or Progress()
     run = _Run(settings, progress)
     result = _begin_result(settings)
     try:
@@ -1453,7 +1482,7 @@ def _raise_file_limit(wanted: int) -> None:
 
 
 async def _until_interrupted(
-    settings: Settings, progress: _Progress
+    settings: Settings, progress: Progress
 ) -> dict[str, Any] | None:
     """The run's result, or None if SIGINT stopped it."""
     result = None
@@ -1480,7 +1509,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"trichat bench: {error}", file=sys.stderr)
         return 2
     _raise_file_limit(settings.sockets + 64)
-    progress = _Progress(sys.stderr, quiet=settings.quiet)
+    progress = Progress(sys.stderr, quiet=settings.quiet)
     result = None
     try:
         result = trio.run(_until_interrupted, settings, progress)
