@@ -637,7 +637,9 @@ class _Run:
         self.phase = "starting"
         self.began = time.perf_counter()
         self.clients: list[_Client] = []
-        # The measured window, on the perf_counter_ns clock.
+        # When traffic starts (warmup) and the measured window, on the
+        # perf_counter_ns clock.
+        self.traffic_start = 0
         self.window_start = 0
         self.window_end = 0
         self.stopping = False
@@ -719,13 +721,12 @@ class _Run:
             lot.unpark_all()
         self.check_drained()
 
-    def start_window(self) -> int:
-        """Open the warmup now; returns its start (perf_counter_ns)."""
-        now = time.perf_counter_ns()
-        self.window_start = now + round(self.settings.warmup * _NS)
+    def start_window(self) -> None:
+        """Start the traffic now: the warmup, then the measured window."""
+        self.traffic_start = time.perf_counter_ns()
+        self.window_start = self.traffic_start + round(self.settings.warmup * _NS)
         self.window_end = self.window_start + round(self.settings.duration * _NS)
         self.set_phase("warming up" if self.settings.warmup else "measuring")
-        return now
 
 
 async def _log_in(run: _Run, name: str) -> _Client:
@@ -904,11 +905,7 @@ async def _rate_sender(run: _Run, pair: _Pair, client: _Client, index: int) -> N
     prefix = talk_prefix(client.conn, pair.receiver_name)
     # Sender i sends at R/P msgs/s, shifted by i/P of its interval.
     interval = settings.pairs * _NS / settings.rate
-    base = (
-        run.window_start
-        - round(settings.warmup * _NS)
-        + interval * index / (settings.pairs)
-    )
+    base = run.traffic_start + interval * index / settings.pairs
     end = run.window_end
     seq = 0
     due = round(base)
@@ -1340,8 +1337,8 @@ def _finish_result(run: _Run, result: dict[str, Any]) -> None:
         )
     if run.bad_stamps:
         warnings.append(
-            f"{run.bad_stamps:,} messages from bench senders had no valid stamp "
-            "or came twice"
+            f"{run.bad_stamps:,} messages from bench senders had no valid stamp, "
+            "came twice, or came after the run had given up on them"
         )
 
 
