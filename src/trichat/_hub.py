@@ -26,14 +26,34 @@ class Outbox:
     ``put`` never blocks: it returns False when the frame does not fit (the
     client is too slow) or the outbox is closed. The writer task owns the
     receiving end and sends what has piled up in one write.
+
+    An outbox more than half full is *congested*: senders to it wait (see
+    ``make_room``) while its writer makes progress, so a burst cannot get a
+    client that keeps reading dropped. One whose writer makes no progress
+    for a while is *stalled*: nobody waits for it any more, it fills up and
+    its client is dropped.
     """
 
-    __slots__ = ("_send", "final", "max_bytes", "queued_bytes", "receive")
+    __slots__ = (
+        "_progress",
+        "_send",
+        "final",
+        "max_bytes",
+        "max_frames",
+        "queued_bytes",
+        "queued_frames",
+        "receive",
+        "stalled",
+    )
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self._send, self.receive = trio.open_memory_channel[bytes](max_frames)
+        self.max_frames = max_frames
         self.max_bytes = max_bytes
+        self.queued_frames = 0
         self.queued_bytes = 0
+        self.stalled = False
+        self._progress: trio.Event | None = None
         # Sent after everything queued, whatever the limits (a closing error).
         self.final = b""
 
@@ -44,8 +64,28 @@ class Outbox:
             self._send.send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self.queued_frames += 1
         self.queued_bytes += len(frame)
         return True
+
+    @property
+    def congested(self) -> bool:
+        return not self.stalled and (
+            self.queued_frames * 2 > self.max_frames
+            or self.queued_bytes * 2 > self.max_bytes
+        )
+
+    async def make_room(self, stall_timeout: float) -> None:
+        """Wait until the outbox is at most half full, as long as its writer
+        keeps sending: after *stall_timeout* without progress, mark it
+        stalled and return."""
+        while self.congested:
+            if self._progress is None:
+                self._progress = trio.Event()
+            with trio.move_on_after(stall_timeout) as waited:
+                await self._progress.wait()
+            if waited.cancelled_caught:
+                self.stalled = True
 
     def take_all(self, first: bytes) -> bytes:
         """*first* and every frame queued behind it, as one block of bytes."""
@@ -57,13 +97,23 @@ class Outbox:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         data = b"".join(frames)
+        self.queued_frames -= len(frames)
         self.queued_bytes -= len(data)
+        self.stalled = False
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
         return data
 
     def close(self, final: bytes = b"") -> None:
         """Take no more frames; the writer sends what is queued, then *final*."""
         self.final = final
         self._send.close()
+        # Nobody should wait for room in an outbox that takes no more.
+        self.stalled = True
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
 
 @attrs.define(eq=False)
@@ -132,19 +182,29 @@ class Hub:
         if announce:
             self._announce(peer.exit_frame)
 
-    def deliver(self, sender: Peer, talk: Talk) -> Error | None:
-        """Route *talk* from *sender*; returns the error to tell the sender."""
+    def deliver(
+        self, sender: Peer, talk: Talk, congested: list[Outbox]
+    ) -> Error | None:
+        """Route *talk* from *sender*; returns the error to tell the sender.
+
+        Recipients' outboxes that are now congested are added to *congested*:
+        the sender should let them drain before it sends more.
+        """
         if talk.to == BROADCAST:
-            self._announce(delivery_frame(sender.name, BROADCAST, talk.text), sender)
+            frame = delivery_frame(sender.name, BROADCAST, talk.text)
+            for peer in list(self._peers.values()):
+                if peer is not sender and peer.send(frame) and peer.outbox.congested:
+                    congested.append(peer.outbox)
             return None
         recipient = self._peers.get(name_key(talk.to))
         if recipient is None or not recipient.send(
             delivery_frame(sender.name, recipient.name, talk.text)
         ):
             return Error(ErrorCode.NO_SUCH_USER, talk.to)
+        if recipient.outbox.congested:
+            congested.append(recipient.outbox)
         return None
 
-    def _announce(self, frame: bytes, sender: Peer | None = None) -> None:
+    def _announce(self, frame: bytes) -> None:
         for peer in list(self._peers.values()):
-            if peer is not sender:
-                peer.send(frame)
+            peer.send(frame)

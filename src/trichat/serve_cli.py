@@ -100,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.flood_grace,
         help="seconds over the rate before the connection is closed (%(default)s)",
     )
+    limits.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d.stall_timeout,
+        help="seconds a sender waits for a client with a half-full queue that "
+        "reads nothing, before that client counts as stalled (%(default)s)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
@@ -131,6 +138,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         rate=args.rate,
         burst=args.burst,
         flood_grace=args.flood_grace,
+        stall_timeout=args.stall_timeout,
         ssl_context=context,
     )
 

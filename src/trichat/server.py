@@ -69,6 +69,8 @@ class ServerConfig:
     rate: float = attrs.field(default=100.0, validator=_not_negative)
     burst: int = attrs.field(default=200, validator=_positive)
     flood_grace: float = attrs.field(default=5.0, validator=_positive)
+    stall_timeout: float = attrs.field(default=1.0, validator=_positive)
+    """How long a sender waits for a congested recipient that reads nothing."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye."""
     ssl_context: ssl.SSLContext | None = None
@@ -111,6 +113,7 @@ class _Session:
         "address",
         "bucket",
         "config",
+        "congested",
         "conn",
         "end_error",
         "end_reason",
@@ -124,6 +127,7 @@ class _Session:
         "ping_deadline",
         "ping_token",
         "pings",
+        "quiet_scope",
         "read_scope",
         "server",
         "stream",
@@ -154,9 +158,11 @@ class _Session:
         self.pings = count(1)
         self.read_scope = trio.CancelScope()
         self.write_scope = trio.CancelScope()
+        self.quiet_scope = trio.CancelScope()
         self.end_reason = "closed"
         self.end_error: Error | None = None
         self.kicked = False
+        self.congested: list[Outbox] = []
 
     # -- control from outside ------------------------------------------------
 
@@ -230,7 +236,7 @@ class _Session:
         a scope that expires early just wakes us to set a later deadline.
         """
         while True:
-            with trio.move_on_at(self.wake_at()):
+            with trio.move_on_at(self.wake_at()) as self.quiet_scope:
                 await self.read_frames()
             self.check_quiet(trio.current_time())
 
@@ -280,7 +286,10 @@ class _Session:
             if event is NEED_DATA:
                 data = await receive_some(_RECEIVE_SIZE)
                 self.last_heard = trio.current_time()
-                self.ping_token = None
+                if self.ping_token is not None:
+                    # Answered: the next deadline is a ping interval away.
+                    self.ping_token = None
+                    self.quiet_scope.deadline = self.wake_at()
                 conn.receive_data(data)
                 handled = 0
                 continue
@@ -291,16 +300,29 @@ class _Session:
             self.handle(event)
             if self.kicked:
                 await trio.lowlevel.checkpoint()  # Cancelled ends the loop
+            if self.congested:
+                await self.let_recipients_drain()
             handled += 1
             if handled == _FRAMES_PER_TURN:
                 handled = 0
                 await trio.lowlevel.checkpoint()
 
+    async def let_recipients_drain(self) -> None:
+        """Pause reading until the outboxes we filled past half have room.
+
+        This is what keeps a burst from getting a recipient that reads, but
+        more slowly than we write, dropped; a recipient that stops reading
+        stalls and is not waited for.
+        """
+        stall_timeout = self.config.stall_timeout
+        while self.congested:
+            await self.congested.pop().make_room(stall_timeout)
+
     def handle(self, message: object) -> None:
         match message:
             case Talk():
                 assert self.peer is not None
-                error = self.server.hub.deliver(self.peer, message)
+                error = self.server.hub.deliver(self.peer, message, self.congested)
                 if error is not None:
                     self.reply(error)
             case Login(name=name):
@@ -324,6 +346,9 @@ class _Session:
         self.peer = peer
         self.conn.logged_in(name)
         self.login_deadline = math.inf
+        # The login deadline no longer applies; the ping interval may be
+        # shorter than what is left of it.
+        self.quiet_scope.deadline = self.wake_at()
         log.info("login %s %s", self.address, name)
 
     def reply(self, message: Error | Pong | Ping) -> None:
