@@ -143,8 +143,9 @@ def hub_direct(messages: int) -> Batch:
 
     def batch() -> int:
         deliver = hub.deliver
+        congested: list[Outbox] = []
         for _ in range(messages):
-            deliver(alice, talk)
+            deliver(alice, talk, congested)
         _drain(bob.outbox)
         return messages
 
@@ -159,8 +160,9 @@ def hub_broadcast(users: int, broadcasts: int) -> Batch:
     talk = Talk("*", TEXT)
 
     def batch() -> int:
+        congested: list[Outbox] = []
         for _ in range(broadcasts):
-            hub.deliver(sender, talk)
+            hub.deliver(sender, talk, congested)
         for peer in peers[1:]:
             _drain(peer.outbox)
         return broadcasts * users
