@@ -412,17 +412,24 @@ class ChatServer:
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
-        async with trio.open_nursery() as connections:
-            with self._accepting:
-                async with trio.open_nursery() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, connections)
-                    for listener in listeners:
-                        sockname = listener.socket.getsockname()
-                        log.info("listening on %s port %s", sockname[0], sockname[1])
-                    task_status.started(listeners[0].socket.getsockname()[1])
+        try:
+            async with trio.open_nursery() as connections:
+                with self._accepting:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(
+                                self._accept_loop, listener, connections
+                            )
+                        for listener in listeners:
+                            host, port = listener.socket.getsockname()[:2]
+                            log.info("listening on %s port %s", host, port)
+                        task_status.started(listeners[0].socket.getsockname()[1])
+                # Stopped accepting: free the port while the connections close.
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+        finally:
             for listener in listeners:
-                await listener.aclose()
+                await trio.aclose_forcefully(listener)
         log.info("stopped")
 
     def shutdown(self) -> None:
