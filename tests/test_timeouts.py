@@ -1,0 +1,460 @@
+"""The server's clocks: login timeout, pings, and flood control over time.
+
+Every test runs on ``MockClock(autojump_threshold=0)`` (pytest-trio's
+``autojump_clock`` fixture): when every task is waiting, virtual time jumps
+to the next deadline, so a 10 s timeout costs no real time. Sockets would
+let the clock jump while data is still in flight, so the server serves
+in-memory streams through ``ChatServer.serve_connection``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from trichat.server import ChatServer, ServerConfig
+
+# Virtual seconds; generous, since waiting costs nothing.
+STEP_TIMEOUT = 600.0
+
+
+class MemoryClient:
+    """A line client on one end of an in-memory stream pair.
+
+    With *answer_pings*, ``read_line`` answers the server's ``ping|TOKEN``
+    itself and does not return it, as a well-behaved client would.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, answer_pings: bool = False) -> None:
+        self.stream = stream
+        self.answer_pings = answer_pings
+        self._buffer = bytearray()
+
+    async def send(self, line: str | bytes) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        await self.stream.send_all(data if data.endswith(b"\n") else data + b"\n")
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        self._buffer += data
+        return bool(data)
+
+    async def read_line(self) -> str:
+        with trio.fail_after(STEP_TIMEOUT):
+            while True:
+                while b"\n" not in self._buffer:
+                    if not await self._fill():
+                        raise AssertionError(
+                            f"server closed; unread: {bytes(self._buffer)!r}"
+                        )
+                line, _, rest = bytes(self._buffer).partition(b"\n")
+                self._buffer[:] = rest
+                text = line.decode()
+                if self.answer_pings and text.startswith("ping|"):
+                    await self.send("pong|" + text.removeprefix("ping|"))
+                    continue
+                return text
+
+    async def expect(self, *lines: str) -> None:
+        assert [await self.read_line() for _ in lines] == list(lines)
+
+    async def read_until_closed(self) -> list[str]:
+        """Every line until the server closes; then close our end too."""
+        with trio.fail_after(STEP_TIMEOUT):
+            while await self._fill():
+                pass
+        await self.stream.aclose()
+        lines = bytes(self._buffer).split(b"\n")
+        self._buffer.clear()
+        assert lines[-1] == b"", f"partial line at close: {lines[-1]!r}"
+        return [line.decode() for line in lines[:-1]]
+
+    async def login(self, name: str) -> None:
+        await self.send(f"login|{name}")
+        assert await self.read_line() == f"login|{name}"
+
+
+class MemoryServer:
+    """A ChatServer whose clients are in-memory streams."""
+
+    def __init__(self, server: ChatServer, nursery: trio.Nursery) -> None:
+        self.server = server
+        self.nursery = nursery
+        self.clients: list[MemoryClient] = []
+
+    def connect(self, *, answer_pings: bool = False) -> MemoryClient:
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.server.serve_connection, theirs, "192.0.2.1")
+        client = MemoryClient(ours, answer_pings=answer_pings)
+        self.clients.append(client)
+        return client
+
+    async def login(self, name: str, *, answer_pings: bool = False) -> MemoryClient:
+        client = self.connect(answer_pings=answer_pings)
+        await client.login(name)
+        return client
+
+    async def barrier(self, client: MemoryClient, token: str) -> list[str]:
+        """Lines *client* gets before the answer to its ``ping|TOKEN``."""
+        await client.send(f"ping|{token}")
+        lines = []
+        while (line := await client.read_line()) != f"pong|{token}":
+            lines.append(line)
+        return lines
+
+
+@asynccontextmanager
+async def memory_server(**config: Any) -> AsyncIterator[MemoryServer]:
+    server = ChatServer(ServerConfig(port=0, **config))
+    async with trio.open_nursery() as nursery:
+        live = MemoryServer(server, nursery)
+        try:
+            yield live
+        finally:
+            for client in live.clients:
+                await trio.aclose_forcefully(client.stream)
+            server.shutdown()
+
+
+async def settle() -> None:
+    """Wait until every task, the server's included, is blocked: with
+    in-memory streams nothing can happen any more without new input."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def error_code(line: str) -> str:
+    assert line.startswith("error|"), line
+    return line.split("|")[1]
+
+
+# -- login timeout -------------------------------------------------------------
+
+
+async def test_silent_client_gets_login_timeout(autojump_clock: MockClock) -> None:
+    async with memory_server(login_timeout=10) as live:
+        start = trio.current_time()
+        client = live.connect()
+        lines = await client.read_until_closed()
+        assert [error_code(line) for line in lines] == ["login-timeout"]
+        assert trio.current_time() - start == 10
+        await settle()
+        assert live.server.connections == 0
+
+
+async def test_login_in_time_cancels_the_timeout(autojump_clock: MockClock) -> None:
+    async with memory_server(login_timeout=10, ping_interval=0) as live:
+        client = live.connect()
+        await trio.sleep(9.5)
+        await client.login("alice")
+        await trio.sleep(100)
+        assert await live.barrier(client, "still-here") == []
+        await settle()
+        assert live.server.connections == 1
+
+
+async def test_failed_logins_do_not_extend_the_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(login_timeout=10) as live:
+        holder = await live.login("alice")
+        start = trio.current_time()
+        client = live.connect()
+        for _ in range(5):
+            await client.send("login|ALICE")
+            assert error_code(await client.read_line()) == "name-taken"
+            await client.send("login|bad name")
+            assert error_code(await client.read_line()) == "bad-name"
+            await trio.sleep(1)
+        assert [error_code(x) for x in await client.read_until_closed()] == [
+            "login-timeout"
+        ]
+        assert trio.current_time() - start == 10
+        assert await live.barrier(holder, "a") == []
+
+
+async def test_pings_before_login_do_not_extend_the_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(login_timeout=10) as live:
+        start = trio.current_time()
+        client = live.connect()
+        for n in range(9):
+            assert await live.barrier(client, f"p{n}") == []
+            await trio.sleep(1)
+        lines = await client.read_until_closed()
+        assert [error_code(line) for line in lines] == ["login-timeout"]
+        assert trio.current_time() - start == 10
+
+
+async def test_slowloris_login_never_holds_the_slot(
+    autojump_clock: MockClock,
+) -> None:
+    """A login line trickled one byte a second, taking longer than the login
+    timeout, is cut off at the timeout; the slot is free again."""
+    async with memory_server(login_timeout=5, max_clients=1) as live:
+        start = trio.current_time()
+        client = live.connect()
+        closed_at = math.inf
+
+        async def trickle() -> None:
+            try:
+                for byte in b"login|slowpoke\n":
+                    await client.send_raw(bytes([byte]))
+                    await trio.sleep(1)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            lines = await client.read_until_closed()
+            closed_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert [error_code(line) for line in lines] == ["login-timeout"]
+        # The server closes at the timeout, plus at most its close_timeout
+        # spent flushing the error and waiting for the client to hang up.
+        assert closed_at - start <= 5 + live.server.config.close_timeout
+        await settle()
+        assert live.server.connections == 0
+        # The one slot is free for someone else.
+        other = await live.login("bob")
+        assert await live.barrier(other, "x") == []
+
+
+async def test_endless_trickle_without_newline_is_cut_off(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(login_timeout=5) as live:
+        start = trio.current_time()
+        client = live.connect()
+
+        async def trickle() -> None:
+            try:
+                while True:
+                    await client.send_raw(b"x")
+                    await trio.sleep(0.25)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            lines = await client.read_until_closed()
+            nursery.cancel_scope.cancel()
+        assert [error_code(line) for line in lines] == ["login-timeout"]
+        assert trio.current_time() - start <= 5 + live.server.config.close_timeout
+        await settle()
+        assert live.server.connections == 0
+
+
+# -- pings ---------------------------------------------------------------------
+
+
+async def test_idle_client_gets_pinged_after_the_interval(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+        client = await live.login("alice")
+        since = trio.current_time()
+        line = await client.read_line()
+        assert line.startswith("ping|")
+        token = line.removeprefix("ping|")
+        assert token
+        assert trio.current_time() - since == 30
+
+
+async def test_any_traffic_postpones_the_ping(autojump_clock: MockClock) -> None:
+    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+        client = await live.login("alice")
+        for n in range(5):
+            await trio.sleep(20)
+            assert await live.barrier(client, f"b{n}") == []
+        since = trio.current_time()
+        assert (await client.read_line()).startswith("ping|")
+        assert trio.current_time() - since == 30
+
+
+async def collect(client: MemoryClient, until: str, lines: list[str]) -> None:
+    """Read *client*'s lines into *lines* until *until* arrives."""
+    while (line := await client.read_line()) != until:
+        lines.append(line)
+
+
+async def test_pong_keeps_the_client(autojump_clock: MockClock) -> None:
+    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+        alice = await live.login("alice", answer_pings=True)
+        bob = await live.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        heard: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, alice, "talk|bob|alice|still here", heard)
+            tokens = []
+            for _ in range(4):
+                since = trio.current_time()
+                line = await bob.read_line()
+                assert line.startswith("ping|")
+                assert trio.current_time() - since == 30
+                tokens.append(line.removeprefix("ping|"))
+                await trio.sleep(9)  # answer late, but within ping_timeout
+                await bob.send(f"pong|{tokens[-1]}")
+            assert len(set(tokens)) == len(tokens)
+            # Four intervals and then some: both still online.
+            await bob.send("talk|alice|still here")
+        assert heard == []  # in particular no exit|bob
+        await settle()
+        assert live.server.connections == 2
+
+
+async def test_any_frame_counts_as_a_sign_of_life(autojump_clock: MockClock) -> None:
+    """After a ping, any frame (here a pong with another token) proves the
+    client alive; it is dropped only after going quiet again for a whole
+    interval and timeout."""
+    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+        alice = await live.login("alice", answer_pings=True)
+        bob = await live.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        heard: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, alice, "exit|bob", heard)
+            assert (await bob.read_line()).startswith("ping|")
+            await trio.sleep(5)
+            await bob.send("pong|not-the-token")
+            since = trio.current_time()
+            lines = await bob.read_until_closed()
+            assert len(lines) == 1
+            assert lines[0].startswith("ping|")
+            assert trio.current_time() - since == 30 + 10
+        assert heard == []
+
+
+async def test_silent_client_is_dropped_after_ping_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+        alice = await live.login("alice", answer_pings=True)
+        bob = await live.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        heard: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, alice, "exit|bob", heard)
+            since = trio.current_time()
+            lines = await bob.read_until_closed()
+            assert len(lines) == 1
+            assert lines[0].startswith("ping|")
+            assert trio.current_time() - since == 30 + 10
+        assert heard == []
+        await settle()
+        assert live.server.connections == 1
+        # Alice answered every ping and is still here.
+        assert await live.barrier(alice, "ok") == []
+
+
+# -- flood control -------------------------------------------------------------
+
+
+async def test_burst_then_rate(autojump_clock: MockClock) -> None:
+    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+        client = await live.login("alice")
+        await trio.sleep(10)  # the login took a token; refill
+        # The bucket is full: a burst of 5 frames passes, the 6th does not.
+        await client.send_raw(b"".join(f"ping|{n}\n".encode() for n in range(6)))
+        lines = [await client.read_line() for _ in range(6)]
+        assert lines[:5] == [f"pong|{n}" for n in range(5)]
+        assert error_code(lines[5]) == "rate-limited"
+        # Refilled at 10 frames a second, capped at the burst.
+        await trio.sleep(10)
+        await client.send_raw(b"".join(f"ping|r{n}\n".encode() for n in range(6)))
+        lines = [await client.read_line() for _ in range(6)]
+        assert lines[:5] == [f"pong|r{n}" for n in range(5)]
+        assert error_code(lines[5]) == "rate-limited"
+        await trio.sleep(0.15)  # one and a half tokens
+        await client.send_raw(b"ping|one\nping|two\n")
+        assert await client.read_line() == "pong|one"
+        assert error_code(await client.read_line()) == "rate-limited"
+
+
+async def test_steady_sender_at_the_rate_is_never_limited(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+        alice = await live.login("alice")
+        bob = await live.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        for n in range(200):  # 20 s at 10 frames a second
+            await bob.send(f"talk|alice|{n}")
+            await trio.sleep(0.1)
+        for n in range(200):
+            assert await alice.read_line() == f"talk|bob|alice|{n}"
+        await trio.sleep(1)
+        assert await live.barrier(bob, "end") == []
+
+
+async def test_persistent_flooder_is_closed_after_grace(
+    autojump_clock: MockClock,
+) -> None:
+    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+        alice = await live.login("alice")
+        flooder = await live.login("flood")
+        await flooder.expect("login|alice")
+        await alice.expect("login|flood")
+        start = trio.current_time()
+
+        async def flood() -> None:
+            try:
+                for n in itertools.count():
+                    await flooder.send(f"talk|alice|{n}")
+                    await trio.sleep(0.05)  # 20 frames a second, twice the rate
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            lines = await flooder.read_until_closed()
+            closed_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        codes = [error_code(line) for line in lines]
+        assert codes
+        assert set(codes) == {"rate-limited"}
+        assert "closing" in lines[-1]
+        # First refusal after the 5-frame burst plus what the rate refills
+        # (about 0.5 s), then flood_grace of refusals, then the close.
+        assert 3 <= closed_at - start <= 3 + 1 + live.server.config.close_timeout
+        # Alice got what passed the limiter, in order, then the exit.
+        received = []
+        while (line := await alice.read_line()) != "exit|flood":
+            received.append(line)
+        numbers = [int(line.rsplit("|", 1)[1]) for line in received]
+        assert numbers == sorted(numbers)  # in order, each at most once
+        assert len(numbers) >= 5
+        assert len(set(numbers)) == len(numbers)
+        assert await live.barrier(alice, "ok") == []
+
+
+async def test_bursty_but_moderate_sender_is_not_closed(
+    autojump_clock: MockClock,
+) -> None:
+    """Short bursts over the rate, with pauses to refill the bucket, are
+    refused frame by frame but never count as a persistent flood."""
+    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+        client = await live.login("alice")
+        await trio.sleep(10)  # the login took a token; refill
+        for round_ in range(10):  # 30 s, ten times the grace
+            frames = b"".join(f"ping|{round_}-{n}\n".encode() for n in range(8))
+            await client.send_raw(frames)
+            lines = [await client.read_line() for _ in range(8)]
+            assert lines[:5] == [f"pong|{round_}-{n}" for n in range(5)]
+            assert [error_code(line) for line in lines[5:]] == ["rate-limited"] * 3
+            await trio.sleep(3)
+        assert await live.barrier(client, "alive") == []
