@@ -20,6 +20,10 @@ from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
 
 
+# Held presence frames are queued at once when this many have piled up.
+_LAZY_FRAMES = 256
+
+
 class Outbox:
     """A client's queue of encoded frames, bounded in frames and in bytes.
 
@@ -37,7 +41,9 @@ class Outbox:
     __slots__ = (
         "_progress",
         "_send",
+        "closed",
         "final",
+        "lazy",
         "max_bytes",
         "max_frames",
         "queued_bytes",
@@ -54,18 +60,51 @@ class Outbox:
         self.queued_bytes = 0
         self.stalled = False
         self._progress: trio.Event | None = None
+        # Presence frames that may wait to be sent with later ones: they go
+        # into the channel in one piece, before any other frame.
+        self.lazy: list[bytes] = []
+        self.closed = False
         # Sent after everything queued, whatever the limits (a closing error).
         self.final = b""
 
     def put(self, frame: bytes) -> bool:
+        """Queue *frame*, after any presence frames waiting in ``lazy``."""
         if self.queued_bytes + len(frame) > self.max_bytes:
             return False
+        data = b"".join((*self.lazy, frame)) if self.lazy else frame
         try:
-            self._send.send_nowait(frame)
+            self._send.send_nowait(data)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self.lazy.clear()
         self.queued_frames += 1
         self.queued_bytes += len(frame)
+        return True
+
+    def put_lazy(self, frame: bytes) -> bool:
+        """Hold *frame* until ``flush_lazy`` or the next ``put``.
+
+        It counts against the byte limit at once; once _LAZY_FRAMES are
+        held they are queued without waiting for the flush.
+        """
+        if self.closed or self.queued_bytes + len(frame) > self.max_bytes:
+            return False
+        self.lazy.append(frame)
+        self.queued_bytes += len(frame)
+        if len(self.lazy) >= _LAZY_FRAMES:
+            return self.flush_lazy()
+        return True
+
+    def flush_lazy(self) -> bool:
+        """Queue the held presence frames as one entry."""
+        if not self.lazy:
+            return True
+        try:
+            self._send.send_nowait(b"".join(self.lazy))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.lazy.clear()
+        self.queued_frames += 1
         return True
 
     @property
@@ -107,6 +146,8 @@ class Outbox:
 
     def close(self, final: bytes = b"") -> None:
         """Take no more frames; the writer sends what is queued, then *final*."""
+        self.flush_lazy()
+        self.closed = True
         self.final = final
         self._send.close()
         # Nobody should wait for room in an outbox that takes no more.
@@ -140,6 +181,13 @@ class Peer:
         self.kick("too slow: outgoing queue full")
         return False
 
+    def send_lazy(self, frame: bytes) -> bool:
+        """Like ``send``, for a frame that may wait for ``Hub.flush_presence``."""
+        if self.outbox.put_lazy(frame):
+            return True
+        self.kick("too slow: outgoing queue full")
+        return False
+
 
 class NameTaken(Exception):
     """Another online user holds a name that clashes with the one asked for."""
@@ -150,6 +198,12 @@ class Hub:
 
     def __init__(self) -> None:
         self._peers: dict[str, Peer] = {}
+        self.batch_presence = False
+        """When True, presence frames wait for ``flush_presence``, so that
+        everyone gets the logins and exits of a busy moment in one write;
+        whoever sets it must call ``flush_presence`` after ``presence_due``."""
+        self.presence_due = trio.Event()
+        self._held: list[Peer] = []
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -205,6 +259,23 @@ class Hub:
             congested.append(recipient.outbox)
         return None
 
+    def flush_presence(self) -> None:
+        """Queue the presence frames held back for batching."""
+        held, self._held = self._held, []
+        self.presence_due = trio.Event()
+        for peer in held:
+            if not peer.outbox.flush_lazy():
+                peer.kick("too slow: outgoing queue full")
+
     def _announce(self, frame: bytes) -> None:
-        for peer in list(self._peers.values()):
-            peer.send(frame)
+        peers = list(self._peers.values())
+        if not self.batch_presence:
+            for peer in peers:
+                peer.send(frame)
+            return
+        held = self._held
+        for peer in peers:
+            if not peer.outbox.lazy:
+                held.append(peer)
+            peer.send_lazy(frame)
+        self.presence_due.set()

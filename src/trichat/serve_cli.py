@@ -107,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a sender waits for a client with a half-full queue that "
         "reads nothing, before that client counts as stalled (%(default)s)",
     )
+    limits.add_argument(
+        "--presence-delay",
+        type=float,
+        default=d.presence_delay,
+        help="longest time logins and exits wait to be sent in one batch; less "
+        "with few users online; 0: send each at once (%(default)s)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
@@ -139,6 +146,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         burst=args.burst,
         flood_grace=args.flood_grace,
         stall_timeout=args.stall_timeout,
+        presence_delay=args.presence_delay,
         ssl_context=context,
     )
 
