@@ -63,7 +63,8 @@ def test_lf_arriving_after_a_search_found_none() -> None:
 def test_crlf_loses_its_cr() -> None:
     buffer = LineBuffer(100)
     buffer.feed(b"one\r\ntwo\n\r\n")
-    assert lines_of(buffer) == [b"one", b"two", b""]
+    assert lines_of(buffer) == [b"one", b"two"]
+    assert buffer.blank_lines == 1
 
 
 def test_cr_split_from_its_lf_is_still_dropped() -> None:
@@ -80,10 +81,20 @@ def test_only_the_cr_right_before_the_lf_is_dropped() -> None:
     assert lines_of(buffer) == [b"a\rb\r", b"\rc"]
 
 
-def test_empty_lines_are_returned_as_empty() -> None:
+def test_empty_lines_are_skipped_and_counted() -> None:
     buffer = LineBuffer(100)
-    buffer.feed(b"\n\nx\n")
-    assert lines_of(buffer) == [b"", b"", b"x"]
+    buffer.feed(b"\n\r\nx\n\n")
+    assert lines_of(buffer) == [b"x"]
+    assert buffer.blank_lines == 3
+
+
+def test_a_blank_line_split_between_cr_and_lf_is_still_blank() -> None:
+    buffer = LineBuffer(100)
+    buffer.feed(b"\r")
+    assert buffer.next_line() is None
+    buffer.feed(b"\ny\n")
+    assert lines_of(buffer) == [b"y"]
+    assert buffer.blank_lines == 1
 
 
 def test_bytes_are_passed_through_undecoded() -> None:
@@ -206,8 +217,12 @@ def test_chunking_does_not_change_the_lines(
         got.extend(lines_of(buffer))
     assert got == expected
     assert len(buffer) == len(whole) == len(tail)
-    # The lines come back without their LF and without one CR before it.
-    assert expected == [b.removesuffix(b"\r") for b in bodies]
+    assert buffer.blank_lines == whole.blank_lines
+    # The lines come back without their LF and without one CR before it;
+    # the empty ones are counted, not returned.
+    lines = [body.removesuffix(b"\r") for body in bodies]
+    assert expected == [line for line in lines if line]
+    assert whole.blank_lines == lines.count(b"")
 
 
 @given(st.binary(max_size=300), st.integers(2, 40))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["LineBuffer", "LineTooLong"]
+
+_BLANK_LINES = re.compile(rb"(?:\r?\n)+")
 
 
 class LineTooLong(Exception):
@@ -18,7 +22,7 @@ class LineBuffer:
     stopped, so a line that trickles in is not scanned again from its start.
     """
 
-    __slots__ = ("_buffer", "_scan_from", "max_line")
+    __slots__ = ("_buffer", "_scan_from", "blank_lines", "max_line")
 
     def __init__(self, max_line: int) -> None:
         if max_line < 2:
@@ -26,6 +30,8 @@ class LineBuffer:
         self.max_line = max_line
         self._buffer = bytearray()
         self._scan_from = 0
+        self.blank_lines = 0
+        """Empty lines skipped so far (a caller may reset it)."""
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -34,12 +40,19 @@ class LineBuffer:
         self._buffer += data
 
     def next_line(self) -> bytes | None:
-        """The next line without its LF (and without a CR before it).
+        """The next non-empty line without its LF (and a CR before it).
 
         Returns None when no whole line is buffered yet; raises LineTooLong
-        when the next line breaks the limit.
+        when the next line breaks the limit. Empty lines are skipped, all
+        of a run at once, and counted in ``blank_lines``.
         """
         buffer = self._buffer
+        if buffer and buffer[0] in b"\r\n":
+            blanks = _BLANK_LINES.match(buffer)
+            if blanks is not None:
+                self.blank_lines += blanks.group().count(b"\n")
+                del buffer[: blanks.end()]
+                self._scan_from = 0
         end = buffer.find(b"\n", self._scan_from)
         if end < 0:
             if len(buffer) >= self.max_line:

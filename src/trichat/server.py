@@ -24,7 +24,7 @@ import trio
 from ._codec import ProtocolError, Role, encode
 from ._hub import Hub, NameTaken, Outbox, Peer
 from .connection import CLOSED, NEED_DATA, Connection
-from .messages import Error, ErrorCode, Exit, Login, Ping, Pong, Talk
+from .messages import ClientMessage, Error, ErrorCode, Exit, Login, Ping, Pong, Talk
 
 __all__ = ["ChatServer", "ServerConfig"]
 
@@ -100,6 +100,13 @@ class _TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def take_up_to(self, count: int, now: float) -> int:
+        """Take up to *count* frames' worth; returns how many were allowed."""
+        allowed = 0
+        while allowed < count and self.take(now):
+            allowed += 1
+        return allowed
 
 
 class _Close(Exception):
@@ -281,13 +288,18 @@ class _Session:
         receive_some = self.stream.receive_some
         handled = 0
         while True:
+            event: ClientMessage | ProtocolError | object
             try:
                 event = conn.next_event()
             except ProtocolError as error:
                 if error.code.closes:
                     raise _Close(error.code.value, error.reply) from None
-                self.reply(error.reply)
-                continue
+                event = error
+            blank_lines = conn.take_blank_lines()
+            if blank_lines:
+                # Empty lines mean nothing, but a flood of them is a flood.
+                self.charge_blank_lines(blank_lines)
+                handled += blank_lines
             if event is NEED_DATA:
                 data = await receive_some(_RECEIVE_SIZE)
                 self.last_heard = trio.current_time()
@@ -300,15 +312,19 @@ class _Session:
                 continue
             if event is CLOSED:
                 raise _Close("closed")
-            if self.bucket is not None and not self.within_rate():
-                continue
-            self.handle(event)
+            # Every frame counts against the rate, a faulty one too; only
+            # leaving is always allowed.
+            if self.bucket is None or type(event) is Exit or self.within_rate():
+                if isinstance(event, ProtocolError):
+                    self.reply(event.reply)
+                else:
+                    self.handle(event)
             if self.kicked:
                 await trio.lowlevel.checkpoint()  # Cancelled ends the loop
             if self.congested:
                 await self.let_recipients_drain()
             handled += 1
-            if handled == _FRAMES_PER_TURN:
+            if handled >= _FRAMES_PER_TURN:
                 handled = 0
                 await trio.lowlevel.checkpoint()
 
@@ -357,17 +373,46 @@ class _Session:
         log.info("login %s %s", self.address, name)
 
     def reply(self, message: Error | Pong | Ping) -> None:
-        if not self.outbox.put(encode(message)):
+        outbox = self.outbox
+        if not outbox.put(encode(message)):
             self.kick("too slow: outgoing queue full")
+        elif outbox.congested:
+            # Replies are held to the same rule as deliveries: a client that
+            # reads its replies is not dropped for asking many questions.
+            self.congested.append(outbox)
 
     def within_rate(self) -> bool:
         """Charge one frame to the token bucket; False if it is refused."""
         assert self.bucket is not None
         now = trio.current_time()
         if self.bucket.take(now):
-            if self.flood_since is not None and now - self.last_refused > 1.0:
-                self.flood_since = None
+            self.forgive_flood(now)
             return True
+        self.refused(now)
+        self.reply(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"over {self.config.rate:g} frames/s; frame dropped",
+            )
+        )
+        return False
+
+    def charge_blank_lines(self, count: int) -> None:
+        if self.bucket is None:
+            return
+        now = trio.current_time()
+        if self.bucket.take_up_to(count, now) < count:
+            self.refused(now)
+        else:
+            self.forgive_flood(now)
+
+    def forgive_flood(self, now: float) -> None:
+        """A frame within the rate a second after the last refusal ends a flood."""
+        if self.flood_since is not None and now - self.last_refused > 1.0:
+            self.flood_since = None
+
+    def refused(self, now: float) -> None:
+        """Note a frame over the rate; close a client flooding past the grace."""
         self.last_refused = now
         if self.flood_since is None:
             self.flood_since = now
@@ -380,13 +425,6 @@ class _Session:
                     f"{self.config.flood_grace:g} s; closing",
                 ),
             )
-        self.reply(
-            Error(
-                ErrorCode.RATE_LIMITED,
-                f"over {self.config.rate:g} frames/s; frame dropped",
-            )
-        )
-        return False
 
 
 class ChatServer:
