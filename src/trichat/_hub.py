@@ -9,6 +9,7 @@ slowing the sender or anyone else down.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -20,16 +21,25 @@ from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
 
 
-# Held presence frames are queued at once when this many have piled up.
+# Held presence frames are flushed at once when this many have piled up.
 _LAZY_FRAMES = 256
 
 
 class Outbox:
     """A client's queue of encoded frames, bounded in frames and in bytes.
 
+    Frames are added (``put``, ``put_lazy``) to a pending list and handed
+    on by ``flush``: written to the socket at once when nothing is queued
+    ahead of them and the writer is idle, and otherwise sent down the
+    memory channel whose other end the client's writer task drains, so
+    that every frame leaves in the order it was added and each wake-up of
+    the writer sends all that piled up in one write.
+
     ``put`` never blocks: it returns False when the frame does not fit (the
-    client is too slow) or the outbox is closed. The writer task owns the
-    receiving end and sends what has piled up in one write.
+    client is too slow) or the outbox is closed. It registers the outbox in
+    *due*, the list that whoever added frames flushes before it next
+    waits. ``put_lazy`` (presence) leaves the flush to ``Hub.flush_presence``
+    or to the next ``put``.
 
     An outbox more than half full is *congested*: senders to it wait (see
     ``make_room``) while its writer makes progress, so a burst cannot get a
@@ -39,72 +49,109 @@ class Outbox:
     """
 
     __slots__ = (
+        "_due",
         "_progress",
         "_send",
         "closed",
+        "fd",
         "final",
-        "lazy",
+        "in_channel",
+        "is_due",
         "max_bytes",
         "max_frames",
+        "pending",
         "queued_bytes",
         "queued_frames",
         "receive",
+        "sending",
         "stalled",
     )
 
-    def __init__(self, max_frames: int, max_bytes: int) -> None:
-        self._send, self.receive = trio.open_memory_channel[bytes](max_frames)
+    def __init__(
+        self,
+        max_frames: int,
+        max_bytes: int,
+        *,
+        fd: int | None = None,
+        due: list[Outbox] | None = None,
+    ) -> None:
+        # Each item is a block of frames and how many frames it holds.
+        self._send, self.receive = trio.open_memory_channel[tuple[bytes, int]](
+            max_frames
+        )
+        self.fd = fd
+        """A plain socket's descriptor, to write to directly; None for TLS."""
+        self._due = [] if due is None else due
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.queued_frames = 0
+        self.pending: list[bytes] = []
+        self.queued_frames = 0  # pending, in the channel, or being sent
         self.queued_bytes = 0
+        self.in_channel = 0  # frames handed to the writer, not yet taken
+        self.sending = False  # the writer is in the middle of a write
+        self.is_due = False
         self.stalled = False
-        self._progress: trio.Event | None = None
-        # Presence frames that may wait to be sent with later ones: they go
-        # into the channel in one piece, before any other frame.
-        self.lazy: list[bytes] = []
         self.closed = False
+        self._progress: trio.Event | None = None
         # Sent after everything queued, whatever the limits (a closing error).
         self.final = b""
 
-    def put(self, frame: bytes) -> bool:
-        """Queue *frame*, after any presence frames waiting in ``lazy``."""
-        if self.queued_bytes + len(frame) > self.max_bytes:
+    def _add(self, frame: bytes) -> bool:
+        if (
+            self.closed
+            or self.queued_frames >= self.max_frames
+            or self.queued_bytes + len(frame) > self.max_bytes
+        ):
             return False
-        data = b"".join((*self.lazy, frame)) if self.lazy else frame
-        try:
-            self._send.send_nowait(data)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        self.lazy.clear()
+        self.pending.append(frame)
         self.queued_frames += 1
         self.queued_bytes += len(frame)
+        return True
+
+    def put(self, frame: bytes) -> bool:
+        """Add *frame*, to be sent at the next flush of the due list."""
+        if not self._add(frame):
+            return False
+        if not self.is_due:
+            self.is_due = True
+            self._due.append(self)
         return True
 
     def put_lazy(self, frame: bytes) -> bool:
-        """Hold *frame* until ``flush_lazy`` or the next ``put``.
-
-        It counts against the byte limit at once; once _LAZY_FRAMES are
-        held they are queued without waiting for the flush.
-        """
-        if self.closed or self.queued_bytes + len(frame) > self.max_bytes:
+        """Add a presence frame that may wait for a later flush; once
+        _LAZY_FRAMES are pending they are flushed at once."""
+        if not self._add(frame):
             return False
-        self.lazy.append(frame)
-        self.queued_bytes += len(frame)
-        if len(self.lazy) >= _LAZY_FRAMES:
-            return self.flush_lazy()
-        return True
+        return len(self.pending) < _LAZY_FRAMES or self.flush()
 
-    def flush_lazy(self) -> bool:
-        """Queue the held presence frames as one entry."""
-        if not self.lazy:
+    def flush(self) -> bool:
+        """Send the pending frames on their way; False if the channel to the
+        writer refuses them (the outbox is closing)."""
+        self.is_due = False
+        pending = self.pending
+        if not pending:
             return True
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        frames = len(pending)
+        pending.clear()
+        if self.fd is not None and not self.in_channel and not self.sending:
+            try:
+                written = os.write(self.fd, data)
+            except OSError:
+                # Full (or broken: the writer will find out and say so).
+                written = 0
+            if written:
+                self.queued_bytes -= written
+                self._progressed()
+                if written == len(data):
+                    self.queued_frames -= frames
+                    return True
+                data = data[written:]
         try:
-            self._send.send_nowait(b"".join(self.lazy))
+            self._send.send_nowait((data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
-        self.lazy.clear()
-        self.queued_frames += 1
+        self.in_channel += frames
         return True
 
     @property
@@ -126,27 +173,44 @@ class Outbox:
             if waited.cancelled_caught:
                 self.stalled = True
 
-    def take_all(self, first: bytes) -> bytes:
-        """*first* and every frame queued behind it, as one block of bytes."""
-        frames = [first]
+    def take_all(self, first: tuple[bytes, int]) -> bytes:
+        """*first* and every block queued in the channel behind it, as one
+        block of bytes (for the writer)."""
+        blocks = [first[0]]
+        frames = first[1]
         receive = self.receive
         while True:
             try:
-                frames.append(receive.receive_nowait())
+                data, count = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        data = b"".join(frames)
-        self.queued_frames -= len(frames)
+            blocks.append(data)
+            frames += count
+        data = b"".join(blocks)
+        self.in_channel -= frames
+        self.queued_frames -= frames
         self.queued_bytes -= len(data)
+        self._progressed()
+        return data
+
+    def drain(self) -> bytes:
+        """Everything flushed to the channel, taken at once (as a writer
+        would); for code that has no writer task, such as benchmarks."""
+        try:
+            first = self.receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return b""
+        return self.take_all(first)
+
+    def _progressed(self) -> None:
         self.stalled = False
         if self._progress is not None:
             self._progress.set()
             self._progress = None
-        return data
 
     def close(self, final: bytes = b"") -> None:
         """Take no more frames; the writer sends what is queued, then *final*."""
-        self.flush_lazy()
+        self.flush()
         self.closed = True
         self.final = final
         self._send.close()
@@ -204,6 +268,17 @@ class Hub:
         whoever sets it must call ``flush_presence`` after ``presence_due``."""
         self.presence_due = trio.Event()
         self._held: list[Peer] = []
+        self.due: list[Outbox] = []
+        """Outboxes with frames to flush: whoever adds frames to an outbox
+        (``Outbox.put``) calls ``flush_due`` before it next waits."""
+
+    def flush_due(self) -> None:
+        """Send on the frames added since the last flush."""
+        due = self.due
+        while due:
+            outbox = due.pop()
+            if not outbox.flush():
+                outbox.closed = True
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -264,8 +339,8 @@ class Hub:
         held, self._held = self._held, []
         self.presence_due = trio.Event()
         for peer in held:
-            if not peer.outbox.flush_lazy():
-                peer.kick("too slow: outgoing queue full")
+            if not peer.outbox.flush():
+                peer.kick("connection closing")
 
     def _announce(self, frame: bytes) -> None:
         peers = list(self._peers.values())
@@ -275,7 +350,7 @@ class Hub:
             return
         held = self._held
         for peer in peers:
-            if not peer.outbox.lazy:
+            if not peer.outbox.pending:
                 held.append(peer)
             peer.send_lazy(frame)
         self.presence_due.set()

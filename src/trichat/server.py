@@ -155,7 +155,11 @@ class _Session:
         self.stream = stream
         self.address = address
         self.conn = Connection(Role.SERVER, config.max_line)
-        self.outbox = Outbox(config.queue_size, config.queue_bytes)
+        # A plain socket can be written to directly when nothing is queued.
+        fd = stream.socket.fileno() if type(stream) is trio.SocketStream else None
+        self.outbox = Outbox(
+            config.queue_size, config.queue_bytes, fd=fd, due=server.hub.due
+        )
         self.peer: Peer | None = None
         now = trio.current_time()
         self.bucket = (
@@ -209,6 +213,7 @@ class _Session:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.end_reason = "connection lost"
             self.go_offline()
+            self.server.hub.flush_due()
             final = encode(self.end_error) if self.end_error else b""
             self.outbox.close(final)
             # Flushing and lingering share one deadline.
@@ -234,7 +239,9 @@ class _Session:
         with self.write_scope:
             try:
                 async for first in outbox.receive:
+                    outbox.sending = True
                     await send_all(outbox.take_all(first))
+                    outbox.sending = False
                 if outbox.final:
                     await send_all(outbox.final)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -247,10 +254,15 @@ class _Session:
         quiet period rather than one per read: reads are the hot path, and
         a scope that expires early just wakes us to set a later deadline.
         """
+        flush_due = self.server.hub.flush_due
         while True:
             with trio.move_on_at(self.wake_at()) as self.quiet_scope:
-                await self.read_frames()
+                try:
+                    await self.read_frames()
+                finally:
+                    flush_due()
             self.check_quiet(trio.current_time())
+            flush_due()
 
     def wake_at(self) -> float:
         if self.peer is None:
@@ -286,6 +298,8 @@ class _Session:
     async def read_frames(self) -> None:
         conn = self.conn
         receive_some = self.stream.receive_some
+        # What this task queued goes out before it waits for anything.
+        flush_due = self.server.hub.flush_due
         handled = 0
         while True:
             event: ClientMessage | ProtocolError | object
@@ -301,6 +315,7 @@ class _Session:
                 self.charge_blank_lines(blank_lines)
                 handled += blank_lines
             if event is NEED_DATA:
+                flush_due()
                 data = await receive_some(_RECEIVE_SIZE)
                 self.last_heard = trio.current_time()
                 if self.ping_token is not None:
@@ -320,12 +335,15 @@ class _Session:
                 else:
                     self.handle(event)
             if self.kicked:
+                flush_due()
                 await trio.lowlevel.checkpoint()  # Cancelled ends the loop
             if self.congested:
+                flush_due()
                 await self.let_recipients_drain()
             handled += 1
             if handled >= _FRAMES_PER_TURN:
                 handled = 0
+                flush_due()
                 await trio.lowlevel.checkpoint()
 
     async def let_recipients_drain(self) -> None:
