@@ -1,11 +1,14 @@
 """The trichat server: one Trio task per connection, routing through the hub.
 
 ``ChatServer(config).serve()`` listens, and runs every connection as a task
-in the server's nursery. A connection is a reader (this module's
-``_Session.read_loop``: frames in, replies and deliveries out) and a writer
-(drains the client's bounded outbox in one ``send_all`` per wake-up), both
-in the connection's own nursery. ``shutdown()`` stops accepting, tells every
-client ``error|shutting-down|...`` and waits for the connections to close.
+in the server's nursery. A connection is a reader (``_Session.read_loop``:
+frames in, replies and deliveries into the recipients' outboxes) and a
+writer (drains the client's bounded outbox in one ``send_all`` per
+wake-up), both in the connection's own nursery. A reader flushes the
+outboxes it filled before it waits: straight to the socket when nothing is
+queued there, else to the writer. ``shutdown()`` stops accepting, tells
+every client ``error|shutting-down|...`` and waits for the connections to
+close.
 """
 
 from __future__ import annotations
