@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
-from typing import ParamSpec
 
 import pytest
 import trio
 import trio.testing
 import trustme
+from fakeserver import (
+    FakeServer,
+    ResetStream,
+    fail_after,
+    fake_server_pair,
+    free_port,
+    logged_in,
+    serve_fake,
+)
 
 from trichat.client import (
     MAX_SERVER_FRAME,
@@ -23,9 +27,7 @@ from trichat.client import (
     connect,
     open_client,
 )
-from trichat.connection import CLOSED, NEED_DATA, Connection, Role
 from trichat.messages import (
-    ClientMessage,
     Delivery,
     Error,
     ErrorCode,
@@ -35,82 +37,6 @@ from trichat.messages import (
     Pong,
     Talk,
 )
-
-P = ParamSpec("P")
-
-
-def fail_after(
-    seconds: float,
-) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
-    """Bound a test: it fails with TooSlowError after *seconds*."""
-
-    def decorate(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
-        @functools.wraps(test)
-        async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return decorate
-
-
-class FakeServer:
-    """The server's end of a stream, scripted by a test."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.connection = Connection(Role.SERVER)
-
-    async def receive(self) -> ClientMessage | None:
-        """The client's next frame; None when the client closed."""
-        while True:
-            event = self.connection.next_event()
-            if event is NEED_DATA:
-                try:
-                    data = await self.stream.receive_some()
-                except trio.ClosedResourceError:
-                    return None
-                self.connection.receive_data(data)
-                continue
-            if event is CLOSED:
-                return None
-            match event:
-                case Login() | Talk() | Exit() | Ping() | Pong():
-                    return event
-                case _:
-                    raise AssertionError(f"a client sent {event!r}")
-
-    async def expect(self, message: ClientMessage) -> None:
-        assert await self.receive() == message
-
-    async def expect_closed(self) -> None:
-        assert await self.receive() is None
-
-    async def send(self, *lines: str) -> None:
-        await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
-
-    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
-        """Take the client's login and acknowledge it as *name*; list *online*."""
-        message = await self.receive()
-        assert isinstance(message, Login)
-        self.connection.logged_in(name)
-        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
-
-
-def fake_server_pair() -> tuple[trio.abc.Stream, FakeServer]:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    return client_stream, FakeServer(server_stream)
-
-
-async def logged_in(
-    name: str = "alice", online: Iterable[str] = ()
-) -> tuple[Client, FakeServer]:
-    client_stream, server = fake_server_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.accept, name, online)
-        client = await Client.login(client_stream, name)
-    return client, server
 
 
 def roster(client: Client) -> tuple[str, ...]:
@@ -330,34 +256,16 @@ async def test_a_line_over_the_limit_is_fatal() -> None:
     assert [message async for message in client] == []
 
 
-class BrokenStream(trio.abc.Stream):
-    """A stream whose connection was reset."""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint()
-        raise trio.BrokenResourceError("reset by peer")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        raise trio.BrokenResourceError("reset by peer")
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-
 @fail_after(5)
 async def test_a_broken_connection_raises_connection_lost() -> None:
-    client = Client(BrokenStream())
+    client = Client(ResetStream(reason="reset by peer"))
     with pytest.raises(ConnectionLost, match="reset by peer"):
         await next_message(client)
     assert [message async for message in client] == []
     with pytest.raises(ConnectionLost, match="reset by peer"):
         await client.talk("bob", "hi")
     with pytest.raises(ConnectionLost, match="reset by peer"):
-        await Client.login(BrokenStream(), "alice")
+        await Client.login(ResetStream(reason="reset by peer"), "alice")
     await client.exit()  # leaving a lost connection is not an error
 
 
@@ -473,43 +381,8 @@ async def test_a_send_cancelled_halfway_breaks_later_sends() -> None:
 # Connecting over TCP and TLS
 
 
-async def serve_fake(
-    nursery: trio.Nursery,
-    handler: Callable[[trio.abc.Stream], Awaitable[None]],
-    ssl_context: ssl.SSLContext | None = None,
-) -> int:
-    """Serve *handler* on a free local port; return the port.
-
-    A client that breaks the connection (a failed TLS handshake) ends its
-    handler, not the server.
-    """
-
-    async def tolerant(stream: trio.abc.Stream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError):
-            await handler(stream)
-
-    listeners: list[trio.abc.Listener[trio.abc.Stream]]
-    if ssl_context is None:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, tolerant, 0, host="127.0.0.1")
-        )
-    else:
-        listeners = await nursery.start(
-            functools.partial(
-                trio.serve_ssl_over_tcp, tolerant, 0, ssl_context, host="127.0.0.1"
-            )
-        )
-    listener = listeners[0]
-    if isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    assert isinstance(listener, trio.SocketListener)
-    port: int = listener.socket.getsockname()[1]
-    return port
-
-
-async def chat_server(stream: trio.abc.Stream) -> None:
+async def chat_server(server: FakeServer) -> None:
     """Accept any login, then echo the client's talk back to it; until exit."""
-    server = FakeServer(stream)
     message = await server.receive()
     assert isinstance(message, Login)
     server.connection.logged_in(message.name)
@@ -520,7 +393,7 @@ async def chat_server(stream: trio.abc.Stream) -> None:
             break
         if isinstance(message, Talk):
             await server.send(f"talk|bob|{message.to}|{message.text}")
-    await stream.aclose()
+    await server.stream.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -581,10 +454,10 @@ async def test_tls_with_an_untrusted_certificate(ca: trustme.CA) -> None:
 async def test_tls_to_a_plain_tcp_server(ca: trustme.CA) -> None:
     _, client_context = tls_contexts(ca)
 
-    async def plain(stream: trio.abc.Stream) -> None:
+    async def plain(server: FakeServer) -> None:
         # What a plain server answers bytes that are not a frame.
-        await stream.send_all(b"error|bad-frame|frame is not valid UTF-8\n")
-        await stream.aclose()
+        await server.stream.send_all(b"error|bad-frame|frame is not valid UTF-8\n")
+        await server.stream.aclose()
 
     async with trio.open_nursery() as nursery:
         port = await serve_fake(nursery, plain)
@@ -595,8 +468,5 @@ async def test_tls_to_a_plain_tcp_server(ca: trustme.CA) -> None:
 
 @fail_after(10)
 async def test_an_unreachable_server() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
     with pytest.raises(OSError, match="connect"):
-        await connect("alice", port=port)
+        await connect("alice", port=free_port())

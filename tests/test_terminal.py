@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import io
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,15 +15,22 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 import trustme
+from fakeserver import (
+    FakeServer,
+    ResetStream,
+    fail_after,
+    free_port,
+    logged_in,
+    serve_fake,
+)
 
 from trichat.client import Client
-from trichat.connection import CLOSED, NEED_DATA, Connection, Role
 from trichat.messages import (
     ClientMessage,
     Error,
@@ -49,68 +54,7 @@ from trichat.terminal import (
     run_session,
 )
 
-P = ParamSpec("P")
 NOW = datetime.datetime(2024, 5, 17, 12, 0, 1)
-
-
-def fail_after(
-    seconds: float,
-) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
-    """Bound a test: it fails with TooSlowError after *seconds*."""
-
-    def decorate(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
-        @functools.wraps(test)
-        async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return decorate
-
-
-class FakeServer:
-    """The server's end of a stream, scripted by a test."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.connection = Connection(Role.SERVER)
-
-    async def receive(self) -> ClientMessage | None:
-        """The client's next frame; None when the client closed."""
-        while True:
-            event = self.connection.next_event()
-            if event is NEED_DATA:
-                try:
-                    data = await self.stream.receive_some()
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return None
-                self.connection.receive_data(data)
-                continue
-            if event is CLOSED:
-                return None
-            match event:
-                case Login() | Talk() | Exit() | Ping() | Pong():
-                    return event
-                case _:
-                    raise AssertionError(f"a client sent {event!r}")
-
-    async def receive_all(self) -> list[ClientMessage]:
-        """Every frame until the client closes."""
-        frames = []
-        while (message := await self.receive()) is not None:
-            frames.append(message)
-        return frames
-
-    async def send(self, *lines: str) -> None:
-        await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
-
-    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
-        """Take the client's login and acknowledge it as *name*; list *online*."""
-        message = await self.receive()
-        assert isinstance(message, Login)
-        self.connection.logged_in(name)
-        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
 
 
 class Chat:
@@ -162,11 +106,7 @@ async def chatting(
     name: str = "alice", online: Iterable[str] = (), **options: Any
 ) -> AsyncIterator[Chat]:
     """Log in over a memory stream and run a session; the block ends it."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = FakeServer(server_stream)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.accept, name, online)
-        client = await Client.login(client_stream, name)
+    client, server = await logged_in(name, online)
     chat = Chat(client, server)
     options.setdefault("ping_interval", 0)
     async with trio.open_nursery() as nursery:
@@ -499,29 +439,6 @@ async def test_a_line_over_the_limit_ends_with_status_1() -> None:
     )
 
 
-class ResetStream(trio.abc.Stream):
-    """A stream that reads *frames*, then finds the connection reset."""
-
-    def __init__(self, *frames: bytes) -> None:
-        self.frames = list(frames)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint()
-        raise trio.BrokenResourceError("connection reset")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if self.frames:
-            return self.frames.pop(0)
-        raise trio.BrokenResourceError("connection reset")
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-
 @fail_after(5)
 async def test_a_lost_connection_ends_with_status_1() -> None:
     client = Client(ResetStream(b"talk|bob|alice|hi\n"))
@@ -729,27 +646,9 @@ async def serve(
     handler: Callable[[FakeServer], Awaitable[None]],
     ssl_context: ssl.SSLContext | None = None,
 ) -> int:
-    """Serve *handler* on a free local port; return the port."""
-
-    async def serve_one(stream: trio.abc.Stream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError):
-            await handler(FakeServer(stream))
-
-    if ssl_context is None:
-        start: Callable[..., Awaitable[Any]] = functools.partial(
-            trio.serve_tcp, serve_one, 0, host="127.0.0.1"
-        )
-    else:
-        start = functools.partial(
-            trio.serve_ssl_over_tcp, serve_one, 0, ssl_context, host="127.0.0.1"
-        )
-    listeners = await nursery.start(start)
-    listener = listeners[0]
-    if isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    assert isinstance(listener, trio.SocketListener)
-    port: int = listener.socket.getsockname()[1]
-    return port
+    """``serve_fake`` for ``trichat connect`` processes. One may exit with
+    frames unread, and so reset the connection: that counts as closing."""
+    return await serve_fake(nursery, handler, ssl_context, broken_is_closed=True)
 
 
 async def connect_process(
@@ -765,13 +664,6 @@ async def connect_process(
     )
     assert b"Traceback" not in result.stderr
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port: int = unused.getsockname()[1]
-    return port
 
 
 @fail_after(20)

@@ -1,0 +1,186 @@
+"""A scripted fake server, for the tests of the clients (the library's and
+the terminal's), and the small pieces those tests share."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from typing import ParamSpec
+
+import trio
+import trio.testing
+
+from trichat.client import Client
+from trichat.connection import CLOSED, NEED_DATA, Connection, Role
+from trichat.messages import ClientMessage, Exit, Login, Ping, Pong, Talk
+
+P = ParamSpec("P")
+
+
+def fail_after(
+    seconds: float,
+) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
+    """Bound a test: it fails with TooSlowError after *seconds*."""
+
+    def decorate(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+        @functools.wraps(test)
+        async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
+            with trio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return bounded
+
+    return decorate
+
+
+class FakeServer:
+    """The server's end of a stream, scripted by a test.
+
+    A client that breaks the connection off (a reset, a failed TLS
+    handshake) makes ``receive`` raise BrokenResourceError; with
+    *broken_is_closed* that counts as the client closing instead.
+    """
+
+    def __init__(
+        self, stream: trio.abc.Stream, *, broken_is_closed: bool = False
+    ) -> None:
+        self.stream = stream
+        self.connection = Connection(Role.SERVER)
+        self._gone: tuple[type[Exception], ...] = (
+            (trio.ClosedResourceError, trio.BrokenResourceError)
+            if broken_is_closed
+            else (trio.ClosedResourceError,)
+        )
+
+    async def receive(self) -> ClientMessage | None:
+        """The client's next frame; None when the client closed."""
+        while True:
+            event = self.connection.next_event()
+            if event is NEED_DATA:
+                try:
+                    data = await self.stream.receive_some()
+                except self._gone:
+                    return None
+                self.connection.receive_data(data)
+                continue
+            if event is CLOSED:
+                return None
+            match event:
+                case Login() | Talk() | Exit() | Ping() | Pong():
+                    return event
+                case _:
+                    raise AssertionError(f"a client sent {event!r}")
+
+    async def receive_all(self) -> list[ClientMessage]:
+        """Every frame until the client closes."""
+        frames = []
+        while (message := await self.receive()) is not None:
+            frames.append(message)
+        return frames
+
+    async def expect(self, message: ClientMessage) -> None:
+        assert await self.receive() == message
+
+    async def expect_closed(self) -> None:
+        assert await self.receive() is None
+
+    async def send(self, *lines: str) -> None:
+        await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
+
+    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
+        """Take the client's login and acknowledge it as *name*; list *online*."""
+        message = await self.receive()
+        assert isinstance(message, Login)
+        self.connection.logged_in(name)
+        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
+
+
+class ResetStream(trio.abc.Stream):
+    """A stream that reads *frames*, then finds the connection reset: each
+    send, and every read after the frames, raises BrokenResourceError(*reason*).
+    """
+
+    def __init__(self, *frames: bytes, reason: str = "connection reset") -> None:
+        self.frames = list(frames)
+        self.reason = reason
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError(self.reason)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if self.frames:
+            return self.frames.pop(0)
+        raise trio.BrokenResourceError(self.reason)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def fake_server_pair() -> tuple[trio.abc.Stream, FakeServer]:
+    """The client's end of an in-memory stream, and a FakeServer on the other."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    return client_stream, FakeServer(server_stream)
+
+
+async def logged_in(
+    name: str = "alice", online: Iterable[str] = ()
+) -> tuple[Client, FakeServer]:
+    """A Client logged in as *name* over a memory stream, *online* listed."""
+    client_stream, server = fake_server_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept, name, online)
+        client = await Client.login(client_stream, name)
+    return client, server
+
+
+async def serve_fake(
+    nursery: trio.Nursery,
+    handler: Callable[[FakeServer], Awaitable[None]],
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    broken_is_closed: bool = False,
+) -> int:
+    """Serve *handler* a FakeServer (see there for *broken_is_closed*) for
+    each connection, on a free local port; return the port.
+
+    A client that breaks the connection (a failed TLS handshake) ends its
+    handler, not the server.
+    """
+
+    async def tolerant(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await handler(FakeServer(stream, broken_is_closed=broken_is_closed))
+
+    listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    if ssl_context is None:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, tolerant, 0, host="127.0.0.1")
+        )
+    else:
+        listeners = await nursery.start(
+            functools.partial(
+                trio.serve_ssl_over_tcp, tolerant, 0, ssl_context, host="127.0.0.1"
+            )
+        )
+    listener = listeners[0]
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+def free_port() -> int:
+    """A local port that nothing listens on (just now)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port: int = unused.getsockname()[1]
+    return port
