@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,8 +32,7 @@ class LiveServer:
     async def login(self, name: str) -> LineClient:
         """A client logged in as *name*, its acknowledgement read."""
         client = await self.connect()
-        await client.send(f"login|{name}")
-        assert await client.read_line() == f"login|{name}"
+        await client.login(name)
         return client
 
 
@@ -50,6 +51,39 @@ async def running_server(**config: Any) -> AsyncIterator[LiveServer]:
             for client in live.clients:
                 await trio.aclose_forcefully(client.stream)
             server.shutdown()
+
+
+async def wait_for_connections(live: LiveServer, count: int) -> None:
+    """Wait (bounded) until the server holds *count* connections.
+
+    The server signals no event when a connection is gone, and a client that
+    hung up itself cannot see it, so this polls.
+    """
+    with trio.fail_after(STEP_TIMEOUT):
+        while live.server.connections != count:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def read_until_gone(stream: trio.abc.Stream) -> bytes:
+    """Every byte until the server closes (or resets) the connection."""
+    received = bytearray()
+    with trio.fail_after(STEP_TIMEOUT):
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+            received += data
+    return bytes(received)
+
+
+def reset_on_close(stream: trio.SocketStream) -> None:
+    """Make closing *stream* send a TCP RST instead of a FIN."""
+    stream.socket.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
 
 
 class LineClient:
@@ -98,20 +132,17 @@ class LineClient:
 
     async def read_until_closed(self) -> list[str]:
         """Every line until the server closes the connection."""
-        with trio.fail_after(STEP_TIMEOUT):
-            while True:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    data = b""
-                if not data:
-                    break
-                self._buffer += data
+        self._buffer += await read_until_gone(self.stream)
         self.eof = True
         lines = bytes(self._buffer).split(b"\n")
         self._buffer.clear()
         assert lines[-1] == b"", f"partial line at close: {lines[-1]!r}"
         return [line.decode() for line in lines[:-1]]
+
+    async def login(self, name: str) -> None:
+        """Log in as *name*; the next line must be the acknowledgement."""
+        await self.send(f"login|{name}")
+        assert await self.read_line() == f"login|{name}"
 
     async def aclose(self) -> None:
         await self.stream.aclose()

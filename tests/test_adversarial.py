@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import itertools
 import random
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
-from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
+from helpers import (
+    STEP_TIMEOUT,
+    LineClient,
+    LiveServer,
+    read_until_gone,
+    reset_on_close,
+    running_server,
+    wait_for_connections,
+)
 
 from trichat import Role, decode
 
@@ -55,21 +61,6 @@ def split_lines(data: bytes) -> list[str]:
     for line in decoded:
         check_server_frame(line)
     return decoded
-
-
-async def read_until_gone(stream: trio.abc.Stream) -> bytes:
-    """Every byte until the server closes (or resets) the connection."""
-    received = bytearray()
-    with trio.fail_after(STEP_TIMEOUT):
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not data:
-                break
-            received += data
-    return bytes(received)
 
 
 async def read_until_line(stream: trio.abc.Stream, last: str) -> list[str]:
@@ -113,24 +104,6 @@ def check_login(lines: list[str], name: str, online: list[str]) -> None:
     (in no particular order)."""
     assert lines[0] == f"login|{name}", lines
     assert sorted(lines[1:]) == sorted(f"login|{x}" for x in online), lines
-
-
-def reset_on_close(stream: trio.SocketStream) -> None:
-    """Make closing *stream* send a TCP RST instead of a FIN."""
-    stream.socket.setsockopt(
-        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-    )
-
-
-async def wait_for_connections(live: LiveServer, count: int) -> None:
-    """Wait (bounded) until the server holds *count* connections.
-
-    The server signals no event when a connection is gone, and a client that
-    hung up itself cannot see it, so this polls.
-    """
-    with trio.fail_after(STEP_TIMEOUT):
-        while live.server.connections != count:  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 # -- the normal users ----------------------------------------------------------

@@ -10,11 +10,17 @@ whatever they caused is queued before the pong).
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 import trio
-from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
+from helpers import (
+    STEP_TIMEOUT,
+    LineClient,
+    LiveServer,
+    read_until_gone,
+    reset_on_close,
+    running_server,
+)
 
 # -- helpers -------------------------------------------------------------------
 
@@ -94,32 +100,12 @@ async def open_client(
     return client
 
 
-async def log_in(client: LineClient, name: str) -> None:
-    await client.send(f"login|{name}")
-    assert await client.read_line() == f"login|{name}"
-
-
 async def reset(client: LineClient) -> None:
     """Drop the connection abortively: the server sees a reset, not EOF."""
     stream = client.stream
     assert isinstance(stream, trio.SocketStream)
-    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset_on_close(stream)
     await stream.aclose()
-
-
-async def read_raw_until_closed(client: LineClient) -> bytes:
-    """Every byte until the server closes (a reset counts as a close)."""
-    data = bytearray()
-    with trio.fail_after(STEP_TIMEOUT):
-        while True:
-            try:
-                chunk = await client.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    return bytes(data)
 
 
 async def users(live: LiveServer, *names: str) -> list[LineClient]:
@@ -193,7 +179,7 @@ async def test_names_clash_case_insensitively_after_nfkc(clash: str) -> None:
         # Still connected and not logged in: the same connection may retry.
         await other.send("talk|Zo\u00eb|hi")
         await expect_error(other, "not-logged-in")
-        await log_in(other, "bob")
+        await other.login("bob")
         await other.expect("login|Zo\u00eb")  # shown as its owner wrote it
         await zoe.expect("login|bob")
         await assert_quiet(zoe, other)
@@ -238,7 +224,7 @@ async def test_bad_name_leaves_the_connection_free_to_log_in(name: str) -> None:
         client = await live.connect()
         await client.send(f"login|{name}")
         await expect_error(client, "bad-name")
-        await log_in(client, "alice")
+        await client.login("alice")
         await client.expect("login|watcher")
         await watcher.expect("login|alice")  # and nothing about the bad name
         await assert_quiet(client, watcher)
@@ -268,7 +254,7 @@ async def test_name_taken_then_log_in_with_another_name() -> None:
         await expect_error(other, "name-taken")
         await other.send("login|ALICE")
         await expect_error(other, "name-taken")
-        await log_in(other, "alice2")
+        await other.login("alice2")
         await other.expect("login|alice")
         await alice.expect("login|alice2")
         await assert_quiet(alice, other)
@@ -479,7 +465,7 @@ async def test_bad_frame_before_login_keeps_the_connection(frame: bytes) -> None
         client = await live.connect()
         await client.send(frame)
         await expect_error(client, "bad-frame")
-        await log_in(client, "alice")
+        await client.login("alice")
         await client.expect("login|bob")
         await bob.expect("login|alice")
 
@@ -504,7 +490,7 @@ async def test_not_logged_in(frame: str) -> None:
         await client.send(frame)
         await expect_error(client, "not-logged-in")
         await assert_quiet(client, bob)  # bob got nothing; client still open
-        await log_in(client, "alice")
+        await client.login("alice")
         await client.expect("login|bob")
         await bob.expect("login|alice")
 
@@ -711,7 +697,7 @@ async def test_too_many_connections_from_one_address() -> None:
         await refused_with(second, "too-many-connections")
         # Another address still gets in.
         bob = await open_client(live, source_ip="127.0.0.2")
-        await log_in(bob, "bob")
+        await bob.login("bob")
         await bob.expect("login|alice")
         await alice.expect("login|bob")
         await alice.send("exit")
@@ -846,7 +832,7 @@ async def test_ping_is_answered_before_and_after_login(token: str) -> None:
         client = await live.connect()
         await client.send(f"ping|{token}")
         await client.expect(f"pong|{token}")
-        await log_in(client, "alice")
+        await client.login("alice")
         await client.send(f"ping|{token}")
         await client.expect(f"pong|{token}")
 
@@ -856,7 +842,7 @@ async def test_unasked_pong_is_ignored() -> None:
         client = await live.connect()
         await client.send("pong|nobody-asked")
         await assert_quiet(client)
-        await log_in(client, "alice")
+        await client.login("alice")
         await client.send("pong|nobody-asked")
         await assert_quiet(client)
 
@@ -982,7 +968,7 @@ async def test_client_that_never_reads_is_dropped_and_the_rest_go_on() -> None:
         await carol.send("talk|*|so it seems")
         await alice.expect("talk|carol|*|so it seems")
         # What bob got is the start of what he was sent, in order.
-        data = await read_raw_until_closed(bob)
+        data = await read_until_gone(bob.stream)
         lines = data.split(b"\n")[:-1]  # the last frame may be cut short
         assert lines[0] == b"login|bob"
         assert sorted(lines[1:3]) == [b"login|alice", b"login|carol"]
@@ -1003,7 +989,7 @@ async def _burst_to_readers(to: str, rcvbuf: int | None, chunk: int) -> None:
         readers = {"bob": await open_client(live, rcvbuf=rcvbuf)}
         readers["carol"] = await open_client(live, rcvbuf=rcvbuf)
         for name, client in readers.items():
-            await log_in(client, name)
+            await client.login(name)
         await readers["bob"].expect("login|alice", "login|carol")
         assert sorted(await readers["carol"].read_lines(2)) == [
             "login|alice",

@@ -9,7 +9,14 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trustme
-from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
+from helpers import (
+    STEP_TIMEOUT,
+    LineClient,
+    LiveServer,
+    read_until_gone,
+    running_server,
+    wait_for_connections,
+)
 
 from trichat.client import ConnectionLost, open_client
 from trichat.messages import Delivery, Login
@@ -59,20 +66,8 @@ async def tls_client(
 
 async def tls_login(live: LiveServer, context: ssl.SSLContext, name: str) -> LineClient:
     client = await tls_client(live, context)
-    await client.send(f"login|{name}")
-    assert await client.read_line() == f"login|{name}"
+    await client.login(name)
     return client
-
-
-async def wait_for_connections(live: LiveServer, count: int) -> None:
-    """Wait (bounded) until the server holds *count* connections.
-
-    The server signals no event when a connection is gone, and a client that
-    hung up itself cannot see it, so this polls.
-    """
-    with trio.fail_after(STEP_TIMEOUT):
-        while live.server.connections != count:  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 async def test_two_tls_clients_talk(
@@ -146,7 +141,7 @@ async def test_plain_client_speaking_chat_gets_no_chat_frames(
         async with tls_server(server_context) as live:
             client = await live.connect()
             await client.send("login|alice")
-            received = await read_raw_until_closed(client.stream)
+            received = await read_until_gone(client.stream)
             # At most a TLS alert record (content type 21), never a frame.
             assert not received or received[0] == 21, received
             assert b"login|" not in received
@@ -163,7 +158,7 @@ async def test_silent_plain_client_is_closed_by_the_login_timeout(
         async with tls_server(server_context, login_timeout=0.5) as live:
             client = await live.connect()
             start = trio.current_time()
-            received = await read_raw_until_closed(client.stream)
+            received = await read_until_gone(client.stream)
             elapsed = trio.current_time() - start
             assert b"|" not in received
             assert elapsed < 0.5 + live.server.config.close_timeout + 1.0
@@ -209,18 +204,3 @@ async def test_library_client_refuses_an_untrusted_server(
                 ):
                     raise AssertionError("connected to an untrusted server")
             await wait_for_connections(live, 0)
-
-
-async def read_raw_until_closed(stream: trio.abc.Stream) -> bytes:
-    """Every byte until the peer closes or resets, within STEP_TIMEOUT."""
-    received = bytearray()
-    with trio.fail_after(STEP_TIMEOUT):
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not data:
-                break
-            received += data
-    return bytes(received)
