@@ -12,9 +12,10 @@ talk flat out; the flood test turns it on and paces them below it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -243,6 +244,50 @@ def attack_server(**config: Any) -> AbstractAsyncContextManager[LiveServer]:
     return running_server(**config)
 
 
+# -- what attackers do ---------------------------------------------------------
+
+
+async def log_in_mallory(live: LiveServer) -> LineClient:
+    """mallory, logged in beside alice and bob, the roster read."""
+    mallory = await live.login("mallory")
+    check_login(
+        ["login|mallory", *await barrier(mallory, "m0")],
+        "mallory",
+        ["alice", "bob"],
+    )
+    return mallory
+
+
+async def each_refused(
+    client: LineClient, frames: Iterable[bytes], code: str, token: str
+) -> None:
+    """Send *frames* one at a time (each with an LF, added if missing); each
+    must get just an ``error|CODE|...``, before ``pong|TOKEN<n>``."""
+    for n, frame in enumerate(frames):
+        frame = frame if frame.endswith(b"\n") else frame + b"\n"
+        await client.send_raw(frame)
+        replies = await barrier(client, f"{token}{n}")
+        assert [code_of(x) for x in replies] == [code], frame
+
+
+async def replies_until_dropped(
+    client: LineClient, write: Callable[[], Awaitable[None]]
+) -> list[str]:
+    """Run *write*, which sends on *client* without end, until the server
+    drops the connection; meanwhile read what the server says (the lines)."""
+    replies: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            replies.extend(split_lines(await read_until_gone(client.stream)))
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await write()
+    return replies
+
+
 # -- the attacks ---------------------------------------------------------------
 
 
@@ -315,16 +360,8 @@ async def test_invalid_utf8_is_refused_and_never_delivered() -> None:
         async with attack_server() as live:
 
             async def attack() -> None:
-                mallory = await live.login("mallory")
-                check_login(
-                    ["login|mallory", *await barrier(mallory, "m0")],
-                    "mallory",
-                    ["alice", "bob"],
-                )
-                for n, frame in enumerate(INVALID_UTF8):
-                    await mallory.send_raw(frame)
-                    replies = await barrier(mallory, f"u{n}")
-                    assert [code_of(x) for x in replies] == ["bad-frame"], frame
+                mallory = await log_in_mallory(live)
+                await each_refused(mallory, INVALID_UTF8, "bad-frame", "u")
                 stranger = await live.connect()
                 await stranger.send_raw(b"login|m\xe9lory\n")  # Latin-1, not UTF-8
                 replies = await barrier(stranger, "s")
@@ -373,24 +410,15 @@ async def test_nul_and_escape_sequences_are_refused_and_never_delivered() -> Non
         async with attack_server() as live:
 
             async def attack() -> None:
-                mallory = await live.login("mallory")
-                check_login(
-                    ["login|mallory", *await barrier(mallory, "m0")],
-                    "mallory",
-                    ["alice", "bob"],
-                )
-                for n, frame in enumerate(ESCAPES):
-                    frame = frame if frame.endswith(b"\n") else frame + b"\n"
-                    await mallory.send_raw(frame)
-                    replies = await barrier(mallory, f"e{n}")
-                    assert [code_of(x) for x in replies] == ["bad-frame"], frame
+                mallory = await log_in_mallory(live)
+                await each_refused(mallory, ESCAPES, "bad-frame", "e")
                 stranger = await live.connect()
-                for n, frame in enumerate(
-                    [b"login|ev\x00il\n", b"login|\x1b[31mred\n", b"login|a\x7f\n"]
-                ):
-                    await stranger.send_raw(frame)
-                    replies = await barrier(stranger, f"s{n}")
-                    assert [code_of(x) for x in replies] == ["bad-name"], frame
+                await each_refused(
+                    stranger,
+                    [b"login|ev\x00il\n", b"login|\x1b[31mred\n", b"login|a\x7f\n"],
+                    "bad-name",
+                    "s",
+                )
                 # Still in step: a good frame after all that works.
                 await mallory.send("talk|stranger|are you there?")
                 assert await barrier(mallory, "m") == ["error|no-such-user|stranger"]
@@ -405,23 +433,12 @@ async def test_endless_line_gets_too_long_and_is_closed() -> None:
         async with attack_server() as live:
 
             async def endless(client: LineClient, prefix: bytes) -> list[str]:
-                replies: list[str] = []
-                async with trio.open_nursery() as nursery:
+                async def write() -> None:
+                    await client.send_raw(prefix)
+                    while True:
+                        await client.send_raw(b"A" * 8192)
 
-                    async def read() -> None:
-                        replies.extend(
-                            split_lines(await read_until_gone(client.stream))
-                        )
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(read)
-                    try:
-                        await client.send_raw(prefix)
-                        while True:
-                            await client.send_raw(b"A" * 8192)
-                    except trio.BrokenResourceError:
-                        pass
-                return replies
+                return await replies_until_dropped(client, write)
 
             async def attack() -> None:
                 stranger = await live.connect()
@@ -769,21 +786,14 @@ async def test_flood_over_the_rate_limit() -> None:
                 nonlocal elapsed
                 flooder = await live.login("flooder")
                 start = trio.current_time()
-                async with trio.open_nursery() as nursery:
+                batch = b"".join(b"ping|f%d\n" % n for n in range(20))
 
-                    async def read() -> None:
-                        data = await read_until_gone(flooder.stream)
-                        replies.extend(split_lines(data))
-                        nursery.cancel_scope.cancel()
+                async def write() -> None:
+                    while True:
+                        await flooder.send_raw(batch)
+                        await trio.lowlevel.checkpoint()
 
-                    nursery.start_soon(read)
-                    batch = b"".join(b"ping|f%d\n" % n for n in range(20))
-                    try:
-                        while True:
-                            await flooder.send_raw(batch)
-                            await trio.lowlevel.checkpoint()
-                    except trio.BrokenResourceError:
-                        pass
+                replies.extend(await replies_until_dropped(flooder, write))
                 elapsed = trio.current_time() - start
 
             # 2 frames a round from alice, at most 20 rounds a second: under 50.
@@ -866,20 +876,13 @@ async def test_flood_of_empty_lines_is_a_flood() -> None:
 
             async def attack() -> None:
                 flooder = await live.login("blank")
+
+                async def write() -> None:
+                    while True:
+                        await flooder.send_raw(b"\n" * 65536)
+
                 with trio.move_on_after(patience) as waited:
-                    async with trio.open_nursery() as nursery:
-
-                        async def read() -> None:
-                            data = await read_until_gone(flooder.stream)
-                            replies.extend(split_lines(data))
-                            nursery.cancel_scope.cancel()
-
-                        nursery.start_soon(read)
-                        try:
-                            while True:
-                                await flooder.send_raw(b"\n" * 65536)
-                        except trio.BrokenResourceError:
-                            pass
+                    replies.extend(await replies_until_dropped(flooder, write))
                 await flooder.aclose()
                 assert not waited.cancelled_caught, (
                     f"still connected after {patience} s of empty lines"
