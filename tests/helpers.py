@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -111,14 +112,17 @@ class LineClient:
         Fails the test if none comes within STEP_TIMEOUT or the server closes.
         """
         with trio.fail_after(STEP_TIMEOUT):
-            while b"\n" not in self._buffer:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    self.eof = True
-                    raise AssertionError(
-                        f"server closed; unread: {bytes(self._buffer)!r}"
-                    )
-                self._buffer += data
+            return await self._next_line()
+
+    async def _next_line(self) -> str:
+        """The next line, read as needed (unbounded); fails if the server
+        closes first."""
+        while b"\n" not in self._buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                self.eof = True
+                raise AssertionError(f"server closed; unread: {bytes(self._buffer)!r}")
+            self._buffer += data
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer[:] = rest
         return line.decode()
@@ -133,6 +137,11 @@ class LineClient:
     async def read_until_closed(self) -> list[str]:
         """Every line until the server closes the connection."""
         self._buffer += await read_until_gone(self.stream)
+        return self._lines_at_close()
+
+    def _lines_at_close(self) -> list[str]:
+        """The lines left in the buffer, the server having closed: the last
+        must be whole."""
         self.eof = True
         lines = bytes(self._buffer).split(b"\n")
         self._buffer.clear()
@@ -144,5 +153,30 @@ class LineClient:
         await self.send(f"login|{name}")
         assert await self.read_line() == f"login|{name}"
 
+    async def pong_after(self, token: str) -> list[str]:
+        """Send ``ping|token``; return the lines that came before its pong."""
+        await self.send(f"ping|{token}")
+        lines: list[str] = []
+        while (line := await self.read_line()) != f"pong|{token}":
+            lines.append(line)
+        return lines
+
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def read_until_closed_while(
+    client: LineClient, write: Callable[[], Awaitable[None]]
+) -> list[str]:
+    """*client*'s lines until the server closes, while *write* sends on in
+    the background; *write* ends quietly when the connection is gone."""
+
+    async def writing() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await write()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writing)
+        lines = await client.read_until_closed()
+        nursery.cancel_scope.cancel()
+    return lines

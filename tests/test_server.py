@@ -17,6 +17,7 @@ from helpers import (
     STEP_TIMEOUT,
     LineClient,
     LiveServer,
+    read_until_closed_while,
     read_until_gone,
     reset_on_close,
     running_server,
@@ -29,15 +30,6 @@ FILLER = "f" * 3000
 BURST = 5000
 
 
-async def pong_after(client: LineClient, token: str = "sync") -> list[str]:
-    """Send ``ping|token``; return the lines that came before its pong."""
-    await client.send(f"ping|{token}")
-    lines: list[str] = []
-    while (line := await client.read_line()) != f"pong|{token}":
-        lines.append(line)
-    return lines
-
-
 async def assert_quiet(*clients: LineClient) -> None:
     """Assert that nothing is waiting for any of *clients*, in that order.
 
@@ -45,7 +37,7 @@ async def assert_quiet(*clients: LineClient) -> None:
     server has queued what their frames caused before it answers them.
     """
     for client in clients:
-        assert await pong_after(client) == []
+        assert await client.pong_after("sync") == []
 
 
 def error_parts(line: str) -> tuple[str, str]:
@@ -577,16 +569,10 @@ async def test_too_long_error_arrives_while_the_client_keeps_sending() -> None:
 
         async def keep_sending() -> None:
             chunk = b"z" * 16384
-            try:
-                while True:
-                    await bob.send_raw(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            while True:
+                await bob.send_raw(chunk)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keep_sending)
-            lines = await bob.read_until_closed()
-            nursery.cancel_scope.cancel()
+        lines = await read_until_closed_while(bob, keep_sending)
         assert len(lines) == 1, lines
         assert error_parts(lines[0])[0] == "too-long"
         await alice.expect("exit|bob")
@@ -770,7 +756,7 @@ async def _fill(sender: LineClient, to: str, limit: int) -> tuple[int, list[str]
     """
     for n in range(limit):
         await sender.send(f"talk|{to}|{n:05d}{FILLER}")
-        replies = await pong_after(sender, f"fill{n}")
+        replies = await sender.pong_after(f"fill{n}")
         if replies:
             assert replies[0] == f"error|no-such-user|{to}", replies
             assert set(replies[1:]) <= {f"exit|{to}"}, replies
@@ -956,7 +942,7 @@ async def test_client_that_never_reads_is_dropped_and_the_rest_go_on() -> None:
                 f"talk|bob|{n:06d}{text}\n".encode() for n in range(sent, sent + 20)
             )
             await alice.send_raw(batch)
-            replies = await pong_after(alice, f"b{sent}")
+            replies = await alice.pong_after(f"b{sent}")
             sent += 20
         # Each talk that could not be queued says so; bob goes offline.
         assert replies[0] == "error|no-such-user|bob", replies
@@ -1024,7 +1010,7 @@ async def _burst_to_readers(to: str, rcvbuf: int | None, chunk: int) -> None:
                     nursery.start_soon(read_all, name)
                 for start in range(0, BURST, 1000):
                     await alice.send_raw(b"".join(frames[start : start + 1000]))
-                replies = await pong_after(alice, "burst")
+                replies = await alice.pong_after("burst")
         for name in readers:
             got = received[name]
             assert len(got) == len(expected[name]), (

@@ -10,13 +10,13 @@ in-memory streams through ``ChatServer.serve_connection``.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.testing
+from helpers import LineClient, read_until_closed_while
 from trio.testing import MockClock
 
 from trichat.server import ChatServer, ServerConfig
@@ -25,63 +25,34 @@ from trichat.server import ChatServer, ServerConfig
 STEP_TIMEOUT = 600.0
 
 
-class MemoryClient:
-    """A line client on one end of an in-memory stream pair.
+class MemoryClient(LineClient):
+    """A LineClient on one end of an in-memory stream pair, its steps
+    bounded in virtual time.
 
     With *answer_pings*, ``read_line`` answers the server's ``ping|TOKEN``
     itself and does not return it, as a well-behaved client would.
     """
 
     def __init__(self, stream: trio.abc.Stream, *, answer_pings: bool = False) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.answer_pings = answer_pings
-        self._buffer = bytearray()
-
-    async def send(self, line: str | bytes) -> None:
-        data = line.encode() if isinstance(line, str) else line
-        await self.stream.send_all(data if data.endswith(b"\n") else data + b"\n")
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def _fill(self) -> bool:
-        data = await self.stream.receive_some(65536)
-        self._buffer += data
-        return bool(data)
 
     async def read_line(self) -> str:
         with trio.fail_after(STEP_TIMEOUT):
             while True:
-                while b"\n" not in self._buffer:
-                    if not await self._fill():
-                        raise AssertionError(
-                            f"server closed; unread: {bytes(self._buffer)!r}"
-                        )
-                line, _, rest = bytes(self._buffer).partition(b"\n")
-                self._buffer[:] = rest
-                text = line.decode()
+                text = await self._next_line()
                 if self.answer_pings and text.startswith("ping|"):
                     await self.send("pong|" + text.removeprefix("ping|"))
                     continue
                 return text
 
-    async def expect(self, *lines: str) -> None:
-        assert [await self.read_line() for _ in lines] == list(lines)
-
     async def read_until_closed(self) -> list[str]:
         """Every line until the server closes; then close our end too."""
         with trio.fail_after(STEP_TIMEOUT):
-            while await self._fill():
-                pass
+            while data := await self.stream.receive_some(65536):
+                self._buffer += data
         await self.stream.aclose()
-        lines = bytes(self._buffer).split(b"\n")
-        self._buffer.clear()
-        assert lines[-1] == b"", f"partial line at close: {lines[-1]!r}"
-        return [line.decode() for line in lines[:-1]]
-
-    async def login(self, name: str) -> None:
-        await self.send(f"login|{name}")
-        assert await self.read_line() == f"login|{name}"
+        return self._lines_at_close()
 
 
 class MemoryServer:
@@ -104,13 +75,16 @@ class MemoryServer:
         await client.login(name)
         return client
 
-    async def barrier(self, client: MemoryClient, token: str) -> list[str]:
-        """Lines *client* gets before the answer to its ``ping|TOKEN``."""
-        await client.send(f"ping|{token}")
-        lines = []
-        while (line := await client.read_line()) != f"pong|{token}":
-            lines.append(line)
-        return lines
+    async def two_users(
+        self, first: str, second: str, *, first_answers_pings: bool = False
+    ) -> tuple[MemoryClient, MemoryClient]:
+        """*first* and *second* logged in, in that order; each heard of the
+        other."""
+        one = await self.login(first, answer_pings=first_answers_pings)
+        two = await self.login(second)
+        await two.expect(f"login|{first}")
+        await one.expect(f"login|{second}")
+        return one, two
 
 
 @asynccontextmanager
@@ -157,7 +131,7 @@ async def test_login_in_time_cancels_the_timeout(autojump_clock: MockClock) -> N
         await trio.sleep(9.5)
         await client.login("alice")
         await trio.sleep(100)
-        assert await live.barrier(client, "still-here") == []
+        assert await client.pong_after("still-here") == []
         await settle()
         assert live.server.connections == 1
 
@@ -179,7 +153,7 @@ async def test_failed_logins_do_not_extend_the_timeout(
             "login-timeout"
         ]
         assert trio.current_time() - start == 10
-        assert await live.barrier(holder, "a") == []
+        assert await holder.pong_after("a") == []
 
 
 async def test_pings_before_login_do_not_extend_the_timeout(
@@ -189,7 +163,7 @@ async def test_pings_before_login_do_not_extend_the_timeout(
         start = trio.current_time()
         client = live.connect()
         for n in range(9):
-            assert await live.barrier(client, f"p{n}") == []
+            assert await client.pong_after(f"p{n}") == []
             await trio.sleep(1)
         lines = await client.read_until_closed()
         assert [error_code(line) for line in lines] == ["login-timeout"]
@@ -204,21 +178,14 @@ async def test_slowloris_login_never_holds_the_slot(
     async with memory_server(login_timeout=5, max_clients=1) as live:
         start = trio.current_time()
         client = live.connect()
-        closed_at = math.inf
 
         async def trickle() -> None:
-            try:
-                for byte in b"login|slowpoke\n":
-                    await client.send_raw(bytes([byte]))
-                    await trio.sleep(1)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            for byte in b"login|slowpoke\n":
+                await client.send_raw(bytes([byte]))
+                await trio.sleep(1)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            lines = await client.read_until_closed()
-            closed_at = trio.current_time()
-            nursery.cancel_scope.cancel()
+        lines = await read_until_closed_while(client, trickle)
+        closed_at = trio.current_time()
         assert [error_code(line) for line in lines] == ["login-timeout"]
         # The server closes at the timeout, plus at most its close_timeout
         # spent flushing the error and waiting for the client to hang up.
@@ -227,7 +194,7 @@ async def test_slowloris_login_never_holds_the_slot(
         assert live.server.connections == 0
         # The one slot is free for someone else.
         other = await live.login("bob")
-        assert await live.barrier(other, "x") == []
+        assert await other.pong_after("x") == []
 
 
 async def test_endless_trickle_without_newline_is_cut_off(
@@ -238,17 +205,11 @@ async def test_endless_trickle_without_newline_is_cut_off(
         client = live.connect()
 
         async def trickle() -> None:
-            try:
-                while True:
-                    await client.send_raw(b"x")
-                    await trio.sleep(0.25)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            while True:
+                await client.send_raw(b"x")
+                await trio.sleep(0.25)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            lines = await client.read_until_closed()
-            nursery.cancel_scope.cancel()
+        lines = await read_until_closed_while(client, trickle)
         assert [error_code(line) for line in lines] == ["login-timeout"]
         assert trio.current_time() - start <= 5 + live.server.config.close_timeout
         await settle()
@@ -276,7 +237,7 @@ async def test_any_traffic_postpones_the_ping(autojump_clock: MockClock) -> None
         client = await live.login("alice")
         for n in range(5):
             await trio.sleep(20)
-            assert await live.barrier(client, f"b{n}") == []
+            assert await client.pong_after(f"b{n}") == []
         since = trio.current_time()
         assert (await client.read_line()).startswith("ping|")
         assert trio.current_time() - since == 30
@@ -290,10 +251,7 @@ async def collect(client: MemoryClient, until: str, lines: list[str]) -> None:
 
 async def test_pong_keeps_the_client(autojump_clock: MockClock) -> None:
     async with memory_server(ping_interval=30, ping_timeout=10) as live:
-        alice = await live.login("alice", answer_pings=True)
-        bob = await live.login("bob")
-        await bob.expect("login|alice")
-        await alice.expect("login|bob")
+        alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, alice, "talk|bob|alice|still here", heard)
@@ -319,10 +277,7 @@ async def test_any_frame_counts_as_a_sign_of_life(autojump_clock: MockClock) -> 
     client alive; it is dropped only after going quiet again for a whole
     interval and timeout."""
     async with memory_server(ping_interval=30, ping_timeout=10) as live:
-        alice = await live.login("alice", answer_pings=True)
-        bob = await live.login("bob")
-        await bob.expect("login|alice")
-        await alice.expect("login|bob")
+        alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, alice, "exit|bob", heard)
@@ -341,10 +296,7 @@ async def test_silent_client_is_dropped_after_ping_timeout(
     autojump_clock: MockClock,
 ) -> None:
     async with memory_server(ping_interval=30, ping_timeout=10) as live:
-        alice = await live.login("alice", answer_pings=True)
-        bob = await live.login("bob")
-        await bob.expect("login|alice")
-        await alice.expect("login|bob")
+        alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, alice, "exit|bob", heard)
@@ -357,7 +309,7 @@ async def test_silent_client_is_dropped_after_ping_timeout(
         await settle()
         assert live.server.connections == 1
         # Alice answered every ping and is still here.
-        assert await live.barrier(alice, "ok") == []
+        assert await alice.pong_after("ok") == []
 
 
 # -- flood control -------------------------------------------------------------
@@ -388,42 +340,30 @@ async def test_steady_sender_at_the_rate_is_never_limited(
     autojump_clock: MockClock,
 ) -> None:
     async with memory_server(rate=10, burst=5, flood_grace=3) as live:
-        alice = await live.login("alice")
-        bob = await live.login("bob")
-        await bob.expect("login|alice")
-        await alice.expect("login|bob")
+        alice, bob = await live.two_users("alice", "bob")
         for n in range(200):  # 20 s at 10 frames a second
             await bob.send(f"talk|alice|{n}")
             await trio.sleep(0.1)
         for n in range(200):
             assert await alice.read_line() == f"talk|bob|alice|{n}"
         await trio.sleep(1)
-        assert await live.barrier(bob, "end") == []
+        assert await bob.pong_after("end") == []
 
 
 async def test_persistent_flooder_is_closed_after_grace(
     autojump_clock: MockClock,
 ) -> None:
     async with memory_server(rate=10, burst=5, flood_grace=3) as live:
-        alice = await live.login("alice")
-        flooder = await live.login("flood")
-        await flooder.expect("login|alice")
-        await alice.expect("login|flood")
+        alice, flooder = await live.two_users("alice", "flood")
         start = trio.current_time()
 
         async def flood() -> None:
-            try:
-                for n in itertools.count():
-                    await flooder.send(f"talk|alice|{n}")
-                    await trio.sleep(0.05)  # 20 frames a second, twice the rate
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            for n in itertools.count():
+                await flooder.send(f"talk|alice|{n}")
+                await trio.sleep(0.05)  # 20 frames a second, twice the rate
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
-            lines = await flooder.read_until_closed()
-            closed_at = trio.current_time()
-            nursery.cancel_scope.cancel()
+        lines = await read_until_closed_while(flooder, flood)
+        closed_at = trio.current_time()
         codes = [error_code(line) for line in lines]
         assert codes
         assert set(codes) == {"rate-limited"}
@@ -439,7 +379,7 @@ async def test_persistent_flooder_is_closed_after_grace(
         assert numbers == sorted(numbers)  # in order, each at most once
         assert len(numbers) >= 5
         assert len(set(numbers)) == len(numbers)
-        assert await live.barrier(alice, "ok") == []
+        assert await alice.pong_after("ok") == []
 
 
 async def test_bursty_but_moderate_sender_is_not_closed(
@@ -457,4 +397,4 @@ async def test_bursty_but_moderate_sender_is_not_closed(
             assert lines[:5] == [f"pong|{round_}-{n}" for n in range(5)]
             assert [error_code(line) for line in lines[5:]] == ["rate-limited"] * 3
             await trio.sleep(3)
-        assert await live.barrier(client, "alive") == []
+        assert await client.pong_after("alive") == []
