@@ -31,13 +31,11 @@ def _chunk(lines: list[bytes]) -> bytes:
     return b"".join(lines)
 
 
-def decode_talk(frames: int) -> Batch:
-    """The server reads ``talk|TO|TEXT`` frames, many to a chunk."""
-    chunk = _chunk([encode(Talk("bob", TEXT))] * frames)
+def _decode_all(chunk: bytes, new_connection: Callable[[], Connection]) -> Batch:
+    """A batch that decodes every frame in *chunk* on a new connection."""
 
     def batch() -> int:
-        conn = Connection(Role.SERVER)
-        conn.logged_in("alice")
+        conn = new_connection()
         conn.receive_data(chunk)
         count = 0
         next_event = conn.next_event
@@ -46,22 +44,24 @@ def decode_talk(frames: int) -> Batch:
         return count
 
     return batch
+
+
+def decode_talk(frames: int) -> Batch:
+    """The server reads ``talk|TO|TEXT`` frames, many to a chunk."""
+    chunk = _chunk([encode(Talk("bob", TEXT))] * frames)
+
+    def logged_in_server() -> Connection:
+        conn = Connection(Role.SERVER)
+        conn.logged_in("alice")
+        return conn
+
+    return _decode_all(chunk, logged_in_server)
 
 
 def decode_delivery(frames: int) -> Batch:
     """A client (such as trichat bench) reads ``talk|FROM|TO|TEXT`` frames."""
     chunk = _chunk([encode(Delivery("alice", "bob", TEXT))] * frames)
-
-    def batch() -> int:
-        conn = Connection(Role.CLIENT)
-        conn.receive_data(chunk)
-        count = 0
-        next_event = conn.next_event
-        while next_event() is not NEED_DATA:
-            count += 1
-        return count
-
-    return batch
+    return _decode_all(chunk, lambda: Connection(Role.CLIENT))
 
 
 def encode_delivery(frames: int) -> Batch:
