@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -839,10 +840,49 @@ async def _log_in_all(
     return [client for client in clients if client is not None]
 
 
+class _Flow(_Handler):
+    """A handler whose sender parks in ``lot`` until there is room for
+    more: each chunk read wakes it, and once the run is stopping, checks
+    whether everything in flight has arrived."""
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__(run)
+        self.lot = trio.lowlevel.ParkingLot()
+
+    def chunk_done(self) -> None:
+        if self.lot:
+            self.lot.unpark_all()
+        if self.run.stopping:
+            self.run.check_drained()
+
+
+async def _traffic(
+    run: _Run,
+    lots: Sequence[trio.lowlevel.ParkingLot],
+    senders: Sequence[Callable[[], Awaitable[None]]],
+) -> None:
+    """Start the window and run *senders* until it ends (the clock wakes
+    *lots* then); wait, at most ``--drain``, for what is still in flight."""
+    run.start_window()
+    with trio.move_on_at(_trio_time(run.window_end) + run.settings.drain):
+        async with trio.open_nursery() as traffic:
+            traffic.start_soon(run.clock, lots)
+            for sender in senders:
+                traffic.start_soon(sender)
+        await run.drained.wait()
+
+
+def _delivery_result(run: _Run, result: dict[str, Any]) -> None:
+    """What the window's messages came to: refused, lost, and throughput."""
+    result["refused"] = run.refused
+    result["lost"] = run.expected - run.delivered - run.refused
+    result["msgs_per_s"] = round(run.in_window / run.settings.duration)
+
+
 # -- dm and rate: pairs ------------------------------------------------------------
 
 
-class _Pair(_Handler):
+class _Pair(_Flow):
     """A sender and its receiver; handles both connections' frames."""
 
     def __init__(self, run: _Run, sender: str, receiver: str) -> None:
@@ -852,7 +892,6 @@ class _Pair(_Handler):
         self.sent = 0
         self.done = 0
         """Messages delivered or refused."""
-        self.lot = trio.lowlevel.ParkingLot()
 
     def talk(self, delivery: Delivery, now: int) -> None:
         if delivery.sender != self.sender_name:
@@ -871,12 +910,6 @@ class _Pair(_Handler):
             self.done += 1
             self.run.refused += 1
             self.lot.unpark_all()
-
-    def chunk_done(self) -> None:
-        if self.lot:
-            self.lot.unpark_all()
-        if self.run.stopping:
-            self.run.check_drained()
 
 
 async def _dm_sender(run: _Run, pair: _Pair, client: _Client) -> None:
@@ -940,16 +973,13 @@ async def _pairs(run: _Run, nursery: trio.Nursery, result: dict[str, Any]) -> No
     # Receivers first, so that no message finds its recipient missing.
     await _log_in_all(run, nursery, [p.receiver_name for p in pairs], pairs)
     senders = await _log_in_all(run, nursery, [p.sender_name for p in pairs], pairs)
-    run.start_window()
-    with trio.move_on_at(_trio_time(run.window_end) + settings.drain):
-        async with trio.open_nursery() as traffic:
-            traffic.start_soon(run.clock, [p.lot for p in pairs])
-            for index, (pair, client) in enumerate(zip(pairs, senders, strict=True)):
-                if settings.scenario == "rate":
-                    traffic.start_soon(_rate_sender, run, pair, client, index)
-                else:
-                    traffic.start_soon(_dm_sender, run, pair, client)
-        await run.drained.wait()
+    tasks: list[Callable[[], Awaitable[None]]] = []
+    for index, (pair, client) in enumerate(zip(pairs, senders, strict=True)):
+        if settings.scenario == "rate":
+            tasks.append(functools.partial(_rate_sender, run, pair, client, index))
+        else:
+            tasks.append(functools.partial(_dm_sender, run, pair, client))
+    await _traffic(run, [p.lot for p in pairs], tasks)
     if settings.scenario == "rate":
         sending = settings.warmup + settings.duration
         result["offered_per_s"] = round(run.sent / sending)
@@ -959,15 +989,13 @@ async def _pairs(run: _Run, nursery: trio.Nursery, result: dict[str, Any]) -> No
             result["gen_late_max_ms"] = round(late[-1] / 1e6, 3)
     result["sent"] = run.sent
     result["delivered"] = run.delivered
-    result["refused"] = run.refused
-    result["lost"] = run.expected - run.delivered - run.refused
-    result["msgs_per_s"] = round(run.in_window / settings.duration)
+    _delivery_result(run, result)
 
 
 # -- fanout ------------------------------------------------------------------------
 
 
-class _Fanout(_Handler):
+class _Fanout(_Flow):
     """The broadcasts in flight, and how many receivers each still lacks."""
 
     def __init__(self, run: _Run, sender: str, receivers: int) -> None:
@@ -977,7 +1005,6 @@ class _Fanout(_Handler):
         self.pending: dict[int, int] = {}
         self.refused = 0
         self.completed = 0
-        self.lot = trio.lowlevel.ParkingLot()
 
     def talk(self, delivery: Delivery, now: int) -> None:
         if delivery.sender != self.sender_name:
@@ -1006,12 +1033,6 @@ class _Fanout(_Handler):
             self.refused += 1
             self.run.refused += self.receivers
             self.lot.unpark_all()
-
-    def chunk_done(self) -> None:
-        if self.lot:
-            self.lot.unpark_all()
-        if self.run.stopping:
-            self.run.check_drained()
 
 
 async def _fanout_sender(run: _Run, fan: _Fanout, client: _Client) -> None:
@@ -1047,18 +1068,13 @@ async def _fanout(run: _Run, nursery: trio.Nursery, result: dict[str, Any]) -> N
     await _log_in_all(run, nursery, names, [fan] * count)
     # The sender last: every receiver is online before the first broadcast.
     (sender,) = await _log_in_all(run, nursery, [fan.sender_name], [fan])
-    run.start_window()
-    with trio.move_on_at(_trio_time(run.window_end) + settings.drain):
-        async with trio.open_nursery() as traffic:
-            traffic.start_soon(run.clock, [fan.lot])
-            traffic.start_soon(_fanout_sender, run, fan, sender)
-        await run.drained.wait()
+    await _traffic(
+        run, [fan.lot], [functools.partial(_fanout_sender, run, fan, sender)]
+    )
     result["bcasts_sent"] = run.sent
     result["bcasts_complete"] = fan.completed
     result["deliveries"] = run.delivered
-    result["refused"] = run.refused
-    result["lost"] = run.expected - run.delivered - run.refused
-    result["msgs_per_s"] = round(run.in_window / settings.duration)
+    _delivery_result(run, result)
     result["bcasts_per_s"] = round(run.in_window / settings.duration / count, 3)
 
 
