@@ -70,6 +70,21 @@ async def tls_login(live: LiveServer, context: ssl.SSLContext, name: str) -> Lin
     return client
 
 
+async def assert_certificate_refused(
+    live: LiveServer, context: ssl.SSLContext, hostname: str
+) -> None:
+    """A handshake with *context*, expecting *hostname*, fails: the client
+    does not accept the server's certificate."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", live.port)
+    stream = trio.SSLStream(tcp, context, server_hostname=hostname)
+    try:
+        with pytest.raises(trio.BrokenResourceError) as caught:
+            await stream.do_handshake()
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
+
+
 async def test_two_tls_clients_talk(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
@@ -99,14 +114,7 @@ async def test_tls_client_with_a_wrong_ca_refuses_the_server(
     other_ca.configure_trust(wrong)
     with trio.fail_after(10):
         async with tls_server(server_context) as live:
-            tcp = await trio.open_tcp_stream("127.0.0.1", live.port)
-            stream = trio.SSLStream(tcp, wrong, server_hostname=HOSTNAME)
-            try:
-                with pytest.raises(trio.BrokenResourceError) as caught:
-                    await stream.do_handshake()
-            finally:
-                await trio.aclose_forcefully(stream)
-            assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
+            await assert_certificate_refused(live, wrong, HOSTNAME)
             # The failed handshake costs the server nothing.
             await wait_for_connections(live, 0)
             alice = await tls_login(live, client_context, "alice")
@@ -119,16 +127,9 @@ async def test_tls_client_checks_the_hostname(
 ) -> None:
     with trio.fail_after(10):
         async with tls_server(server_context) as live:
-            tcp = await trio.open_tcp_stream("127.0.0.1", live.port)
-            stream = trio.SSLStream(
-                tcp, client_context, server_hostname="impostor.trichat.test"
+            await assert_certificate_refused(
+                live, client_context, "impostor.trichat.test"
             )
-            try:
-                with pytest.raises(trio.BrokenResourceError) as caught:
-                    await stream.do_handshake()
-            finally:
-                await trio.aclose_forcefully(stream)
-            assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
             await wait_for_connections(live, 0)
 
 
