@@ -60,10 +60,9 @@ async def test_a_signal_stops_the_server_gracefully(signum: signal.Signals) -> N
         alice = await LineClient.connect(port)
         bob = await LineClient.connect(port)
         try:
-            await alice.send("login|alice")
-            await alice.expect("login|alice")
-            await bob.send("login|bob")
-            await bob.expect("login|bob", "login|alice")
+            await alice.login("alice")
+            await bob.login("bob")
+            await bob.expect("login|alice")
             await alice.expect("login|bob")
             await serve.read_log_until("login 127.0.0.1:[0-9]+ bob")
             serve.process.send_signal(signum)
@@ -87,12 +86,10 @@ async def test_the_log_tells_connects_logins_exits_and_drops() -> None:
         carol = await LineClient.connect(port)
         dave = await LineClient.connect(port)
         try:
-            await carol.send("login|carol")
-            await carol.expect("login|carol")
+            await carol.login("carol")
             await carol.send("exit")
             assert await carol.read_until_closed() == []
-            await dave.send("login|dave")
-            await dave.expect("login|dave")
+            await dave.login("dave")
             await dave.send("x" * 100)
             assert (await dave.read_until_closed())[0].startswith("error|too-long|")
             await serve.read_log_until(r"drop 127\.0\.0\.1:\d+ dave")
