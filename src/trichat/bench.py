@@ -37,7 +37,6 @@ import os
 import random
 import re
 import resource
-import signal
 import socket
 import string
 import struct
@@ -52,6 +51,7 @@ import trio
 
 from . import __version__
 from ._codec import ProtocolError, Role
+from ._process import raise_file_limit, until_interrupted
 from .connection import CLOSED, NEED_DATA, Connection
 from .messages import (
     BROADCAST,
@@ -1332,7 +1332,11 @@ def _finish_result(run: _Run, result: dict[str, Any]) -> None:
         note = loop_note(settings.scenario, usage)
         if note is not None and not rate_limited:
             warnings.append(note)
-    if run.usage_end and settings.pid is not None and "srv_cpu_s" not in result:
+    if (
+        run.usage_end is not None
+        and settings.pid is not None
+        and "srv_cpu_s" not in result
+    ):
         warnings.append(f"could not read /proc/{settings.pid}/stat: no server CPU")
     if run.conns_lost:
         warnings.append(
@@ -1485,34 +1489,6 @@ def format_report(result: dict[str, Any]) -> str:
 # -- the command -------------------------------------------------------------------
 
 
-def _raise_file_limit(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-async def _until_interrupted(
-    settings: Settings, progress: Progress
-) -> dict[str, Any] | None:
-    """The run's result, or None if SIGINT stopped it."""
-    result = None
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch)
-            result = await run_bench(settings, progress)
-            nursery.cancel_scope.cancel()
-    return result
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``trichat bench``; 0 when the run was carried out, 1 when it
     could not be, 2 for unusable options, 130 when interrupted."""
@@ -1521,11 +1497,13 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"trichat bench: {error}", file=sys.stderr)
         return 2
-    _raise_file_limit(settings.sockets + 64)
+    raise_file_limit(settings.sockets + 64)
     progress = Progress(sys.stderr, quiet=settings.quiet)
     result = None
     try:
-        result = trio.run(_until_interrupted, settings, progress)
+        result = trio.run(
+            until_interrupted, functools.partial(run_bench, settings, progress)
+        )
     except* KeyboardInterrupt:
         pass
     if result is None:

@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from ._process import raise_file_limit
 from .server import ChatServer, ServerConfig
 
 log = logging.getLogger("trichat.server")
@@ -151,18 +152,6 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _raise_file_limit(wanted: int) -> None:
-    """Let the process hold *wanted* sockets, if the hard limit allows."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 async def run(server: ChatServer) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -196,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"trichat serve: {error}", file=sys.stderr)
         return 2
-    _raise_file_limit(config.max_clients + 64)
+    raise_file_limit(config.max_clients + 64)
     failures: list[OSError] = []
     try:
         trio.run(run, ChatServer(config))

@@ -18,10 +18,12 @@ import sys
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterable, Callable
+from functools import partial
 from typing import Final, TextIO
 
 import trio
 
+from ._process import until_interrupted
 from .client import (
     DEFAULT_PORT,
     BadServerFrame,
@@ -524,8 +526,8 @@ def _interval(text: str) -> float:
 def main(args: argparse.Namespace) -> int:
     """Run ``trichat connect``; returns the exit status."""
     try:
-        return trio.run(_connect_and_chat, args)
-    except KeyboardInterrupt:
+        status = trio.run(until_interrupted, partial(_connect_and_chat, args))
+    except KeyboardInterrupt:  # before the signal handler was in place
         return _interrupted()
     except BrokenPipeError:
         return _stdout_gone()
@@ -537,6 +539,7 @@ def main(args: argparse.Namespace) -> int:
         if broken_pipes is not None and rest is None:
             return _stdout_gone()
         raise
+    return _interrupted() if status is None else status
 
 
 def _interrupted() -> int:
