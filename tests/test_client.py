@@ -378,6 +378,21 @@ async def test_a_send_cancelled_halfway_breaks_later_sends() -> None:
     await client.exit()
 
 
+@fail_after(5)
+async def test_exit_gives_up_on_a_server_that_does_not_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # In lockstep nothing is buffered: a server that never reads blocks
+    # every send, and exit must still return after its grace period.
+    client_stream, _server_stream = trio.testing.lockstep_stream_pair()
+    client = Client(client_stream)
+    start = trio.current_time()
+    await client.exit()
+    assert 0 < trio.current_time() - start < 5
+    with pytest.raises(ConnectionLost):
+        await client.talk("bob", "after exit")
+
+
 # Connecting over TCP and TLS
 
 

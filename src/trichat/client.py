@@ -66,7 +66,7 @@ whose every character takes four bytes in UTF-8. It is longer than the
 server's own limit on what it reads, since a delivery adds FROM."""
 
 _RECEIVE_SIZE: Final = 65536
-# How long closing may take to say goodbye before the stream is just closed.
+# How long saying exit, or closing, may take before the stream is just closed.
 _CLOSE_GRACE: Final = 2.0
 
 
@@ -220,9 +220,11 @@ class Client(trio.abc.AsyncResource):
         await self.send(Ping(token))
 
     async def exit(self) -> None:
-        """Say ``exit`` and close. A connection that is already gone is fine."""
+        """Say ``exit`` and close. A connection that is already gone is fine,
+        and so is a server that does not read: saying goodbye takes at most
+        a couple of seconds."""
         try:
-            with suppress(ConnectionLost):
+            with suppress(ConnectionLost), trio.move_on_after(_CLOSE_GRACE):
                 await self.send(Exit())
         finally:
             await self.aclose()
