@@ -85,7 +85,7 @@ class Outbox:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.pending: list[bytes] = []
-        self.queued_frames = 0  # pending, in the channel, or being sent
+        self.queued_frames = 0  # pending, in the channel, or being written
         self.queued_bytes = 0
         self.in_channel = 0  # frames handed to the writer, not yet taken
         self.sending = False  # the writer is in the middle of a write
@@ -96,11 +96,13 @@ class Outbox:
         # Sent after everything queued, whatever the limits (a closing error).
         self.final = b""
 
-    def _add(self, frame: bytes) -> bool:
-        if (
-            self.closed
-            or self.queued_frames >= self.max_frames
-            or self.queued_bytes + len(frame) > self.max_bytes
+    def _add(self, frame: bytes, *, force: bool = False) -> bool:
+        if self.closed or (
+            not force
+            and (
+                self.queued_frames >= self.max_frames
+                or self.queued_bytes + len(frame) > self.max_bytes
+            )
         ):
             return False
         self.pending.append(frame)
@@ -108,9 +110,13 @@ class Outbox:
         self.queued_bytes += len(frame)
         return True
 
-    def put(self, frame: bytes) -> bool:
-        """Add *frame*, to be sent at the next flush of the due list."""
-        if not self._add(frame):
+    def put(self, frame: bytes, *, force: bool = False) -> bool:
+        """Add *frame*, to be sent at the next flush of the due list.
+
+        With *force* the limits do not apply: for the server's own frames
+        that must get through (a newcomer's roster, which can be large).
+        """
+        if not self._add(frame, force=force):
             return False
         if not self.is_due:
             self.is_due = True
@@ -122,7 +128,10 @@ class Outbox:
         _LAZY_FRAMES are pending they are flushed at once."""
         if not self._add(frame):
             return False
-        return len(self.pending) < _LAZY_FRAMES or self.flush()
+        # Held frames count against the limits but cannot drain: hand them
+        # on before they fill half the queue.
+        held_at_most = min(_LAZY_FRAMES, self.max_frames // 2)
+        return len(self.pending) < held_at_most or self.flush()
 
     def flush(self) -> bool:
         """Send the pending frames on their way; False if the channel to the
@@ -173,9 +182,10 @@ class Outbox:
             if waited.cancelled_caught:
                 self.stalled = True
 
-    def take_all(self, first: tuple[bytes, int]) -> bytes:
+    def take_all(self, first: tuple[bytes, int]) -> tuple[bytes, int]:
         """*first* and every block queued in the channel behind it, as one
-        block of bytes (for the writer)."""
+        block of bytes, and how many frames it holds (for the writer, which
+        reports what it wrote with ``sent``)."""
         blocks = [first[0]]
         frames = first[1]
         receive = self.receive
@@ -186,12 +196,14 @@ class Outbox:
                 break
             blocks.append(data)
             frames += count
-        data = b"".join(blocks)
         self.in_channel -= frames
+        return b"".join(blocks), frames
+
+    def sent(self, count: int, frames: int = 0) -> None:
+        """The writer wrote *count* more bytes, finishing *frames* frames."""
+        self.queued_bytes -= count
         self.queued_frames -= frames
-        self.queued_bytes -= len(data)
         self._progressed()
-        return data
 
     def drain(self) -> bytes:
         """Everything flushed to the channel, taken at once (as a writer
@@ -200,7 +212,9 @@ class Outbox:
             first = self.receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return b""
-        return self.take_all(first)
+        data, frames = self.take_all(first)
+        self.sent(len(data), frames)
+        return data
 
     def _progressed(self) -> None:
         self.stalled = False
@@ -212,6 +226,7 @@ class Outbox:
         """Take no more frames; the writer sends what is queued, then *final*."""
         self.flush()
         self.closed = True
+        self.fd = None  # the descriptor is closed and may be reused soon
         self.final = final
         self._send.close()
         # Nobody should wait for room in an outbox that takes no more.
@@ -301,7 +316,8 @@ class Hub:
         roster = [peer.login_frame]
         roster.extend(other.login_frame for other in self._peers.values())
         self._peers[peer.key] = peer
-        peer.send(b"".join(roster))
+        # The roster is the server's own and may be large: it always fits.
+        peer.outbox.put(b"".join(roster), force=True)
 
     def leave(self, peer: Peer, *, announce: bool = True) -> None:
         """Take *peer* offline and, if *announce*, tell everyone else."""

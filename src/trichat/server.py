@@ -34,6 +34,9 @@ __all__ = ["ChatServer", "ServerConfig"]
 log = logging.getLogger("trichat.server")
 
 _RECEIVE_SIZE = 65536
+# The writer reports progress after each piece of this size it has written:
+# a client reading at least this much per stall_timeout is not stalled.
+_WRITE_SIZE = 4096
 # A reader hands the scheduler back after this many frames from one read, so
 # the writers of the users it is talking to can drain their queues.
 _FRAMES_PER_TURN = 64
@@ -44,13 +47,18 @@ _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUF
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise ValueError(f"{attribute.name} must be positive, not {value}")
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
+    if not 0 <= value < math.inf:
         raise ValueError(f"{attribute.name} must not be negative, not {value}")
+
+
+def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be 0 to 65535, not {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -62,7 +70,7 @@ class ServerConfig:
     """
 
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8089, validator=_not_negative)
+    port: int = attrs.field(default=8089, validator=_port)
     max_line: int = attrs.field(default=4096, validator=attrs.validators.ge(64))
     queue_size: int = attrs.field(default=1024, validator=_positive)
     queue_bytes: int = attrs.field(default=1 << 20, validator=_positive)
@@ -127,6 +135,7 @@ class _Session:
     __slots__ = (
         "address",
         "bucket",
+        "close_by",
         "config",
         "congested",
         "conn",
@@ -145,6 +154,7 @@ class _Session:
         "quiet_scope",
         "read_scope",
         "server",
+        "stopped",
         "stream",
         "write_scope",
     )
@@ -180,16 +190,20 @@ class _Session:
         self.quiet_scope = trio.CancelScope()
         self.end_reason = "closed"
         self.end_error: Error | None = None
+        self.close_by = math.inf
         self.kicked = False
+        self.stopped = False  # kicked or closing: handle no more frames
         self.congested: list[Outbox] = []
 
     # -- control from outside ------------------------------------------------
 
     def kick(self, reason: str) -> None:
         """Drop the client at once, discarding what is queued for it."""
-        if self.kicked:
+        if self.kicked or (self.server.stopping and self.end_error is not None):
+            # Already dropped, or closing with shutting-down, which must
+            # still reach the client.
             return
-        self.kicked = True
+        self.kicked = self.stopped = True
         self.end_reason = reason
         self.end_error = None
         self.read_scope.cancel()
@@ -199,6 +213,7 @@ class _Session:
         """Stop reading, send what is queued and then *error*, and close."""
         self.end_reason = reason
         self.end_error = error
+        self.stopped = True
         self.read_scope.cancel()
 
     # -- the connection's life -----------------------------------------------
@@ -207,23 +222,32 @@ class _Session:
         log.info("connect %s", self.address)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.write_loop)
-            with self.read_scope:
-                try:
-                    await self.read_loop()
-                except _Close as close:
-                    self.end_reason = close.reason
-                    self.end_error = close.error
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.end_reason = "connection lost"
-            self.go_offline()
-            self.server.hub.flush_due()
-            final = encode(self.end_error) if self.end_error else b""
-            self.outbox.close(final)
-            # Flushing and lingering share one deadline.
-            close_by = trio.current_time() + self.config.close_timeout
-            self.write_scope.deadline = close_by
-        if self.end_error is not None and not self.write_scope.cancelled_caught:
-            with trio.move_on_at(close_by):
+            try:
+                with self.read_scope:
+                    try:
+                        await self.read_loop()
+                    except _Close as close:
+                        self.end_reason = close.reason
+                        self.end_error = close.error
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.end_reason = "connection lost"
+            finally:
+                # However reading ended, a bug included, the user goes
+                # offline and the outbox takes no more frames.
+                self.stopped = True
+                self.go_offline()
+                self.server.hub.flush_due()
+                final = encode(self.end_error) if self.end_error else b""
+                self.outbox.close(final)
+                # Flushing and lingering share one deadline.
+                self.close_by = trio.current_time() + self.config.close_timeout
+                self.write_scope.deadline = self.close_by
+
+    async def say_goodbye(self) -> None:
+        """After ``run``: let the client read what was sent last (see
+        _linger), unless it was dropped or could not be written to."""
+        if not self.kicked and not self.write_scope.cancelled_caught:
+            with trio.move_on_at(self.close_by):
                 await _linger(self.stream)
 
     def go_offline(self) -> None:
@@ -243,7 +267,15 @@ class _Session:
             try:
                 async for first in outbox.receive:
                     outbox.sending = True
-                    await send_all(outbox.take_all(first))
+                    data, frames = outbox.take_all(first)
+                    # In pieces, so a client that reads slowly but steadily
+                    # is seen to make progress (and is not taken as stalled).
+                    view = memoryview(data)
+                    for start in range(0, len(data), _WRITE_SIZE):
+                        piece = view[start : start + _WRITE_SIZE]
+                        await send_all(piece)
+                        outbox.sent(len(piece))
+                    outbox.sent(0, frames)
                     outbox.sending = False
                 if outbox.final:
                     await send_all(outbox.final)
@@ -292,7 +324,7 @@ class _Session:
                 raise _Close("ping timeout")
         elif (
             self.config.ping_interval
-            and now - self.last_heard >= self.config.ping_interval
+            and now >= self.last_heard + self.config.ping_interval
         ):
             self.ping_token = f"t{next(self.pings)}"
             self.ping_deadline = now + self.config.ping_timeout
@@ -330,6 +362,10 @@ class _Session:
                 continue
             if event is CLOSED:
                 raise _Close("closed")
+            if self.stopped:
+                # Kicked or closing: what is still buffered goes unhandled.
+                flush_due()
+                await trio.lowlevel.checkpoint()  # Cancelled ends the loop
             # Every frame counts against the rate, a faulty one too; only
             # leaving is always allowed.
             if self.bucket is None or type(event) is Exit or self.within_rate():
@@ -337,9 +373,6 @@ class _Session:
                     self.reply(event.reply)
                 else:
                     self.handle(event)
-            if self.kicked:
-                flush_due()
-                await trio.lowlevel.checkpoint()  # Cancelled ends the loop
             if self.congested:
                 flush_due()
                 await self.let_recipients_drain()
@@ -357,8 +390,16 @@ class _Session:
         stalls and is not waited for.
         """
         stall_timeout = self.config.stall_timeout
-        while self.congested:
-            await self.congested.pop().make_room(stall_timeout)
+        # Not reading meanwhile is our doing: it says nothing about whether
+        # the client is alive, so only the login deadline still runs.
+        self.quiet_scope.deadline = self.login_deadline
+        try:
+            while self.congested:
+                await self.congested.pop().make_room(stall_timeout)
+        finally:
+            if self.peer is not None:
+                self.last_heard = trio.current_time()
+            self.quiet_scope.deadline = self.wake_at()
 
     def handle(self, message: object) -> None:
         match message:
@@ -574,14 +615,18 @@ class ChatServer:
         self._sessions.add(session)
         self._per_ip[ip] += 1
         try:
-            await session.run()
-        except Exception:
-            log.exception("connection %s failed", address)
+            try:
+                await session.run()
+            except Exception:
+                log.exception("connection %s failed", address)
+            finally:
+                self._sessions.discard(session)
+                self._per_ip[ip] -= 1
+                if not self._per_ip[ip]:
+                    del self._per_ip[ip]
+            # The slot is free again; what is left is a goodbye.
+            await session.say_goodbye()
         finally:
-            self._sessions.discard(session)
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
             await trio.aclose_forcefully(stream)
 
     def _refusal(self, ip: str) -> Error | None:
