@@ -1,9 +1,9 @@
 """Measure ``trichat serve`` with the Go load generator in ../shared/bench.
 
-Builds the generator (``../shared/bench/build.sh``), starts a server with
-flood control and the per-address cap off, runs each scenario a few times
-and prints the median of each figure, the way docs/performance.md quotes
-them::
+Builds the generator (``../shared/bench/build.sh``), runs each scenario a
+few times, each against a new ``trichat serve`` with flood control and the
+per-address cap off, and prints the median of each figure, the way
+docs/performance.md quotes them::
 
     python benchmarks/loadgen.py                 # every scenario, 3 runs each
     python benchmarks/loadgen.py dm rate --runs 5
@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,35 @@ def wait_for_port(port: int, within: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+@contextmanager
+def fresh_server(port: int) -> Iterator[int]:
+    """A new ``trichat serve`` for one run (so that one run's teardown or
+    memory does not show in the next); yields its process id."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trichat",
+            "serve",
+            "--port",
+            str(port),
+            "--rate",
+            "0",
+            "--max-per-ip",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    try:
+        wait_for_port(port)
+        yield server.pid
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+
+
 def run_once(loadgen: str, port: int, pid: int, scenario: str) -> dict[str, Any]:
     command = [
         loadgen,
@@ -95,39 +126,17 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7171)
     args = parser.parse_args()
     loadgen = build_loadgen()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trichat",
-            "serve",
-            "--port",
-            str(args.port),
-            "--rate",
-            "0",
-            "--max-per-ip",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-    try:
-        wait_for_port(args.port)
-        for scenario in args.scenarios:
-            results = [
-                run_once(loadgen, args.port, server.pid, scenario)
-                for _ in range(args.runs)
-            ]
-            medians = {
-                figure: statistics.median(float(r[figure]) for r in results)
-                for figure in FIGURES[scenario]
-            }
-            shown = "  ".join(f"{k}={v:g}" for k, v in medians.items())
-            print(f"{scenario} (median of {args.runs}): {shown}", flush=True)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+    for scenario in args.scenarios:
+        results = []
+        for _ in range(args.runs):
+            with fresh_server(args.port) as pid:
+                results.append(run_once(loadgen, args.port, pid, scenario))
+        medians = {
+            figure: statistics.median(float(r[figure]) for r in results)
+            for figure in FIGURES[scenario]
+        }
+        shown = "  ".join(f"{k}={v:g}" for k, v in medians.items())
+        print(f"{scenario} (median of {args.runs}): {shown}", flush=True)
     return 0
 
 
