@@ -139,6 +139,7 @@ class _Session:
         "config",
         "congested",
         "conn",
+        "connection_scope",
         "end_error",
         "end_reason",
         "flood_since",
@@ -156,7 +157,6 @@ class _Session:
         "server",
         "stopped",
         "stream",
-        "write_scope",
     )
 
     def __init__(
@@ -186,7 +186,8 @@ class _Session:
         self.ping_deadline = math.inf
         self.pings = count(1)
         self.read_scope = trio.CancelScope()
-        self.write_scope = trio.CancelScope()
+        # The scope of the reader and writer both (their nursery's).
+        self.connection_scope: trio.CancelScope | None = None
         self.quiet_scope = trio.CancelScope()
         self.end_reason = "closed"
         self.end_error: Error | None = None
@@ -207,7 +208,8 @@ class _Session:
         self.end_reason = reason
         self.end_error = None
         self.read_scope.cancel()
-        self.write_scope.cancel()
+        if self.connection_scope is not None:
+            self.connection_scope.cancel()
 
     def close_with(self, error: Error, reason: str) -> None:
         """Stop reading, send what is queued and then *error*, and close."""
@@ -221,6 +223,7 @@ class _Session:
     async def run(self) -> None:
         log.info("connect %s", self.address)
         async with trio.open_nursery() as nursery:
+            self.connection_scope = nursery.cancel_scope
             nursery.start_soon(self.write_loop)
             try:
                 with self.read_scope:
@@ -239,14 +242,16 @@ class _Session:
                 self.server.hub.flush_due()
                 final = encode(self.end_error) if self.end_error else b""
                 self.outbox.close(final)
-                # Flushing and lingering share one deadline.
+                # Only the writer is left: flushing and lingering share one
+                # deadline.
                 self.close_by = trio.current_time() + self.config.close_timeout
-                self.write_scope.deadline = self.close_by
+                nursery.cancel_scope.deadline = self.close_by
 
     async def say_goodbye(self) -> None:
         """After ``run``: let the client read what was sent last (see
         _linger), unless it was dropped or could not be written to."""
-        if not self.kicked and not self.write_scope.cancelled_caught:
+        scope = self.connection_scope
+        if not self.kicked and scope is not None and not scope.cancelled_caught:
             with trio.move_on_at(self.close_by):
                 await _linger(self.stream)
 
@@ -263,24 +268,23 @@ class _Session:
     async def write_loop(self) -> None:
         outbox = self.outbox
         send_all = self.stream.send_all
-        with self.write_scope:
-            try:
-                async for first in outbox.receive:
-                    outbox.sending = True
-                    data, frames = outbox.take_all(first)
-                    # In pieces, so a client that reads slowly but steadily
-                    # is seen to make progress (and is not taken as stalled).
-                    view = memoryview(data)
-                    for start in range(0, len(data), _WRITE_SIZE):
-                        piece = view[start : start + _WRITE_SIZE]
-                        await send_all(piece)
-                        outbox.sent(len(piece))
-                    outbox.sent(0, frames)
-                    outbox.sending = False
-                if outbox.final:
-                    await send_all(outbox.final)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.kick("connection lost")
+        try:
+            async for first in outbox.receive:
+                outbox.sending = True
+                data, frames = outbox.take_all(first)
+                # In pieces, so a client that reads slowly but steadily is
+                # seen to make progress (and is not taken as stalled).
+                view = memoryview(data)
+                for start in range(0, len(data), _WRITE_SIZE):
+                    piece = view[start : start + _WRITE_SIZE]
+                    await send_all(piece)
+                    outbox.sent(len(piece))
+                outbox.sent(0, frames)
+                outbox.sending = False
+            if outbox.final:
+                await send_all(outbox.final)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.kick("connection lost")
 
     async def read_loop(self) -> None:
         """Read and handle frames until the session ends (by raising _Close).
