@@ -229,11 +229,9 @@ class Outbox:
         self.fd = None  # the descriptor is closed and may be reused soon
         self.final = final
         self._send.close()
-        # Nobody should wait for room in an outbox that takes no more.
+        # Wake whoever waits for room, and let nobody wait for it again.
+        self._progressed()
         self.stalled = True
-        if self._progress is not None:
-            self._progress.set()
-            self._progress = None
 
 
 @attrs.define(eq=False)
@@ -253,16 +251,10 @@ class Peer:
         self.login_frame = encode(Login(self.name))
         self.exit_frame = encode(Exit(self.name))
 
-    def send(self, frame: bytes) -> bool:
-        """Queue *frame*; a peer that cannot take it is kicked as too slow."""
-        if self.outbox.put(frame):
-            return True
-        self.kick("too slow: outgoing queue full")
-        return False
-
-    def send_lazy(self, frame: bytes) -> bool:
-        """Like ``send``, for a frame that may wait for ``Hub.flush_presence``."""
-        if self.outbox.put_lazy(frame):
+    def send(self, frame: bytes, *, lazy: bool = False) -> bool:
+        """Queue *frame* (*lazy*: it may wait for ``Hub.flush_presence``);
+        a peer that cannot take it is kicked as too slow."""
+        if (self.outbox.put_lazy if lazy else self.outbox.put)(frame):
             return True
         self.kick("too slow: outgoing queue full")
         return False
@@ -354,8 +346,8 @@ class Hub:
         held, self._held = self._held, []
         self.presence_due = trio.Event()
         for peer in held:
-            if not peer.outbox.flush():
-                peer.kick("connection closing")
+            # An outbox refuses only once closed; then its frames are moot.
+            peer.outbox.flush()
 
     def _announce(self, frame: bytes) -> None:
         peers = list(self._peers.values())
@@ -367,5 +359,5 @@ class Hub:
         for peer in peers:
             if not peer.outbox.pending:
                 held.append(peer)
-            peer.send_lazy(frame)
+            peer.send(frame, lazy=True)
         self.presence_due.set()
