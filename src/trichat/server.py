@@ -42,6 +42,8 @@ _WRITE_SIZE = 4096
 _FRAMES_PER_TURN = 64
 # How long presence frames may wait per user online, up to presence_delay.
 _DELAY_PER_USER = 50e-6
+# What every client hears when the server stops, connected or connecting.
+_GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
 # accept() errors that mean "out of resources for now", not "listener broken".
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -574,9 +576,8 @@ class ChatServer:
         self.stopping = True
         log.info("shutting down: closing %d connections", len(self._sessions))
         self._accepting.cancel()
-        goodbye = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
         for session in list(self._sessions):
-            session.close_with(goodbye, "server shutting down")
+            session.close_with(_GOODBYE, "server shutting down")
 
     async def _accept_loop(
         self, listener: trio.SocketListener, connections: trio.Nursery
@@ -636,7 +637,7 @@ class ChatServer:
     def _refusal(self, ip: str) -> Error | None:
         config = self.config
         if self.stopping:
-            return Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
+            return _GOODBYE
         if len(self._sessions) >= config.max_clients:
             return Error(
                 ErrorCode.SERVER_FULL,
