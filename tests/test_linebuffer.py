@@ -244,3 +244,74 @@ def test_every_line_returned_is_within_the_limit(stream: bytes, max_line: int) -
             assert end + 1 > max_line
     else:
         assert len(buffer) < max_line
+
+
+# take_lines, the batch form a server uses
+
+
+@settings(max_examples=200)
+@given(st.lists(line_bodies, max_size=10), line_bodies, st.data())
+def test_take_lines_gives_every_whole_line_however_the_bytes_arrive(
+    bodies: list[bytes], tail: bytes, data: st.DataObject
+) -> None:
+    stream = b"".join(body + b"\n" for body in bodies) + tail
+    buffer = LineBuffer(64)
+    got = []
+    for chunk in data.draw(chunked(stream)):
+        lines, too_long = buffer.take_lines(chunk)
+        assert not too_long
+        got.extend(lines)
+    # As they were sent: CRs and empty lines are left to the caller.
+    assert got == bodies
+    assert len(buffer) == len(tail)
+
+
+@given(st.binary(max_size=300), st.integers(2, 40), st.data())
+def test_take_lines_agrees_with_next_line_on_the_limit(
+    stream: bytes, max_line: int, data: st.DataObject
+) -> None:
+    one_by_one = LineBuffer(max_line)
+    one_by_one.feed(stream)
+    expected = []
+    try:
+        while (line := one_by_one.next_line()) is not None:
+            expected.append(line)
+        expected_too_long = False
+    except LineTooLong:
+        expected_too_long = True
+
+    batch = LineBuffer(max_line)
+    got = []
+    too_long = False
+    for chunk in data.draw(chunked(stream)):
+        lines, too_long = batch.take_lines(chunk)
+        got.extend(lines)
+        if too_long:
+            break
+    assert too_long == expected_too_long
+    blank = {b"", b"\r"}
+    assert [line.removesuffix(b"\r") for line in got if line not in blank] == expected
+
+
+def test_take_lines_returns_the_lines_before_a_long_one() -> None:
+    buffer = LineBuffer(10)
+    assert buffer.take_lines(b"ok\nalso ok\n" + b"x" * 20 + b"\nlost\n") == (
+        [b"ok", b"also ok"],
+        True,
+    )
+
+
+def test_take_lines_counts_a_partial_line_across_reads() -> None:
+    buffer = LineBuffer(10)
+    assert buffer.take_lines(b"123456789\n1234") == ([b"123456789"], False)
+    assert buffer.take_lines(b"5678") == ([], False)
+    assert buffer.take_lines(b"9\n") == ([b"123456789"], False)
+    assert buffer.take_lines(b"12345") == ([], False)
+    assert buffer.take_lines(b"67890") == ([], True)
+
+
+def test_take_lines_and_next_line_share_the_buffer() -> None:
+    buffer = LineBuffer(64)
+    assert buffer.take_lines(b"one\ntw") == ([b"one"], False)
+    buffer.feed(b"o\nthree\n")
+    assert lines_of(buffer) == [b"two", b"three"]

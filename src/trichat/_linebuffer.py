@@ -39,6 +39,40 @@ class LineBuffer:
     def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
+    def take_lines(self, data: bytes) -> tuple[list[bytes], bool]:
+        """Add *data* and take every whole line buffered, all at once.
+
+        The batch form of ``next_line``, for a reader that handles a whole
+        read in one go: one split per read instead of a search per line.
+        The lines come without their LF but as they are otherwise: a CR
+        before the LF and empty lines are the caller's to deal with.
+        Returns the lines and whether the limit was broken; if it was, the
+        lines are those before the one that broke it, and what follows is
+        dropped.
+        """
+        buffer = self._buffer
+        if buffer:
+            if b"\n" not in data:
+                # Most of a long line that trickles in: no copy per piece.
+                buffer += data
+                self._scan_from = len(buffer)
+                return [], len(buffer) >= self.max_line
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        limit = self.max_line  # counts the LF: a line holds limit - 1 bytes
+        if lines and max(map(len, lines)) >= limit:
+            first_long = next(i for i, line in enumerate(lines) if len(line) >= limit)
+            del lines[first_long:]
+            return lines, True
+        if len(rest) >= limit:
+            return lines, True
+        buffer += rest
+        self._scan_from = len(rest)
+        return lines, False
+
     def next_line(self) -> bytes | None:
         """The next non-empty line without its LF (and a CR before it).
 
