@@ -924,6 +924,39 @@ async def test_frames_split_across_writes_and_joined_in_one() -> None:
         await alice.expect("talk|bob|alice|\u00e9t\u00e9")
 
 
+async def test_one_write_of_every_kind_of_line_is_handled_in_order() -> None:
+    # Runs of plain talk are relayed without decoding; everything else in
+    # the same read is decoded. Either way, each line in its turn.
+    async with running_server(rate=0) as live:
+        alice, bob, carol = await users(live, "alice", "Bob", "carol")
+        await alice.send_raw(
+            b"talk|Bob|1\ntalk|Bob|2\ntalk|BOB|3 other case\n"
+            b"talk|Bob|4\ttab\ntalk|carol|5\ntalk|*|6 all\ntalk|*|7 all\n"
+            b"talk|dave|8\ntalk|Bob|\ntalk|Bob|9|bars|\n\nping|p\ntalk|Bob|10\n"
+        )
+        await alice.expect(
+            "error|no-such-user|dave",
+            "error|bad-frame|talk has an empty field",
+            "pong|p",
+        )
+        await bob.expect(
+            "talk|alice|Bob|1",
+            "talk|alice|Bob|2",
+            "talk|alice|Bob|3 other case",
+            "talk|alice|Bob|4\ttab",
+            "talk|alice|*|6 all",
+            "talk|alice|*|7 all",
+            "talk|alice|Bob|9|bars|",
+            "talk|alice|Bob|10",
+        )
+        await carol.expect(
+            "talk|alice|carol|5", "talk|alice|*|6 all", "talk|alice|*|7 all"
+        )
+        # CRLF and text that is not ASCII, in one read with plain lines.
+        await alice.send_raw("talk|Bob|11\r\ntalk|Bob|été\ntalk|Bob|12\n".encode())
+        await bob.expect("talk|alice|Bob|11", "talk|alice|Bob|été", "talk|alice|Bob|12")
+
+
 # -- slow clients ----------------------------------------------------------------
 
 

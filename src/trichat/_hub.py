@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import attrs
 import trio
 
-from ._codec import delivery_frame, encode
+from ._codec import delivery_frame, encode, plain_talk_run
 from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
@@ -60,6 +60,7 @@ class Outbox:
         "max_bytes",
         "max_frames",
         "pending",
+        "pending_frames",
         "queued_bytes",
         "queued_frames",
         "receive",
@@ -85,6 +86,7 @@ class Outbox:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.pending: list[bytes] = []
+        self.pending_frames = 0  # pending holds blocks of frames
         self.queued_frames = 0  # pending, in the channel, or being written
         self.queued_bytes = 0
         self.in_channel = 0  # frames handed to the writer, not yet taken
@@ -96,27 +98,45 @@ class Outbox:
         # Sent after everything queued, whatever the limits (a closing error).
         self.final = b""
 
-    def _add(self, frame: bytes, *, force: bool = False) -> bool:
-        if self.closed or (
-            not force
-            and (
-                self.queued_frames >= self.max_frames
-                or self.queued_bytes + len(frame) > self.max_bytes
+    @property
+    def room(self) -> tuple[int, int]:
+        """How much a sender may add before it should wait, in frames and in
+        bytes: a frame fits while less than that has been added (so the
+        frame that makes the outbox congested still does)."""
+        if self.stalled:
+            # Nobody waits for it any more: until it is full.
+            return (
+                self.max_frames - self.queued_frames,
+                self.max_bytes - self.queued_bytes,
+            )
+        return (
+            self.max_frames // 2 + 1 - self.queued_frames,
+            self.max_bytes // 2 + 1 - self.queued_bytes,
+        )
+
+    def _add(self, data: bytes, frames: int, force: bool) -> bool:
+        if self.closed or not (
+            force
+            or (
+                self.queued_frames + frames <= self.max_frames
+                and self.queued_bytes + len(data) <= self.max_bytes
             )
         ):
             return False
-        self.pending.append(frame)
-        self.queued_frames += 1
-        self.queued_bytes += len(frame)
+        self.pending.append(data)
+        self.pending_frames += frames
+        self.queued_frames += frames
+        self.queued_bytes += len(data)
         return True
 
-    def put(self, frame: bytes, *, force: bool = False) -> bool:
-        """Add *frame*, to be sent at the next flush of the due list.
+    def put(self, data: bytes, frames: int = 1, *, force: bool = False) -> bool:
+        """Add *data*, one frame or a block of *frames* frames, to be sent
+        at the next flush of the due list.
 
         With *force* the limits do not apply: for the server's own frames
         that must get through (a newcomer's roster, which can be large).
         """
-        if not self._add(frame, force=force):
+        if not self._add(data, frames, force):
             return False
         if not self.is_due:
             self.is_due = True
@@ -126,12 +146,12 @@ class Outbox:
     def put_lazy(self, frame: bytes) -> bool:
         """Add a presence frame that may wait for a later flush; once
         _LAZY_FRAMES are pending they are flushed at once."""
-        if not self._add(frame):
+        if not self._add(frame, 1, False):
             return False
         # Held frames count against the limits but cannot drain: hand them
         # on before they fill half the queue.
         held_at_most = min(_LAZY_FRAMES, self.max_frames // 2)
-        return len(self.pending) < held_at_most or self.flush()
+        return self.pending_frames < held_at_most or self.flush()
 
     def flush(self) -> bool:
         """Send the pending frames on their way; False if the channel to the
@@ -141,8 +161,9 @@ class Outbox:
         if not pending:
             return True
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        frames = len(pending)
+        frames = self.pending_frames
         pending.clear()
+        self.pending_frames = 0
         if self.fd is not None and not self.in_channel and not self.sending:
             try:
                 written = os.write(self.fd, data)
@@ -243,19 +264,29 @@ class Peer:
     kick: Callable[[str], None]
     """Take this user offline, giving the reason (for the log)."""
     key: str = attrs.field(init=False)
+    wire_name: bytes = attrs.field(init=False, repr=False)
+    talk_prefix: bytes = attrs.field(init=False, repr=False)
+    """``talk|NAME|``: what this user's deliveries start with."""
     login_frame: bytes = attrs.field(init=False, repr=False)
     exit_frame: bytes = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.key = name_key(self.name)
+        self.wire_name = self.name.encode()
+        self.talk_prefix = b"talk|" + self.wire_name + b"|"
         self.login_frame = encode(Login(self.name))
         self.exit_frame = encode(Exit(self.name))
 
-    def send(self, frame: bytes, *, lazy: bool = False) -> bool:
-        """Queue *frame* (*lazy*: it may wait for ``Hub.flush_presence``);
-        a peer that cannot take it is kicked as too slow."""
-        if (self.outbox.put_lazy if lazy else self.outbox.put)(frame):
-            return True
+    def send(self, frame: bytes, frames: int = 1) -> bool:
+        """Queue *frame* (or a block of *frames* frames); a peer that cannot
+        take it is kicked as too slow."""
+        return self.outbox.put(frame, frames) or self._too_slow()
+
+    def send_lazy(self, frame: bytes) -> bool:
+        """``send`` for a frame that may wait for ``Hub.flush_presence``."""
+        return self.outbox.put_lazy(frame) or self._too_slow()
+
+    def _too_slow(self) -> bool:
         self.kick("too slow: outgoing queue full")
         return False
 
@@ -269,6 +300,8 @@ class Hub:
 
     def __init__(self) -> None:
         self._peers: dict[str, Peer] = {}
+        # The same peers by their names' bytes, as they wrote them.
+        self._wire: dict[bytes, Peer] = {}
         self.batch_presence = False
         """When True, presence frames wait for ``flush_presence``, so that
         everyone gets the logins and exits of a busy moment in one write;
@@ -307,6 +340,7 @@ class Hub:
         roster = [peer.login_frame]
         roster.extend(other.login_frame for other in self._peers.values())
         self._peers[peer.key] = peer
+        self._wire[peer.wire_name] = peer
         # The roster is the server's own and may be large: it always fits.
         peer.outbox.put(b"".join(roster), force=True)
 
@@ -315,6 +349,7 @@ class Hub:
         if self._peers.get(peer.key) is not peer:
             return
         del self._peers[peer.key]
+        del self._wire[peer.wire_name]
         if announce:
             self._announce(peer.exit_frame)
 
@@ -328,18 +363,74 @@ class Hub:
         """
         if talk.to == BROADCAST:
             frame = delivery_frame(sender.name, BROADCAST, talk.text)
-            for peer in list(self._peers.values()):
-                if peer is not sender and peer.send(frame) and peer.outbox.congested:
-                    congested.append(peer.outbox)
+            self._broadcast(sender, frame, congested)
             return None
         recipient = self._peers.get(name_key(talk.to))
-        if recipient is None or not recipient.send(
-            delivery_frame(sender.name, recipient.name, talk.text)
-        ):
+        if recipient is None:
             return Error(ErrorCode.NO_SUCH_USER, talk.to)
+        frame = delivery_frame(sender.name, recipient.name, talk.text)
+        if not self._send_to(recipient, frame, congested):
+            return Error(ErrorCode.NO_SUCH_USER, talk.to)
+        return None
+
+    def relay_run(
+        self,
+        sender: Peer,
+        lines: list[bytes],
+        start: int,
+        stop: int,
+        congested: list[Outbox],
+    ) -> tuple[int, Error | None]:
+        """``deliver`` for talk frames not decoded: the run that
+        ``plain_talk_run`` finds in *lines* from *start*, up to *stop*, as
+        far as it goes to ``*`` or to an online user's name exactly as they
+        wrote it. A direct message's run goes out as one block of
+        deliveries, ending where the recipient becomes congested.
+
+        Returns where the lines relayed end (*start* when ``lines[start]``
+        is not taken here: decode it) and the error each of them earns, if
+        any.
+        """
+        end, target = plain_talk_run(lines, start, stop)
+        if end == start:
+            return start, None
+        if target == b"*":
+            peers = [peer for peer in self._peers.values() if peer is not sender]
+            rooms = [peer.outbox.room for peer in peers] if end - start > 1 else []
+            block, count = _deliveries(
+                sender.talk_prefix,
+                lines[start:end],
+                min([frames for frames, _ in rooms], default=1),
+                min([size for _, size in rooms], default=1),
+            )
+            for peer in peers:
+                if peer.send(block, count) and peer.outbox.congested:
+                    congested.append(peer.outbox)
+            return start + count, None
+        recipient = self._wire.get(target)
+        if recipient is None:
+            return start, None
+        outbox = recipient.outbox
+        block, count = _deliveries(sender.talk_prefix, lines[start:end], *outbox.room)
+        if not recipient.send(block, count):
+            return start + count, Error(ErrorCode.NO_SUCH_USER, recipient.name)
+        if outbox.congested:
+            congested.append(outbox)
+        return start + count, None
+
+    def _broadcast(self, sender: Peer, frame: bytes, congested: list[Outbox]) -> None:
+        for peer in list(self._peers.values()):
+            if peer is not sender and peer.send(frame) and peer.outbox.congested:
+                congested.append(peer.outbox)
+
+    def _send_to(self, recipient: Peer, frame: bytes, congested: list[Outbox]) -> bool:
+        """Queue *frame* for *recipient*; False if it was too slow to take
+        it (and is now being dropped)."""
+        if not recipient.send(frame):
+            return False
         if recipient.outbox.congested:
             congested.append(recipient.outbox)
-        return None
+        return True
 
     def flush_presence(self) -> None:
         """Queue the presence frames held back for batching."""
@@ -359,5 +450,23 @@ class Hub:
         for peer in peers:
             if not peer.outbox.pending:
                 held.append(peer)
-            peer.send(frame, lazy=True)
+            peer.send_lazy(frame)
         self.presence_due.set()
+
+
+def _deliveries(
+    prefix: bytes, lines: list[bytes], frame_room: int, byte_room: int
+) -> tuple[bytes, int]:
+    """One block of deliveries for *lines* (``talk|TARGET|TEXT``, ``plain_talk_run``'s),
+    *prefix* (``talk|SENDER|``) put in each, as many as fit the room an
+    outbox has (``Outbox.room``) but at least one; and how many it holds."""
+    texts = [line[5:] for line in lines[: max(1, frame_room)]]
+    overhead = len(prefix) + 1
+    if len(texts) > 1 and sum(map(len, texts)) + overhead * len(texts) > byte_room:
+        size = 0
+        for count, text in enumerate(texts):
+            if size >= byte_room and count:
+                del texts[count:]
+                break
+            size += len(text) + overhead
+    return prefix + (b"\n" + prefix).join(texts) + b"\n", len(texts)

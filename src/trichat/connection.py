@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from ._codec import ProtocolError, Role, decode, encode
+from ._codec import ProtocolError, Role, decode, encode, printable
 from ._linebuffer import LineBuffer, LineTooLong
 from .messages import (
     ClientMessage,
@@ -109,10 +109,7 @@ class Connection:
                 line = self._lines.next_line()
             except LineTooLong:
                 self.state = State.CLOSED
-                raise ProtocolError(
-                    ErrorCode.TOO_LONG,
-                    f"a frame is at most {self.max_line} bytes",
-                ) from None
+                raise self._too_long() from None
             if line is None:
                 if self._eof:
                     self.state = State.CLOSED
@@ -120,10 +117,42 @@ class Connection:
                 return NEED_DATA
             if line:
                 break
+        return self.decode_line(line)
+
+    def take_lines(self, data: bytes) -> tuple[list[bytes], bool, ProtocolError | None]:
+        """The batch form of ``receive_data`` and ``next_event``: take
+        *data* (not ``b""``) and return every whole line buffered, to be
+        read with ``decode_line`` (empty lines included: callers skip them).
+
+        The second item says whether every line is ``printable`` (False
+        says nothing). The third is the ``too-long`` error when a line broke
+        the limit: the lines returned are those before it, and the
+        connection is closed.
+        """
+        continued = len(self._lines) > 0  # the first line began earlier
+        lines, too_long = self._lines.take_lines(data)
+        plain = printable(data) and not (
+            continued and lines and not printable(lines[0])
+        )
+        if not too_long:
+            return lines, plain, None
+        self.state = State.CLOSED
+        return lines, plain, self._too_long()
+
+    def decode_line(self, line: bytes) -> ClientMessage | ServerMessage:
+        """The message in one non-empty *line* (no LF; a CR before it is
+        dropped), checked against the login state like ``next_event``'s."""
+        if line[-1:] == b"\r":
+            line = line[:-1]
         message = decode(line, self.our_role)
         if self.our_role is Role.SERVER:
             self._check_client_frame(message)
         return message
+
+    def _too_long(self) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.TOO_LONG, f"a frame is at most {self.max_line} bytes"
+        )
 
     def _check_client_frame(self, message: ClientMessage | ServerMessage) -> None:
         if self.state is State.LOGGING_IN:

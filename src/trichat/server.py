@@ -16,8 +16,10 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import ssl
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import Any
 
@@ -26,8 +28,18 @@ import trio
 
 from ._codec import ProtocolError, Role, encode
 from ._hub import Hub, NameTaken, Outbox, Peer
-from .connection import CLOSED, NEED_DATA, Connection
-from .messages import ClientMessage, Error, ErrorCode, Exit, Login, Ping, Pong, Talk
+from .connection import Connection
+from .messages import (
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    ServerMessage,
+    Talk,
+)
 
 __all__ = ["ChatServer", "ServerConfig"]
 
@@ -106,20 +118,19 @@ class _TokenBucket:
         self.stamp = now
 
     def take(self, now: float) -> bool:
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        self.tokens = tokens if tokens < self.burst else self.burst
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        return self.take_up_to(1, now) == 1
 
     def take_up_to(self, count: int, now: float) -> int:
         """Take up to *count* frames' worth; returns how many were allowed."""
-        allowed = 0
-        while allowed < count and self.take(now):
-            allowed += 1
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        allowed = min(count, int(tokens))
+        self.tokens = tokens - allowed
         return allowed
+
+    def give_back(self, count: int) -> None:
+        """Return *count* frames' worth taken but not used."""
+        self.tokens = min(self.burst, self.tokens + count)
 
 
 class _Close(Exception):
@@ -144,6 +155,7 @@ class _Session:
         "connection_scope",
         "end_error",
         "end_reason",
+        "fd",
         "flood_since",
         "kicked",
         "last_heard",
@@ -156,6 +168,7 @@ class _Session:
         "pings",
         "quiet_scope",
         "read_scope",
+        "receive",
         "server",
         "stopped",
         "stream",
@@ -170,8 +183,13 @@ class _Session:
         self.stream = stream
         self.address = address
         self.conn = Connection(Role.SERVER, config.max_line)
-        # A plain socket can be written to directly when nothing is queued.
+        # A plain socket is read directly, and written to directly when
+        # nothing is queued.
         fd = stream.socket.fileno() if type(stream) is trio.SocketStream else None
+        self.fd = fd
+        self.receive: Callable[[], Awaitable[bytes]] = (
+            self.receive_stream if fd is None else self.receive_plain
+        )
         self.outbox = Outbox(
             config.queue_size, config.queue_bytes, fd=fd, due=server.hub.due
         )
@@ -337,56 +355,128 @@ class _Session:
             self.reply(Ping(self.ping_token))
 
     async def read_frames(self) -> None:
+        """Read and handle frames, a whole read at a time.
+
+        What this task queued goes out before it waits for anything. It
+        lets other tasks run every _FRAMES_PER_TURN frames or reads even
+        when its client always has more to read (see ``receive``).
+        """
         conn = self.conn
-        receive_some = self.stream.receive_some
-        # What this task queued goes out before it waits for anything.
+        receive = self.receive
         flush_due = self.server.hub.flush_due
-        handled = 0
+        congested = self.congested
+        turn = 0
         while True:
-            event: ClientMessage | ProtocolError | object
-            try:
-                event = conn.next_event()
-            except ProtocolError as error:
-                if error.code.closes:
-                    raise _Close(error.code.value, error.reply) from None
-                event = error
-            blank_lines = conn.take_blank_lines()
-            if blank_lines:
-                # Empty lines mean nothing, but a flood of them is a flood.
-                self.charge_blank_lines(blank_lines)
-                handled += blank_lines
-            if event is NEED_DATA:
-                flush_due()
-                data = await receive_some(_RECEIVE_SIZE)
-                self.last_heard = trio.current_time()
-                if self.ping_token is not None:
-                    # Answered: the next deadline is a ping interval away.
-                    self.ping_token = None
-                    self.quiet_scope.deadline = self.wake_at()
-                conn.receive_data(data)
-                handled = 0
-                continue
-            if event is CLOSED:
-                raise _Close("closed")
-            if self.stopped:
-                # Kicked or closing: what is still buffered goes unhandled.
-                flush_due()
-                await trio.lowlevel.checkpoint()  # Cancelled ends the loop
-            # Every frame counts against the rate, a faulty one too; only
-            # leaving is always allowed.
-            if self.bucket is None or type(event) is Exit or self.within_rate():
-                if isinstance(event, ProtocolError):
-                    self.reply(event.reply)
-                else:
-                    self.handle(event)
-            if self.congested:
-                flush_due()
-                await self.let_recipients_drain()
-            handled += 1
-            if handled >= _FRAMES_PER_TURN:
-                handled = 0
-                flush_due()
+            flush_due()
+            if turn >= _FRAMES_PER_TURN:
+                turn = 0
                 await trio.lowlevel.checkpoint()
+            data = await receive()
+            if not data:
+                raise _Close("closed")
+            turn += 1
+            self.last_heard = trio.current_time()
+            if self.ping_token is not None:
+                # Answered: the next deadline is a ping interval away.
+                self.ping_token = None
+                self.quiet_scope.deadline = self.wake_at()
+            lines, plain, too_long = conn.take_lines(data)
+            index = 0
+            while index < len(lines):
+                if self.stopped:
+                    # Kicked or closing: what is still buffered goes unhandled.
+                    flush_due()
+                    await trio.lowlevel.checkpoint()  # Cancelled ends the loop
+                handled = self.handle_lines(
+                    lines, index, plain, _FRAMES_PER_TURN - turn
+                )
+                index += handled
+                turn += handled
+                if congested:
+                    flush_due()
+                    await self.let_recipients_drain()
+                if turn >= _FRAMES_PER_TURN:
+                    turn = 0
+                    flush_due()
+                    await trio.lowlevel.checkpoint()
+            if too_long is not None:
+                raise _Close(too_long.code.value, too_long.reply)
+
+    async def receive_stream(self) -> bytes:
+        """The next bytes from the client; b"" once it closed its side."""
+        data = await self.stream.receive_some(_RECEIVE_SIZE)
+        return data if type(data) is bytes else bytes(data)
+
+    async def receive_plain(self) -> bytes:
+        """``receive`` for a plain socket, read directly.
+
+        Unlike ``SocketStream.receive_some`` it does not pass through the
+        scheduler when there is something to read at once: under load most
+        reads find data waiting, and ``read_frames`` lets others run often
+        enough. It waits (a checkpoint) only when there is nothing to read.
+        """
+        fd = self.fd
+        assert fd is not None
+        try:
+            while True:
+                try:
+                    return os.read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+        except OSError as error:  # a reset, or the descriptor gone
+            raise trio.BrokenResourceError(str(error)) from error
+
+    def handle_lines(
+        self, lines: list[bytes], start: int, plain: bool, most: int
+    ) -> int:
+        """Handle at least one and at most *most* lines from *start* on;
+        returns how many.
+
+        Most lines are talk that ``Hub.relay_run`` passes on as it is, a run
+        at a time (*plain* says the lines are ``printable``); any other line
+        is decoded in full, alone.
+        """
+        peer = self.peer
+        if plain and peer is not None:
+            stop = min(len(lines), start + most)
+            bucket = self.bucket
+            if bucket is not None:
+                now = trio.current_time()
+                stop = start + bucket.take_up_to(stop - start, now)
+            if stop > start:
+                end, error = self.server.hub.relay_run(
+                    peer, lines, start, stop, self.congested
+                )
+                if bucket is not None:
+                    bucket.give_back(stop - end)
+                    if end > start:
+                        self.forgive_flood(now)
+                if end > start:
+                    if error is not None:
+                        for _ in range(end - start):
+                            self.reply(error)
+                    return end - start
+        self.handle_line(lines[start])
+        return 1
+
+    def handle_line(self, line: bytes) -> None:
+        """Decode and handle one line, which may be empty or end in CR."""
+        if not line or line == b"\r":
+            # Empty lines mean nothing, but a flood of them is a flood.
+            self.charge_blank_lines(1)
+            return
+        event: ClientMessage | ServerMessage | ProtocolError
+        try:
+            event = self.conn.decode_line(line)
+        except ProtocolError as error:
+            event = error
+        # Every frame counts against the rate, a faulty one too; only
+        # leaving is always allowed.
+        if self.bucket is None or type(event) is Exit or self.within_rate():
+            if isinstance(event, ProtocolError):
+                self.reply(event.reply)
+            else:
+                self.handle(event)
 
     async def let_recipients_drain(self) -> None:
         """Pause reading until the outboxes we filled past half have room.
