@@ -128,6 +128,12 @@ def test_not_printable(data: bytes) -> None:
     assert not printable(data)
 
 
+@pytest.mark.parametrize("byte", range(256))
+def test_printable_is_exactly_ascii_from_space_to_tilde_tab_and_lf(byte: int) -> None:
+    expected = byte in (0x09, 0x0A) or 0x20 <= byte <= 0x7E
+    assert printable(b"talk|bob|" + bytes([byte]) + b"x\n") is expected
+
+
 def test_a_run_stops_at_a_new_target_and_at_stop() -> None:
     lines = [b"talk|bob|1", b"talk|bob|2", b"talk|carol|3", b"talk|bob|4"]
     assert plain_talk_run(lines, 0, 4) == (2, b"bob")

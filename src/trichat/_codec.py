@@ -7,7 +7,6 @@ Adding a frame kind means adding its class to ``messages`` and one row to
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,9 +37,10 @@ __all__ = [
     "printable",
 ]
 
-# Controls other than TAB and LF: with non-ASCII bytes, what ``printable``
-# looks for.
-_UNPRINTABLE = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters other than TAB and LF: with non-ASCII bytes, what
+# ``printable`` looks for. (Deleting them and comparing lengths scans
+# several times faster than a regex search.)
+_UNPRINTABLE = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
 
 
 class Role(enum.Enum):
@@ -84,8 +84,8 @@ def delivery_frame(sender: str, to: str, text: str) -> bytes:
 def printable(data: bytes) -> bool:
     """Whether *data* is lines of printable ASCII: no byte above 0x7F and no
     control character but TAB and LF. One scan of a whole read tells
-    ``plain_talk_target`` that every line in it is fit to relay as it is."""
-    return data.isascii() and _UNPRINTABLE.search(data) is None
+    ``plain_talk_run`` that every line in it is fit to relay as it is."""
+    return data.isascii() and len(data.translate(None, _UNPRINTABLE)) == len(data)
 
 
 def plain_talk_run(lines: Sequence[bytes], start: int, stop: int) -> tuple[int, bytes]:
