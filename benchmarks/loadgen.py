@@ -7,6 +7,17 @@ docs/performance.md quotes them::
 
     python benchmarks/loadgen.py                 # every scenario, 3 runs each
     python benchmarks/loadgen.py dm rate --runs 5
+
+``--against`` runs an IRC server too, one run of it before each run of
+trichat, so that both meet the same machine, and prints trichat's figures
+as a ratio of its (the issue's targets are ratios to miniircd's)::
+
+    python benchmarks/loadgen.py dm --against \
+        "python3 /path/to/miniircd --listen 127.0.0.1 --ports {port} --setuid root"
+
+``--save FILE`` keeps the medians; ``--baseline FILE`` compares with medians
+saved earlier (before a change, say) and exits 1 if a figure got worse by
+more than ``--tolerance`` (10% unless told).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -70,53 +82,108 @@ def wait_for_port(port: int, within: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+# Figures where less is better; for the others (throughput) more is.
+LOWER_IS_BETTER = {
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "srv_cpu_pct",
+    "gen_cpu_pct",
+    "login_s",
+    "settle_s",
+    "rss_per_conn_kb",
+    "bcast_full_ms_median",
+}
+
+
+def trichat_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "trichat",
+        "serve",
+        "--port",
+        str(port),
+        "--rate",
+        "0",
+        "--max-per-ip",
+        "0",
+        "--log-level",
+        "warning",
+    ]
+
+
 @contextmanager
-def fresh_server(port: int) -> Iterator[int]:
-    """A new ``trichat serve`` for one run (so that one run's teardown or
-    memory does not show in the next); yields its process id."""
+def fresh_server(command: list[str], port: int) -> Iterator[int]:
+    """A new server for one run (so that one run's teardown or memory does
+    not show in the next); yields its process id."""
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trichat",
-            "serve",
-            "--port",
-            str(port),
-            "--rate",
-            "0",
-            "--max-per-ip",
-            "0",
-            "--log-level",
-            "warning",
-        ],
+        command,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)
         yield server.pid
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
-def run_once(loadgen: str, port: int, pid: int, scenario: str) -> dict[str, Any]:
+def run_once(
+    loadgen: str, port: int, pid: int, scenario: str, proto: str = "trichat"
+) -> dict[str, Any]:
     command = [
         loadgen,
         "-proto",
-        "trichat",
+        proto,
         "-addr",
         f"127.0.0.1:{port}",
         "-pid",
         str(pid),
-        "-label",
-        "trichat",
         *SCENARIOS[scenario],
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[0])
     if not result.get("ok"):
-        raise SystemExit(f"{scenario} failed: {result.get('error')}")
+        raise SystemExit(f"{scenario} ({proto}) failed: {result.get('error')}")
     return result
+
+
+def medians(scenario: str, results: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        figure: statistics.median(float(r[figure]) for r in results)
+        for figure in FIGURES[scenario]
+        if all(figure in r for r in results)
+    }
+
+
+def show(figures: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:g}" for k, v in figures.items())
+
+
+def regressions(
+    now: dict[str, dict[str, float]],
+    before: dict[str, dict[str, float]],
+    tolerance: float,
+) -> list[str]:
+    """The figures in *now* worse than in *before* by more than *tolerance*."""
+    worse = []
+    for scenario, figures in now.items():
+        for figure, value in figures.items():
+            old = before.get(scenario, {}).get(figure)
+            if not old or figure == "gen_cpu_pct":
+                continue
+            change = (value - old) / old
+            if figure not in LOWER_IS_BETTER:
+                change = -change
+            if change > tolerance:
+                worse.append(f"{scenario} {figure}: {old:g} -> {value:g}")
+    return worse
 
 
 def main() -> int:
@@ -124,19 +191,46 @@ def main() -> int:
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--port", type=int, default=7171)
+    parser.add_argument(
+        "--against",
+        metavar="COMMAND",
+        help="an IRC server to measure in the same run; {port} is its port",
+    )
+    parser.add_argument("--save", type=Path, metavar="FILE")
+    parser.add_argument("--baseline", type=Path, metavar="FILE")
+    parser.add_argument("--tolerance", type=float, default=0.10)
     args = parser.parse_args()
     loadgen = build_loadgen()
+    ours = trichat_command(args.port)
+    theirs = shlex.split(args.against.format(port=args.port)) if args.against else None
+    summary: dict[str, dict[str, float]] = {}
     for scenario in args.scenarios:
-        results = []
+        results, others = [], []
         for _ in range(args.runs):
-            with fresh_server(args.port) as pid:
+            if theirs is not None:
+                with fresh_server(theirs, args.port) as pid:
+                    others.append(run_once(loadgen, args.port, pid, scenario, "irc"))
+            with fresh_server(ours, args.port) as pid:
                 results.append(run_once(loadgen, args.port, pid, scenario))
-        medians = {
-            figure: statistics.median(float(r[figure]) for r in results)
-            for figure in FIGURES[scenario]
-        }
-        shown = "  ".join(f"{k}={v:g}" for k, v in medians.items())
-        print(f"{scenario} (median of {args.runs}): {shown}", flush=True)
+        summary[scenario] = medians(scenario, results)
+        print(f"{scenario} (median of {args.runs}): {show(summary[scenario])}")
+        if theirs is not None:
+            other = medians(scenario, others)
+            print(f"  --against (median of {args.runs}): {show(other)}")
+            ratios = {k: summary[scenario][k] / v for k, v in other.items() if v}
+            print(
+                f"  trichat / it: {show({k: round(v, 2) for k, v in ratios.items()})}"
+            )
+        sys.stdout.flush()
+    if args.save:
+        args.save.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.baseline:
+        worse = regressions(
+            summary, json.loads(args.baseline.read_text()), args.tolerance
+        )
+        for line in worse:
+            print(f"worse: {line}")
+        return 1 if worse else 0
     return 0
 
 

@@ -125,10 +125,12 @@ def _hub(users: int, queue: int) -> tuple[Hub, list[Peer]]:
     hub = Hub()
     peers = []
     for i in range(users):
-        peer = Peer(f"user{i}", Outbox(queue, queue * 256), lambda reason: None)
+        outbox = Outbox(queue, queue * 256, due=hub.due)
+        peer = Peer(f"user{i}", outbox, lambda reason: None)
         hub.join(peer)
-        _drain(hub, peer.outbox)
         peers.append(peer)
+        for each in peers:
+            _drain(hub, each.outbox)
     return hub, peers
 
 
@@ -159,6 +161,57 @@ def hub_broadcast(users: int, broadcasts: int) -> Batch:
         congested: list[Outbox] = []
         for _ in range(broadcasts):
             hub.deliver(sender, talk, congested)
+        for peer in peers[1:]:
+            _drain(hub, peer.outbox)
+        return broadcasts * users
+
+    return batch
+
+
+def read_talk(reads: int, lines: int = 16) -> Batch:
+    """The server takes a read of *lines* ``talk`` frames: one split, and a
+    check that all of it is printable (per frame)."""
+    data = _chunk([encode(Talk("user1", TEXT))] * lines)
+    conn = Connection(Role.SERVER)
+    conn.logged_in("user0")
+
+    def batch() -> int:
+        take_lines = conn.take_lines
+        for _ in range(reads):
+            take_lines(data)
+        return reads * lines
+
+    return batch
+
+
+def relay_direct(reads: int, lines: int = 16) -> Batch:
+    """``Hub.relay_run`` of a read's run of *lines* plain ``talk`` frames to
+    one user: one block into their outbox (per frame)."""
+    hub, (alice, bob) = _hub(2, 1024)
+    run = [encode(Talk("user1", TEXT))[:-1]] * lines
+
+    def batch() -> int:
+        relay_run = hub.relay_run
+        congested: list[Outbox] = []
+        for _ in range(reads):
+            relay_run(alice, run, 0, lines, congested)
+            _drain(hub, bob.outbox)
+        return reads * lines
+
+    return batch
+
+
+def relay_broadcast(users: int, broadcasts: int) -> Batch:
+    """``Hub.relay_run`` of one plain broadcast to *users* others (per
+    recipient)."""
+    hub, peers = _hub(users + 1, 1024)
+    sender = peers[0]
+    run = [encode(Talk("*", TEXT))[:-1]]
+
+    def batch() -> int:
+        congested: list[Outbox] = []
+        for _ in range(broadcasts):
+            hub.relay_run(sender, run, 0, 1, congested)
         for peer in peers[1:]:
             _drain(hub, peer.outbox)
         return broadcasts * users
@@ -202,6 +255,9 @@ def benchmarks(scale: float) -> list[tuple[str, Batch]]:
         ("name_key, uncached", name_key_uncached(n(20_000))),
         ("hub: direct talk to 1 user", hub_direct(n(20_000))),
         ("hub: broadcast, per recipient of 1000", hub_broadcast(1000, n(20))),
+        ("read: split+check, per talk of 16", read_talk(n(5_000))),
+        ("relay: run of 16 to 1 user, per talk", relay_direct(n(5_000))),
+        ("relay: broadcast, per recipient of 1000", relay_broadcast(1000, n(20))),
     ]
     return chosen
 
