@@ -129,6 +129,7 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
         (["--queue-size", "0"], "queue_size must be positive"),
         (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
         (["--rate", "-1"], "rate must not be negative"),
+        (["--write-threads", "-1"], "write_threads must not be negative"),
     ],
 )
 async def test_bad_options_are_refused_with_a_reason(

@@ -10,7 +10,10 @@ slowing the sender or anyone else down.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import attrs
 import trio
@@ -23,6 +26,34 @@ __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
 
 # Held presence frames are flushed at once when this many have piled up.
 _LAZY_FRAMES = 256
+# A flush of at least this many outboxes shares its writes with the
+# helper threads, if there are any.
+_SHARED_FLUSH = 64
+
+
+def _write(fd: int, data: bytes) -> int:
+    """``os.write``, with a full or broken socket counted as nothing written
+    (the writer task finds out which, and says so)."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
+def _write_each(
+    writes: list[tuple[Outbox, int, bytes, int]], written: list[int]
+) -> None:
+    """Write each block to its socket; ``written[i]`` says how much of the
+    i-th got through. (Allocating nothing here keeps a helper thread from
+    growing a malloc arena of its own.)"""
+    for index, (_, fd, data, _) in enumerate(writes):
+        written[index] = _write(fd, data)
+
+
+@attrs.frozen
+class _WriteHelpers:
+    pool: Executor
+    threads: int
 
 
 class Outbox:
@@ -138,10 +169,14 @@ class Outbox:
         """
         if not self._add(data, frames, force):
             return False
+        self.mark_due()
+        return True
+
+    def mark_due(self) -> None:
+        """Have the next flush of the due list flush this outbox too."""
         if not self.is_due:
             self.is_due = True
             self._due.append(self)
-        return True
 
     def put_lazy(self, frame: bytes) -> bool:
         """Add a presence frame that may wait for a later flush; once
@@ -156,27 +191,47 @@ class Outbox:
     def flush(self) -> bool:
         """Send the pending frames on their way; False if the channel to the
         writer refuses them (the outbox is closing)."""
+        taken = self.take_pending()
+        if taken is None:
+            return True
+        fd = self.direct_fd
+        if fd is None:
+            return self.hand_on(*taken)
+        return self.wrote(*taken, _write(fd, taken[0]))
+
+    def take_pending(self) -> tuple[bytes, int] | None:
+        """The pending frames as one block and how many there are, or None
+        if there are none; nothing is pending after it."""
         self.is_due = False
         pending = self.pending
         if not pending:
-            return True
+            return None
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         frames = self.pending_frames
         pending.clear()
         self.pending_frames = 0
-        if self.fd is not None and not self.in_channel and not self.sending:
-            try:
-                written = os.write(self.fd, data)
-            except OSError:
-                # Full (or broken: the writer will find out and say so).
-                written = 0
-            if written:
-                self.queued_bytes -= written
-                self._progressed()
-                if written == len(data):
-                    self.queued_frames -= frames
-                    return True
-                data = data[written:]
+        return data, frames
+
+    @property
+    def direct_fd(self) -> int | None:
+        """The socket to write a block to at once, if it may be: a plain
+        socket with nothing queued for the writer, which is idle."""
+        return None if self.in_channel or self.sending else self.fd
+
+    def wrote(self, data: bytes, frames: int, written: int) -> bool:
+        """Account for *written* bytes of a block (*data*, *frames* frames)
+        written to ``direct_fd``, and hand the rest on to the writer."""
+        if written:
+            self.queued_bytes -= written
+            self._progressed()
+            if written == len(data):
+                self.queued_frames -= frames
+                return True
+            data = data[written:]
+        return self.hand_on(data, frames)
+
+    def hand_on(self, data: bytes, frames: int) -> bool:
+        """Give a block to the writer task; False if the outbox is closing."""
         try:
             self._send.send_nowait((data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -309,15 +364,72 @@ class Hub:
         self.presence_due = trio.Event()
         self._held: list[Peer] = []
         self.due: list[Outbox] = []
+        self.write_helpers: _WriteHelpers | None = None
+        """Threads that share the writes of a large flush (see
+        ``_flush_shared``); None: this thread writes alone."""
         """Outboxes with frames to flush: whoever adds frames to an outbox
         (``Outbox.put``) calls ``flush_due`` before it next waits."""
 
     def flush_due(self) -> None:
         """Send on the frames added since the last flush."""
         due = self.due
+        if self.write_helpers is not None and len(due) >= _SHARED_FLUSH:
+            self._flush_shared(self.write_helpers)
+            return
         while due:
             # An outbox refuses only once closed; then its frames are moot.
             due.pop().flush()
+
+    @contextmanager
+    def write_threads(self, threads: int) -> Iterator[None]:
+        """While in this block, *threads* helper threads (none for 0) share
+        the writes of every large flush, such as a broadcast to many."""
+        if not threads:
+            yield
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="trichat-write") as pool:
+            # Start them all now (each waits for the others), not on the first
+            # large flush: what they cost is the server's, not a connection's.
+            started = threading.Barrier(threads)
+            for waiting in [pool.submit(started.wait) for _ in range(threads)]:
+                waiting.result()
+            self.write_helpers = _WriteHelpers(pool, threads)
+            try:
+                yield
+            finally:
+                self.write_helpers = None
+
+    def _flush_shared(self, helpers: _WriteHelpers) -> None:
+        """``flush_due`` for many outboxes (a broadcast to a crowd): the
+        ``write`` calls are shared out between this thread and the helper
+        threads, which run at the same time since ``write`` releases the
+        GIL. Everything else happens here, and this returns once every
+        write is done, so nothing else runs meanwhile."""
+        writes: list[tuple[Outbox, int, bytes, int]] = []
+        due = self.due
+        while due:
+            outbox = due.pop()
+            taken = outbox.take_pending()
+            if taken is None:
+                continue
+            fd = outbox.direct_fd
+            if fd is None:
+                outbox.hand_on(*taken)
+            else:
+                writes.append((outbox, fd, *taken))
+        parts = helpers.threads + 1
+        shares = [writes[part::parts] for part in range(parts)]
+        results = [[0] * len(share) for share in shares]
+        running = [
+            helpers.pool.submit(_write_each, share, written)
+            for share, written in zip(shares[1:], results[1:], strict=True)
+        ]
+        _write_each(shares[0], results[0])
+        for future in running:
+            future.result()
+        for share, written in zip(shares, results, strict=True):
+            for (outbox, _, data, frames), count in zip(share, written, strict=True):
+                outbox.wrote(data, frames, count)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -437,8 +549,8 @@ class Hub:
         held, self._held = self._held, []
         self.presence_due = trio.Event()
         for peer in held:
-            # An outbox refuses only once closed; then its frames are moot.
-            peer.outbox.flush()
+            peer.outbox.mark_due()
+        self.flush_due()
 
     def _announce(self, frame: bytes) -> None:
         peers = list(self._peers.values())

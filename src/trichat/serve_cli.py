@@ -115,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest time logins and exits wait to be sent in one batch; less "
         "with few users online; 0: send each at once (%(default)s)",
     )
+    limits.add_argument(
+        "--write-threads",
+        type=int,
+        default=d.write_threads,
+        help="threads that share the writes of a broadcast to many users with "
+        "the server's own; 0: none (%(default)s)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
@@ -148,6 +155,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         flood_grace=args.flood_grace,
         stall_timeout=args.stall_timeout,
         presence_delay=args.presence_delay,
+        write_threads=args.write_threads,
         ssl_context=context,
     )
 

@@ -103,6 +103,11 @@ class ServerConfig:
     """How long a sender waits for a congested recipient that reads nothing."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye."""
+    write_threads: int = attrs.field(
+        default=1, validator=[attrs.validators.instance_of(int), _not_negative]
+    )
+    """Threads that share the system calls of a large flush (a broadcast to
+    many users) with the server's own; 0: none."""
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -613,26 +618,27 @@ class ChatServer:
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
-        try:
-            async with trio.open_nursery() as connections:
-                with self._accepting:
-                    async with trio.open_nursery() as accepting:
-                        for listener in listeners:
-                            accepting.start_soon(
-                                self._accept_loop, listener, connections
-                            )
-                        if self.config.presence_delay:
-                            accepting.start_soon(self._flush_presence)
-                        for listener in listeners:
-                            host, port = listener.socket.getsockname()[:2]
-                            log.info("listening on %s port %s", host, port)
-                        task_status.started(listeners[0].socket.getsockname()[1])
-                # Stopped accepting: free the port while the connections close.
+        with self.hub.write_threads(self.config.write_threads):
+            try:
+                async with trio.open_nursery() as connections:
+                    with self._accepting:
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(
+                                    self._accept_loop, listener, connections
+                                )
+                            if self.config.presence_delay:
+                                accepting.start_soon(self._flush_presence)
+                            for listener in listeners:
+                                host, port = listener.socket.getsockname()[:2]
+                                log.info("listening on %s port %s", host, port)
+                            task_status.started(listeners[0].socket.getsockname()[1])
+                    # Stopped accepting: free the port while the connections close.
+                    for listener in listeners:
+                        await trio.aclose_forcefully(listener)
+            finally:
                 for listener in listeners:
                     await trio.aclose_forcefully(listener)
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
         log.info("stopped")
 
     async def _flush_presence(self) -> None:
