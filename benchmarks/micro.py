@@ -194,7 +194,7 @@ def relay_direct(reads: int, lines: int = 16) -> Batch:
         relay_run = hub.relay_run
         congested: list[Outbox] = []
         for _ in range(reads):
-            relay_run(alice, run, 0, lines, congested)
+            relay_run(alice, b"user1", run, 0, lines, congested)
             _drain(hub, bob.outbox)
         return reads * lines
 
@@ -211,7 +211,7 @@ def relay_broadcast(users: int, broadcasts: int) -> Batch:
     def batch() -> int:
         congested: list[Outbox] = []
         for _ in range(broadcasts):
-            hub.relay_run(sender, run, 0, 1, congested)
+            hub.relay_run(sender, b"*", run, 0, 1, congested)
         for peer in peers[1:]:
             _drain(hub, peer.outbox)
         return broadcasts * users

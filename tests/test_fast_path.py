@@ -160,6 +160,22 @@ def _hub(queue_size: int = 10_000) -> tuple[Hub, dict[str, Peer]]:
     return hub, peers
 
 
+def _relay(
+    hub: Hub,
+    sender: Peer,
+    lines: list[bytes],
+    start: int,
+    stop: int,
+    congested: list[Outbox],
+) -> tuple[int, Error | None]:
+    """Find a run and relay it, as the server does; (start, None) when the
+    line at *start* is to be decoded."""
+    end, target = plain_talk_run(lines, start, stop)
+    if end == start:
+        return start, None
+    return hub.relay_run(sender, target, lines, start, end, congested)
+
+
 def _decode_and_deliver(hub: Hub, sender: Peer, line: bytes) -> list[Error]:
     """Handle *line* as the server does without the fast path; returns the
     errors the sender gets."""
@@ -189,7 +205,7 @@ def _handle_all(lines: list[bytes], fast: bool) -> tuple[dict[str, bytes], list[
     while index < len(lines):
         end = index
         if plain:
-            end, error = hub.relay_run(sender, lines, index, len(lines), [])
+            end, error = _relay(hub, sender, lines, index, len(lines), [])
             errors.extend([error] * (end - index) if error else [])
         if end == index:
             errors.extend(_decode_and_deliver(hub, sender, lines[index]))
@@ -215,7 +231,7 @@ def test_a_run_stops_where_the_recipient_becomes_congested(queue_size: int) -> N
         hub, peers = _hub(queue_size)
         lines = [b"talk|bob|%d" % i for i in range(20)]
         congested: list[Outbox] = []
-        end, error = hub.relay_run(peers[SENDER], lines, 0, 20, congested)
+        end, error = _relay(hub, peers[SENDER], lines, 0, 20, congested)
         assert error is None
         # As many as one at a time would take before the sender must wait.
         assert end == queue_size // 2 + 1
@@ -236,7 +252,7 @@ def test_a_broadcast_run_stops_where_any_recipient_becomes_congested() -> None:
             assert carol.put(b"talk|bob|Carol|filler\n")
         lines = [b"talk|*|%d" % i for i in range(20)]
         congested: list[Outbox] = []
-        end, error = hub.relay_run(peers[SENDER], lines, 0, 20, congested)
+        end, error = _relay(hub, peers[SENDER], lines, 0, 20, congested)
         assert (end, error) == (3, None)
         assert congested == [carol]
 
@@ -255,7 +271,7 @@ def test_a_run_stops_where_the_recipient_congests_by_bytes() -> None:
         bob.outbox.drain()
         text = b"x" * 90  # 110-byte deliveries
         lines = [b"talk|bob|" + text] * 9
-        end, error = hub.relay_run(alice, lines, 0, 9, [])
+        end, error = _relay(hub, alice, lines, 0, 9, [])
         # 500 bytes is half: the fifth delivery crosses it.
         assert (end, error) == (5, None)
         assert bob.outbox.congested
@@ -275,7 +291,7 @@ def test_a_recipient_too_slow_for_a_run_is_dropped_and_the_sender_told() -> None
         for _ in range(4 - bob.outbox.queued_frames):
             bob.outbox.put(b"talk|x|bob|filler\n")
         lines = [b"talk|bob|hi"] * 3
-        end, error = hub.relay_run(alice, lines, 0, 3, [])
+        end, error = _relay(hub, alice, lines, 0, 3, [])
         assert end == 1
         assert error == Error(ErrorCode.NO_SUCH_USER, "bob")
         assert kicked == ["too slow: outgoing queue full"]

@@ -540,6 +540,26 @@ async def test_too_long_before_login_is_answered_then_closed() -> None:
         await refused_with(client, "too-long")
 
 
+@pytest.mark.parametrize(
+    ("first", "reply"),
+    [
+        (b"login|carol", "login|carol"),
+        (b"talk|bob|hi", "error|not-logged-in|log in first"),
+        (b"exit|bob", "error|not-logged-in|log in first"),
+        (b"ping|t", "pong|t"),
+    ],
+)
+async def test_frames_before_a_too_long_line_in_one_write_are_handled_first(
+    first: bytes, reply: str
+) -> None:
+    # Handled in the state they find: the too-long line after them has not
+    # been reached yet.
+    async with running_server() as live:
+        client = await live.connect()
+        await client.send_raw(first + b"\n" + b"x" * 5000 + b"\n")
+        assert await expect_closed_with(client, "too-long") == [reply]
+
+
 async def test_too_long_without_line_feed_is_answered_at_once() -> None:
     async with running_server() as live:
         alice, bob = await users(live, "alice", "bob")
@@ -955,6 +975,27 @@ async def test_one_write_of_every_kind_of_line_is_handled_in_order() -> None:
         # CRLF and text that is not ASCII, in one read with plain lines.
         await alice.send_raw("talk|Bob|11\r\ntalk|Bob|été\ntalk|Bob|12\n".encode())
         await bob.expect("talk|alice|Bob|11", "talk|alice|Bob|été", "talk|alice|Bob|12")
+
+
+async def test_a_read_is_handled_whole_across_quiet_deadlines() -> None:
+    # The quiet scope (login, ping) ends read_frames each time it expires,
+    # here every few milliseconds, while a long write is being handled:
+    # what is left of a read must be handled when reading goes on.
+    count = 30_000
+    async with running_server(rate=0, ping_interval=0.002) as live:
+        alice, bob = await users(live, "alice", "bob")
+        got: list[str] = []
+        async with trio.open_nursery() as nursery:
+            # Bob reads while Alice writes: the server waits for him to
+            # drain, in between.
+            nursery.start_soon(
+                alice.send_raw, b"".join(b"talk|bob|m%d\n" % i for i in range(count))
+            )
+            while len(got) < count:
+                line = await bob.read_line()
+                if line.startswith("talk|"):
+                    got.append(line)
+        assert got == [f"talk|alice|bob|m{i}" for i in range(count)]
 
 
 # -- slow clients ----------------------------------------------------------------

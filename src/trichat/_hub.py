@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import attrs
 import trio
 
-from ._codec import delivery_frame, encode, plain_talk_run
+from ._codec import delivery_frame, encode
 from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
@@ -364,11 +364,11 @@ class Hub:
         self.presence_due = trio.Event()
         self._held: list[Peer] = []
         self.due: list[Outbox] = []
+        """Outboxes with frames to flush: whoever adds frames to an outbox
+        (``Outbox.put``) calls ``flush_due`` before it next waits."""
         self.write_helpers: _WriteHelpers | None = None
         """Threads that share the writes of a large flush (see
         ``_flush_shared``); None: this thread writes alone."""
-        """Outboxes with frames to flush: whoever adds frames to an outbox
-        (``Outbox.put``) calls ``flush_due`` before it next waits."""
 
     def flush_due(self) -> None:
         """Send on the frames added since the last flush."""
@@ -424,7 +424,12 @@ class Hub:
             helpers.pool.submit(_write_each, share, written)
             for share, written in zip(shares[1:], results[1:], strict=True)
         ]
-        _write_each(shares[0], results[0])
+        try:
+            _write_each(shares[0], results[0])
+        finally:
+            # Even if this thread was interrupted: no write may outlive the
+            # flush (its descriptor could be closed and reused).
+            wait(running)
         for future in running:
             future.result()
         for share, written in zip(shares, results, strict=True):
@@ -488,26 +493,26 @@ class Hub:
     def relay_run(
         self,
         sender: Peer,
+        target: bytes,
         lines: list[bytes],
         start: int,
-        stop: int,
+        end: int,
         congested: list[Outbox],
     ) -> tuple[int, Error | None]:
-        """``deliver`` for talk frames not decoded: the run that
-        ``plain_talk_run`` finds in *lines* from *start*, up to *stop*, as
-        far as it goes to ``*`` or to an online user's name exactly as they
-        wrote it. A direct message's run goes out as one block of
-        deliveries, ending where the recipient becomes congested.
+        """``deliver`` for talk frames not decoded: ``lines[start:end]``, a
+        run that ``plain_talk_run`` found, all to *target*. The hub takes it
+        if *target* is ``*`` or an online user's name exactly as they wrote
+        it, and turns it into one block of deliveries for each recipient,
+        ending where a recipient becomes congested.
 
-        Returns where the lines relayed end (*start* when ``lines[start]``
-        is not taken here: decode it) and the error each of them earns, if
-        any.
+        Returns where the lines relayed end (*start*: the target is not
+        one the hub takes; decode the run) and the error each of them
+        earns, if any.
         """
-        end, target = plain_talk_run(lines, start, stop)
-        if end == start:
-            return start, None
         if target == b"*":
             peers = [peer for peer in self._peers.values() if peer is not sender]
+            if not peers:
+                return end, None
             rooms = [peer.outbox.room for peer in peers] if end - start > 1 else []
             block, count = _deliveries(
                 sender.talk_prefix,

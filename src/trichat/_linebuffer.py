@@ -44,11 +44,11 @@ class LineBuffer:
 
         The batch form of ``next_line``, for a reader that handles a whole
         read in one go: one split per read instead of a search per line.
-        The lines come without their LF but as they are otherwise: a CR
-        before the LF and empty lines are the caller's to deal with.
-        Returns the lines and whether the limit was broken; if it was, the
-        lines are those before the one that broke it, and what follows is
-        dropped.
+        The lines come without their LF; a CR before it is the caller's to
+        drop. Empty lines are skipped and counted in ``blank_lines``, as
+        ``next_line`` does. Returns the lines and whether the limit was
+        broken; if it was, the lines are those before the one that broke
+        it, and what follows is dropped.
         """
         buffer = self._buffer
         if buffer:
@@ -63,15 +63,20 @@ class LineBuffer:
         lines = data.split(b"\n")
         rest = lines.pop()
         limit = self.max_line  # counts the LF: a line holds limit - 1 bytes
+        too_long = len(rest) >= limit
         if lines and max(map(len, lines)) >= limit:
             first_long = next(i for i, line in enumerate(lines) if len(line) >= limit)
             del lines[first_long:]
-            return lines, True
-        if len(rest) >= limit:
-            return lines, True
-        buffer += rest
-        self._scan_from = len(rest)
-        return lines, False
+            too_long = True
+        if data[:1] in b"\r\n" or b"\n\n" in data or b"\n\r\n" in data:
+            # Some line is empty (or a lone CR): rare, so looked for first.
+            whole = len(lines)
+            lines = [line for line in lines if line and line != b"\r"]
+            self.blank_lines += whole - len(lines)
+        if not too_long:
+            buffer += rest
+            self._scan_from = len(rest)
+        return lines, too_long
 
     def next_line(self) -> bytes | None:
         """The next non-empty line without its LF (and a CR before it).

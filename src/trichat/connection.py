@@ -67,7 +67,7 @@ class Connection:
     ProtocolError with ``too-long`` and the connection is closed.
     """
 
-    __slots__ = ("_eof", "_lines", "name", "our_role", "state")
+    __slots__ = ("_eof", "_lines", "_too_long_error", "name", "our_role", "state")
 
     def __init__(self, our_role: Role, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.our_role = our_role
@@ -75,6 +75,7 @@ class Connection:
         self.name: str | None = None
         self._lines = LineBuffer(max_line)
         self._eof = False
+        self._too_long_error: ProtocolError | None = None
 
     @property
     def max_line(self) -> int:
@@ -122,22 +123,25 @@ class Connection:
     def take_lines(self, data: bytes) -> tuple[list[bytes], bool, ProtocolError | None]:
         """The batch form of ``receive_data`` and ``next_event``: take
         *data* (not ``b""``) and return every whole line buffered, to be
-        read with ``decode_line`` (empty lines included: callers skip them).
+        read with ``decode_line``. Empty lines are skipped and counted, as
+        by ``next_event`` (see ``take_blank_lines``).
 
         The second item says whether every line is ``printable`` (False
         says nothing). The third is the ``too-long`` error when a line broke
-        the limit: the lines returned are those before it, and the
-        connection is closed.
+        the limit: the lines returned are those before it, to be handled
+        (in the login state they find) before the connection is closed;
+        from then on every call returns no lines and the error again.
         """
+        if self._too_long_error is not None:
+            return [], False, self._too_long_error
         continued = len(self._lines) > 0  # the first line began earlier
         lines, too_long = self._lines.take_lines(data)
         plain = printable(data) and not (
             continued and lines and not printable(lines[0])
         )
-        if not too_long:
-            return lines, plain, None
-        self.state = State.CLOSED
-        return lines, plain, self._too_long()
+        if too_long:
+            self._too_long_error = self._too_long()
+        return lines, plain, self._too_long_error
 
     def decode_line(self, line: bytes) -> ClientMessage | ServerMessage:
         """The message in one non-empty *line* (no LF; a CR before it is

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._codec import ProtocolError, Role, encode
+from ._codec import ProtocolError, Role, encode, plain_talk_run
 from ._hub import Hub, NameTaken, Outbox, Peer
 from .connection import Connection
 from .messages import (
@@ -104,7 +104,12 @@ class ServerConfig:
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye."""
     write_threads: int = attrs.field(
-        default=1, validator=[attrs.validators.instance_of(int), _not_negative]
+        default=1,
+        validator=[
+            attrs.validators.instance_of(int),
+            _not_negative,
+            attrs.validators.le(64),
+        ],
     )
     """Threads that share the system calls of a large flush (a broadcast to
     many users) with the server's own; 0: none."""
@@ -136,6 +141,24 @@ class _TokenBucket:
     def give_back(self, count: int) -> None:
         """Return *count* frames' worth taken but not used."""
         self.tokens = min(self.burst, self.tokens + count)
+
+
+class _Read:
+    """The lines of one read, and how far handling them has got."""
+
+    __slots__ = ("decode_until", "lines", "next", "plain", "too_long")
+
+    def __init__(
+        self, lines: list[bytes], plain: bool, too_long: ProtocolError | None
+    ) -> None:
+        self.lines = lines
+        self.plain = plain
+        """Every line is ``printable``: runs of talk may be relayed as they are."""
+        self.too_long = too_long
+        """The error to close with once the lines are handled, if any."""
+        self.next = 0
+        self.decode_until = 0
+        """Lines before this one are decoded even if ``plain``."""
 
 
 class _Close(Exception):
@@ -172,6 +195,7 @@ class _Session:
         "ping_token",
         "pings",
         "quiet_scope",
+        "read",
         "read_scope",
         "receive",
         "server",
@@ -211,6 +235,7 @@ class _Session:
         self.ping_deadline = math.inf
         self.pings = count(1)
         self.read_scope = trio.CancelScope()
+        self.read: _Read | None = None  # a read not handled to its end yet
         # The scope of the reader and writer both (their nursery's).
         self.connection_scope: trio.CancelScope | None = None
         self.quiet_scope = trio.CancelScope()
@@ -364,39 +389,43 @@ class _Session:
 
         What this task queued goes out before it waits for anything. It
         lets other tasks run every _FRAMES_PER_TURN frames or reads even
-        when its client always has more to read (see ``receive``).
+        when its client always has more to read (see ``receive``). A read
+        is handled from ``self.read``, so that what is left of it when the
+        quiet scope expires in between is handled on the next call.
         """
-        conn = self.conn
         receive = self.receive
         flush_due = self.server.hub.flush_due
         congested = self.congested
         turn = 0
         while True:
-            flush_due()
-            if turn >= _FRAMES_PER_TURN:
-                turn = 0
-                await trio.lowlevel.checkpoint()
-            data = await receive()
-            if not data:
-                raise _Close("closed")
-            turn += 1
-            self.last_heard = trio.current_time()
-            if self.ping_token is not None:
-                # Answered: the next deadline is a ping interval away.
-                self.ping_token = None
-                self.quiet_scope.deadline = self.wake_at()
-            lines, plain, too_long = conn.take_lines(data)
-            index = 0
-            while index < len(lines):
+            read = self.read
+            if read is None:
+                flush_due()
+                if turn >= _FRAMES_PER_TURN:
+                    turn = 0
+                    await trio.lowlevel.checkpoint()
+                data = await receive()
+                if not data:
+                    raise _Close("closed")
+                turn += 1
+                self.last_heard = trio.current_time()
+                if self.ping_token is not None:
+                    # Answered: the next deadline is a ping interval away.
+                    self.ping_token = None
+                    self.quiet_scope.deadline = self.wake_at()
+                read = self.read = _Read(*self.conn.take_lines(data))
+                blank_lines = self.conn.take_blank_lines()
+                if blank_lines:
+                    # Empty lines mean nothing, but a flood of them is a
+                    # flood: a read's are charged at once.
+                    self.charge_blank_lines(blank_lines)
+            while read.next < len(read.lines):
                 if self.stopped:
                     # Kicked or closing: what is still buffered goes unhandled.
                     flush_due()
                     await trio.lowlevel.checkpoint()  # Cancelled ends the loop
-                handled = self.handle_lines(
-                    lines, index, plain, _FRAMES_PER_TURN - turn
-                )
-                index += handled
-                turn += handled
+                # Synchronous, and moves read.next on: nothing is handled twice.
+                turn += self.handle_lines(read, _FRAMES_PER_TURN - turn)
                 if congested:
                     flush_due()
                     await self.let_recipients_drain()
@@ -404,8 +433,9 @@ class _Session:
                     turn = 0
                     flush_due()
                     await trio.lowlevel.checkpoint()
-            if too_long is not None:
-                raise _Close(too_long.code.value, too_long.reply)
+            self.read = None
+            if read.too_long is not None:
+                raise _Close(read.too_long.code.value, read.too_long.reply)
 
     async def receive_stream(self) -> bytes:
         """The next bytes from the client; b"" once it closed its side."""
@@ -431,45 +461,49 @@ class _Session:
         except OSError as error:  # a reset, or the descriptor gone
             raise trio.BrokenResourceError(str(error)) from error
 
-    def handle_lines(
-        self, lines: list[bytes], start: int, plain: bool, most: int
-    ) -> int:
-        """Handle at least one and at most *most* lines from *start* on;
-        returns how many.
+    def handle_lines(self, read: _Read, most: int) -> int:
+        """Handle at least one and at most *most* lines of *read* from
+        ``read.next`` on, and move ``read.next`` past them; returns how many.
 
         Most lines are talk that ``Hub.relay_run`` passes on as it is, a run
-        at a time (*plain* says the lines are ``printable``); any other line
-        is decoded in full, alone.
+        at a time (if the read is ``printable``); any other line is decoded
+        in full, alone.
         """
+        lines, start = read.lines, read.next
         peer = self.peer
-        if plain and peer is not None:
+        if read.plain and peer is not None and start >= read.decode_until:
             stop = min(len(lines), start + most)
             bucket = self.bucket
             if bucket is not None:
                 now = trio.current_time()
                 stop = start + bucket.take_up_to(stop - start, now)
+            relayed = start
             if stop > start:
-                end, error = self.server.hub.relay_run(
-                    peer, lines, start, stop, self.congested
-                )
-                if bucket is not None:
-                    bucket.give_back(stop - end)
-                    if end > start:
-                        self.forgive_flood(now)
+                end, target = plain_talk_run(lines, start, stop)
                 if end > start:
-                    if error is not None:
-                        for _ in range(end - start):
+                    relayed, error = self.server.hub.relay_run(
+                        peer, target, lines, start, end, self.congested
+                    )
+                    if relayed == start:
+                        # Not a target the hub takes as written: decode the
+                        # run's lines, without looking for a run again.
+                        read.decode_until = end
+                    elif error is not None:
+                        for _ in range(relayed - start):
                             self.reply(error)
-                    return end - start
+                if bucket is not None:
+                    bucket.give_back(stop - relayed)
+                    if relayed > start:
+                        self.forgive_flood(now)
+            if relayed > start:
+                read.next = relayed
+                return relayed - start
+        read.next = start + 1
         self.handle_line(lines[start])
         return 1
 
     def handle_line(self, line: bytes) -> None:
-        """Decode and handle one line, which may be empty or end in CR."""
-        if not line or line == b"\r":
-            # Empty lines mean nothing, but a flood of them is a flood.
-            self.charge_blank_lines(1)
-            return
+        """Decode and handle one non-empty line (which may end in CR)."""
         event: ClientMessage | ServerMessage | ProtocolError
         try:
             event = self.conn.decode_line(line)
