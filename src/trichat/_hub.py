@@ -61,10 +61,10 @@ class Outbox:
 
     Frames are added (``put``, ``put_lazy``) to a pending list and handed
     on by ``flush``: written to the socket at once when nothing is queued
-    ahead of them and the writer is idle, and otherwise sent down the
-    memory channel whose other end the client's writer task drains, so
-    that every frame leaves in the order it was added and each wake-up of
-    the writer sends all that piled up in one write.
+    ahead of them and the writer is idle, and otherwise handed on to the
+    client's writer task (``next_block``), so that every frame leaves in
+    the order it was added and each wake-up of the writer sends all that
+    piled up in one write.
 
     ``put`` never blocks: it returns False when the frame does not fit (the
     client is too slow) or the outbox is closed. It registers the outbox in
@@ -82,11 +82,12 @@ class Outbox:
     __slots__ = (
         "_due",
         "_progress",
-        "_send",
+        "_writer",
         "closed",
         "fd",
         "final",
-        "in_channel",
+        "handed",
+        "handed_frames",
         "is_due",
         "max_bytes",
         "max_frames",
@@ -94,7 +95,6 @@ class Outbox:
         "pending_frames",
         "queued_bytes",
         "queued_frames",
-        "receive",
         "sending",
         "stalled",
     )
@@ -107,10 +107,6 @@ class Outbox:
         fd: int | None = None,
         due: list[Outbox] | None = None,
     ) -> None:
-        # Each item is a block of frames and how many frames it holds.
-        self._send, self.receive = trio.open_memory_channel[tuple[bytes, int]](
-            max_frames
-        )
         self.fd = fd
         """A plain socket's descriptor, to write to directly; None for TLS."""
         self._due = [] if due is None else due
@@ -118,9 +114,13 @@ class Outbox:
         self.max_bytes = max_bytes
         self.pending: list[bytes] = []
         self.pending_frames = 0  # pending holds blocks of frames
-        self.queued_frames = 0  # pending, in the channel, or being written
+        self.queued_frames = 0  # pending, handed on, or being written
         self.queued_bytes = 0
-        self.in_channel = 0  # frames handed to the writer, not yet taken
+        self.handed: list[bytes] = []  # blocks for the writer, in order
+        self.handed_frames = 0
+        # Where the writer waits for blocks. (A lot and a list, not a memory
+        # channel: about 1.5 KiB less for every connection.)
+        self._writer = trio.lowlevel.ParkingLot()
         self.sending = False  # the writer is in the middle of a write
         self.is_due = False
         self.stalled = False
@@ -189,8 +189,8 @@ class Outbox:
         return self.pending_frames < held_at_most or self.flush()
 
     def flush(self) -> bool:
-        """Send the pending frames on their way; False if the channel to the
-        writer refuses them (the outbox is closing)."""
+        """Send the pending frames on their way; False if they cannot be
+        handed on to the writer (the outbox is closed)."""
         taken = self.take_pending()
         if taken is None:
             return True
@@ -216,7 +216,7 @@ class Outbox:
     def direct_fd(self) -> int | None:
         """The socket to write a block to at once, if it may be: a plain
         socket with nothing queued for the writer, which is idle."""
-        return None if self.in_channel or self.sending else self.fd
+        return None if self.handed or self.sending else self.fd
 
     def wrote(self, data: bytes, frames: int, written: int) -> bool:
         """Account for *written* bytes of a block (*data*, *frames* frames)
@@ -231,13 +231,31 @@ class Outbox:
         return self.hand_on(data, frames)
 
     def hand_on(self, data: bytes, frames: int) -> bool:
-        """Give a block to the writer task; False if the outbox is closing."""
-        try:
-            self._send.send_nowait((data, frames))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        """Give a block to the writer task; False if the outbox is closed."""
+        if self.closed:
             return False
-        self.in_channel += frames
+        self.handed.append(data)
+        self.handed_frames += frames
+        self._writer.unpark_all()
         return True
+
+    async def next_block(self) -> tuple[bytes, int] | None:
+        """For the writer task: wait for blocks handed on and take them all,
+        as one block with its number of frames (the writer reports what it
+        wrote with ``sent``); None once the outbox is closed and empty."""
+        while not self.handed:
+            if self.closed:
+                return None
+            await self._writer.park()
+        return self._take_handed()
+
+    def _take_handed(self) -> tuple[bytes, int]:
+        handed = self.handed
+        data = handed[0] if len(handed) == 1 else b"".join(handed)
+        frames = self.handed_frames
+        handed.clear()
+        self.handed_frames = 0
+        return data, frames
 
     @property
     def congested(self) -> bool:
@@ -258,23 +276,6 @@ class Outbox:
             if waited.cancelled_caught:
                 self.stalled = True
 
-    def take_all(self, first: tuple[bytes, int]) -> tuple[bytes, int]:
-        """*first* and every block queued in the channel behind it, as one
-        block of bytes, and how many frames it holds (for the writer, which
-        reports what it wrote with ``sent``)."""
-        blocks = [first[0]]
-        frames = first[1]
-        receive = self.receive
-        while True:
-            try:
-                data, count = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            blocks.append(data)
-            frames += count
-        self.in_channel -= frames
-        return b"".join(blocks), frames
-
     def sent(self, count: int, frames: int = 0) -> None:
         """The writer wrote *count* more bytes, finishing *frames* frames."""
         self.queued_bytes -= count
@@ -282,13 +283,11 @@ class Outbox:
         self._progressed()
 
     def drain(self) -> bytes:
-        """Everything flushed to the channel, taken at once (as a writer
+        """Everything handed on to the writer, taken at once (as a writer
         would); for code that has no writer task, such as benchmarks."""
-        try:
-            first = self.receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
+        if not self.handed:
             return b""
-        data, frames = self.take_all(first)
+        data, frames = self._take_handed()
         self.sent(len(data), frames)
         return data
 
@@ -304,7 +303,7 @@ class Outbox:
         self.closed = True
         self.fd = None  # the descriptor is closed and may be reused soon
         self.final = final
-        self._send.close()
+        self._writer.unpark_all()
         # Wake whoever waits for room, and let nobody wait for it again.
         self._progressed()
         self.stalled = True

@@ -319,9 +319,9 @@ class _Session:
         outbox = self.outbox
         send_all = self.stream.send_all
         try:
-            async for first in outbox.receive:
+            while (block := await outbox.next_block()) is not None:
                 outbox.sending = True
-                data, frames = outbox.take_all(first)
+                data, frames = block
                 # In pieces, so a client that reads slowly but steadily is
                 # seen to make progress (and is not taken as stalled).
                 view = memoryview(data)
