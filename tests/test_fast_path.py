@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import running_server
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import texts
 
 from trichat._codec import ProtocolError, Role, decode, plain_talk_run, printable
 from trichat._hub import Hub, Outbox, Peer
-from trichat.messages import MAX_TEXT, Error, ErrorCode, Talk, check_name
+from trichat.connection import Connection
+from trichat.messages import (
+    MAX_TEXT,
+    ClientMessage,
+    Error,
+    ErrorCode,
+    ServerMessage,
+    Talk,
+    check_name,
+)
 
 # Users online in every hub below; "Zoë" is not ASCII, so talk to her always
 # takes the decoder.
@@ -297,3 +307,30 @@ def test_a_recipient_too_slow_for_a_run_is_dropped_and_the_sender_told() -> None
         assert kicked == ["too slow: outgoing queue full"]
 
     trio.run(main)
+
+
+async def test_plain_talk_is_relayed_without_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fast path is what makes the server fast: a change that sent every
+    # line through the decoder again would still pass every other test.
+    decoded: list[bytes] = []
+    original = Connection.decode_line
+
+    def counting(self: Connection, line: bytes) -> ClientMessage | ServerMessage:
+        decoded.append(line)
+        return original(self, line)
+
+    monkeypatch.setattr(Connection, "decode_line", counting)
+    async with running_server(rate=0) as live:
+        alice = await live.login("alice")
+        bob = await live.login("bob")
+        await alice.expect("login|bob")
+        await bob.expect("login|alice")
+        decoded.clear()
+        await alice.send_raw(b"".join(b"talk|bob|%d\n" % i for i in range(100)))
+        await alice.send_raw(b"talk|*|all\ntalk|BOB|other case\n")
+        await bob.expect(*[f"talk|alice|bob|{i}" for i in range(100)])
+        await bob.expect("talk|alice|*|all", "talk|alice|bob|other case")
+        # Only the line whose target is not written as bob wrote it.
+        assert decoded == [b"talk|BOB|other case"]
