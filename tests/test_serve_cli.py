@@ -130,6 +130,7 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
         (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
         (["--rate", "-1"], "rate must not be negative"),
         (["--write-threads", "-1"], "write_threads must not be negative"),
+        (["--max-refusing", "0"], "max_refusing must be positive"),
     ],
 )
 async def test_bad_options_are_refused_with_a_reason(

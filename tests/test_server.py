@@ -1123,3 +1123,24 @@ async def test_pipelined_pings_are_all_answered_in_order() -> None:
             nursery.start_soon(read_all)
             await alice.send_raw(b"".join(f"ping|{n}\n".encode() for n in range(BURST)))
         assert got == [f"pong|{n}" for n in range(BURST)]
+
+
+async def test_refusals_beyond_max_refusing_are_closed_without_a_word() -> None:
+    async with running_server(max_clients=1, max_refusing=3, close_timeout=5) as live:
+        await live.login("alice")
+        # Refused clients that read their error and keep the socket open:
+        # the server holds each while it waits for them to close.
+        held = [await live.connect() for _ in range(3)]
+        for client in held:
+            line = await client.read_line()
+            assert line.startswith("error|server-full|")
+        flooder = await live.connect()
+        assert await flooder.read_until_closed() == []
+        # Once those are gone, a refusal is explained again.
+        for client in held:
+            await client.aclose()
+        with trio.fail_after(STEP_TIMEOUT):
+            while live.server.refusing:  # noqa: ASYNC110 - no event to wait for
+                await trio.sleep(0.01)
+        late = await live.connect()
+        await refused_with(late, "server-full")

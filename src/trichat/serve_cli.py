@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with few users online; 0: send each at once (%(default)s)",
     )
     limits.add_argument(
+        "--max-refusing",
+        type=int,
+        default=d.max_refusing,
+        help="refused connections held at once to be told why; beyond that, "
+        "one is closed without a word (%(default)s)",
+    )
+    limits.add_argument(
         "--write-threads",
         type=int,
         default=d.write_threads,
@@ -155,6 +162,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         flood_grace=args.flood_grace,
         stall_timeout=args.stall_timeout,
         presence_delay=args.presence_delay,
+        max_refusing=args.max_refusing,
         write_threads=args.write_threads,
         ssl_context=context,
     )

@@ -103,6 +103,9 @@ class ServerConfig:
     """How long a sender waits for a congested recipient that reads nothing."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye."""
+    max_refusing: int = attrs.field(default=100, validator=_positive)
+    """Refused connections held at once while their error is delivered (up
+    to close_timeout each); beyond that, one is closed without a word."""
     write_threads: int = attrs.field(
         default=1,
         validator=[
@@ -633,11 +636,17 @@ class ChatServer:
         self.stopping = False
         self._sessions: set[_Session] = set()
         self._per_ip: Counter[str] = Counter()
+        self._refusing = 0  # refused connections still being told why
         self._accepting = trio.CancelScope()
 
     @property
     def connections(self) -> int:
         return len(self._sessions)
+
+    @property
+    def refusing(self) -> int:
+        """Refused connections still being told why (see ``max_refusing``)."""
+        return self._refusing
 
     async def serve(
         self,
@@ -743,8 +752,18 @@ class ChatServer:
         address = address or ip
         refusal = self._refusal(ip)
         if refusal is not None:
+            if self._refusing >= self.config.max_refusing:
+                # A connect flood: every refusal held for a goodbye is a
+                # file descriptor, so past the cap they get none.
+                log.info("refuse %s at once: %s", address, refusal.code.value)
+                await trio.aclose_forcefully(stream)
+                return
             log.info("refuse %s: %s", address, refusal.code.value)
-            await self._refuse(stream, refusal)
+            self._refusing += 1
+            try:
+                await self._refuse(stream, refusal)
+            finally:
+                self._refusing -= 1
             return
         session = _Session(self, stream, address)
         self._sessions.add(session)
