@@ -68,8 +68,8 @@ class LineBuffer:
             first_long = next(i for i, line in enumerate(lines) if len(line) >= limit)
             del lines[first_long:]
             too_long = True
-        if data[:1] in b"\r\n" or b"\n\n" in data or b"\n\r\n" in data:
-            # Some line is empty (or a lone CR): rare, so looked for first.
+        if lines and min(map(len, lines)) <= 1:
+            # Some line may be empty (or a lone CR): rare, so looked for first.
             whole = len(lines)
             lines = [line for line in lines if line and line != b"\r"]
             self.blank_lines += whole - len(lines)
