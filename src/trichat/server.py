@@ -661,8 +661,8 @@ class ChatServer:
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
-        with self.hub.write_threads(self.config.write_threads):
-            try:
+        try:
+            with self.hub.write_threads(self.config.write_threads):
                 async with trio.open_nursery() as connections:
                     with self._accepting:
                         async with trio.open_nursery() as accepting:
@@ -679,9 +679,9 @@ class ChatServer:
                     # Stopped accepting: free the port while the connections close.
                     for listener in listeners:
                         await trio.aclose_forcefully(listener)
-            finally:
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
         log.info("stopped")
 
     async def _flush_presence(self) -> None:
