@@ -24,12 +24,7 @@ import socket
 import sys
 import time
 
-
-def raise_file_limit() -> int:
-    """Raise the soft limit on open files to the hard one; returns it."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+from trichat._process import raise_file_limit
 
 
 def main() -> int:
@@ -39,7 +34,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    limit = raise_file_limit()
+    raise_file_limit(args.count + 16)
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if args.count + 16 > limit:
         print(f"can open at most about {limit} files here", file=sys.stderr)
         return 1
