@@ -90,7 +90,8 @@ def printable(data: bytes) -> bool:
 
 def plain_talk_run(lines: Sequence[bytes], start: int, stop: int) -> tuple[int, bytes]:
     """The run of ``talk`` frames to one target that a server can relay
-    without decoding them, from ``lines[start]`` up to ``lines[stop]``.
+    without decoding them, from ``lines[start]`` on and before
+    ``lines[stop]``.
 
     The lines must be ``printable``. A line of the run has a non-empty
     target and a text of 1 to MAX_TEXT characters, so its text is valid as
