@@ -119,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-refusing",
         type=int,
         default=d.max_refusing,
-        help="refused connections held at once to be told why; beyond that, "
-        "one is closed without a word (%(default)s)",
+        help="refused connections held at once while they are told why; "
+        "beyond that, one is told without waiting, and closed (%(default)s)",
     )
     limits.add_argument(
         "--write-threads",

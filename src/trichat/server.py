@@ -13,6 +13,7 @@ close.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -105,7 +106,8 @@ class ServerConfig:
     """How long a closing connection may take to flush and say goodbye."""
     max_refusing: int = attrs.field(default=100, validator=_positive)
     """Refused connections held at once while their error is delivered (up
-    to close_timeout each); beyond that, one is closed without a word."""
+    to close_timeout each); beyond that, one gets its error only if it can
+    be written at once, and is closed without waiting."""
     write_threads: int = attrs.field(
         default=1,
         validator=[
@@ -754,8 +756,12 @@ class ChatServer:
         if refusal is not None:
             if self._refusing >= self.config.max_refusing:
                 # A connect flood: every refusal held for a goodbye is a
-                # file descriptor, so past the cap they get none.
+                # file descriptor, so past the cap the error is written if
+                # it fits at once and the connection closed without waiting.
                 log.info("refuse %s at once: %s", address, refusal.code.value)
+                if type(stream) is trio.SocketStream:
+                    with contextlib.suppress(OSError):
+                        os.write(stream.socket.fileno(), encode(refusal))
                 await trio.aclose_forcefully(stream)
                 return
             log.info("refuse %s: %s", address, refusal.code.value)
