@@ -249,6 +249,18 @@ def test_every_line_returned_is_within_the_limit(stream: bytes, max_line: int) -
 # take_lines, the batch form a server uses
 
 
+def expand_runs(lines: list[bytes]) -> list[bytes]:
+    """take_lines' lines with each run of empty lines (an entry of LFs)
+    back as that many empty lines."""
+    expanded: list[bytes] = []
+    for line in lines:
+        if line[:1] == b"\n":
+            expanded.extend([b""] * len(line))
+        else:
+            expanded.append(line)
+    return expanded
+
+
 @settings(max_examples=200)
 @given(st.lists(line_bodies, max_size=10), line_bodies, st.data())
 def test_take_lines_gives_every_whole_line_however_the_bytes_arrive(
@@ -261,10 +273,9 @@ def test_take_lines_gives_every_whole_line_however_the_bytes_arrive(
         lines, too_long = buffer.take_lines(chunk)
         assert not too_long
         got.extend(lines)
-    # As they were sent, a CR included, but empty ones counted instead.
-    lines = [body for body in bodies if body not in (b"", b"\r")]
-    assert got == lines
-    assert buffer.blank_lines == len(bodies) - len(lines)
+    # As they were sent, a CR included, and each run of empty ones (a lone
+    # CR is empty too) as one entry of that many LFs, in its place.
+    assert expand_runs(got) == [b"" if body == b"\r" else body for body in bodies]
     assert len(buffer) == len(tail)
 
 
@@ -291,8 +302,9 @@ def test_take_lines_agrees_with_next_line_on_the_limit(
         if too_long:
             break
     assert too_long == expected_too_long
-    assert [line.removesuffix(b"\r") for line in got] == expected
-    assert batch.blank_lines == one_by_one.blank_lines
+    lines = [line for line in expand_runs(got) if line]
+    assert [line.removesuffix(b"\r") for line in lines] == expected
+    assert len(expand_runs(got)) - len(lines) == one_by_one.blank_lines
 
 
 def test_take_lines_returns_the_lines_before_a_long_one() -> None:
@@ -317,3 +329,11 @@ def test_take_lines_and_next_line_share_the_buffer() -> None:
     assert buffer.take_lines(b"one\ntw") == ([b"one"], False)
     buffer.feed(b"o\nthree\n")
     assert lines_of(buffer) == [b"two", b"three"]
+
+
+def test_take_lines_gives_a_run_of_empty_lines_as_one_entry_in_its_place() -> None:
+    buffer = LineBuffer(64)
+    assert buffer.take_lines(b"one\n\n\r\n\ntwo\n\nthree\n") == (
+        [b"one", b"\n\n\n", b"two", b"\n", b"three"],
+        False,
+    )

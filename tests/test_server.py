@@ -1147,3 +1147,13 @@ async def test_refusals_beyond_max_refusing_are_not_waited_for() -> None:
                 await trio.sleep(0.01)
         late = await live.connect()
         await refused_with(late, "server-full")
+
+
+async def test_empty_lines_count_against_the_rate_in_their_place() -> None:
+    # 200 frames of burst: the ping before 250 empty lines gets its answer,
+    # the one after them is over the rate.
+    async with running_server(rate=100, burst=200) as live:
+        client = await live.connect()
+        await client.send_raw(b"ping|before\n" + b"\n" * 250 + b"ping|after\n")
+        await client.expect("pong|before")
+        assert error_parts(await client.read_line())[0] == "rate-limited"

@@ -436,3 +436,51 @@ async def test_shutdown_reaches_a_client_whose_last_frame_did_not_fit(
         lines = await bob.read_until_closed()
         assert lines[:4] == ["login|bob", "pong|1", "pong|2", "pong|3"]
         assert lines[-1].startswith("error|shutting-down|"), lines
+
+
+async def test_a_client_is_not_pinged_while_what_it_sent_is_being_handled() -> None:
+    # A read outlasts the ping interval (here it waits for a recipient who
+    # stopped reading, longer than the ping timeout): the sender cannot
+    # answer a ping before the rest of that read is handled, so it must not
+    # be pinged meanwhile, let alone dropped for not answering.
+    server = ChatServer(
+        ServerConfig(
+            rate=0,
+            ping_interval=0.002,
+            ping_timeout=0.2,
+            stall_timeout=0.5,
+            queue_size=64,
+            close_timeout=0.2,
+        )
+    )
+    alice, alice_end = trio.testing.memory_stream_pair()
+    bob, bob_end = trio.testing.lockstep_stream_pair()
+    heard: list[bytes] = []
+
+    async def alice_reads() -> None:
+        buffer = b""
+        while b"pong|end" not in heard:
+            data = await alice_end.receive_some(65536)
+            assert data, f"alice was dropped; she heard {heard[-3:]}"
+            *lines, buffer = (buffer + data).split(b"\n")
+            heard.extend(lines)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve_connection, alice, "10.0.0.1")
+        nursery.start_soon(server.serve_connection, bob, "10.0.0.2")
+        await alice_end.send_all(b"login|alice\n")
+        await bob_end.send_all(b"login|bob\n")
+        with trio.fail_after(STEP):
+            assert await bob_end.receive_some(64)  # then Bob stops reading
+        await alice_end.send_all(
+            b"pong|p\n" * 3000
+            + b"talk|bob|x\n" * 40
+            + b"pong|q\n" * 200
+            + b"ping|end\n"
+        )
+        with trio.fail_after(STEP):
+            await alice_reads()
+        # (Once it is all handled, a quiet Alice may be pinged again.)
+        handling = heard[: heard.index(b"pong|end")]
+        assert not [line for line in handling if line.startswith(b"ping|")]
+        nursery.cancel_scope.cancel()

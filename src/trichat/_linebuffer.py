@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from itertools import groupby
 
 __all__ = ["LineBuffer", "LineTooLong"]
 
 _BLANK_LINES = re.compile(rb"(?:\r?\n)+")
+_EMPTY = frozenset({b"", b"\r"})
 
 
 class LineTooLong(Exception):
@@ -45,10 +47,11 @@ class LineBuffer:
         The batch form of ``next_line``, for a reader that handles a whole
         read in one go: one split per read instead of a search per line.
         The lines come without their LF; a CR before it is the caller's to
-        drop. Empty lines are skipped and counted in ``blank_lines``, as
-        ``next_line`` does. Returns the lines and whether the limit was
-        broken; if it was, the lines are those before the one that broke
-        it, and what follows is dropped.
+        drop. A run of empty lines (a lone CR counts as empty) comes as one
+        entry of as many LFs, which no line can hold: callers that count
+        empty lines keep their place among the others. Returns the lines
+        and whether the limit was broken; if it was, the lines are those
+        before the one that broke it, and what follows is dropped.
         """
         buffer = self._buffer
         if buffer:
@@ -70,9 +73,13 @@ class LineBuffer:
             too_long = True
         if lines and min(map(len, lines)) <= 1:
             # Some line may be empty (or a lone CR): rare, so looked for first.
-            whole = len(lines)
-            lines = [line for line in lines if line and line != b"\r"]
-            self.blank_lines += whole - len(lines)
+            runs: list[bytes] = []
+            for empty, group in groupby(lines, _EMPTY.__contains__):
+                if empty:
+                    runs.append(b"\n" * len(list(group)))
+                else:
+                    runs.extend(group)
+            lines = runs
         if not too_long:
             buffer += rest
             self._scan_from = len(rest)

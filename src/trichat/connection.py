@@ -123,8 +123,8 @@ class Connection:
     def take_lines(self, data: bytes) -> tuple[list[bytes], bool, ProtocolError | None]:
         """The batch form of ``receive_data`` and ``next_event``: take
         *data* (not ``b""``) and return every whole line buffered, to be
-        read with ``decode_line``. Empty lines are skipped and counted, as
-        by ``next_event`` (see ``take_blank_lines``).
+        read with ``decode_line``, but for runs of empty lines: each comes
+        as one entry of as many LFs (see ``LineBuffer.take_lines``).
 
         The second item says whether every line is ``printable`` (False
         says nothing). The third is the ``too-long`` error when a line broke

@@ -120,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_refusing,
         help="refused connections held at once while they are told why; "
-        "beyond that, one is told without waiting, and closed (%(default)s)",
+        "beyond that, one is told without waiting (not over TLS), and closed "
+        "(%(default)s)",
     )
     limits.add_argument(
         "--write-threads",

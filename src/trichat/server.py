@@ -104,10 +104,13 @@ class ServerConfig:
     """How long a sender waits for a congested recipient that reads nothing."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye."""
-    max_refusing: int = attrs.field(default=100, validator=_positive)
+    max_refusing: int = attrs.field(
+        default=100, validator=[attrs.validators.instance_of(int), _positive]
+    )
     """Refused connections held at once while their error is delivered (up
     to close_timeout each); beyond that, one gets its error only if it can
-    be written at once, and is closed without waiting."""
+    be written at once, and is closed without waiting (over TLS, with no
+    error: that would take a handshake)."""
     write_threads: int = attrs.field(
         default=1,
         validator=[
@@ -385,6 +388,11 @@ class _Session:
             self.config.ping_interval
             and now >= self.last_heard + self.config.ping_interval
         ):
+            if self.read is not None:
+                # What it sent is still being handled: it is alive, and could
+                # not answer a ping before the rest of that read is handled.
+                self.last_heard = now
+                return
             self.ping_token = f"t{next(self.pings)}"
             self.ping_deadline = now + self.config.ping_timeout
             self.reply(Ping(self.ping_token))
@@ -419,11 +427,6 @@ class _Session:
                     self.ping_token = None
                     self.quiet_scope.deadline = self.wake_at()
                 read = self.read = _Read(*self.conn.take_lines(data))
-                blank_lines = self.conn.take_blank_lines()
-                if blank_lines:
-                    # Empty lines mean nothing, but a flood of them is a
-                    # flood: a read's are charged at once.
-                    self.charge_blank_lines(blank_lines)
             while read.next < len(read.lines):
                 if self.stopped:
                     # Kicked or closing: what is still buffered goes unhandled.
@@ -475,6 +478,12 @@ class _Session:
         in full, alone.
         """
         lines, start = read.lines, read.next
+        if lines[start][:1] == b"\n":
+            # A run of empty lines, as many as its LFs (see take_lines). They
+            # mean nothing, but a flood of them is a flood.
+            read.next = start + 1
+            self.charge_blank_lines(len(lines[start]))
+            return 1
         peer = self.peer
         if read.plain and peer is not None and start >= read.decode_until:
             stop = min(len(lines), start + most)
