@@ -80,7 +80,7 @@ def test_what_a_full_socket_does_not_take_goes_to_its_writer_in_order() -> None:
             hub.flush_due()
             # The socket took part of the first block; the rest, and the
             # next, wait for the writer, in order.
-            assert full.handed_frames == 2
+            assert full.handed.frames == 2
             taken = full.drain()
             got = _read_all(pairs[7][1])
             assert got + taken == big + b"after\n"

@@ -56,6 +56,30 @@ class _WriteHelpers:
     threads: int
 
 
+class _Blocks:
+    """Blocks of encoded frames in the order they came, and how many frames
+    they hold: an outbox's pending ones, and those handed to its writer."""
+
+    __slots__ = ("blocks", "frames")
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.frames = 0
+
+    def add(self, data: bytes, frames: int) -> None:
+        self.blocks.append(data)
+        self.frames += frames
+
+    def take(self) -> tuple[bytes, int]:
+        """All the blocks as one, and how many frames it holds; none after."""
+        blocks = self.blocks
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        frames = self.frames
+        blocks.clear()
+        self.frames = 0
+        return data, frames
+
+
 class Outbox:
     """A client's queue of encoded frames, bounded in frames and in bytes.
 
@@ -87,12 +111,10 @@ class Outbox:
         "fd",
         "final",
         "handed",
-        "handed_frames",
         "is_due",
         "max_bytes",
         "max_frames",
         "pending",
-        "pending_frames",
         "queued_bytes",
         "queued_frames",
         "sending",
@@ -112,12 +134,10 @@ class Outbox:
         self._due = [] if due is None else due
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.pending: list[bytes] = []
-        self.pending_frames = 0  # pending holds blocks of frames
+        self.pending = _Blocks()
         self.queued_frames = 0  # pending, handed on, or being written
         self.queued_bytes = 0
-        self.handed: list[bytes] = []  # blocks for the writer, in order
-        self.handed_frames = 0
+        self.handed = _Blocks()  # for the writer, in order
         # Where the writer waits for blocks. (A lot and a list, not a memory
         # channel: about 1.5 KiB less for every connection.)
         self._writer = trio.lowlevel.ParkingLot()
@@ -154,8 +174,7 @@ class Outbox:
             )
         ):
             return False
-        self.pending.append(data)
-        self.pending_frames += frames
+        self.pending.add(data, frames)
         self.queued_frames += frames
         self.queued_bytes += len(data)
         return True
@@ -186,7 +205,7 @@ class Outbox:
         # Held frames count against the limits but cannot drain: hand them
         # on before they fill half the queue.
         held_at_most = min(_LAZY_FRAMES, self.max_frames // 2)
-        return self.pending_frames < held_at_most or self.flush()
+        return self.pending.frames < held_at_most or self.flush()
 
     def flush(self) -> bool:
         """Send the pending frames on their way; False if they cannot be
@@ -203,20 +222,13 @@ class Outbox:
         """The pending frames as one block and how many there are, or None
         if there are none; nothing is pending after it."""
         self.is_due = False
-        pending = self.pending
-        if not pending:
-            return None
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        frames = self.pending_frames
-        pending.clear()
-        self.pending_frames = 0
-        return data, frames
+        return self.pending.take() if self.pending.blocks else None
 
     @property
     def direct_fd(self) -> int | None:
         """The socket to write a block to at once, if it may be: a plain
         socket with nothing queued for the writer, which is idle."""
-        return None if self.handed or self.sending else self.fd
+        return None if self.handed.blocks or self.sending else self.fd
 
     def wrote(self, data: bytes, frames: int, written: int) -> bool:
         """Account for *written* bytes of a block (*data*, *frames* frames)
@@ -234,8 +246,7 @@ class Outbox:
         """Give a block to the writer task; False if the outbox is closed."""
         if self.closed:
             return False
-        self.handed.append(data)
-        self.handed_frames += frames
+        self.handed.add(data, frames)
         self._writer.unpark_all()
         return True
 
@@ -243,19 +254,11 @@ class Outbox:
         """For the writer task: wait for blocks handed on and take them all,
         as one block with its number of frames (the writer reports what it
         wrote with ``sent``); None once the outbox is closed and empty."""
-        while not self.handed:
+        while not self.handed.blocks:
             if self.closed:
                 return None
             await self._writer.park()
-        return self._take_handed()
-
-    def _take_handed(self) -> tuple[bytes, int]:
-        handed = self.handed
-        data = handed[0] if len(handed) == 1 else b"".join(handed)
-        frames = self.handed_frames
-        handed.clear()
-        self.handed_frames = 0
-        return data, frames
+        return self.handed.take()
 
     @property
     def congested(self) -> bool:
@@ -285,9 +288,9 @@ class Outbox:
     def drain(self) -> bytes:
         """Everything handed on to the writer, taken at once (as a writer
         would); for code that has no writer task, such as benchmarks."""
-        if not self.handed:
+        if not self.handed.blocks:
             return b""
-        data, frames = self._take_handed()
+        data, frames = self.handed.take()
         self.sent(len(data), frames)
         return data
 
@@ -564,7 +567,7 @@ class Hub:
             return
         held = self._held
         for peer in peers:
-            if not peer.outbox.pending:
+            if not peer.outbox.pending.blocks:
                 held.append(peer)
             peer.send_lazy(frame)
         self.presence_due.set()
