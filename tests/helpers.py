@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,10 @@ from trichat.server import ChatServer, ServerConfig
 
 # No single step of a network test should take anywhere near this long.
 STEP_TIMEOUT = 5.0
+# nox runs the network tests a second time with this set to 0, so that the
+# server's fallback (each connection's task waits for its own socket) stays
+# tested on Linux too.
+SHARED_READER = os.environ.get("TRICHAT_TEST_SHARED_READER", "1") != "0"
 
 
 class LiveServer:
@@ -42,6 +47,7 @@ async def running_server(**config: Any) -> AsyncIterator[LiveServer]:
     """A server on 127.0.0.1 and a free port, with *config* as ServerConfig
     options; at the end its clients are closed and it shuts down."""
     config.setdefault("port", 0)
+    config.setdefault("shared_reader", SHARED_READER)
     server = ChatServer(ServerConfig(**config))
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(server.serve)

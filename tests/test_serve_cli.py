@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from functools import partial
 import pytest
 import trio
 from helpers import STEP_TIMEOUT, LineClient
+
+from trichat.serve_cli import _config, add_arguments
 
 
 class ServeProcess:
@@ -145,3 +148,29 @@ async def test_bad_options_are_refused_with_a_reason(
     assert result.returncode == 2
     assert complaint in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("options", "shared_reader"), [([], True), (["--no-shared-reader"], False)]
+)
+def test_the_shared_reader_is_on_unless_switched_off(
+    options: list[str], shared_reader: bool
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert _config(parser.parse_args(options)).shared_reader is shared_reader
+
+
+async def test_a_server_without_the_shared_reader_serves() -> None:
+    async with trio.open_nursery() as nursery:
+        serve, port = await start_serve(nursery, "--no-shared-reader")
+        alice = await LineClient.connect(port)
+        try:
+            await alice.login("alice")
+            await alice.send("talk|alice|to myself")
+            await alice.expect("talk|alice|alice|to myself")
+        finally:
+            await alice.aclose()
+        serve.process.send_signal(signal.SIGTERM)
+        await serve.read_log_to_end()
+    assert serve.process.returncode == 0

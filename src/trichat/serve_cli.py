@@ -130,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads that share the writes of a broadcast to many users with "
         "the server's own; 0: none (%(default)s)",
     )
+    limits.add_argument(
+        "--no-shared-reader",
+        dest="shared_reader",
+        action="store_false",
+        help="let each connection's task wait for its own socket, instead of "
+        "one task watching every idle connection and reading for it (Linux)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
@@ -165,6 +172,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         presence_delay=args.presence_delay,
         max_refusing=args.max_refusing,
         write_threads=args.write_threads,
+        shared_reader=args.shared_reader,
         ssl_context=context,
     )
 

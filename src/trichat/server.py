@@ -29,6 +29,7 @@ import trio
 
 from ._codec import ProtocolError, Role, encode, plain_talk_run
 from ._hub import Hub, NameTaken, Outbox, Peer
+from ._shared_reader import SharedReader, available
 from .connection import Connection
 from .messages import (
     ClientMessage,
@@ -121,6 +122,11 @@ class ServerConfig:
     )
     """Threads that share the system calls of a large flush (a broadcast to
     many users) with the server's own; 0: none."""
+    shared_reader: bool = True
+    """Watch the plain sockets of connections with nothing to read from one
+    task, which reads and handles what they send as a select loop would
+    (see _shared_reader); False: each connection's task waits for its own.
+    Linux only: elsewhere each task always waits for its own."""
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -207,6 +213,7 @@ class _Session:
         "read_scope",
         "receive",
         "server",
+        "shared",
         "stopped",
         "stream",
     )
@@ -224,9 +231,10 @@ class _Session:
         # nothing is queued.
         fd = stream.socket.fileno() if type(stream) is trio.SocketStream else None
         self.fd = fd
-        self.receive: Callable[[], Awaitable[bytes]] = (
+        self.receive: Callable[[], Awaitable[bytes | None]] = (
             self.receive_stream if fd is None else self.receive_plain
         )
+        self.shared = None if fd is None else server.shared_reader
         self.outbox = Outbox(
             config.queue_size, config.queue_bytes, fd=fd, due=server.hub.due
         )
@@ -418,15 +426,16 @@ class _Session:
                     turn = 0
                     await trio.lowlevel.checkpoint()
                 data = await receive()
-                if not data:
-                    raise _Close("closed")
+                if data is None:
+                    # The shared reader handled what came while we waited,
+                    # and left the rest (in self.read) or a wait to us.
+                    turn = 0
+                    if congested:
+                        flush_due()
+                        await self.let_recipients_drain()
+                    continue
                 turn += 1
-                self.last_heard = trio.current_time()
-                if self.ping_token is not None:
-                    # Answered: the next deadline is a ping interval away.
-                    self.ping_token = None
-                    self.quiet_scope.deadline = self.wake_at()
-                read = self.read = _Read(*self.conn.take_lines(data))
+                read = self.read = self.took(data)
             while read.next < len(read.lines):
                 if self.stopped:
                     # Kicked or closing: what is still buffered goes unhandled.
@@ -445,18 +454,52 @@ class _Session:
             if read.too_long is not None:
                 raise _Close(read.too_long.code.value, read.too_long.reply)
 
+    def took(self, data: bytes) -> _Read:
+        """Note what a read brought; the lines to handle."""
+        if not data:
+            raise _Close("closed")
+        self.last_heard = trio.current_time()
+        if self.ping_token is not None:
+            # Answered: the next deadline is a ping interval away.
+            self.ping_token = None
+            self.quiet_scope.deadline = self.wake_at()
+        return _Read(*self.conn.take_lines(data))
+
+    def serve_ready(self) -> bool:
+        """The shared reader's turn at this parked session: read once and
+        handle what ``read_frames`` would without waiting. False when this
+        session's task must take over (queues to wait for, lines left over,
+        a line too long); ``_Close`` and errors reach the task too."""
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return True
+        read = self.read = self.took(data)
+        most = _FRAMES_PER_TURN
+        while read.next < len(read.lines):
+            if most <= 0 or self.stopped or self.congested:
+                return False
+            most -= self.handle_lines(read, most)
+        if self.congested or read.too_long is not None:
+            return False
+        self.read = None
+        return True
+
     async def receive_stream(self) -> bytes:
         """The next bytes from the client; b"" once it closed its side."""
         data = await self.stream.receive_some(_RECEIVE_SIZE)
         return data if type(data) is bytes else bytes(data)
 
-    async def receive_plain(self) -> bytes:
+    async def receive_plain(self) -> bytes | None:
         """``receive`` for a plain socket, read directly.
 
         Unlike ``SocketStream.receive_some`` it does not pass through the
         scheduler when there is something to read at once: under load most
         reads find data waiting, and ``read_frames`` lets others run often
-        enough. It waits (a checkpoint) only when there is nothing to read.
+        enough. It waits (a checkpoint) only when there is nothing to read:
+        parked at the shared reader if there is one, and then it returns
+        None once the reader has handed over.
         """
         fd = self.fd
         assert fd is not None
@@ -465,6 +508,9 @@ class _Session:
                 try:
                     return os.read(fd, _RECEIVE_SIZE)
                 except BlockingIOError:
+                    if self.shared is not None:
+                        await self.shared.wait(fd, self.serve_ready)
+                        return None
                     await trio.lowlevel.wait_readable(fd)
         except OSError as error:  # a reset, or the descriptor gone
             raise trio.BrokenResourceError(str(error)) from error
@@ -649,6 +695,7 @@ class ChatServer:
         self._per_ip: Counter[str] = Counter()
         self._refusing = 0  # refused connections still being told why
         self._accepting = trio.CancelScope()
+        self.shared_reader: SharedReader | None = None
 
     @property
     def connections(self) -> int:
@@ -674,26 +721,39 @@ class ChatServer:
         )
         try:
             with self.hub.write_threads(self.config.write_threads):
-                async with trio.open_nursery() as connections:
-                    with self._accepting:
-                        async with trio.open_nursery() as accepting:
-                            for listener in listeners:
-                                accepting.start_soon(
-                                    self._accept_loop, listener, connections
-                                )
-                            if self.config.presence_delay:
-                                accepting.start_soon(self._flush_presence)
-                            for listener in listeners:
-                                host, port = listener.socket.getsockname()[:2]
-                                log.info("listening on %s port %s", host, port)
-                            task_status.started(listeners[0].socket.getsockname()[1])
-                    # Stopped accepting: free the port while the connections close.
-                    for listener in listeners:
-                        await trio.aclose_forcefully(listener)
+                async with trio.open_nursery() as reading:
+                    if self.config.shared_reader and available():
+                        self.shared_reader = SharedReader(self.hub.flush_due)
+                        reading.start_soon(self.shared_reader.run)
+                    await self._serve_connections(listeners, task_status)
+                    # Every connection is closed: nobody is parked any more.
+                    reading.cancel_scope.cancel()
         finally:
+            self.shared_reader = None
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         log.info("stopped")
+
+    async def _serve_connections(
+        self,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[int],
+    ) -> None:
+        """Accept until ``shutdown``, then wait for the connections to close."""
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    if self.config.presence_delay:
+                        accepting.start_soon(self._flush_presence)
+                    for listener in listeners:
+                        host, port = listener.socket.getsockname()[:2]
+                        log.info("listening on %s port %s", host, port)
+                    task_status.started(listeners[0].socket.getsockname()[1])
+            # Stopped accepting: free the port while the connections close.
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
 
     async def _flush_presence(self) -> None:
         """Send logins and exits in batches, at most ``presence_delay`` late.

@@ -1,0 +1,127 @@
+"""One task that watches many idle sockets, and reads for their owners.
+
+A connection task that has nothing to read would normally wait for its own
+socket (``trio.lowlevel.wait_readable``). Under load that costs, for every
+read, a wake-up of that task, an ``epoll`` re-registration and a read that
+finds nothing, and Trio runs the woken tasks in an order it reverses at
+random, so a message can wait for two rounds of all readers instead of one.
+
+``SharedReader.wait(fd, on_ready)`` parks the calling task instead. The
+reader's own task waits on one ``epoll`` set holding every parked socket,
+and calls each ready socket's *on_ready* in the order the kernel reports
+them, the way a select loop would. *on_ready* reads and handles what it can
+without waiting, synchronously, and says whether its owner can stay parked;
+when it cannot (a queue to wait for, the end of the connection, an error),
+the owner's task is woken and takes over, and parks again once it has
+nothing to read. The owner's cancel scopes (timeouts, kicks) work as for
+any other wait: a cancelled owner simply stops being watched.
+
+Linux only (``select.epoll``); ``available()`` says whether it can be used.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import Callable
+
+import trio
+
+__all__ = ["SharedReader", "available"]
+
+log = logging.getLogger("trichat.server")
+
+# Ready sockets handled before the reader lets other tasks run.
+_BATCH = 64
+
+
+def available() -> bool:
+    return hasattr(select, "epoll")
+
+
+class _Waiter:
+    __slots__ = ("error", "on_ready", "task")
+
+    def __init__(self, on_ready: Callable[[], bool], task: trio.lowlevel.Task) -> None:
+        self.on_ready = on_ready
+        self.task = task
+        self.error: Exception | None = None
+
+
+class SharedReader:
+    """Watches parked sockets from one task (``run``); see the module."""
+
+    def __init__(self, after_each: Callable[[], None] = lambda: None) -> None:
+        self._epoll = select.epoll()
+        self._waiting: dict[int, _Waiter] = {}
+        self._after_each = after_each
+        """Called after each *on_ready* (the server sends what it queued)."""
+
+    def __len__(self) -> int:
+        """How many tasks are parked."""
+        return len(self._waiting)
+
+    async def wait(self, fd: int, on_ready: Callable[[], bool]) -> None:
+        """Park until *fd*'s owner has to take over.
+
+        While parked, *on_ready* is called in the reader's task each time
+        *fd* is readable (it may find nothing to read). It returns True to
+        stay parked and False to end the wait; an exception it raises is
+        raised here. A cancelled wait stops watching *fd* at once.
+        """
+        if fd in self._waiting:
+            raise trio.BusyResourceError(f"another task is waiting for fd {fd}")
+        waiter = _Waiter(on_ready, trio.lowlevel.current_task())
+        self._epoll.register(fd, select.EPOLLIN)
+        self._waiting[fd] = waiter
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._forget(fd)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if waiter.error is not None:
+            error, waiter.error = waiter.error, None
+            raise error
+
+    def _forget(self, fd: int) -> None:
+        del self._waiting[fd]
+        self._epoll.unregister(fd)
+
+    def _wake(self, fd: int, waiter: _Waiter) -> None:
+        self._forget(fd)
+        trio.lowlevel.reschedule(waiter.task)
+
+    async def run(self) -> None:
+        """Watch the parked sockets until cancelled; then close."""
+        epoll = self._epoll
+        waiting = self._waiting
+        after_each = self._after_each
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0, _BATCH):
+                    waiter = waiting.get(fd)
+                    if waiter is None:  # woken or cancelled since the poll
+                        continue
+                    try:
+                        stay = waiter.on_ready()
+                    except Exception as error:
+                        if waiting.get(fd) is waiter:
+                            waiter.error = error
+                            self._wake(fd, waiter)
+                        else:
+                            # Its task was cancelled meanwhile (a kick, say),
+                            # and ends for that reason.
+                            log.debug("fd %d: %r after its wait ended", fd, error)
+                    else:
+                        if not stay and waiting.get(fd) is waiter:
+                            self._wake(fd, waiter)
+                    after_each()
+        finally:
+            # Only a server that stops before its connections leaves any
+            # parked: they see their socket as closed.
+            for fd, waiter in list(waiting.items()):
+                waiter.error = trio.ClosedResourceError("the shared reader stopped")
+                self._wake(fd, waiter)
+            epoll.close()
