@@ -18,6 +18,7 @@ NETWORK_TESTS = [
     "tests/test_server.py",
     "tests/test_server_robustness.py",
     "tests/test_server_smoke.py",
+    "tests/test_shared_reader.py",
     "tests/test_write_threads.py",
 ]
 

@@ -10,7 +10,8 @@ from contextlib import contextmanager, suppress
 import pytest
 import trio
 import trio.testing
-from helpers import STEP_TIMEOUT, LiveServer, running_server
+from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
+from trio.testing import MockClock
 
 from trichat._shared_reader import SharedReader, available
 
@@ -237,3 +238,121 @@ async def test_without_the_shared_reader_each_task_waits_for_its_socket() -> Non
         await alice.send("ping|t1")
         await alice.expect("pong|t1")
         assert live.server.shared_reader is None
+
+
+async def test_a_failing_flush_ends_only_that_owner_s_wait() -> None:
+    """A bug in what runs after a handler (the server's flush) is raised in
+    the owner whose turn it was; the reader goes on for the others."""
+    failures = [RuntimeError("a bug while flushing")]
+
+    def flush() -> None:
+        if failures:
+            raise failures.pop()
+
+    reader = SharedReader(after_each=flush)
+    got: list[bytes] = []
+    with socket_pairs(2) as [(first, first_peer), (second, second_peer)]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            nursery.start_soon(reader.wait, second.fileno(), reading(second, got))
+            first_peer.send(b"x")
+            with trio.fail_after(5), pytest.raises(RuntimeError, match="flushing"):
+                await reader.wait(first.fileno(), reading(first, got))
+            second_peer.send(b"still served")
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [b"x", b"still served"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_unexpected_error_after_the_wait_ended_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = SharedReader(expected=(ConnectionResetError,))
+    with socket_pairs(2) as [(first, first_peer), (second, second_peer)]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            for (watched, peer), error in [
+                ((first, first_peer), ConnectionResetError("no news")),
+                ((second, second_peer), KeyError("a bug")),
+            ]:
+                scope = trio.CancelScope()
+
+                def on_ready(
+                    scope: trio.CancelScope = scope, error: Exception = error
+                ) -> bool:
+                    scope.cancel()
+                    raise error
+
+                peer.send(b"x")
+                with trio.fail_after(5), scope:
+                    await reader.wait(watched.fileno(), on_ready)
+            nursery.cancel_scope.cancel()
+    logged = [
+        (r.levelname, r.exc_info[1] if r.exc_info else None) for r in caplog.records
+    ]
+    assert [level for level, _ in logged] == ["DEBUG", "ERROR"] or [
+        level for level, _ in logged
+    ] == ["ERROR"]
+    assert any(level == "ERROR" and isinstance(exc, KeyError) for level, exc in logged)
+    assert not any(
+        isinstance(exc, ConnectionResetError)
+        for level, exc in logged
+        if level == "ERROR"
+    )
+
+
+async def test_waiting_after_the_reader_stopped_is_refused() -> None:
+    reader = SharedReader()
+    with trio.move_on_after(0.01):
+        await reader.run()
+    with socket_pairs(1) as [(watched, _)], pytest.raises(trio.ClosedResourceError):
+        await reader.wait(watched.fileno(), lambda: True)
+
+
+# -- deadlines: what already arrived counts -------------------------------------
+# Trio looks at expired deadlines before the shared reader gets to run, so
+# these tests make both happen in one pass of its loop: the bytes are
+# written with a plain os.write and the clock jumped before anyone yields.
+
+
+def write_now(client: LineClient, data: bytes) -> None:
+    """Into the client's socket, without yielding to the server."""
+    assert isinstance(client.stream, trio.SocketStream)
+    assert os.write(client.stream.socket.fileno(), data) == len(data)
+
+
+async def test_a_pong_waiting_in_the_socket_at_the_deadline_counts(
+    mock_clock: MockClock,
+) -> None:
+    async with running_server(ping_interval=30, ping_timeout=10) as live:
+        alice = await live.login("alice")
+        mock_clock.jump(30)
+        await alice.expect("ping|t1")
+        write_now(alice, b"pong|t1\n")
+        mock_clock.jump(10)
+        await alice.send("ping|mine")
+        await alice.expect("pong|mine")
+        assert live.server.connections == 1
+
+
+async def test_a_login_waiting_in_the_socket_at_the_deadline_counts(
+    mock_clock: MockClock,
+) -> None:
+    async with running_server(login_timeout=10) as live:
+        bob = await live.connect()
+        await bob.send("ping|early")  # the connection is served by now
+        await bob.expect("pong|early")
+        write_now(bob, b"login|bob\n")
+        mock_clock.jump(10)
+        await bob.expect("login|bob")
+
+
+async def test_a_silent_client_still_gets_its_login_timeout(
+    mock_clock: MockClock,
+) -> None:
+    async with running_server(login_timeout=10) as live:
+        bob = await live.connect()
+        await bob.send("ping|early")
+        await bob.expect("pong|early")
+        mock_clock.jump(10)
+        assert (await bob.read_until_closed())[0].startswith("error|login-timeout|")

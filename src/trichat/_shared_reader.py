@@ -51,11 +51,19 @@ class _Waiter:
 class SharedReader:
     """Watches parked sockets from one task (``run``); see the module."""
 
-    def __init__(self, after_each: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        after_each: Callable[[], None] = lambda: None,
+        expected: tuple[type[Exception], ...] = (),
+    ) -> None:
         self._epoll = select.epoll()
         self._waiting: dict[int, _Waiter] = {}
         self._after_each = after_each
         """Called after each *on_ready* (the server sends what it queued)."""
+        self._expected = expected
+        """Errors that are no news (a connection's end) when their owner has
+        stopped waiting already; any other is logged with its traceback."""
+        self._closed = False
 
     def __len__(self) -> int:
         """How many tasks are parked."""
@@ -69,6 +77,8 @@ class SharedReader:
         stay parked and False to end the wait; an exception it raises is
         raised here. A cancelled wait stops watching *fd* at once.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the shared reader stopped")
         if fd in self._waiting:
             raise trio.BusyResourceError(f"another task is waiting for fd {fd}")
         waiter = _Waiter(on_ready, trio.lowlevel.current_task())
@@ -96,32 +106,45 @@ class SharedReader:
         """Watch the parked sockets until cancelled; then close."""
         epoll = self._epoll
         waiting = self._waiting
-        after_each = self._after_each
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 for fd, _ in epoll.poll(0, _BATCH):
                     waiter = waiting.get(fd)
-                    if waiter is None:  # woken or cancelled since the poll
-                        continue
-                    try:
-                        stay = waiter.on_ready()
-                    except Exception as error:
-                        if waiting.get(fd) is waiter:
-                            waiter.error = error
-                            self._wake(fd, waiter)
-                        else:
-                            # Its task was cancelled meanwhile (a kick, say),
-                            # and ends for that reason.
-                            log.debug("fd %d: %r after its wait ended", fd, error)
-                    else:
-                        if not stay and waiting.get(fd) is waiter:
-                            self._wake(fd, waiter)
-                    after_each()
+                    if waiter is not None:  # else woken or cancelled since
+                        self._serve(fd, waiter)
         finally:
             # Only a server that stops before its connections leaves any
             # parked: they see their socket as closed.
             for fd, waiter in list(waiting.items()):
                 waiter.error = trio.ClosedResourceError("the shared reader stopped")
                 self._wake(fd, waiter)
+            self._closed = True
             epoll.close()
+
+    def _serve(self, fd: int, waiter: _Waiter) -> None:
+        """One ready socket's turn. Whatever goes wrong, a bug included, is
+        its owner's to raise: the reader itself goes on for everyone else."""
+        error: Exception | None = None
+        try:
+            stay = waiter.on_ready()
+        except Exception as raised:
+            stay, error = False, raised
+        try:
+            self._after_each()
+        except Exception as raised:
+            if error is None:
+                stay, error = False, raised
+            else:
+                log.exception("shared reader: after fd %d", fd)
+        if self._waiting.get(fd) is waiter:
+            if not stay:
+                waiter.error = error
+                self._wake(fd, waiter)
+        elif error is not None:
+            # Its task was cancelled meanwhile (a kick, say) and ends for
+            # that reason.
+            if isinstance(error, self._expected):
+                log.debug("fd %d: %r after its wait ended", fd, error)
+            else:
+                log.error("fd %d: error after its wait ended", fd, exc_info=error)

@@ -296,8 +296,11 @@ class _Session:
                     try:
                         await self.read_loop()
                     except _Close as close:
-                        self.end_reason = close.reason
-                        self.end_error = close.error
+                        # Unless a kick or the shutdown came first (between
+                        # the shared reader's handing this over and now).
+                        if not self.stopped:
+                            self.end_reason = close.reason
+                            self.end_error = close.error
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.end_reason = "connection lost"
             finally:
@@ -366,8 +369,22 @@ class _Session:
                     await self.read_frames()
                 finally:
                     flush_due()
+            self.read_what_came()
             self.check_quiet(trio.current_time())
             flush_due()
+
+    def read_what_came(self) -> None:
+        """Before a deadline is enforced: read and handle what is waiting in
+        the socket already. Trio sees expired deadlines before it looks at
+        the shared reader's sockets, so a pong or a login that came just in
+        time could otherwise count as missing. Once only: trickling bytes
+        does not put a deadline off."""
+        if self.fd is None or self.read is not None or self.stopped:
+            return
+        try:
+            self.serve_ready()
+        except OSError as error:  # a reset, or the descriptor gone
+            raise trio.BrokenResourceError(str(error)) from error
 
     def wake_at(self) -> float:
         if self.peer is None:
@@ -723,7 +740,10 @@ class ChatServer:
             with self.hub.write_threads(self.config.write_threads):
                 async with trio.open_nursery() as reading:
                     if self.config.shared_reader and available():
-                        self.shared_reader = SharedReader(self.hub.flush_due)
+                        self.shared_reader = SharedReader(
+                            self.hub.flush_due,
+                            expected=(_Close, OSError, trio.BrokenResourceError),
+                        )
                         reading.start_soon(self.shared_reader.run)
                     await self._serve_connections(listeners, task_status)
                     # Every connection is closed: nobody is parked any more.
