@@ -6,9 +6,13 @@ frames in, replies and deliveries into the recipients' outboxes) and a
 writer (drains the client's bounded outbox in one ``send_all`` per
 wake-up), both in the connection's own nursery. A reader flushes the
 outboxes it filled before it waits: straight to the socket when nothing is
-queued there, else to the writer. ``shutdown()`` stops accepting, tells
-every client ``error|shutting-down|...`` and waits for the connections to
-close.
+queued there, else to the writer. On a plain socket (and where there is
+epoll) a reader with nothing to read waits at the server's
+``SharedReader`` instead of on its own socket: that one task reads and
+handles what arrives (``_Session.serve_ready``) in the order it arrives,
+and wakes the reader only when something has to wait. ``shutdown()`` stops
+accepting, tells every client ``error|shutting-down|...`` and waits for the
+connections to close.
 """
 
 from __future__ import annotations
