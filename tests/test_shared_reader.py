@@ -356,3 +356,41 @@ async def test_a_silent_client_still_gets_its_login_timeout(
         await bob.expect("pong|early")
         mock_clock.jump(10)
         assert (await bob.read_until_closed())[0].startswith("error|login-timeout|")
+
+
+def fill_socket(fd: int) -> None:
+    """Fill the kernel's buffers from *fd* on, until a write would block."""
+    with suppress(BlockingIOError):
+        while True:
+            os.write(fd, b"#" * 65536)
+    with suppress(BlockingIOError):
+        while True:
+            os.write(fd, b"#")
+
+
+async def test_a_sender_is_held_back_after_a_read_at_the_deadline(
+    mock_clock: MockClock,
+) -> None:
+    """What read_what_came handles is held to the same rule as any read: a
+    sender that filled a recipient's queue past half waits for it before
+    sending more, so a recipient that reads (if slowly) is not dropped."""
+    async with running_server(
+        queue_size=2, ping_interval=30, ping_timeout=10, rate=0, presence_delay=0
+    ) as live:
+        alice = await live.login("alice")
+        mock_clock.jump(20)  # bob's quiet period ends after alice's
+        bob = await live.login("bob")
+        await alice.expect("login|bob")
+        await trio.testing.wait_all_tasks_blocked()
+        (bob_session,) = [
+            session
+            for session in live.server._sessions
+            if session.peer is not None and session.peer.name == "bob"
+        ]
+        assert bob_session.fd is not None
+        fill_socket(bob_session.fd)  # nothing more reaches bob for now
+        write_now(alice, b"talk|bob|1\ntalk|bob|2\ntalk|bob|3\n")
+        mock_clock.jump(10)  # alice's ping deadline: read_what_came reads
+        await trio.testing.wait_all_tasks_blocked()
+        assert not bob_session.kicked, bob_session.end_reason
+        assert bob is not None

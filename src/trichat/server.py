@@ -462,6 +462,10 @@ class _Session:
                     # Kicked or closing: what is still buffered goes unhandled.
                     flush_due()
                     await trio.lowlevel.checkpoint()  # Cancelled ends the loop
+                if congested:
+                    # Left by read_what_came: wait before handling more.
+                    flush_due()
+                    await self.let_recipients_drain()
                 # Synchronous, and moves read.next on: nothing is handled twice.
                 turn += self.handle_lines(read, _FRAMES_PER_TURN - turn)
                 if congested:
@@ -611,7 +615,10 @@ class _Session:
         self.quiet_scope.deadline = self.login_deadline
         try:
             while self.congested:
-                await self.congested.pop().make_room(stall_timeout)
+                # Taken off only once drained: a wait cut short by a deadline
+                # is taken up again before anything more is handled.
+                await self.congested[-1].make_room(stall_timeout)
+                self.congested.pop()
         finally:
             if self.peer is not None:
                 self.last_heard = trio.current_time()
