@@ -4,6 +4,12 @@ Run ``python benchmarks/micro.py`` (or ``nox -s bench``). Each benchmark
 times a batch of operations several times with ``time.perf_counter_ns`` and
 prints the median per operation, with the fastest and slowest repeat.
 Compare numbers from one machine only, and with nothing else running.
+
+``--opcodes`` counts instead of timing: the Python bytecode instructions
+each operation runs (``opcodes_per_op``). That count is the same on every
+machine and in every run with the same Python, so it can be compared from
+one commit to the next anywhere; tests/test_hot_path_budget.py does, in
+CI. It does not see what C code or the kernel do.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 import trio
 
@@ -25,6 +33,7 @@ TEXT = "1732694400123456789 42 " + "x" * 41  # 64 characters, like trichat bench
 # One benchmark: prepares its state and returns a function that runs a
 # batch and returns how many operations it did.
 Batch = Callable[[], int]
+TraceFunction = Callable[[FrameType, str, Any], Any]
 
 
 def _chunk(lines: list[bytes]) -> bytes:
@@ -242,6 +251,28 @@ def measure(batch: Batch, repeats: int) -> tuple[float, float, float]:
     return statistics.median(per_op), min(per_op), max(per_op)
 
 
+def opcodes_per_op(batch: Batch) -> float:
+    """Python bytecode instructions per operation of *batch* (run twice: the
+    first run warms caches, as ``measure`` does)."""
+    batch()
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> TraceFunction:
+        nonlocal count
+        if event == "opcode":
+            count += 1
+        elif event == "call":
+            frame.f_trace_opcodes = True
+        return trace
+
+    sys.settrace(trace)
+    try:
+        operations = batch()
+    finally:
+        sys.settrace(None)
+    return count / operations
+
+
 def benchmarks(scale: float) -> list[tuple[str, Batch]]:
     def n(count: int) -> int:
         return max(1, round(count * scale))
@@ -273,12 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply every batch's size (%(default)s)",
     )
+    parser.add_argument(
+        "--opcodes",
+        action="store_true",
+        help="count Python opcodes per operation instead of timing",
+    )
     args = parser.parse_args(argv)
-    print(f"{'benchmark':<40} {'ns/op':>9} {'min':>9} {'max':>9}")
+    if args.opcodes:
+        print(f"{'benchmark':<40} {'opcodes/op':>10}")
+    else:
+        print(f"{'benchmark':<40} {'ns/op':>9} {'min':>9} {'max':>9}")
 
     async def run_all() -> None:
-        # Inside Trio, as in the server (the hub's outboxes are channels).
+        # Inside Trio, as in the server.
         for name, batch in benchmarks(args.scale):
+            if args.opcodes:
+                print(f"{name:<40} {opcodes_per_op(batch):10.1f}", flush=True)
+                continue
             median, low, high = measure(batch, args.repeats)
             print(f"{name:<40} {median:9.0f} {low:9.0f} {high:9.0f}", flush=True)
 
