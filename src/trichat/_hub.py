@@ -482,13 +482,13 @@ class Hub:
         """
         if talk.to == BROADCAST:
             frame = delivery_frame(sender.name, BROADCAST, talk.text)
-            self._broadcast(sender, frame, congested)
+            self._send_each(self._others(sender), frame, 1, congested)
             return None
         recipient = self._peers.get(name_key(talk.to))
         if recipient is None:
             return Error(ErrorCode.NO_SUCH_USER, talk.to)
         frame = delivery_frame(sender.name, recipient.name, talk.text)
-        if not self._send_to(recipient, frame, congested):
+        if not self._send_to(recipient, frame, 1, congested):
             return Error(ErrorCode.NO_SUCH_USER, talk.to)
         return None
 
@@ -512,7 +512,7 @@ class Hub:
         earns, if any.
         """
         if target == b"*":
-            peers = [peer for peer in self._peers.values() if peer is not sender]
+            peers = self._others(sender)
             if not peers:
                 return end, None
             rooms = [peer.outbox.room for peer in peers] if end - start > 1 else []
@@ -522,30 +522,38 @@ class Hub:
                 min([frames for frames, _ in rooms], default=1),
                 min([size for _, size in rooms], default=1),
             )
-            for peer in peers:
-                if peer.send(block, count) and peer.outbox.congested:
-                    congested.append(peer.outbox)
+            self._send_each(peers, block, count, congested)
             return start + count, None
         recipient = self._wire.get(target)
         if recipient is None:
             return start, None
-        outbox = recipient.outbox
-        block, count = _deliveries(sender.talk_prefix, lines[start:end], *outbox.room)
-        if not recipient.send(block, count):
+        block, count = _deliveries(
+            sender.talk_prefix, lines[start:end], *recipient.outbox.room
+        )
+        if not self._send_to(recipient, block, count, congested):
             return start + count, Error(ErrorCode.NO_SUCH_USER, recipient.name)
-        if outbox.congested:
-            congested.append(outbox)
         return start + count, None
 
-    def _broadcast(self, sender: Peer, frame: bytes, congested: list[Outbox]) -> None:
-        for peer in list(self._peers.values()):
-            if peer is not sender and peer.send(frame) and peer.outbox.congested:
+    def _others(self, sender: Peer) -> list[Peer]:
+        """Everyone online but *sender*: a broadcast's recipients."""
+        return [peer for peer in self._peers.values() if peer is not sender]
+
+    def _send_each(
+        self, peers: list[Peer], data: bytes, frames: int, congested: list[Outbox]
+    ) -> None:
+        """Queue *data* (*frames* frames) for each of *peers*; those too slow
+        to take it are dropped. (``_send_to`` inlined: a broadcast's loop.)"""
+        for peer in peers:
+            if peer.send(data, frames) and peer.outbox.congested:
                 congested.append(peer.outbox)
 
-    def _send_to(self, recipient: Peer, frame: bytes, congested: list[Outbox]) -> bool:
-        """Queue *frame* for *recipient*; False if it was too slow to take
-        it (and is now being dropped)."""
-        if not recipient.send(frame):
+    def _send_to(
+        self, recipient: Peer, data: bytes, frames: int, congested: list[Outbox]
+    ) -> bool:
+        """Queue *data* (*frames* frames) for *recipient*, noting its outbox
+        in *congested* if it now is; False if it was too slow to take it
+        (and is now being dropped)."""
+        if not recipient.send(data, frames):
             return False
         if recipient.outbox.congested:
             congested.append(recipient.outbox)
