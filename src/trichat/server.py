@@ -383,12 +383,8 @@ class _Session:
         the shared reader's sockets, so a pong or a login that came just in
         time could otherwise count as missing. Once only: trickling bytes
         does not put a deadline off."""
-        if self.fd is None or self.read is not None or self.stopped:
-            return
-        try:
+        if self.fd is not None and self.read is None and not self.stopped:
             self.serve_ready()
-        except OSError as error:  # a reset, or the descriptor gone
-            raise trio.BrokenResourceError(str(error)) from error
 
     def wake_at(self) -> float:
         if self.peer is None:
@@ -500,6 +496,8 @@ class _Session:
             data = os.read(self.fd, _RECEIVE_SIZE)
         except BlockingIOError:
             return True
+        except OSError as error:  # a reset, or the descriptor gone
+            raise trio.BrokenResourceError(str(error)) from error
         read = self.read = self.took(data)
         most = _FRAMES_PER_TURN
         while read.next < len(read.lines):
@@ -753,7 +751,7 @@ class ChatServer:
                     if self.config.shared_reader and available():
                         self.shared_reader = SharedReader(
                             self.hub.flush_due,
-                            expected=(_Close, OSError, trio.BrokenResourceError),
+                            expected=(_Close, trio.BrokenResourceError),
                         )
                         reading.start_soon(self.shared_reader.run)
                     await self._serve_connections(listeners, task_status)
