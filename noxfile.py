@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["test", "typecheck", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-# The test modules that run servers on real sockets.
-NETWORK_TESTS = [
-    "tests/test_adversarial.py",
-    "tests/test_bench.py",
-    "tests/test_client_server.py",
-    "tests/test_fast_path.py",
-    "tests/test_model.py",
-    "tests/test_server.py",
-    "tests/test_server_robustness.py",
-    "tests/test_server_smoke.py",
-    "tests/test_shared_reader.py",
-    "tests/test_write_threads.py",
-]
+# The test modules that run servers on real sockets: those that use
+# helpers.running_server, which reads TRICHAT_TEST_SHARED_READER.
+NETWORK_TESTS = sorted(
+    str(path)
+    for path in Path("tests").glob("test_*.py")
+    if "running_server" in path.read_text()
+)
 
 
 @nox.session
