@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 import pytest
 import trio
@@ -32,6 +32,16 @@ def socket_pairs(count: int) -> Iterator[list[tuple[socket.socket, socket.socket
             other.close()
 
 
+@asynccontextmanager
+async def watching(reader: SharedReader) -> AsyncIterator[trio.Nursery]:
+    """*reader* running, in a nursery for the test's tasks; all stopped at
+    the end."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader.run)
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
 def reading(sock: socket.socket, into: list[bytes]) -> Callable[[], bool]:
     def on_ready() -> bool:
         with suppress(BlockingIOError):
@@ -45,8 +55,7 @@ async def test_reads_for_a_parked_task_until_it_must_take_over() -> None:
     reader = SharedReader()
     got: list[bytes] = []
     with socket_pairs(1) as [(watched, peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader) as nursery:
             woken = trio.Event()
 
             def on_ready() -> bool:
@@ -71,14 +80,12 @@ async def test_reads_for_a_parked_task_until_it_must_take_over() -> None:
                 await woken.wait()
             assert got == [b"one", b"two", b"stop"]
             assert len(reader) == 0
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_error_in_on_ready_is_raised_in_the_parked_task() -> None:
     reader = SharedReader()
     with socket_pairs(1) as [(watched, peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader):
 
             def on_ready() -> bool:
                 raise ConnectionResetError("from on_ready")
@@ -87,15 +94,13 @@ async def test_an_error_in_on_ready_is_raised_in_the_parked_task() -> None:
             with trio.fail_after(5), pytest.raises(ConnectionResetError):
                 await reader.wait(watched.fileno(), on_ready)
             assert len(reader) == 0
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_cancelled_wait_stops_watching_at_once() -> None:
     reader = SharedReader()
     got: list[bytes] = []
     with socket_pairs(1) as [(watched, peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader):
             with trio.move_on_after(0.01) as waiting:
                 await reader.wait(watched.fileno(), reading(watched, got))
             assert waiting.cancelled_caught
@@ -104,7 +109,6 @@ async def test_a_cancelled_wait_stops_watching_at_once() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert got == []  # nobody asked for it any more
             assert watched.recv(100) == b"late"
-            nursery.cancel_scope.cancel()
 
 
 async def test_on_ready_may_cancel_its_own_wait() -> None:
@@ -113,8 +117,7 @@ async def test_on_ready_may_cancel_its_own_wait() -> None:
     is dropped, not raised in the owner."""
     reader = SharedReader()
     with socket_pairs(1) as [(watched, peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader):
             scope = trio.CancelScope()
 
             def on_ready() -> bool:
@@ -127,19 +130,16 @@ async def test_on_ready_may_cancel_its_own_wait() -> None:
                     await reader.wait(watched.fileno(), on_ready)
             assert scope.cancelled_caught
             assert len(reader) == 0
-            nursery.cancel_scope.cancel()
 
 
 async def test_one_waiter_per_socket() -> None:
     reader = SharedReader()
     with socket_pairs(1) as [(watched, _)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader) as nursery:
             nursery.start_soon(reader.wait, watched.fileno(), lambda: True)
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(trio.BusyResourceError):
                 await reader.wait(watched.fileno(), lambda: True)
-            nursery.cancel_scope.cancel()
 
 
 async def test_parked_tasks_hear_when_the_reader_stops() -> None:
@@ -170,8 +170,7 @@ async def test_ready_sockets_are_served_in_the_order_they_became_ready() -> None
     flushed: list[int] = []
     reader = SharedReader(after_each=lambda: flushed.append(len(served)))
     with socket_pairs(6) as pairs:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader) as nursery:
             for index, (watched, _) in enumerate(pairs):
 
                 def on_ready(index: int = index, sock: socket.socket = watched) -> bool:
@@ -187,7 +186,6 @@ async def test_ready_sockets_are_served_in_the_order_they_became_ready() -> None
             await trio.testing.wait_all_tasks_blocked()
             assert served == order
             assert flushed == [1, 2, 3, 4, 5, 6]  # after each, not per batch
-            nursery.cancel_scope.cancel()
 
 
 def test_the_descriptor_is_closed_with_the_reader() -> None:
@@ -252,8 +250,7 @@ async def test_a_failing_flush_ends_only_that_owner_s_wait() -> None:
     reader = SharedReader(after_each=flush)
     got: list[bytes] = []
     with socket_pairs(2) as [(first, first_peer), (second, second_peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader) as nursery:
             nursery.start_soon(reader.wait, second.fileno(), reading(second, got))
             first_peer.send(b"x")
             with trio.fail_after(5), pytest.raises(RuntimeError, match="flushing"):
@@ -261,7 +258,6 @@ async def test_a_failing_flush_ends_only_that_owner_s_wait() -> None:
             second_peer.send(b"still served")
             await trio.testing.wait_all_tasks_blocked()
             assert got == [b"x", b"still served"]
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_unexpected_error_after_the_wait_ended_is_logged(
@@ -269,8 +265,7 @@ async def test_an_unexpected_error_after_the_wait_ended_is_logged(
 ) -> None:
     reader = SharedReader(expected=(ConnectionResetError,))
     with socket_pairs(2) as [(first, first_peer), (second, second_peer)]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
+        async with watching(reader):
             for (watched, peer), error in [
                 ((first, first_peer), ConnectionResetError("no news")),
                 ((second, second_peer), KeyError("a bug")),
@@ -286,7 +281,6 @@ async def test_an_unexpected_error_after_the_wait_ended_is_logged(
                 peer.send(b"x")
                 with trio.fail_after(5), scope:
                     await reader.wait(watched.fileno(), on_ready)
-            nursery.cancel_scope.cancel()
     logged = [
         (r.levelname, r.exc_info[1] if r.exc_info else None) for r in caplog.records
     ]
