@@ -1,22 +1,26 @@
-"""Large flushes (a broadcast to a crowd) share their writes with threads.
+"""Large flushes and broadcasts share their writes with threads.
 
 ``Hub.flush_due`` hands every other socket's write to a helper thread when
-at least _SHARED_FLUSH outboxes are due; these tests check that nothing is
-lost, doubled or reordered that way, partial writes included.
+at least _SHARED_FLUSH outboxes are due, and a broadcast writes at once to
+every recipient with nothing queued, sharing those writes the same way;
+these tests check that nothing is lost, doubled or reordered that way,
+partial writes included.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pytest
 import trio
 from helpers import running_server
 
-from trichat._hub import _SHARED_FLUSH, Hub, Outbox
+from trichat._hub import _SHARED_FLUSH, Hub, Outbox, Peer
+from trichat.messages import Talk
 from trichat.server import ServerConfig
 
 CROWD = _SHARED_FLUSH + 6
@@ -89,6 +93,112 @@ def test_what_a_full_socket_does_not_take_goes_to_its_writer_in_order() -> None:
                     assert _read_all(peer) == b"after\n"
 
     trio.run(main)
+
+
+Crowd = list[tuple[Peer, socket.socket]]
+
+
+@contextmanager
+def _crowd_online(
+    threads: int, max_bytes: int = 16 << 20
+) -> Iterator[tuple[Hub, Crowd]]:
+    """A hub with *threads* write helpers and CROWD users online, each with
+    a plain socket whose other end comes with them, everything the logins
+    sent read and gone."""
+    hub = Hub()
+    with ExitStack() as stack, hub.write_threads(threads):
+        crowd = []
+        kicked: list[str] = []
+        for number, (fd, theirs) in enumerate(_socket_pairs(CROWD, stack)):
+            outbox = Outbox(100, max_bytes, fd=fd, due=hub.due)
+            peer = Peer(f"user{number}", outbox, kicked.append)
+            hub.join(peer)
+            hub.flush_due()
+            crowd.append((peer, theirs))
+        for _, theirs in crowd:
+            _read_all(theirs)
+        assert not kicked
+        yield hub, crowd
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+async def test_a_broadcast_goes_at_once_to_the_idle_and_behind_the_queue_of_others(
+    threads: int,
+) -> None:
+    with _crowd_online(threads) as (hub, crowd):
+        sender = crowd[0][0]
+        # One has a frame waiting for the next flush, one has a block
+        # its socket did not take, waiting for its writer.
+        waiting, held = crowd[3][0].outbox, crowd[4][0].outbox
+        assert waiting.put(b"waiting\n")
+        big = b"x" * (8 << 20) + b"\n"
+        assert held.put(big)
+        held.flush()
+        assert held.handed.frames == 1
+        congested: list[Outbox] = []
+        assert hub.deliver(sender, Talk("*", "hello"), congested) is None
+        assert congested == []
+        # Before any flush: the idle have it already.
+        for number, (_, theirs) in enumerate(crowd):
+            if number not in (0, 3, 4):
+                assert _read_all(theirs) == b"talk|user0|*|hello\n"
+        assert _read_all(crowd[3][1]) == b""
+        hub.flush_due()
+        assert _read_all(crowd[3][1]) == b"waiting\ntalk|user0|*|hello\n"
+        assert held.handed.frames == 2
+        assert _read_all(crowd[4][1]) + held.drain() == (big + b"talk|user0|*|hello\n")
+        assert _read_all(crowd[0][1]) == b""
+        for peer, _ in crowd:
+            assert (peer.outbox.queued_frames, peer.outbox.queued_bytes) == (0, 0)
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+async def test_what_an_idle_socket_does_not_take_of_a_broadcast_goes_to_its_writer(
+    threads: int,
+) -> None:
+    with _crowd_online(threads) as (hub, crowd):
+        sender, (receiver, theirs) = crowd[0][0], crowd[1]
+        # Its client reads nothing: its socket is full before the
+        # broadcast, and takes none of it.
+        full = b""
+        while written := _write_raw(receiver.outbox, b"y" * 65536):
+            full += b"y" * written
+        text = b"z" * (1 << 20)  # more than an empty socket takes
+        relayed, error = hub.relay_run(sender, b"*", [b"talk|*|" + text], 0, 1, [])
+        assert (relayed, error) == (1, None)
+        frame = b"talk|user0|*|" + text + b"\n"
+        for outbox in (receiver.outbox, crowd[2][0].outbox):
+            assert outbox.handed.frames == 1
+            assert outbox.queued_frames == 1
+        assert receiver.outbox.queued_bytes == len(frame)
+        assert _read_all(theirs) + receiver.outbox.drain() == full + frame
+        # The idle ones took part of it; their writers have the rest.
+        for peer, theirs in crowd[2:]:
+            assert _read_all(theirs) + peer.outbox.drain() == frame
+        for peer, _ in crowd:
+            assert (peer.outbox.queued_frames, peer.outbox.queued_bytes) == (0, 0)
+
+
+def _write_raw(outbox: Outbox, data: bytes) -> int:
+    """Write to *outbox*'s socket behind its back, as if its client had not
+    read earlier frames; how much the socket took."""
+    assert outbox.fd is not None
+    try:
+        return os.write(outbox.fd, data)
+    except BlockingIOError:
+        return 0
+
+
+async def test_a_broadcast_too_big_for_an_idle_outbox_gets_its_user_dropped() -> None:
+    with _crowd_online(0, max_bytes=1000) as (hub, crowd):
+        dropped: list[str] = []
+        crowd[1][0].kick = dropped.append
+        relayed, error = hub.relay_run(
+            crowd[0][0], b"*", [b"talk|*|" + b"z" * 2000], 0, 1, []
+        )
+        assert (relayed, error) == (1, None)
+        assert dropped == ["too slow: outgoing queue full"]
+        assert _read_all(crowd[1][1]) == b""
 
 
 def _write_helpers_running() -> int:

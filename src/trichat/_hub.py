@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -40,14 +41,38 @@ def _write(fd: int, data: bytes) -> int:
         return 0
 
 
+# Work that a large flush shares out between threads: called with a start
+# and a step, it does every step-th item from start. It allocates nothing
+# (but small objects), so that a helper thread does not grow a malloc
+# arena of its own, and it changes no state but its own items' results.
+_Share = Callable[[int, int], None]
+
+
 def _write_each(
-    writes: list[tuple[Outbox, int, bytes, int]], written: list[int]
+    fds: list[int], blocks: list[bytes], written: list[int], start: int, step: int
 ) -> None:
-    """Write each block to its socket; ``written[i]`` says how much of the
-    i-th got through. (Allocating nothing here keeps a helper thread from
-    growing a malloc arena of its own.)"""
-    for index, (_, fd, data, _) in enumerate(writes):
-        written[index] = _write(fd, data)
+    """Write ``blocks[i]`` to ``fds[i]`` for every *step*-th *i* from
+    *start*; ``written[i]`` says how much of it got through."""
+    for index in range(start, len(fds), step):
+        written[index] = _write(fds[index], blocks[index])
+
+
+def _write_to_idle(
+    outboxes: list[Outbox],
+    data: bytes,
+    frames: int,
+    written: list[int],
+    start: int,
+    step: int,
+) -> None:
+    """Write *data* (*frames* frames) to the ``idle_fd`` of every *step*-th
+    outbox from *start* that has one; ``written[i]`` says how much of it got
+    through, and stays -1 for an outbox that was not idle."""
+    size = len(data)
+    for index in range(start, len(outboxes), step):
+        fd = outboxes[index].idle_fd(size, frames)
+        if fd is not None:
+            written[index] = _write(fd, data)
 
 
 @attrs.frozen
@@ -230,6 +255,22 @@ class Outbox:
         socket with nothing queued for the writer, which is idle."""
         return None if self.handed.blocks or self.sending else self.fd
 
+    def idle_fd(self, size: int, frames: int) -> int | None:
+        """The socket, if nothing at all is queued and a block of *size*
+        bytes and *frames* frames fits: the block may be written to it at
+        once (see ``wrote_idle``), without passing through the queue."""
+        if self.queued_bytes or size > self.max_bytes or frames > self.max_frames:
+            return None
+        return self.fd
+
+    def wrote_idle(self, data: bytes, frames: int, written: int) -> None:
+        """Account for *written* bytes of a block (*data*, *frames* frames)
+        written to ``idle_fd`` without being queued: what did not get
+        through is queued for the writer."""
+        self.queued_frames += frames
+        self.queued_bytes += len(data)
+        self.wrote(data, frames, written)
+
     def wrote(self, data: bytes, frames: int, written: int) -> bool:
         """Account for *written* bytes of a block (*data*, *frames* frames)
         written to ``direct_fd``, and hand the rest on to the writer."""
@@ -376,7 +417,7 @@ class Hub:
         """Send on the frames added since the last flush."""
         due = self.due
         if self.write_helpers is not None and len(due) >= _SHARED_FLUSH:
-            self._flush_shared(self.write_helpers)
+            self._flush_shared()
             return
         while due:
             # An outbox refuses only once closed; then its frames are moot.
@@ -401,13 +442,15 @@ class Hub:
             finally:
                 self.write_helpers = None
 
-    def _flush_shared(self, helpers: _WriteHelpers) -> None:
-        """``flush_due`` for many outboxes (a broadcast to a crowd): the
-        ``write`` calls are shared out between this thread and the helper
-        threads, which run at the same time since ``write`` releases the
-        GIL. Everything else happens here, and this returns once every
-        write is done, so nothing else runs meanwhile."""
-        writes: list[tuple[Outbox, int, bytes, int]] = []
+    def _flush_shared(self) -> None:
+        """``flush_due`` for many outboxes (presence for a crowd): the
+        blocks to write at once are gathered first and written in one go
+        (``_share``d with the write helpers), then what was not written is
+        handed on to the writers."""
+        outboxes: list[Outbox] = []
+        fds: list[int] = []
+        blocks: list[bytes] = []
+        frames: list[int] = []
         due = self.due
         while due:
             outbox = due.pop()
@@ -418,25 +461,37 @@ class Hub:
             if fd is None:
                 outbox.hand_on(*taken)
             else:
-                writes.append((outbox, fd, *taken))
+                outboxes.append(outbox)
+                fds.append(fd)
+                blocks.append(taken[0])
+                frames.append(taken[1])
+        written = [0] * len(fds)
+        self._share(partial(_write_each, fds, blocks, written), len(fds))
+        for outbox, block, count, done in zip(
+            outboxes, blocks, frames, written, strict=True
+        ):
+            outbox.wrote(block, count, done)
+
+    def _share(self, work: _Share, items: int) -> None:
+        """Do *work* for all its *items*: shared out between this thread and
+        the write helpers if there are any and at least _SHARED_FLUSH items.
+        They run at the same time while they are in ``write``, which
+        releases the GIL. This returns once all the work is done, so
+        nothing else runs meanwhile."""
+        helpers = self.write_helpers
+        if helpers is None or items < _SHARED_FLUSH:
+            work(0, 1)
+            return
         parts = helpers.threads + 1
-        shares = [writes[part::parts] for part in range(parts)]
-        results = [[0] * len(share) for share in shares]
-        running = [
-            helpers.pool.submit(_write_each, share, written)
-            for share, written in zip(shares[1:], results[1:], strict=True)
-        ]
+        running = [helpers.pool.submit(work, part, parts) for part in range(1, parts)]
         try:
-            _write_each(shares[0], results[0])
+            work(0, parts)
         finally:
-            # Even if this thread was interrupted: no write may outlive the
-            # flush (its descriptor could be closed and reused).
+            # Even if this thread was interrupted: no write may outlive this
+            # call (its descriptor could be closed and reused).
             wait(running)
         for future in running:
             future.result()
-        for share, written in zip(shares, results, strict=True):
-            for (outbox, _, data, frames), count in zip(share, written, strict=True):
-                outbox.wrote(data, frames, count)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -541,11 +596,29 @@ class Hub:
     def _send_each(
         self, peers: list[Peer], data: bytes, frames: int, congested: list[Outbox]
     ) -> None:
-        """Queue *data* (*frames* frames) for each of *peers*; those too slow
-        to take it are dropped. (``_send_to`` inlined: a broadcast's loop.)"""
-        for peer in peers:
-            if peer.send(data, frames) and peer.outbox.congested:
-                congested.append(peer.outbox)
+        """Send *data* (*frames* frames) to each of *peers*; those too slow
+        to take it are dropped.
+
+        Most peers of a chat have nothing queued: theirs is written at
+        once, in one pass shared with the write helpers, so that the first
+        write does not wait for any queueing. The others get it queued,
+        behind what they have, after that pass.
+        """
+        outboxes = [peer.outbox for peer in peers]
+        written = [-1] * len(outboxes)
+        self._share(
+            partial(_write_to_idle, outboxes, data, frames, written), len(outboxes)
+        )
+        size = len(data)
+        for peer, outbox, count in zip(peers, outboxes, written, strict=True):
+            if count == size:
+                continue
+            if count >= 0:
+                outbox.wrote_idle(data, frames, count)
+            elif not peer.send(data, frames):
+                continue
+            if outbox.congested:
+                congested.append(outbox)
 
     def _send_to(
         self, recipient: Peer, data: bytes, frames: int, congested: list[Outbox]
