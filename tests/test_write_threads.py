@@ -19,6 +19,7 @@ import pytest
 import trio
 from helpers import running_server
 
+from trichat import _hub
 from trichat._hub import _SHARED_FLUSH, Hub, Outbox, Peer
 from trichat.messages import Talk
 from trichat.server import ServerConfig
@@ -176,6 +177,97 @@ async def test_what_an_idle_socket_does_not_take_of_a_broadcast_goes_to_its_writ
         for peer, theirs in crowd[2:]:
             assert _read_all(theirs) + peer.outbox.drain() == frame
         for peer, _ in crowd:
+            assert (peer.outbox.queued_frames, peer.outbox.queued_bytes) == (0, 0)
+
+
+async def test_a_broadcast_does_not_overtake_what_the_writer_has_or_is_writing() -> (
+    None
+):
+    with _crowd_online(0) as (hub, crowd):
+        sender = crowd[0][0]
+        # Handed on to the writer, with room in the socket by now.
+        handed, theirs = crowd[1][0].outbox, crowd[1][1]
+        big = b"x" * (8 << 20) + b"\n"
+        assert handed.put(big)
+        handed.flush()
+        first = _read_all(theirs)
+        assert handed.handed.frames == 1
+        # Taken by the writer, which is in the middle of writing it.
+        sending = crowd[2][0].outbox
+        assert sending.put(b"being written\n")
+        taken = sending.take_pending()
+        assert taken is not None
+        sending.hand_on(*taken)
+        block, frames = sending.handed.take()
+        sending.sending = True
+        hub.deliver(sender, Talk("*", "hello"), [])
+        hub.flush_due()
+        assert first + _read_all(theirs) + handed.drain() == (
+            big + b"talk|user0|*|hello\n"
+        )
+        assert _read_all(crowd[2][1]) == b""
+        sending.sent(len(block), frames)
+        sending.sending = False
+        assert block + sending.drain() == b"being written\ntalk|user0|*|hello\n"
+
+
+async def test_a_broadcast_a_socket_took_part_of_reports_a_congested_outbox() -> None:
+    with _crowd_online(1, max_bytes=4 << 20) as (hub, crowd):
+        congested: list[Outbox] = []
+        text = b"z" * (3 << 20)  # more than half the queue, not all written
+        hub.relay_run(crowd[0][0], b"*", [b"talk|*|" + text], 0, 1, congested)
+        assert sorted(map(id, congested)) == sorted(id(p.outbox) for p, _ in crowd[1:])
+
+
+def _interrupt_third_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Have this thread's third ``write`` from now on raise KeyboardInterrupt,
+    as Ctrl-C arriving then would."""
+    real_write = _hub._write
+    calls = 0
+
+    def interrupted_write(fd: int, data: bytes) -> int:
+        nonlocal calls
+        if threading.current_thread() is threading.main_thread():
+            calls += 1
+            if calls == 3:
+                raise KeyboardInterrupt
+        return real_write(fd, data)
+
+    monkeypatch.setattr(_hub, "_write", interrupted_write)
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+async def test_a_broadcast_interrupted_halfway_leaves_nobody_with_part_of_it(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _crowd_online(threads) as (hub, crowd):
+        sender = crowd[0][0]
+        _interrupt_third_write(monkeypatch)
+        text = b"z" * (1 << 20)  # more than an empty socket takes
+        with pytest.raises(KeyboardInterrupt):
+            hub.relay_run(sender, b"*", [b"talk|*|" + text], 0, 1, [])
+        monkeypatch.undo()
+        hub.deliver(sender, Talk("*", "hello"), [])
+        hub.flush_due()
+        frame = b"talk|user0|*|" + text + b"\n"
+        for peer, theirs in crowd[1:]:
+            got = _read_all(theirs) + peer.outbox.drain()
+            assert got == frame + b"talk|user0|*|hello\n"
+
+
+async def test_a_shared_flush_interrupted_halfway_loses_no_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _crowd_online(1) as (hub, crowd):
+        block = b"w" * (1 << 20) + b"\n"  # more than an empty socket takes
+        for peer, _ in crowd:
+            assert peer.outbox.put(block)
+        _interrupt_third_write(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            hub.flush_due()
+        monkeypatch.undo()
+        for peer, theirs in crowd:
+            assert _read_all(theirs) + peer.outbox.drain() == block
             assert (peer.outbox.queued_frames, peer.outbox.queued_bytes) == (0, 0)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from functools import partial
 
@@ -73,6 +73,21 @@ def _write_to_idle(
         fd = outboxes[index].idle_fd(size, frames)
         if fd is not None:
             written[index] = _write(fd, data)
+
+
+def _wait_for_all(futures: list[Future[None]]) -> None:
+    """Wait until all *futures* are done, even if interrupted meanwhile (the
+    interruption is raised once they are)."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+        except BaseException as exc:  # re-raised below, once all are done
+            interrupted = exc
+            continue
+        if interrupted is not None:
+            raise interrupted
+        return
 
 
 @attrs.frozen
@@ -466,11 +481,14 @@ class Hub:
                 blocks.append(taken[0])
                 frames.append(taken[1])
         written = [0] * len(fds)
-        self._share(partial(_write_each, fds, blocks, written), len(fds))
-        for outbox, block, count, done in zip(
-            outboxes, blocks, frames, written, strict=True
-        ):
-            outbox.wrote(block, count, done)
+        try:
+            self._share(partial(_write_each, fds, blocks, written), len(fds))
+        finally:
+            # Even if interrupted: a block not written goes to the writer.
+            for outbox, block, count, done in zip(
+                outboxes, blocks, frames, written, strict=True
+            ):
+                outbox.wrote(block, count, done)
 
     def _share(self, work: _Share, items: int) -> None:
         """Do *work* for all its *items*: shared out between this thread and
@@ -483,13 +501,15 @@ class Hub:
             work(0, 1)
             return
         parts = helpers.threads + 1
-        running = [helpers.pool.submit(work, part, parts) for part in range(1, parts)]
+        running: list[Future[None]] = []
         try:
+            for part in range(1, parts):
+                running.append(helpers.pool.submit(work, part, parts))
             work(0, parts)
         finally:
             # Even if this thread was interrupted: no write may outlive this
             # call (its descriptor could be closed and reused).
-            wait(running)
+            _wait_for_all(running)
         for future in running:
             future.result()
 
@@ -606,19 +626,23 @@ class Hub:
         """
         outboxes = [peer.outbox for peer in peers]
         written = [-1] * len(outboxes)
-        self._share(
-            partial(_write_to_idle, outboxes, data, frames, written), len(outboxes)
-        )
-        size = len(data)
-        for peer, outbox, count in zip(peers, outboxes, written, strict=True):
-            if count == size:
-                continue
-            if count >= 0:
-                outbox.wrote_idle(data, frames, count)
-            elif not peer.send(data, frames):
-                continue
-            if outbox.congested:
-                congested.append(outbox)
+        try:
+            self._share(
+                partial(_write_to_idle, outboxes, data, frames, written),
+                len(outboxes),
+            )
+        finally:
+            # Even if interrupted, so that nobody is left with part of it.
+            size = len(data)
+            for peer, outbox, count in zip(peers, outboxes, written, strict=True):
+                if count == size:
+                    continue
+                if count >= 0:
+                    outbox.wrote_idle(data, frames, count)
+                elif not peer.send(data, frames):
+                    continue
+                if outbox.congested:
+                    congested.append(outbox)
 
     def _send_to(
         self, recipient: Peer, data: bytes, frames: int, congested: list[Outbox]
