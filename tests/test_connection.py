@@ -148,7 +148,12 @@ def test_allowed_before_login(line: bytes, message: ClientMessage) -> None:
     assert connection.state is State.LOGGING_IN
 
 
-@pytest.mark.parametrize("second", [b"login|alice", b"login|bob"])
+@pytest.mark.parametrize(
+    "second",
+    # A name that is not one (reserved, or breaking the rules) is refused as
+    # a second login too, not as a bad name.
+    [b"login|alice", b"login|bob", b"login|*", b"login|#room", b"login|a b"],
+)
 def test_already_logged_in(second: bytes) -> None:
     connection = server_side(b"login|alice\n", second + b"\nping|x\n")
     assert connection.next_event() == Login("alice")

@@ -487,7 +487,7 @@ async def test_not_logged_in(frame: str) -> None:
         await bob.expect("login|alice")
 
 
-@pytest.mark.parametrize("name", ["alice", "ALICE", "alice2", "bob"])
+@pytest.mark.parametrize("name", ["alice", "ALICE", "alice2", "bob", "*", ".x"])
 async def test_second_login_is_already_logged_in(name: str) -> None:
     async with running_server() as live:
         alice, bob = await users(live, "alice", "bob")

@@ -148,10 +148,21 @@ class Connection:
         dropped), checked against the login state like ``next_event``'s."""
         if line[-1:] == b"\r":
             line = line[:-1]
-        message = decode(line, self.our_role)
+        try:
+            message = decode(line, self.our_role)
+        except ProtocolError as error:
+            if error.code is ErrorCode.BAD_NAME and self.state is State.CHATTING:
+                # A second login is refused as such, whatever name it asks for.
+                raise self._already_logged_in() from None
+            raise
         if self.our_role is Role.SERVER:
             self._check_client_frame(message)
         return message
+
+    def _already_logged_in(self) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.name}"
+        )
 
     def _too_long(self) -> ProtocolError:
         return ProtocolError(
@@ -165,9 +176,7 @@ class Connection:
             ):
                 raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
         elif isinstance(message, Login):
-            raise ProtocolError(
-                ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.name}"
-            )
+            raise self._already_logged_in()
         elif (
             isinstance(message, Exit)
             and message.name is not None
