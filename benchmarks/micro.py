@@ -6,10 +6,11 @@ prints the median per operation, with the fastest and slowest repeat.
 Compare numbers from one machine only, and with nothing else running.
 
 ``--opcodes`` counts instead of timing: the Python bytecode instructions
-each operation runs (``opcodes_per_op``). That count is the same on every
-machine and in every run with the same Python, so it can be compared from
-one commit to the next anywhere; tests/test_hot_path_budget.py does, in
-CI. It does not see what C code or the kernel do.
+each operation runs (``opcodes_per_op``), and the system calls it makes to
+read or write (``system_calls_per_op``). Those counts are the same on
+every machine and in every run with the same Python, so they can be
+compared from one commit to the next anywhere; tests/test_hot_path_budget.py
+does, in CI. They do not see how long C code or the kernel take.
 """
 
 from __future__ import annotations
@@ -208,8 +209,9 @@ def read_talk(reads: int, lines: int = 16) -> Batch:
 
 def relay_direct(reads: int, lines: int = 16) -> Batch:
     """``Hub.relay_run`` of a read's run of *lines* plain ``talk`` frames to
-    one user: one block into their outbox (per frame)."""
-    hub, (alice, bob) = _hub(2, 1024)
+    one user with a plain socket: one block into their outbox, written at
+    the flush (per frame)."""
+    hub, (alice, bob) = _hub(2, 1024, _null_fd())
     run = [encode(Talk("user1", TEXT))[:-1]] * lines
 
     def batch() -> int:
@@ -265,10 +267,20 @@ def measure(batch: Batch, repeats: int) -> tuple[float, float, float]:
     return statistics.median(per_op), min(per_op), max(per_op)
 
 
-def opcodes_per_op(batch: Batch) -> float:
-    """Python bytecode instructions per operation of *batch* (run twice: the
-    first run warms caches, as ``measure`` does)."""
+def _per_op(batch: Batch, set_hook: Callable[[Any], None], hook: Any) -> int:
+    """Run *batch* twice (the first run warms caches, as ``measure`` does),
+    the second with *hook* installed by *set_hook* (``sys.settrace`` or
+    ``sys.setprofile``); the operations it did."""
     batch()
+    set_hook(hook)
+    try:
+        return batch()
+    finally:
+        set_hook(None)
+
+
+def opcodes_per_op(batch: Batch) -> float:
+    """Python bytecode instructions per operation of *batch*."""
     count = 0
 
     def trace(frame: FrameType, event: str, arg: object) -> TraceFunction:
@@ -279,11 +291,24 @@ def opcodes_per_op(batch: Batch) -> float:
             frame.f_trace_opcodes = True
         return trace
 
-    sys.settrace(trace)
-    try:
-        operations = batch()
-    finally:
-        sys.settrace(None)
+    operations = _per_op(batch, sys.settrace, trace)
+    return count / operations
+
+
+# The calls that cost a system call each on the hot path.
+_SYSTEM_CALLS = frozenset({os.read, os.write})
+
+
+def system_calls_per_op(batch: Batch) -> float:
+    """Reads and writes (``os.read``, ``os.write``) per operation of *batch*."""
+    count = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal count
+        if event == "c_call" and arg in _SYSTEM_CALLS:
+            count += 1
+
+    operations = _per_op(batch, sys.setprofile, profile)
     return count / operations
 
 
@@ -325,11 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--opcodes",
         action="store_true",
-        help="count Python opcodes per operation instead of timing",
+        help="count Python opcodes and system calls per operation instead of timing",
     )
     args = parser.parse_args(argv)
     if args.opcodes:
-        print(f"{'benchmark':<48} {'opcodes/op':>10}")
+        print(f"{'benchmark':<48} {'opcodes/op':>10} {'syscalls/op':>11}")
     else:
         print(f"{'benchmark':<48} {'ns/op':>9} {'min':>9} {'max':>9}")
 
@@ -337,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         # Inside Trio, as in the server.
         for name, batch in benchmarks(args.scale):
             if args.opcodes:
-                print(f"{name:<48} {opcodes_per_op(batch):10.1f}", flush=True)
+                opcodes, calls = opcodes_per_op(batch), system_calls_per_op(batch)
+                print(f"{name:<48} {opcodes:10.1f} {calls:11.4f}", flush=True)
                 continue
             median, low, high = measure(batch, args.repeats)
             print(f"{name:<48} {median:9.0f} {low:9.0f} {high:9.0f}", flush=True)
