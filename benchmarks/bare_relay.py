@@ -194,6 +194,8 @@ def main() -> None:
         help="helper threads sharing a broadcast's writes (%(default)s)",
     )
     args = parser.parse_args()
+    if args.write_threads < 0:
+        parser.error("--write-threads must not be negative")
     global _threads
     _threads = args.write_threads
     with ThreadPoolExecutor(max(1, _threads)) as pool:

@@ -300,7 +300,9 @@ _SYSTEM_CALLS = frozenset({os.read, os.write})
 
 
 def system_calls_per_op(batch: Batch) -> float:
-    """Reads and writes (``os.read``, ``os.write``) per operation of *batch*."""
+    """Reads and writes (``os.read``, ``os.write``) per operation of *batch*,
+    made in this thread: a hub with write helpers would need their threads
+    counted too (``threading.setprofile``); the benchmarks have none."""
     count = 0
 
     def profile(frame: FrameType, event: str, arg: object) -> None:

@@ -9,8 +9,9 @@ this test; if the extra work is intended, raise the budget and say why in
 the commit. (A change that makes it cheaper should lower the budget.)
 
 Reads and writes cost the most on the hot path, so their number is
-checked too, exactly: a broadcast makes one write per recipient, a run of
-16 talks to one user one write in all. How long C code and the kernel
+checked too, on any Python: no operation may make more than it did (a
+broadcast makes one write per recipient, a run of 16 talks to one user one
+write in all). How long C code and the kernel
 take is not counted: the Go load generator (``benchmarks/loadgen.py
 --baseline``) is the check for that.
 """
@@ -26,9 +27,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import micro
 
-pytestmark = pytest.mark.skipif(
+counted_in_this_bytecode = pytest.mark.skipif(
     sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11),
-    reason="the budgets are counted in CPython 3.11's bytecode",
+    reason="the opcode budgets are counted in CPython 3.11's bytecode",
 )
 
 SCALE = 0.05  # the batch sizes the budgets were counted with
@@ -41,7 +42,7 @@ BUDGETS = {
     "build+encode Delivery": 160.0,
     "name_key, cached": 8.1,
     "name_key, uncached": 19.0,
-    "hub: direct talk to 1 user": 192.3,
+    "hub: direct talk to 1 user": 194.3,
     "hub: broadcast, per recipient of 1000": 109.2,
     "read: split+check, per talk of 16": 8.8,
     "relay: run of 16 to 1 user, per talk": 38.0,
@@ -83,6 +84,7 @@ async def test_the_hot_path_makes_no_more_system_calls_than_it_did(name: str) ->
     )
 
 
+@counted_in_this_bytecode
 @pytest.mark.parametrize("name", sorted(BUDGETS))
 async def test_the_hot_path_stays_within_its_budget(name: str) -> None:
     cost = costs()[name][0]

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from contextlib import ExitStack, contextmanager
 
 import pytest
@@ -219,34 +220,40 @@ async def test_a_broadcast_a_socket_took_part_of_reports_a_congested_outbox() ->
         assert sorted(map(id, congested)) == sorted(id(p.outbox) for p, _ in crowd[1:])
 
 
-def _interrupt_third_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Have this thread's third ``write`` from now on raise KeyboardInterrupt,
-    as Ctrl-C arriving then would."""
-    real_write = _hub._write
-    calls = 0
+class _Broken(Exception):
+    pass
 
-    def interrupted_write(fd: int, data: bytes) -> int:
-        nonlocal calls
+
+def _fail_third_write(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Have this thread's third ``write`` from now on raise an error instead;
+    returns, for each write in this thread, whether Ctrl-C would have waited
+    for the pass to end (Trio's KeyboardInterrupt protection)."""
+    real_write = _hub._write
+    protected: list[bool] = []
+
+    def failing_write(fd: int, data: bytes) -> int:
         if threading.current_thread() is threading.main_thread():
-            calls += 1
-            if calls == 3:
-                raise KeyboardInterrupt
+            protected.append(trio.lowlevel.currently_ki_protected())
+            if len(protected) == 3:
+                raise _Broken
         return real_write(fd, data)
 
-    monkeypatch.setattr(_hub, "_write", interrupted_write)
+    monkeypatch.setattr(_hub, "_write", failing_write)
+    return protected
 
 
 @pytest.mark.parametrize("threads", [0, 1])
-async def test_a_broadcast_interrupted_halfway_leaves_nobody_with_part_of_it(
+async def test_a_broadcast_failing_halfway_leaves_nobody_with_part_of_it(
     threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with _crowd_online(threads) as (hub, crowd):
         sender = crowd[0][0]
-        _interrupt_third_write(monkeypatch)
+        protected = _fail_third_write(monkeypatch)
         text = b"z" * (1 << 20)  # more than an empty socket takes
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(_Broken):
             hub.relay_run(sender, b"*", [b"talk|*|" + text], 0, 1, [])
         monkeypatch.undo()
+        assert protected == [True] * 3
         hub.deliver(sender, Talk("*", "hello"), [])
         hub.flush_due()
         frame = b"talk|user0|*|" + text + b"\n"
@@ -255,20 +262,44 @@ async def test_a_broadcast_interrupted_halfway_leaves_nobody_with_part_of_it(
             assert got == frame + b"talk|user0|*|hello\n"
 
 
-async def test_a_shared_flush_interrupted_halfway_loses_no_block(
+async def test_a_shared_flush_failing_halfway_loses_no_block(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with _crowd_online(1) as (hub, crowd):
         block = b"w" * (1 << 20) + b"\n"  # more than an empty socket takes
         for peer, _ in crowd:
             assert peer.outbox.put(block)
-        _interrupt_third_write(monkeypatch)
-        with pytest.raises(KeyboardInterrupt):
+        protected = _fail_third_write(monkeypatch)
+        with pytest.raises(_Broken):
             hub.flush_due()
         monkeypatch.undo()
+        assert protected == [True] * 3
         for peer, theirs in crowd:
             assert _read_all(theirs) + peer.outbox.drain() == block
             assert (peer.outbox.queued_frames, peer.outbox.queued_bytes) == (0, 0)
+
+
+async def test_ctrl_c_while_waiting_for_the_helpers_waits_for_their_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _crowd_online(1) as (hub, crowd):
+        for peer, _ in crowd:
+            assert peer.outbox.put(b"hello\n")
+        waits = 0
+
+        def interrupted_wait(futures: list[Future[None]]) -> object:
+            nonlocal waits
+            waits += 1
+            if waits == 1:
+                raise KeyboardInterrupt
+            return wait(futures)
+
+        monkeypatch.setattr(_hub, "wait", interrupted_wait)
+        with pytest.raises(KeyboardInterrupt):
+            hub.flush_due()
+        assert waits == 2
+        for peer, theirs in crowd:
+            assert _read_all(theirs) + peer.outbox.drain() == b"hello\n"
 
 
 def _write_raw(outbox: Outbox, data: bytes) -> int:

@@ -41,8 +41,9 @@ def _write(fd: int, data: bytes) -> int:
         return 0
 
 
-# Work that a large flush shares out between threads: called with a start
-# and a step, it does every step-th item from start. It allocates nothing
+# Work that a broadcast or a large flush shares out between threads (see
+# Hub._share): called with a start and a step, it does every step-th item
+# from start. It allocates nothing
 # (but small objects), so that a helper thread does not grow a malloc
 # arena of its own, and it changes no state but its own items' results.
 _Share = Callable[[int, int], None]
@@ -425,8 +426,8 @@ class Hub:
         """Outboxes with frames to flush: whoever adds frames to an outbox
         (``Outbox.put``) calls ``flush_due`` before it next waits."""
         self.write_helpers: _WriteHelpers | None = None
-        """Threads that share the writes of a large flush (see
-        ``_flush_shared``); None: this thread writes alone."""
+        """Threads that share the writes of a broadcast or a large flush
+        (see ``_share``); None: this thread writes alone."""
 
     def flush_due(self) -> None:
         """Send on the frames added since the last flush."""
@@ -457,11 +458,13 @@ class Hub:
             finally:
                 self.write_helpers = None
 
+    @trio.lowlevel.enable_ki_protection
     def _flush_shared(self) -> None:
-        """``flush_due`` for many outboxes (presence for a crowd): the
+        """``flush_due`` for many outboxes (presence for a crowd, say): the
         blocks to write at once are gathered first and written in one go
         (``_share``d with the write helpers), then what was not written is
-        handed on to the writers."""
+        handed on to the writers. Ctrl-C waits until it is done (a write
+        and its accounting must not be parted)."""
         outboxes: list[Outbox] = []
         fds: list[int] = []
         blocks: list[bytes] = []
@@ -484,7 +487,7 @@ class Hub:
         try:
             self._share(partial(_write_each, fds, blocks, written), len(fds))
         finally:
-            # Even if interrupted: a block not written goes to the writer.
+            # Even after an error: a block not written goes to the writer.
             for outbox, block, count, done in zip(
                 outboxes, blocks, frames, written, strict=True
             ):
@@ -613,6 +616,7 @@ class Hub:
         """Everyone online but *sender*: a broadcast's recipients."""
         return [peer for peer in self._peers.values() if peer is not sender]
 
+    @trio.lowlevel.enable_ki_protection
     def _send_each(
         self, peers: list[Peer], data: bytes, frames: int, congested: list[Outbox]
     ) -> None:
@@ -622,7 +626,8 @@ class Hub:
         Most peers of a chat have nothing queued: theirs is written at
         once, in one pass shared with the write helpers, so that the first
         write does not wait for any queueing. The others get it queued,
-        behind what they have, after that pass.
+        behind what they have, after that pass. Ctrl-C waits until it is
+        done (a write and its accounting must not be parted).
         """
         outboxes = [peer.outbox for peer in peers]
         written = [-1] * len(outboxes)
@@ -632,7 +637,7 @@ class Hub:
                 len(outboxes),
             )
         finally:
-            # Even if interrupted, so that nobody is left with part of it.
+            # Even after an error, so that nobody is left with part of it.
             size = len(data)
             for peer, outbox, count in zip(peers, outboxes, written, strict=True):
                 if count == size:
