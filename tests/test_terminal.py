@@ -609,6 +609,9 @@ def test_arguments() -> None:
     assert (args.host, args.port, args.tls) == ("chat.example", 9000, True)
     args = parse("bob", "--ca", "ca.pem", "--ping-interval", "0")
     assert (args.ca, args.ping_interval) == ("ca.pem", 0.0)
+    assert args.server_name is None
+    args = parse("bob", "--host", "192.0.2.7", "--server-name", "chat.example")
+    assert (args.host, args.server_name) == ("192.0.2.7", "chat.example")
 
 
 @pytest.mark.parametrize(
@@ -842,3 +845,42 @@ async def test_main_over_tls(ca: trustme.CA, tmp_path: Path) -> None:
     assert b"CERTIFICATE_VERIFY_FAILED" in wrong.stderr
     assert missing.returncode == EXIT_REFUSED
     assert missing.stderr.startswith(b"trichat: cannot use the CA file")
+
+
+@fail_after(20)
+async def test_main_checks_the_certificate_against_the_server_name(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    # A certificate for a name only, reached by its address.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("chat.trichat.test").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def greet(server: FakeServer) -> None:
+        login = await server.receive()
+        if login is None:  # a client that does not accept the certificate
+            return
+        server.connection.logged_in("alice")
+        await server.send("login|alice", "login|bob")
+        await server.receive_all()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, greet, server_context)
+        named = await connect_process(
+            "alice", "--port", str(port), "--ca", str(ca_file),
+            "--server-name", "chat.trichat.test",
+        )  # fmt: skip
+        by_address = await connect_process(
+            "alice", "--port", str(port), "--ca", str(ca_file)
+        )
+        misnamed = await connect_process(
+            "alice", "--port", str(port), "--ca", str(ca_file),
+            "--server-name", "impostor.trichat.test",
+        )  # fmt: skip
+        nursery.cancel_scope.cancel()
+    assert named.returncode == EXIT_OK
+    assert b"* bob is online" in named.stdout
+    for refused in (by_address, misnamed):
+        assert refused.returncode == EXIT_FAILURE
+        assert b"CERTIFICATE_VERIFY_FAILED" in refused.stderr

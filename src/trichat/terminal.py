@@ -493,6 +493,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " default: the system's trusted CAs)",
     )
     parser.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="the name the server's certificate must carry, when it is not"
+        " --host (an address, say; implies --tls)",
+    )
+    parser.add_argument(
         "--ping-interval",
         type=_interval,
         default=30.0,
@@ -590,7 +596,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 async def _connect_and_chat(args: argparse.Namespace) -> int:
     ssl_context = None
-    if args.tls or args.ca is not None:
+    if args.tls or args.ca is not None or args.server_name is not None:
         try:
             ssl_context = ssl.create_default_context(cafile=args.ca)
         except (OSError, ssl.SSLError) as error:
@@ -600,7 +606,11 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             client = await connect(
-                args.name, args.host, args.port, ssl_context=ssl_context
+                args.name,
+                args.host,
+                args.port,
+                ssl_context=ssl_context,
+                server_hostname=args.server_name,
             )
     except ValueError as invalid:
         return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
