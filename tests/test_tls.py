@@ -205,3 +205,20 @@ async def test_library_client_refuses_an_untrusted_server(
                 ):
                     raise AssertionError("connected to an untrusted server")
             await wait_for_connections(live, 0)
+
+
+async def test_a_tls_client_that_waits_for_the_end_gets_a_clean_one(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    # A strict TLS client (not https_compatible, as Trio's default is)
+    # that reads on after the last error until the server ends the
+    # connection: the end comes with a close_notify, not a bare TCP close
+    # that such a client must take for a truncation attack.
+    with trio.fail_after(10):
+        async with tls_server(server_context) as live:
+            alice = await tls_login(live, client_context, "alice")
+            live.server.shutdown()
+            received = b""
+            while data := await alice.stream.receive_some(65536):
+                received += data
+            assert received.startswith(b"error|shutting-down|")

@@ -60,6 +60,9 @@ _WRITE_SIZE = 4096
 _FRAMES_PER_TURN = 64
 # How long presence frames may wait per user online, up to presence_delay.
 _DELAY_PER_USER = 50e-6
+# How long a TLS connection's close may wait to send its close_notify (a
+# client with room for it takes it at once; one without is closed anyway).
+_CLOSE_NOTIFY_TIMEOUT = 0.1
 # What every client hears when the server stops, connected or connecting.
 _GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
 # accept() errors that mean "out of resources for now", not "listener broken".
@@ -885,7 +888,7 @@ class ChatServer:
             # The slot is free again; what is left is a goodbye.
             await session.say_goodbye()
         finally:
-            await trio.aclose_forcefully(stream)
+            await _close(stream)
 
     def _refusal(self, ip: str) -> Error | None:
         config = self.config
@@ -911,7 +914,17 @@ class ChatServer:
                 pass
             else:
                 await _linger(stream)
-        await trio.aclose_forcefully(stream)
+        await _close(stream)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close *stream* now. Over TLS, send a close_notify first if that takes
+    no more than a moment: a client that reads until the server ends the
+    connection may take a TCP close without one for a truncation attack."""
+    if isinstance(stream, trio.SSLStream):
+        with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
+            await stream.aclose()
+    await trio.aclose_forcefully(stream)  # if not closed already
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
