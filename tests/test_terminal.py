@@ -622,6 +622,8 @@ def test_arguments() -> None:
         ("alice", "--port", "http"),
         ("alice", "--ping-interval", "-1"),
         ("alice", "--ping-interval", "nan"),
+        ("alice", "--server-name", ""),
+        ("alice", "--server-name", ".example.org"),
     ],
 )
 def test_bad_arguments(
@@ -655,7 +657,7 @@ async def serve(
 
 
 async def connect_process(
-    *argv: str, stdin: bytes = b""
+    *argv: str, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     result = await trio.run_process(
         [sys.executable, "-c", CONNECT, *argv],
@@ -663,7 +665,7 @@ async def connect_process(
         capture_stdout=True,
         capture_stderr=True,
         check=False,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
     )
     assert b"Traceback" not in result.stderr
     return result
@@ -878,9 +880,15 @@ async def test_main_checks_the_certificate_against_the_server_name(
             "alice", "--port", str(port), "--ca", str(ca_file),
             "--server-name", "impostor.trichat.test",
         )  # fmt: skip
+        # --server-name alone means TLS, with the default trust store.
+        trusting = await connect_process(
+            "alice", "--port", str(port), "--server-name", "chat.trichat.test",
+            env={"SSL_CERT_FILE": str(ca_file)},
+        )  # fmt: skip
         nursery.cancel_scope.cancel()
-    assert named.returncode == EXIT_OK
-    assert b"* bob is online" in named.stdout
+    for accepted in (named, trusting):
+        assert accepted.returncode == EXIT_OK
+        assert b"* bob is online" in accepted.stdout
     for refused in (by_address, misnamed):
         assert refused.returncode == EXIT_FAILURE
         assert b"CERTIFICATE_VERIFY_FAILED" in refused.stderr

@@ -222,3 +222,16 @@ async def test_a_tls_client_that_waits_for_the_end_gets_a_clean_one(
             while data := await alice.stream.receive_some(65536):
                 received += data
             assert received.startswith(b"error|shutting-down|")
+
+
+async def test_a_tls_client_refused_gets_its_error_and_a_clean_end(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    with trio.fail_after(10):
+        async with tls_server(server_context, max_clients=1) as live:
+            await tls_login(live, client_context, "alice")
+            refused = await tls_client(live, client_context)
+            received = b""
+            while data := await refused.stream.receive_some(65536):
+                received += data
+            assert received.startswith(b"error|server-full|")

@@ -60,9 +60,6 @@ _WRITE_SIZE = 4096
 _FRAMES_PER_TURN = 64
 # How long presence frames may wait per user online, up to presence_delay.
 _DELAY_PER_USER = 50e-6
-# How long a TLS connection's close may wait to send its close_notify (a
-# client with room for it takes it at once; one without is closed anyway).
-_CLOSE_NOTIFY_TIMEOUT = 0.1
 # What every client hears when the server stops, connected or connecting.
 _GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
 # accept() errors that mean "out of resources for now", not "listener broken".
@@ -111,14 +108,15 @@ class ServerConfig:
     stall_timeout: float = attrs.field(default=1.0, validator=_positive)
     """How long a sender waits for a congested recipient that reads nothing."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
-    """How long a closing connection may take to flush and say goodbye."""
+    """How long a closing connection may take to flush and say goodbye (and
+    over TLS as long again to send its close_notify)."""
     max_refusing: int = attrs.field(
         default=100, validator=[attrs.validators.instance_of(int), _positive]
     )
     """Refused connections held at once while their error is delivered (up
-    to close_timeout each); beyond that, one gets its error only if it can
-    be written at once, and is closed without waiting (over TLS, with no
-    error: that would take a handshake)."""
+    to close_timeout each, twice that over TLS); beyond that, one gets its
+    error only if it can be written at once, and is closed without waiting
+    (over TLS, with no error: that would take a handshake)."""
     write_threads: int = attrs.field(
         default=1,
         validator=[
@@ -888,7 +886,7 @@ class ChatServer:
             # The slot is free again; what is left is a goodbye.
             await session.say_goodbye()
         finally:
-            await _close(stream)
+            await _close(stream, self.config.close_timeout)
 
     def _refusal(self, ip: str) -> Error | None:
         config = self.config
@@ -914,17 +912,24 @@ class ChatServer:
                 pass
             else:
                 await _linger(stream)
-        await _close(stream)
+        await _close(stream, self.config.close_timeout)
 
 
-async def _close(stream: trio.abc.Stream) -> None:
-    """Close *stream* now. Over TLS, send a close_notify first if that takes
-    no more than a moment: a client that reads until the server ends the
-    connection may take a TCP close without one for a truncation attack."""
-    if isinstance(stream, trio.SSLStream):
-        with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
-            await stream.aclose()
-    await trio.aclose_forcefully(stream)  # if not closed already
+async def _close(stream: trio.abc.Stream, within: float) -> None:
+    """Close *stream*. Over TLS, first send a close_notify if that can be
+    done *within* seconds (a client that reads until the server ends the
+    connection may take a TCP close without one for a truncation attack);
+    a stream broken already, by a write cut off or a failed handshake, is
+    just closed."""
+    try:
+        if isinstance(stream, trio.SSLStream):
+            with (
+                trio.move_on_after(within),
+                contextlib.suppress(trio.BrokenResourceError),
+            ):
+                await stream.aclose()
+    finally:
+        await trio.aclose_forcefully(stream)  # if not closed already
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

@@ -494,9 +494,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--server-name",
-        metavar="NAME",
-        help="the name the server's certificate must carry, when it is not"
-        " --host (an address, say; implies --tls)",
+        metavar="CERT_NAME",
+        type=_server_name,
+        help="check the server's certificate against CERT_NAME instead of"
+        " --host (when --host is an address the certificate does not carry,"
+        " say); implies --tls",
     )
     parser.add_argument(
         "--ping-interval",
@@ -507,6 +509,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " when another as long passes in silence; 0 turns it off"
         " (default %(default)s)",
     )
+
+
+def _server_name(text: str) -> str:
+    # What ssl accepts as a server_hostname.
+    if not text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"not a server name: {text!r}")
+    return text
 
 
 def _port(text: str) -> int:
