@@ -207,20 +207,27 @@ async def test_library_client_refuses_an_untrusted_server(
             await wait_for_connections(live, 0)
 
 
+async def read_to_a_clean_end(client: LineClient) -> bytes:
+    """Every byte until the server ends the connection, read as a strict TLS
+    client does (not https_compatible, as Trio's default is): an end without
+    a close_notify raises BrokenResourceError, unlike ``read_until_gone``."""
+    received = b""
+    while data := await client.stream.receive_some(65536):
+        received += data
+    return received
+
+
 async def test_a_tls_client_that_waits_for_the_end_gets_a_clean_one(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
-    # A strict TLS client (not https_compatible, as Trio's default is)
-    # that reads on after the last error until the server ends the
-    # connection: the end comes with a close_notify, not a bare TCP close
-    # that such a client must take for a truncation attack.
+    # A client that reads on after the last error until the server ends
+    # the connection: the end comes with a close_notify, not a bare TCP
+    # close that a strict client must take for a truncation attack.
     with trio.fail_after(10):
         async with tls_server(server_context) as live:
             alice = await tls_login(live, client_context, "alice")
             live.server.shutdown()
-            received = b""
-            while data := await alice.stream.receive_some(65536):
-                received += data
+            received = await read_to_a_clean_end(alice)
             assert received.startswith(b"error|shutting-down|")
 
 
@@ -231,7 +238,5 @@ async def test_a_tls_client_refused_gets_its_error_and_a_clean_end(
         async with tls_server(server_context, max_clients=1) as live:
             await tls_login(live, client_context, "alice")
             refused = await tls_client(live, client_context)
-            received = b""
-            while data := await refused.stream.receive_some(65536):
-                received += data
+            received = await read_to_a_clean_end(refused)
             assert received.startswith(b"error|server-full|")
