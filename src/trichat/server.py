@@ -33,6 +33,7 @@ import trio
 
 from ._codec import ProtocolError, Role, encode, plain_talk_run
 from ._hub import Hub, NameTaken, Outbox, Peer
+from ._hub import _write as write_at_once
 from ._shared_reader import SharedReader, available
 from .connection import Connection
 from .messages import (
@@ -859,8 +860,7 @@ class ChatServer:
                 # it fits at once and the connection closed without waiting.
                 log.info("refuse %s at once: %s", address, refusal.code.value)
                 if type(stream) is trio.SocketStream:
-                    with contextlib.suppress(OSError):
-                        os.write(stream.socket.fileno(), encode(refusal))
+                    write_at_once(stream.socket.fileno(), encode(refusal))
                 await trio.aclose_forcefully(stream)
                 return
             log.info("refuse %s: %s", address, refusal.code.value)
