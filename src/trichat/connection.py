@@ -81,11 +81,6 @@ class Connection:
     def max_line(self) -> int:
         return self._lines.max_line
 
-    def take_blank_lines(self) -> int:
-        """How many empty lines were skipped since the last call."""
-        count, self._lines.blank_lines = self._lines.blank_lines, 0
-        return count
-
     def receive_data(self, data: bytes | bytearray) -> None:
         """Take bytes from the peer; ``b""`` means it closed its side."""
         if data:
