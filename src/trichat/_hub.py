@@ -43,9 +43,9 @@ def _write(fd: int, data: bytes) -> int:
 
 # Work that a broadcast or a large flush shares out between threads (see
 # Hub._share): called with a start and a step, it does every step-th item
-# from start. It allocates nothing
-# (but small objects), so that a helper thread does not grow a malloc
-# arena of its own, and it changes no state but its own items' results.
+# from start. It allocates nothing (but small objects), so that a helper
+# thread does not grow a malloc arena of its own, and it changes no state
+# but its own items' results.
 _Share = Callable[[int, int], None]
 
 
