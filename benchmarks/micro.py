@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from trichat import NEED_DATA, Connection, Delivery, Role, Talk, encode, name_key
-from trichat._hub import Hub, Outbox, Peer
+from trichat.server.hub import Hub, Outbox, Peer
 
 TEXT = "1732694400123456789 42 " + "x" * 41  # 64 characters, like trichat bench
 # One benchmark: prepares its state and returns a function that runs a

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from trichat.client import Client
-from trichat.connection import CLOSED, NEED_DATA, Connection, Role
-from trichat.messages import ClientMessage, Exit, Login, Ping, Pong, Talk
+from trichat.protocol.connection import CLOSED, NEED_DATA, Connection, Role
+from trichat.protocol.messages import ClientMessage, Exit, Login, Ping, Pong, Talk
 
 P = ParamSpec("P")
 

@@ -1,6 +1,6 @@
 """Hypothesis strategies for valid trichat names, texts, tokens and messages.
 
-They are written from the protocol's rules, not from ``trichat.messages``, so
+They are written from the protocol's rules, not from ``trichat.protocol.messages``, so
 a test that checks the validators against them checks two readings of the
 rules against each other. Import them as ``from strategies import names``.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from trichat.messages import (
+from trichat.protocol.messages import (
     BROADCAST,
     MAX_NAME,
     MAX_TEXT,

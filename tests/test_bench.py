@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trichat import Connection, Role, Talk, encode
-from trichat.bench import (
+from trichat.bench.runner import (
     DEFAULT_PORT,
     Progress,
     Settings,
@@ -40,7 +40,7 @@ from trichat.bench import (
     talk_prefix,
     usage_summary,
 )
-from trichat.messages import MAX_TEXT, check_text
+from trichat.protocol.messages import MAX_TEXT, check_text
 
 # An end-to-end run takes well under a second; this only stops a hang.
 RUN_TIMEOUT = 20.0

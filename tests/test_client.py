@@ -27,7 +27,7 @@ from trichat.client import (
     connect,
     open_client,
 )
-from trichat.messages import (
+from trichat.protocol.messages import (
     Delivery,
     Error,
     ErrorCode,

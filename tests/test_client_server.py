@@ -11,7 +11,7 @@ import trio
 from helpers import STEP_TIMEOUT, running_server
 
 from trichat.client import Client, LoginRefused, connect, open_client
-from trichat.messages import (
+from trichat.protocol.messages import (
     MAX_NAME,
     MAX_TEXT,
     Delivery,

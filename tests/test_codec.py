@@ -7,8 +7,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import client_messages, server_messages
 
-from trichat._codec import ProtocolError, Role, decode, encode
-from trichat.messages import (
+from trichat.protocol._codec import ProtocolError, Role, decode, encode
+from trichat.protocol.messages import (
     ClientMessage,
     Delivery,
     Error,

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import client_messages, server_messages
 
-from trichat._codec import encode
-from trichat.connection import (
+from trichat.protocol._codec import encode
+from trichat.protocol.connection import (
     CLOSED,
     DEFAULT_MAX_LINE,
     NEED_DATA,
@@ -19,7 +19,7 @@ from trichat.connection import (
     Role,
     State,
 )
-from trichat.messages import (
+from trichat.protocol.messages import (
     ClientMessage,
     Delivery,
     Error,

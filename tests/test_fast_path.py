@@ -16,10 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import texts
 
-from trichat._codec import ProtocolError, Role, decode, plain_talk_run, printable
-from trichat._hub import Hub, Outbox, Peer
-from trichat.connection import Connection
-from trichat.messages import (
+from trichat.protocol._codec import (
+    ProtocolError,
+    Role,
+    decode,
+    plain_talk_run,
+    printable,
+)
+from trichat.protocol.connection import Connection
+from trichat.protocol.messages import (
     MAX_TEXT,
     ClientMessage,
     Error,
@@ -28,6 +33,7 @@ from trichat.messages import (
     Talk,
     check_name,
 )
+from trichat.server.hub import Hub, Outbox, Peer
 
 # Users online in every hub below; "Zoë" is not ASCII, so talk to her always
 # takes the decoder.

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trichat._linebuffer import LineBuffer, LineTooLong
+from trichat.protocol._linebuffer import LineBuffer, LineTooLong
 
 
 def lines_of(buffer: LineBuffer) -> list[bytes]:

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import client_messages, names, server_messages, texts, tokens
 
-from trichat.messages import (
+from trichat.protocol.messages import (
     BROADCAST,
     MAX_NAME,
     MAX_TEXT,

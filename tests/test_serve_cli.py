@@ -13,7 +13,7 @@ import pytest
 import trio
 from helpers import STEP_TIMEOUT, LineClient
 
-from trichat.serve_cli import _config, add_arguments
+from trichat.server.cli import _config, add_arguments
 
 
 class ServeProcess:

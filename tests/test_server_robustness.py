@@ -23,7 +23,8 @@ import trio.testing
 from helpers import running_server
 from trio.testing import MockClock
 
-from trichat.server import ChatServer, ServerConfig, _Session
+from trichat.server import ChatServer, ServerConfig
+from trichat.server.app import _Session
 
 # Virtual seconds: generous, since waiting costs nothing.
 STEP = 600.0

@@ -13,7 +13,7 @@ import trio.testing
 from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
 from trio.testing import MockClock
 
-from trichat._shared_reader import SharedReader, available
+from trichat.server._shared_reader import SharedReader, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs select.epoll")
 

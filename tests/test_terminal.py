@@ -31,17 +31,7 @@ from fakeserver import (
 )
 
 from trichat.client import Client
-from trichat.messages import (
-    ClientMessage,
-    Error,
-    ErrorCode,
-    Exit,
-    Login,
-    Ping,
-    Pong,
-    Talk,
-)
-from trichat.terminal import (
+from trichat.client.terminal import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -52,6 +42,16 @@ from trichat.terminal import (
     describe_error,
     escape,
     run_session,
+)
+from trichat.protocol.messages import (
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    Talk,
 )
 
 NOW = datetime.datetime(2024, 5, 17, 12, 0, 1)
@@ -639,7 +639,7 @@ def test_bad_arguments(
 
 CONNECT = """\
 import argparse, sys
-from trichat import terminal
+from trichat.client import terminal
 parser = argparse.ArgumentParser()
 terminal.add_arguments(parser)
 sys.exit(terminal.main(parser.parse_args(sys.argv[1:])))

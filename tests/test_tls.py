@@ -19,7 +19,7 @@ from helpers import (
 )
 
 from trichat.client import ConnectionLost, open_client
-from trichat.messages import Delivery, Login
+from trichat.protocol.messages import Delivery, Login
 
 HOSTNAME = "chat.trichat.test"
 

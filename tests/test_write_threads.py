@@ -20,10 +20,10 @@ import pytest
 import trio
 from helpers import running_server
 
-from trichat import _hub
-from trichat._hub import _SHARED_FLUSH, Hub, Outbox, Peer
-from trichat.messages import Talk
+from trichat.protocol.messages import Talk
 from trichat.server import ServerConfig
+from trichat.server import hub as _hub
+from trichat.server.hub import _SHARED_FLUSH, Hub, Outbox, Peer
 
 CROWD = _SHARED_FLUSH + 6
 

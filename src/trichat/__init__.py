@@ -1,8 +1,8 @@
 """trichat: a many-user chat server and terminal client on Trio."""
 
-from ._codec import ProtocolError, Role, decode, encode
-from .connection import CLOSED, NEED_DATA, Connection, State
-from .messages import (
+from .protocol._codec import ProtocolError, Role, decode, encode
+from .protocol.connection import CLOSED, NEED_DATA, Connection, State
+from .protocol.messages import (
     BROADCAST,
     ClientMessage,
     Delivery,

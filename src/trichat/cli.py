@@ -10,7 +10,9 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, serve_cli, terminal
+    from .bench import runner as bench
+    from .client import terminal
+    from .server import cli as serve_cli
 
     parser = argparse.ArgumentParser(
         prog="trichat",

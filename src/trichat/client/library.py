@@ -22,7 +22,7 @@ from typing import Final
 
 import trio
 
-from .connection import (
+from ..protocol.connection import (
     CLOSED,
     DEFAULT_MAX_LINE,
     NEED_DATA,
@@ -30,7 +30,7 @@ from .connection import (
     ProtocolError,
     Role,
 )
-from .messages import (
+from ..protocol.messages import (
     BROADCAST,
     MAX_NAME,
     MAX_TEXT,

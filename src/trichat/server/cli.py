@@ -10,8 +10,8 @@ import sys
 
 import trio
 
-from ._process import raise_file_limit
-from .server import ChatServer, ServerConfig
+from .._process import raise_file_limit
+from .app import ChatServer, ServerConfig
 
 log = logging.getLogger("trichat.server")
 

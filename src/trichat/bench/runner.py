@@ -49,11 +49,11 @@ from typing import Any, TextIO
 
 import trio
 
-from . import __version__
-from ._codec import ProtocolError, Role
-from ._process import raise_file_limit, until_interrupted
-from .connection import CLOSED, NEED_DATA, Connection
-from .messages import (
+from .. import __version__
+from .._process import raise_file_limit, until_interrupted
+from ..protocol._codec import ProtocolError, Role
+from ..protocol.connection import CLOSED, NEED_DATA, Connection
+from ..protocol.messages import (
     BROADCAST,
     MAX_NAME,
     MAX_TEXT,

@@ -23,16 +23,8 @@ from typing import Final, TextIO
 
 import trio
 
-from ._process import until_interrupted
-from .client import (
-    DEFAULT_PORT,
-    BadServerFrame,
-    Client,
-    ConnectionLost,
-    LoginRefused,
-    connect,
-)
-from .messages import (
+from .._process import until_interrupted
+from ..protocol.messages import (
     Delivery,
     Error,
     ErrorCode,
@@ -42,6 +34,14 @@ from .messages import (
     Pong,
     ServerMessage,
     name_key,
+)
+from .library import (
+    DEFAULT_PORT,
+    BadServerFrame,
+    Client,
+    ConnectionLost,
+    LoginRefused,
+    connect,
 )
 
 __all__ = [

@@ -19,8 +19,8 @@ from functools import partial
 import attrs
 import trio
 
-from ._codec import delivery_frame, encode
-from .messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
+from ..protocol._codec import delivery_frame, encode
+from ..protocol.messages import BROADCAST, Error, ErrorCode, Exit, Login, Talk, name_key
 
 __all__ = ["Hub", "NameTaken", "Outbox", "Peer"]
 

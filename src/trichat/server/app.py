@@ -31,12 +31,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._codec import ProtocolError, Role, encode, plain_talk_run
-from ._hub import Hub, NameTaken, Outbox, Peer
-from ._hub import _write as write_at_once
-from ._shared_reader import SharedReader, available
-from .connection import Connection
-from .messages import (
+from ..protocol._codec import ProtocolError, Role, encode, plain_talk_run
+from ..protocol.connection import Connection
+from ..protocol.messages import (
     ClientMessage,
     Error,
     ErrorCode,
@@ -47,6 +44,9 @@ from .messages import (
     ServerMessage,
     Talk,
 )
+from ._shared_reader import SharedReader, available
+from .hub import Hub, NameTaken, Outbox, Peer
+from .hub import _write as write_at_once
 
 __all__ = ["ChatServer", "ServerConfig"]
 

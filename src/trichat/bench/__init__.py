@@ -1,0 +1,1 @@
+"""``trichat bench``, the load generator: imported only by that command."""
