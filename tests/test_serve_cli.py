@@ -132,7 +132,6 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
         (["--queue-size", "0"], "queue_size must be positive"),
         (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
         (["--rate", "-1"], "rate must not be negative"),
-        (["--write-threads", "-1"], "write_threads must not be negative"),
         (["--max-refusing", "0"], "max_refusing must be positive"),
     ],
 )

@@ -24,7 +24,7 @@ from helpers import running_server
 from trio.testing import MockClock
 
 from trichat.server import ChatServer, ServerConfig
-from trichat.server.app import _Session
+from trichat.server.session import Session
 
 # Virtual seconds: generous, since waiting costs nothing.
 STEP = 600.0
@@ -160,17 +160,17 @@ def test_config_refuses_a_port_past_65535() -> None:
 
 def fail_after_login(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the first session that logs in fail with a bug right after."""
-    log_in = _Session.log_in
+    log_in = Session._log_in
     failed = False
 
-    def failing_log_in(session: _Session, name: str) -> None:
+    def failing_log_in(session: Session, name: str) -> None:
         nonlocal failed
         log_in(session, name)
         if not failed:
             failed = True
             raise RuntimeError("a bug in the session")
 
-    monkeypatch.setattr(_Session, "log_in", failing_log_in)
+    monkeypatch.setattr(Session, "_log_in", failing_log_in)
 
 
 async def test_a_session_that_fails_goes_offline(
@@ -204,7 +204,7 @@ async def test_a_failed_session_never_writes_to_its_old_descriptor(
         await alice.send("login|alice")
         assert await alice.read_until_closed() == ["login|alice"]
         assert live.server.connections == 0
-        fds = [peer.outbox.fd for peer in live.server.hub]
+        fds = [member.mailbox for member in live.server.hub]
         if not fds:
             return  # alice went offline: no ghost, nothing to write to
         (fd,) = fds
@@ -249,16 +249,16 @@ async def test_ping_is_sent_when_its_deadline_passes(
     # clock that is microseconds; under MockClock, which moves only when
     # every task waits, it is forever (this test caps it at 1000 turns).
     turns = 0
-    check_quiet = _Session.check_quiet
+    check_quiet = Session.check_quiet
 
-    def counted(session: _Session, now: float) -> None:
+    def counted(session: Session, now: float) -> None:
         nonlocal turns
         turns += 1
         if turns > 1000:
             raise RuntimeError("read_loop spins")
         check_quiet(session, now)
 
-    monkeypatch.setattr(_Session, "check_quiet", counted)
+    monkeypatch.setattr(Session, "check_quiet", counted)
     async with memory_server(ping_interval=0.1, ping_timeout=10) as live:
         await trio.sleep(0.7)
         alice = live.connect()
@@ -272,14 +272,14 @@ async def test_ping_is_sent_when_its_deadline_passes(
 async def test_a_login_burst_does_not_drop_a_user_who_reads(
     autojump_clock: MockClock,
 ) -> None:
-    # With presence batching (serve() runs _flush_presence), presence
-    # frames wait in pending until the batch timer or until _LAZY_FRAMES
+    # With presence batching (serve() runs _send_presence), presence
+    # frames wait in the mailbox until the batch timer or until _HELD_FRAMES
     # (256) pile up; they count against queue_size all the while, and no
     # amount of reading drains them. With queue_size under 256, a burst of
     # queue_size logins inside one batch window kicks every user online as
     # "too slow", however fast they read.
     async with memory_server(queue_size=8, presence_delay=0.1, rate=0) as live:
-        live.nursery.start_soon(live.server._flush_presence)
+        live.nursery.start_soon(live.server._send_presence)
         alice = live.connect()
         await alice.login("alice")
         for n in range(10):

@@ -14,6 +14,7 @@ from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
 from trio.testing import MockClock
 
 from trichat.server._shared_reader import SharedReader, available
+from trichat.server.transport import PlainSocket
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs select.epoll")
 
@@ -377,12 +378,12 @@ async def test_a_sender_is_held_back_after_a_read_at_the_deadline(
         await alice.expect("login|bob")
         await trio.testing.wait_all_tasks_blocked()
         (bob_session,) = [
-            session
-            for session in live.server._sessions
-            if session.peer is not None and session.peer.name == "bob"
+            connection
+            for connection in live.server._connections
+            if connection.session.name == "bob"
         ]
-        assert bob_session.fd is not None
-        fill_socket(bob_session.fd)  # nothing more reaches bob for now
+        assert isinstance(bob_session.transport, PlainSocket)
+        fill_socket(bob_session.transport.fd)  # nothing more reaches bob for now
         write_now(alice, b"talk|bob|1\ntalk|bob|2\ntalk|bob|3\n")
         mock_clock.jump(10)  # alice's ping deadline: read_what_came reads
         await trio.testing.wait_all_tasks_blocked()

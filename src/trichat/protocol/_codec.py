@@ -31,10 +31,12 @@ __all__ = [
     "ProtocolError",
     "Role",
     "decode",
-    "delivery_frame",
+    "delivery_block",
+    "delivery_head",
     "encode",
     "plain_talk_run",
     "printable",
+    "talk_texts",
 ]
 
 # Control characters other than TAB and LF: with non-ASCII bytes, what
@@ -72,13 +74,27 @@ def encode(message: Message) -> bytes:
     return ("|".join((message.kind, *message.fields())) + "\n").encode()
 
 
-def delivery_frame(sender: str, to: str, text: str) -> bytes:
-    """``encode(Delivery(sender, to, text))`` for fields already validated.
+def delivery_head(sender: str, to: str) -> bytes:
+    """What every delivery from *sender* to *to* starts with: ``talk|FROM|TO|``."""
+    return f"talk|{sender}|{to}|".encode()
 
-    The server's hot path: the talk it relays was validated when decoded,
-    so checking its fields a second time would only cost time.
+
+def delivery_block(head: bytes, texts: Sequence[bytes]) -> bytes:
+    """The delivery frames of *texts* (UTF-8, already valid), one after
+    another, each starting with *head* (``delivery_head``'s).
+
+    The server's hot path: the talk it relays was validated when it was
+    read, so checking its fields a second time would only cost time, and
+    one join builds the frames of a whole read.
     """
-    return f"talk|{sender}|{to}|{text}\n".encode()
+    return head + (b"\n" + head).join(texts) + b"\n"
+
+
+def talk_texts(lines: Sequence[bytes], start: int, end: int, to: bytes) -> list[bytes]:
+    """The texts of ``lines[start:end]``, a run of ``talk|TO|TEXT`` frames
+    that ``plain_talk_run`` found (its target is *to*)."""
+    size = len(to) + 6  # talk|TO|
+    return [line[size:] for line in lines[start:end]]
 
 
 def printable(data: bytes) -> bool:

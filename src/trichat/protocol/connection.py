@@ -12,10 +12,12 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from ._codec import ProtocolError, Role, decode, encode, printable
+from ._codec import ProtocolError, Role, decode, encode
 from ._linebuffer import LineBuffer, LineTooLong
 from .messages import (
     ClientMessage,
+    Delivery,
+    Error,
     ErrorCode,
     Exit,
     Login,
@@ -33,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "Role",
     "State",
+    "decode_client_line",
 ]
 
 DEFAULT_MAX_LINE: Final = 4096
@@ -67,7 +70,7 @@ class Connection:
     ProtocolError with ``too-long`` and the connection is closed.
     """
 
-    __slots__ = ("_eof", "_lines", "_too_long_error", "name", "our_role", "state")
+    __slots__ = ("_eof", "_lines", "name", "our_role", "state")
 
     def __init__(self, our_role: Role, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.our_role = our_role
@@ -75,7 +78,6 @@ class Connection:
         self.name: str | None = None
         self._lines = LineBuffer(max_line)
         self._eof = False
-        self._too_long_error: ProtocolError | None = None
 
     @property
     def max_line(self) -> int:
@@ -113,73 +115,19 @@ class Connection:
                 return NEED_DATA
             if line:
                 break
-        return self.decode_line(line)
+        return self._decode_line(line)
 
-    def take_lines(self, data: bytes) -> tuple[list[bytes], bool, ProtocolError | None]:
-        """The batch form of ``receive_data`` and ``next_event``: take
-        *data* (not ``b""``) and return every whole line buffered, to be
-        read with ``decode_line``, but for runs of empty lines: each comes
-        as one entry of as many LFs (see ``LineBuffer.take_lines``).
-
-        The second item says whether every line is ``printable`` (False
-        says nothing). The third is the ``too-long`` error when a line broke
-        the limit: the lines returned are those before it, to be handled
-        (in the login state they find) before the connection is closed;
-        from then on every call returns no lines and the error again.
-        """
-        if self._too_long_error is not None:
-            return [], False, self._too_long_error
-        continued = len(self._lines) > 0  # the first line began earlier
-        lines, too_long = self._lines.take_lines(data)
-        plain = printable(data) and not (
-            continued and lines and not printable(lines[0])
-        )
-        if too_long:
-            self._too_long_error = self._too_long()
-        return lines, plain, self._too_long_error
-
-    def decode_line(self, line: bytes) -> ClientMessage | ServerMessage:
-        """The message in one non-empty *line* (no LF; a CR before it is
-        dropped), checked against the login state like ``next_event``'s."""
+    def _decode_line(self, line: bytes) -> ClientMessage | ServerMessage:
+        if self.our_role is Role.SERVER:
+            return decode_client_line(line, self.name)
         if line[-1:] == b"\r":
             line = line[:-1]
-        try:
-            message = decode(line, self.our_role)
-        except ProtocolError as error:
-            if error.code is ErrorCode.BAD_NAME and self.state is State.CHATTING:
-                # A second login is refused as such, whatever name it asks for.
-                raise self._already_logged_in() from None
-            raise
-        if self.our_role is Role.SERVER:
-            self._check_client_frame(message)
-        return message
-
-    def _already_logged_in(self) -> ProtocolError:
-        return ProtocolError(
-            ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.name}"
-        )
+        return decode(line, self.our_role)
 
     def _too_long(self) -> ProtocolError:
         return ProtocolError(
             ErrorCode.TOO_LONG, f"a frame is at most {self.max_line} bytes"
         )
-
-    def _check_client_frame(self, message: ClientMessage | ServerMessage) -> None:
-        if self.state is State.LOGGING_IN:
-            if isinstance(message, Talk) or (
-                isinstance(message, Exit) and message.name is not None
-            ):
-                raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
-        elif isinstance(message, Login):
-            raise self._already_logged_in()
-        elif (
-            isinstance(message, Exit)
-            and message.name is not None
-            and name_key(message.name) != name_key(self.name or "")
-        ):
-            raise ProtocolError(
-                ErrorCode.BAD_FRAME, f"exit names another user: {message.name}"
-            )
 
     def logged_in(self, name: str) -> None:
         """Record that the server accepted this client's login as *name*."""
@@ -191,3 +139,42 @@ class Connection:
     def send(self, message: Message) -> bytes:
         """The bytes that carry *message* to the peer."""
         return encode(message)
+
+
+def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
+    """The message a server reads in one non-empty *line* from a client
+    (no LF; a CR before it is dropped), logged in as *logged_in_as* (None:
+    not yet), checked against the login rules: a ``talk`` or an
+    ``exit|NAME`` before ``login``, a second ``login`` (whatever name it
+    asks for) and an ``exit`` naming someone else raise ProtocolError with
+    the protocol's code. ``Connection`` and the server both read this way.
+    """
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    try:
+        message = decode(line, Role.SERVER)
+    except ProtocolError as error:
+        if error.code is ErrorCode.BAD_NAME and logged_in_as is not None:
+            raise _already_logged_in(logged_in_as) from None
+        raise
+    assert not isinstance(message, Delivery | Error)  # decoded as a server
+    if logged_in_as is None:
+        if isinstance(message, Talk) or (
+            isinstance(message, Exit) and message.name is not None
+        ):
+            raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
+    elif isinstance(message, Login):
+        raise _already_logged_in(logged_in_as)
+    elif (
+        isinstance(message, Exit)
+        and message.name is not None
+        and name_key(message.name) != name_key(logged_in_as)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"exit names another user: {message.name}"
+        )
+    return message
+
+
+def _already_logged_in(name: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {name}")

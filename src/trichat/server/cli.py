@@ -124,13 +124,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(%(default)s)",
     )
     limits.add_argument(
-        "--write-threads",
-        type=int,
-        default=d.write_threads,
-        help="threads that share the writes of a broadcast to many users with "
-        "the server's own; 0: none (%(default)s)",
-    )
-    limits.add_argument(
         "--no-shared-reader",
         dest="shared_reader",
         action="store_false",
@@ -171,7 +164,6 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         stall_timeout=args.stall_timeout,
         presence_delay=args.presence_delay,
         max_refusing=args.max_refusing,
-        write_threads=args.write_threads,
         shared_reader=args.shared_reader,
         ssl_context=context,
     )

@@ -1,0 +1,308 @@
+"""A user's mailbox: the bounded queue between the hub and a writer task.
+
+The hub puts encoded frames into a ``Mailbox``; the connection's writer
+task (``write_loop``) takes them out and alone writes them to the socket.
+Between the two is a bounded Trio memory channel. An item is a batch: one
+read's worth of deliveries to one user is one ``send_nowait``, and the
+writer takes everything that piled up while it was writing in one go, so a
+busy user costs one system call per wake-up of their writer.
+
+``put`` never waits. The mailbox is bounded in frames and in bytes (the
+server's ``--queue-size`` and ``--queue-bytes``) and the channel in
+batches; a frame that does not fit, or a ``send_nowait`` that raises
+``WouldBlock``, is refused, and the hub takes that user offline as too
+slow. Every frame gets a sequence number, and the mailbox can keep the
+last frames its writer wrote (``keep``), so that what followed frame *n*
+can be sent again (session resume will need it).
+
+A mailbox more than half full is *congested*: senders to it wait (see
+``make_room``) while its writer makes progress, so a burst does not get a
+client that keeps reading dropped. One whose writer makes no progress for
+a while is *stalled*: nobody waits for it any more, it fills up and its
+user is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+import trio
+
+__all__ = ["Batch", "Mailbox", "write_loop"]
+
+# Presence frames held back (``hold``) are sent at once when this many pile up.
+_HELD_FRAMES = 256
+
+
+class Batch(NamedTuple):
+    """Frames that travel together: *frames* LF-terminated frames in *data*,
+    numbered from *first*."""
+
+    first: int
+    data: bytes
+    frames: int
+
+
+class Mailbox:
+    """One user's outgoing frames, bounded in frames and bytes; see the module."""
+
+    __slots__ = (
+        "_held",
+        "_held_frames",
+        "_inbox",
+        "_kept",
+        "_kept_frames",
+        "_outbox",
+        "_progress",
+        "closed",
+        "final",
+        "keep",
+        "last_written",
+        "max_bytes",
+        "max_frames",
+        "next_seq",
+        "queued_bytes",
+        "queued_frames",
+        "stalled",
+    )
+
+    def __init__(self, max_frames: int, max_bytes: int, *, keep: int = 0) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        # Every batch holds a frame at least, so the frame limit is reached
+        # first; the channel's own bound is a backstop.
+        self._outbox, self._inbox = trio.open_memory_channel[Batch](max_frames)
+        self.queued_frames = 0  # held, in the channel, or being written
+        self.queued_bytes = 0
+        self.next_seq = 1
+        """The sequence number the next frame put will get."""
+        self._held: list[bytes] = []
+        self._held_frames = 0
+        self.keep = keep
+        """How many written frames to keep for ``written_since``."""
+        self._kept: deque[Batch] = deque()
+        self._kept_frames = 0
+        self.last_written = 0
+        """The sequence number of the last frame the writer wrote."""
+        self.stalled = False
+        self.closed = False
+        self.final = b""
+        """Written after everything queued, whatever the limits: a closing
+        error."""
+        self._progress: trio.Event | None = None
+
+    # -- for senders -----------------------------------------------------------
+
+    def fits(self, size: int, frames: int) -> bool:
+        return (
+            self.queued_frames + frames <= self.max_frames
+            and self.queued_bytes + size <= self.max_bytes
+        )
+
+    @property
+    def room(self) -> tuple[int, int]:
+        """How much a sender may add before it should wait, in frames and in
+        bytes: a frame fits while less than that has been added (so the
+        frame that makes the mailbox congested still does)."""
+        if self.stalled:
+            # Nobody waits for it any more: until it is full.
+            return (
+                self.max_frames - self.queued_frames,
+                self.max_bytes - self.queued_bytes,
+            )
+        return (
+            self.max_frames // 2 + 1 - self.queued_frames,
+            self.max_bytes // 2 + 1 - self.queued_bytes,
+        )
+
+    def put(self, data: bytes, frames: int = 1, *, force: bool = False) -> bool:
+        """Send *data*, one frame or a block of *frames* frames, to the writer.
+
+        False when it does not fit (the user is too slow) or the mailbox is
+        closed. With *force* the size limits do not apply: for the server's
+        own frames that must get through (a newcomer's roster, which can
+        be large).
+        """
+        if self.closed or not (force or self.fits(len(data), frames)):
+            return False
+        if self._held:
+            # Held presence goes first: a user sees events in order.
+            held, count = self._take_held()
+            data = held + data
+            frames += count
+        return self._send(data, frames)
+
+    def hold(self, frame: bytes) -> bool:
+        """Add a presence frame that may wait for ``release``, so that the
+        logins and exits of a busy moment reach the user in one write; False
+        when it does not fit. Held frames count against the limits but
+        cannot drain: once _HELD_FRAMES (or half the queue) are held they go
+        at once."""
+        if self.closed or not self.fits(len(frame), 1):
+            return False
+        self._held.append(frame)
+        self._held_frames += 1
+        self.queued_frames += 1
+        self.queued_bytes += len(frame)
+        if self._held_frames < min(_HELD_FRAMES, self.max_frames // 2):
+            return True
+        return self.release()
+
+    def release(self) -> bool:
+        """Send the held frames on; False if the mailbox cannot take them."""
+        if not self._held:
+            return True
+        return self._send(*self._take_held())
+
+    def _take_held(self) -> tuple[bytes, int]:
+        data = b"".join(self._held)
+        frames = self._held_frames
+        self._held.clear()
+        self._held_frames = 0
+        # Counted again as they are sent.
+        self.queued_frames -= frames
+        self.queued_bytes -= len(data)
+        return data, frames
+
+    def _send(self, data: bytes, frames: int) -> bool:
+        try:
+            self._outbox.send_nowait(Batch(self.next_seq, data, frames))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.next_seq += frames
+        self.queued_frames += frames
+        self.queued_bytes += len(data)
+        return True
+
+    @property
+    def congested(self) -> bool:
+        return not self.stalled and (
+            self.queued_frames * 2 > self.max_frames
+            or self.queued_bytes * 2 > self.max_bytes
+        )
+
+    async def make_room(self, stall_timeout: float) -> None:
+        """Wait until the mailbox is at most half full, as long as its writer
+        keeps writing: after *stall_timeout* without progress, mark it
+        stalled and return."""
+        while self.congested:
+            if self._progress is None:
+                self._progress = trio.Event()
+            with trio.move_on_after(stall_timeout) as waited:
+                await self._progress.wait()
+            if waited.cancelled_caught:
+                self.stalled = True
+
+    def close(self, final: bytes = b"") -> None:
+        """Take no more frames; the writer writes what is queued, then *final*."""
+        self.release()
+        self.closed = True
+        self.final = final
+        self._outbox.close()
+        # Wake whoever waits for room, and let nobody wait for it again.
+        self._progressed()
+        self.stalled = True
+
+    # -- for the writer --------------------------------------------------------
+
+    async def next_batch(self) -> Batch | None:
+        """Wait for frames and take all that are queued, as one batch; None
+        once the mailbox is closed and empty."""
+        inbox = self._inbox
+        try:
+            batch = inbox.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                batch = await inbox.receive()
+            except trio.EndOfChannel:
+                return None
+        except trio.EndOfChannel:
+            return None
+        more: list[Batch] = []
+        while True:
+            try:
+                more.append(inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if not more:
+            return batch
+        data = [batch.data]
+        frames = batch.frames
+        for later in more:
+            data.append(later.data)
+            frames += later.frames
+        return Batch(batch.first, b"".join(data), frames)
+
+    def sent(self, count: int) -> None:
+        """The writer wrote *count* more bytes."""
+        self.queued_bytes -= count
+        self._progressed()
+
+    def written(self, batch: Batch) -> None:
+        """The writer wrote all of *batch*."""
+        self.queued_frames -= batch.frames
+        self.last_written = batch.first + batch.frames - 1
+        if self.keep:
+            self._kept.append(batch)
+            self._kept_frames += batch.frames
+            while self._kept_frames - self._kept[0].frames >= self.keep:
+                self._kept_frames -= self._kept.popleft().frames
+
+    def written_since(self, seq: int) -> bytes | None:
+        """The frames written after frame *seq*, as they were written, or
+        None if some of them are no longer kept."""
+        if seq >= self.last_written:
+            return b""
+        kept = self._kept
+        if not kept or kept[0].first > seq + 1:
+            return None
+        data: list[bytes] = []
+        for batch in kept:
+            last = batch.first + batch.frames - 1
+            if last <= seq:
+                continue
+            if batch.first > seq:
+                data.append(batch.data)
+                continue
+            lines = batch.data.split(b"\n")[:-1]
+            if len(lines) != batch.frames:
+                return None  # a block counted as one frame (a roster)
+            skip = seq + 1 - batch.first
+            data.append(b"".join(line + b"\n" for line in lines[skip:]))
+        return b"".join(data)
+
+    def drain(self) -> bytes:
+        """Everything queued, taken at once as a writer would; for code that
+        has no writer task, such as micro-benchmarks."""
+        data: list[bytes] = []
+        while True:
+            try:
+                batch = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            data.append(batch.data)
+            self.sent(len(batch.data))
+            self.written(batch)
+        return b"".join(data)
+
+    def _progressed(self) -> None:
+        self.stalled = False
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+
+async def write_loop(
+    mailbox: Mailbox, send: Callable[[bytes, Callable[[int], None]], Awaitable[None]]
+) -> None:
+    """The writer task: write each batch from *mailbox* with *send*, which
+    reports each piece it writes, until the mailbox is closed and empty;
+    then the mailbox's final frame. Nothing else writes to the connection."""
+    sent = mailbox.sent
+    while (batch := await mailbox.next_batch()) is not None:
+        await send(batch.data, sent)
+        mailbox.written(batch)
+    if mailbox.final:
+        await send(mailbox.final, lambda _: None)

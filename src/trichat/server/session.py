@@ -1,0 +1,424 @@
+"""One client's session rules, with no I/O and no waiting.
+
+A ``Session`` decides everything about what a client sends: the login
+state, flood control, the line limit, liveness (login and ping deadlines)
+and what each frame does. It is fed what a read brought (``received``) and
+handles it a step at a time (``handle_ready``), routing talk through the
+hub and putting replies in the client's own mailbox. It never waits: it
+says when it has to (``congested``: recipients to let drain first;
+``read``: lines left for later) and its caller, the connection's task or
+the shared reader, does the waiting. Both call the same step, so the two
+paths cannot drift. Times come in as *now* (Trio's clock, in seconds).
+
+Most lines are talk that goes on as it came, a run at a time: a read of
+printable ASCII whose lines are ``talk`` frames to one online user (their
+name exactly as they wrote it) or to ``*`` is routed without decoding each
+frame (``plain_talk_run``). Any other line is decoded in full, alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from itertools import count
+
+from ..protocol._codec import (
+    ProtocolError,
+    encode,
+    plain_talk_run,
+    printable,
+    talk_texts,
+)
+from ..protocol._linebuffer import LineBuffer
+from ..protocol.connection import decode_client_line
+from ..protocol.messages import (
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Exit,
+    Login,
+    Ping,
+    Pong,
+    Talk,
+)
+from .config import ServerConfig
+from .hub import Envelope, Hub, Member, NameTaken
+from .mailbox import Mailbox
+
+__all__ = ["Session", "SessionEnded", "TokenBucket"]
+
+log = logging.getLogger("trichat.server")
+
+
+class SessionEnded(Exception):
+    """The session is over: close with *error* (if any), and log *reason*."""
+
+    def __init__(self, reason: str, error: Error | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class TokenBucket:
+    """Allows *rate* frames a second on average, *burst* at once."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        return self.take_up_to(1, now) == 1
+
+    def take_up_to(self, count: int, now: float) -> int:
+        """Take up to *count* frames' worth; returns how many were allowed."""
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        allowed = min(count, int(tokens))
+        self.tokens = tokens - allowed
+        return allowed
+
+    def give_back(self, count: int) -> None:
+        """Return *count* frames' worth taken but not used."""
+        self.tokens = min(self.burst, self.tokens + count)
+
+
+class Read:
+    """The lines of one read, and how far handling them has got."""
+
+    __slots__ = ("decode_until", "lines", "next", "plain", "too_long")
+
+    def __init__(
+        self, lines: list[bytes], plain: bool, too_long: ProtocolError | None
+    ) -> None:
+        self.lines = lines
+        """Whole lines without LF; a run of empty lines is one entry of as
+        many LFs (see ``LineBuffer.take_lines``)."""
+        self.plain = plain
+        """Every line is ``printable``: runs of talk may be routed as they are."""
+        self.too_long = too_long
+        """The error to close with once the lines are handled, if any."""
+        self.next = 0
+        self.decode_until = 0
+        """Lines before this one are decoded even if ``plain``."""
+
+
+class Session:
+    """The rules of one client's session; see the module."""
+
+    __slots__ = (
+        "_lines",
+        "_pings",
+        "_too_long",
+        "address",
+        "bucket",
+        "config",
+        "congested",
+        "deadline_moved",
+        "flood_since",
+        "hub",
+        "kick",
+        "last_heard",
+        "last_refused",
+        "login_deadline",
+        "mailbox",
+        "member",
+        "ping_deadline",
+        "ping_token",
+        "read",
+        "stopped",
+    )
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        hub: Hub,
+        mailbox: Mailbox,
+        kick: Callable[[str], None],
+        address: str,
+        now: float,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.mailbox = mailbox
+        self.kick = kick
+        """Drop the client at once (too slow, say), giving the reason."""
+        self.address = address
+        self._lines = LineBuffer(config.max_line)
+        self._too_long: ProtocolError | None = None
+        self.member: Member | None = None
+        """This user, once logged in."""
+        self.bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
+        self.flood_since: float | None = None
+        self.last_refused = -math.inf
+        self.last_heard = now
+        self.login_deadline = now + config.login_timeout
+        self.ping_token: str | None = None
+        self.ping_deadline = math.inf
+        self._pings = count(1)
+        self.deadline_moved = False
+        """``wake_at`` moved otherwise than by time passing (a login, an
+        answered ping): the caller should look at it again and clear this."""
+        self.read: Read | None = None
+        """A read not handled to its end yet."""
+        self.congested: list[Mailbox] = []
+        """Mailboxes this session filled past half: let them drain before
+        handling more."""
+        self.stopped = False
+        """Kicked or closing: handle no more frames."""
+
+    # -- reading -----------------------------------------------------------------
+
+    def received(self, data: bytes, now: float) -> None:
+        """Take what one read brought (``b""``: the client closed its side,
+        which ends the session); its lines are handled by ``handle_ready``."""
+        if not data:
+            raise SessionEnded("closed")
+        self.last_heard = now
+        if self.ping_token is not None:
+            # Answered: the next deadline is a ping interval away.
+            self.ping_token = None
+            self.deadline_moved = True
+        self.read = self._take_lines(data)
+
+    def _take_lines(self, data: bytes) -> Read:
+        if self._too_long is not None:
+            return Read([], False, self._too_long)
+        continued = len(self._lines) > 0  # the first line began earlier
+        lines, too_long = self._lines.take_lines(data)
+        plain = printable(data) and not (
+            continued and lines and not printable(lines[0])
+        )
+        if too_long:
+            self._too_long = ProtocolError(
+                ErrorCode.TOO_LONG, f"a frame is at most {self.config.max_line} bytes"
+            )
+        return Read(lines, plain, self._too_long)
+
+    def handle_ready(self, most: int, now: float) -> int:
+        """Handle the current read's lines until they are done, *most* are
+        handled, the session stops, or a recipient is congested; returns how
+        many were handled. Once the read is done ``read`` is None (and a
+        line too long ends the session)."""
+        read = self.read
+        assert read is not None
+        handled = 0
+        lines = read.lines
+        while read.next < len(lines):
+            if handled >= most or self.stopped or self.congested:
+                return handled
+            handled += self._handle_lines(read, most - handled, now)
+        self.read = None
+        if read.too_long is not None:
+            raise SessionEnded(read.too_long.code.value, read.too_long.reply)
+        return handled
+
+    def _handle_lines(self, read: Read, most: int, now: float) -> int:
+        """Handle at least one and at most *most* lines of *read* from
+        ``read.next`` on, and move ``read.next`` past them; returns how many."""
+        lines, start = read.lines, read.next
+        if lines[start][:1] == b"\n":
+            # A run of empty lines, as many as its LFs. They mean nothing,
+            # but a flood of them is a flood.
+            read.next = start + 1
+            self._charge_blank_lines(len(lines[start]), now)
+            return 1
+        member = self.member
+        if read.plain and member is not None and start >= read.decode_until:
+            relayed = self._route_run(member, read, most, now)
+            if relayed:
+                read.next = start + relayed
+                return relayed
+        read.next = start + 1
+        self._handle_line(lines[start], now)
+        return 1
+
+    def _route_run(self, member: Member, read: Read, most: int, now: float) -> int:
+        """Route the run of talk to one target from ``read.next`` on, as it
+        came, as far as the flood limit and the recipients' room allow;
+        returns how many lines went (0: decode the next line instead)."""
+        lines, start = read.lines, read.next
+        stop = min(len(lines), start + most)
+        bucket = self.bucket
+        if bucket is not None:
+            stop = start + bucket.take_up_to(stop - start, now)
+        relayed = 0
+        if stop > start:
+            end, target = plain_talk_run(lines, start, stop)
+            to = target.decode()
+            if end == start:
+                pass
+            elif not self.hub.online_as_written(to):
+                # Not a target the hub takes as written: decode the run's
+                # lines, without looking for a run again.
+                read.decode_until = end
+            else:
+                texts = talk_texts(lines, start, end, target)
+                routed = self.hub.route(
+                    member, Envelope(member.name, to, texts), self.congested
+                )
+                relayed = routed.taken
+                if routed.refused is not None:
+                    refusal = Error(ErrorCode(routed.refused.value), routed.recipient)
+                    for _ in range(relayed):
+                        self.reply(refusal)
+        if bucket is not None:
+            bucket.give_back(stop - start - relayed)
+            if relayed:
+                self._forgive_flood(now)
+        return relayed
+
+    def _handle_line(self, line: bytes, now: float) -> None:
+        """Decode and handle one non-empty line (which may end in CR)."""
+        event: ClientMessage | ProtocolError
+        try:
+            event = decode_client_line(line, self.name)
+        except ProtocolError as error:
+            event = error
+        # Every frame counts against the rate, a faulty one too; only
+        # leaving is always allowed.
+        if self.bucket is None or type(event) is Exit or self._within_rate(now):
+            if isinstance(event, ProtocolError):
+                self.reply(event.reply)
+            else:
+                self.handle(event)
+
+    def handle(self, message: ClientMessage) -> None:
+        """Do what one decoded frame from the client asks."""
+        match message:
+            case Talk(to=to, text=text):
+                assert self.member is not None
+                sender = self.member
+                routed = self.hub.route(
+                    sender, Envelope(sender.name, to, [text.encode()]), self.congested
+                )
+                if routed.refused is not None:
+                    code = ErrorCode(routed.refused.value)
+                    self.reply(Error(code, routed.recipient))
+            case Login(name=name):
+                self._log_in(name)
+            case Exit():
+                raise SessionEnded("exit")
+            case Ping(token=token):
+                self.reply(Pong(token))
+            case Pong():
+                pass  # any frame at all proves the client alive
+
+    @property
+    def name(self) -> str | None:
+        return None if self.member is None else self.member.name
+
+    def _log_in(self, name: str) -> None:
+        member = Member(name, self.mailbox, self.kick)
+        try:
+            self.hub.join(member)
+        except NameTaken:
+            self.reply(Error(ErrorCode.NAME_TAKEN, f"{name} is already online"))
+            return
+        self.member = member
+        self.login_deadline = math.inf
+        # The ping interval may be shorter than what was left of it.
+        self.deadline_moved = True
+        log.info("login %s %s", self.address, name)
+
+    def reply(self, message: Error | Pong | Ping) -> None:
+        """Put a frame of the server's own in this client's mailbox."""
+        mailbox = self.mailbox
+        if not mailbox.put(encode(message)):
+            self.kick("too slow: outgoing queue full")
+        elif mailbox.congested:
+            # Replies are held to the same rule as deliveries: a client that
+            # reads its replies is not dropped for asking many questions.
+            self.congested.append(mailbox)
+
+    # -- flood control -----------------------------------------------------------
+
+    def _within_rate(self, now: float) -> bool:
+        """Charge one frame to the token bucket; False if it is refused."""
+        assert self.bucket is not None
+        if self.bucket.take(now):
+            self._forgive_flood(now)
+            return True
+        self._refused(now)
+        self.reply(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"over {self.config.rate:g} frames/s; frame dropped",
+            )
+        )
+        return False
+
+    def _charge_blank_lines(self, count: int, now: float) -> None:
+        if self.bucket is None:
+            return
+        if self.bucket.take_up_to(count, now) < count:
+            self._refused(now)
+        else:
+            self._forgive_flood(now)
+
+    def _forgive_flood(self, now: float) -> None:
+        """A frame within the rate a second after the last refusal ends a flood."""
+        if self.flood_since is not None and now - self.last_refused > 1.0:
+            self.flood_since = None
+
+    def _refused(self, now: float) -> None:
+        """Note a frame over the rate; end a session flooding past the grace."""
+        self.last_refused = now
+        if self.flood_since is None:
+            self.flood_since = now
+        elif now - self.flood_since >= self.config.flood_grace:
+            raise SessionEnded(
+                "flooding",
+                Error(
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self.config.rate:g} frames/s for "
+                    f"{self.config.flood_grace:g} s; closing",
+                ),
+            )
+
+    # -- liveness ----------------------------------------------------------------
+
+    def wake_at(self) -> float:
+        """When ``check_quiet`` has something to do if nothing comes first."""
+        if self.member is None:
+            return self.login_deadline
+        if self.ping_token is not None:
+            return self.ping_deadline
+        if self.config.ping_interval:
+            return self.last_heard + self.config.ping_interval
+        return math.inf
+
+    def check_quiet(self, now: float) -> None:
+        """Enforce the login timeout and liveness once a deadline passed."""
+        config = self.config
+        if self.member is None:
+            if now >= self.login_deadline:
+                raise SessionEnded(
+                    "login timeout",
+                    Error(
+                        ErrorCode.LOGIN_TIMEOUT,
+                        f"no login within {config.login_timeout:g} s",
+                    ),
+                )
+        elif self.ping_token is not None:
+            if now >= self.ping_deadline:
+                raise SessionEnded("ping timeout")
+        elif config.ping_interval and now >= self.last_heard + config.ping_interval:
+            if self.read is not None:
+                # What it sent is still being handled: it is alive, and could
+                # not answer a ping before the rest of that read is handled.
+                self.last_heard = now
+                return
+            self.ping_token = f"t{next(self._pings)}"
+            self.ping_deadline = now + config.ping_timeout
+            self.reply(Ping(self.ping_token))
+
+    def drained(self, now: float) -> None:
+        """The caller waited for congested recipients: that wait was the
+        server's doing, and says nothing against the client's liveness."""
+        if self.member is not None:
+            self.last_heard = now
