@@ -58,6 +58,7 @@ class Mailbox:
         "_progress",
         "closed",
         "final",
+        "in_channel",
         "keep",
         "last_written",
         "max_bytes",
@@ -76,6 +77,8 @@ class Mailbox:
         self._outbox, self._inbox = trio.open_memory_channel[Batch](max_frames)
         self.queued_frames = 0  # held, in the channel, or being written
         self.queued_bytes = 0
+        self.in_channel = 0
+        """Batches in the channel, not yet taken by the writer."""
         self.next_seq = 1
         """The sequence number the next frame put will get."""
         self._held: list[bytes] = []
@@ -171,6 +174,7 @@ class Mailbox:
             self._outbox.send_nowait(Batch(self.next_seq, data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self.in_channel += 1
         self.next_seq += frames
         self.queued_frames += frames
         self.queued_bytes += len(data)
@@ -211,26 +215,23 @@ class Mailbox:
         """Wait for frames and take all that are queued, as one batch; None
         once the mailbox is closed and empty."""
         inbox = self._inbox
-        try:
+        # The channel's length is counted here (``in_channel``) so that
+        # taking what is there raises no WouldBlock on the hot path.
+        if self.in_channel:
             batch = inbox.receive_nowait()
-        except trio.WouldBlock:
+        else:
             try:
                 batch = await inbox.receive()
             except trio.EndOfChannel:
                 return None
-        except trio.EndOfChannel:
-            return None
-        more: list[Batch] = []
-        while True:
-            try:
-                more.append(inbox.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        more = self.in_channel - 1
+        self.in_channel = 0
         if not more:
             return batch
         data = [batch.data]
         frames = batch.frames
-        for later in more:
+        for _ in range(more):
+            later = inbox.receive_nowait()
             data.append(later.data)
             frames += later.frames
         return Batch(batch.first, b"".join(data), frames)
@@ -277,11 +278,9 @@ class Mailbox:
         """Everything queued, taken at once as a writer would; for code that
         has no writer task, such as micro-benchmarks."""
         data: list[bytes] = []
-        while True:
-            try:
-                batch = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        while self.in_channel:
+            self.in_channel -= 1
+            batch = self._inbox.receive_nowait()
             data.append(batch.data)
             self.sent(len(batch.data))
             self.written(batch)

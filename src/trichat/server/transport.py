@@ -50,18 +50,23 @@ class PlainSocket:
 
     async def send(self, data: bytes, progress: Callable[[int], None]) -> None:
         """Write all of *data*, calling *progress* with each piece written."""
+        if not data:
+            return
         fd = self.fd
         view = memoryview(data)
-        while view:
+        while True:
             try:
                 written = os.write(fd, view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
-                continue
+                written = 0
             except OSError as error:  # a reset, or the descriptor gone
                 raise trio.BrokenResourceError(str(error)) from error
-            progress(written)
-            view = view[written:]
+            if written:
+                progress(written)
+                if written == len(view):
+                    return
+                view = view[written:]
+            await trio.lowlevel.wait_writable(fd)
 
 
 class StreamTransport:
