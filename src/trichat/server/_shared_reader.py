@@ -53,13 +53,10 @@ class SharedReader:
 
     def __init__(
         self,
-        after_each: Callable[[], None] = lambda: None,
         expected: tuple[type[Exception], ...] = (),
     ) -> None:
         self._epoll = select.epoll()
         self._waiting: dict[int, _Waiter] = {}
-        self._after_each = after_each
-        """Called after each *on_ready* (the server sends what it queued)."""
         self._expected = expected
         """Errors that are no news (a connection's end) when their owner has
         stopped waiting already; any other is logged with its traceback."""
@@ -130,13 +127,6 @@ class SharedReader:
             stay = waiter.on_ready()
         except Exception as raised:
             stay, error = False, raised
-        try:
-            self._after_each()
-        except Exception as raised:
-            if error is None:
-                stay, error = False, raised
-            else:
-                log.exception("shared reader: after fd %d", fd)
         if self._waiting.get(fd) is waiter:
             if not stay:
                 waiter.error = error

@@ -152,7 +152,9 @@ class Session:
         self._too_long: ProtocolError | None = None
         self.member: Member | None = None
         """This user, once logged in."""
-        self.bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
+        self.bucket = (
+            TokenBucket(config.rate, config.burst, now) if config.rate else None
+        )
         self.flood_since: float | None = None
         self.last_refused = -math.inf
         self.last_heard = now

@@ -10,6 +10,7 @@ calls ``receive``/``read_now``; its writer task alone calls ``send``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -50,22 +51,20 @@ class PlainSocket:
 
     async def send(self, data: bytes, progress: Callable[[int], None]) -> None:
         """Write all of *data*, calling *progress* with each piece written."""
-        if not data:
-            return
         fd = self.fd
-        view = memoryview(data)
-        while True:
+        rest: bytes | memoryview = data
+        while rest:
             try:
-                written = os.write(fd, view)
+                written = os.write(fd, rest)
             except BlockingIOError:
                 written = 0
             except OSError as error:  # a reset, or the descriptor gone
                 raise trio.BrokenResourceError(str(error)) from error
             if written:
                 progress(written)
-                if written == len(view):
+                if written == len(rest):
                     return
-                view = view[written:]
+                rest = memoryview(rest)[written:]
             await trio.lowlevel.wait_writable(fd)
 
 
@@ -106,7 +105,5 @@ def write_now(stream: trio.abc.Stream, data: bytes) -> None:
     """Write *data* to a plain socket if it fits at once, else nothing (for
     a connection refused in a connect flood, which gets no writer task)."""
     if type(stream) is trio.SocketStream:
-        try:
+        with contextlib.suppress(OSError):
             os.write(stream.socket.fileno(), data)
-        except OSError:
-            pass
