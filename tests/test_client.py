@@ -27,6 +27,7 @@ from trichat.client import (
     connect,
     open_client,
 )
+from trichat.protocol import encode
 from trichat.protocol.messages import (
     Delivery,
     Error,
@@ -391,6 +392,211 @@ async def test_exit_gives_up_on_a_server_that_does_not_read(
     assert 0 < trio.current_time() - start < 5
     with pytest.raises(ConnectionLost):
         await client.talk("bob", "after exit")
+
+
+# Many frames at once
+
+
+class WriteRecorder(trio.abc.Stream):
+    """A stream that keeps each write apart, and has nothing to read."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@fail_after(5)
+@pytest.mark.parametrize("to", ["bob", "*", "Zoë"])
+async def test_talk_batch_sends_every_text_in_one_write(to: str) -> None:
+    stream = WriteRecorder()
+    client = Client(stream)
+    texts = ["hi | there", "tab\tand ü", "\u200bzero-width start", "x" * 4000]
+    await client.talk_batch(to, texts)
+    assert stream.writes == [b"".join(encode(Talk(to, text)) for text in texts)]
+    await client.talk_batch(to, [])
+    assert len(stream.writes) == 1
+
+
+@fail_after(5)
+async def test_talk_batch_reaches_the_server_in_order() -> None:
+    client, server = await logged_in("alice")
+    await client.talk_batch("bob", ["one", "two", "three"])
+    for text in ("one", "two", "three"):
+        await server.expect(Talk("bob", text))
+
+
+@fail_after(5)
+@pytest.mark.parametrize(
+    ("to", "texts", "complaint"),
+    [
+        ("bob carol", ["hi"], "may not contain"),
+        ("bob", ["fine", "\x1b[2J", "fine"], "control characters"),
+        ("bob", ["fine", ""], "1 to 4000"),
+        ("bob", ["fine", "x" * 4001], "1 to 4000"),
+        ("bob", ["fine", "line\nbreak"], "control characters"),
+        ("bob", ["fine", "\ud800"], "surrogates"),
+        # Valid text that makes a frame over the server's limit.
+        ("bob", ["fine", "ö" * 2100], "at most 4096"),
+    ],
+)
+async def test_talk_batch_sends_nothing_when_one_text_is_refused(
+    to: str, texts: list[str], complaint: str
+) -> None:
+    stream = WriteRecorder()
+    client = Client(stream)
+    with pytest.raises(ValueError, match=complaint):
+        await client.talk_batch(to, texts)
+    assert stream.writes == []
+
+
+@fail_after(5)
+async def test_talk_batch_wants_texts_not_one_text() -> None:
+    stream = WriteRecorder()
+    with pytest.raises(TypeError, match="not one text"):
+        await Client(stream).talk_batch("bob", "hello")
+    assert stream.writes == []
+
+
+@fail_after(5)
+async def test_talk_batch_on_a_lost_connection() -> None:
+    client = Client(ResetStream(reason="reset by peer"))
+    with pytest.raises(ConnectionLost, match="reset by peer"):
+        await client.talk_batch("bob", ["hi", "there"])
+
+
+@fail_after(5)
+async def test_receive_batch_takes_what_has_arrived_and_keeps_the_roster() -> None:
+    client, server = await logged_in("alice", online=["bob", "carol"])
+    # Read with the acknowledgement: no need to wait for more.
+    assert await client.receive_batch() == [Login("bob"), Login("carol")]
+    assert roster(client) == ("bob", "carol")
+    await server.send("exit|bob", "talk|carol|alice|hi", "talk|carol|*|all")
+    assert await client.receive_batch() == [
+        Exit("bob"),
+        Delivery("carol", "alice", "hi"),
+        Delivery("carol", "*", "all"),
+    ]
+    assert roster(client) == ("carol",)
+
+
+@fail_after(5)
+async def test_receive_batch_answers_pings() -> None:
+    client, server = await logged_in("alice")
+    await server.send("ping|t1", "talk|bob|alice|x", "pong|mine")
+    assert await client.receive_batch() == [
+        Ping("t1"),
+        Delivery("bob", "alice", "x"),
+        Pong("mine"),
+    ]
+    await server.expect(Pong("t1"))
+
+
+@fail_after(5)
+async def test_receive_batch_waits_for_a_read() -> None:
+    client, server = await logged_in("alice")
+    async with trio.open_nursery() as nursery:
+
+        async def send_later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await server.send("talk|bob|alice|at last")
+
+        nursery.start_soon(send_later)
+        assert await client.receive_batch() == [Delivery("bob", "alice", "at last")]
+
+
+@fail_after(5)
+async def test_receive_batch_ends_after_a_closing_error() -> None:
+    client, server = await logged_in("alice")
+    await server.send("talk|bob|alice|before", "error|shutting-down|bye", "talk|b|a|x")
+    assert await client.receive_batch() == [
+        Delivery("bob", "alice", "before"),
+        Error(ErrorCode.SHUTTING_DOWN, "bye"),
+    ]
+    assert await client.receive_batch() == []
+    assert await client.receive_batch() == []
+    assert [message async for message in client] == []
+
+
+@fail_after(5)
+async def test_receive_batch_ends_when_the_server_closes() -> None:
+    client, server = await logged_in("alice")
+    await server.send("talk|bob|alice|last words")
+    await server.stream.aclose()
+    assert await client.receive_batch() == [Delivery("bob", "alice", "last words")]
+    assert await client.receive_batch() == []
+
+
+@fail_after(5)
+async def test_receive_batch_returns_the_frames_before_a_bad_one_first() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.send_all(
+        b"talk|bob|alice|one\nerror|no-such-code|x\ntalk|bob|alice|two\n"
+        b"talk|b\xffb|alice|x\ntalk|bob|alice|three\n"
+    )
+    assert await client.receive_batch() == [Delivery("bob", "alice", "one")]
+    with pytest.raises(BadServerFrame, match="no-such-code") as bad:
+        await client.receive_batch()
+    assert not bad.value.fatal
+    assert await client.receive_batch() == [Delivery("bob", "alice", "two")]
+    # Iteration, too, finds the bad frame a batch stopped at.
+    with pytest.raises(BadServerFrame, match="UTF-8"):
+        await next_message(client)
+    assert await next_message(client) == Delivery("bob", "alice", "three")
+
+
+@fail_after(5)
+async def test_receive_batch_after_a_line_over_the_limit() -> None:
+    client, server = await logged_in("alice")
+    await server.stream.send_all(b"x" * (MAX_SERVER_FRAME + 1))
+    with pytest.raises(BadServerFrame, match="too-long") as bad:
+        await client.receive_batch()
+    assert bad.value.fatal
+    assert await client.receive_batch() == []
+
+
+@fail_after(5)
+async def test_receive_batch_on_a_broken_connection() -> None:
+    client = Client(ResetStream(reason="reset by peer"))
+    with pytest.raises(ConnectionLost, match="reset by peer"):
+        await client.receive_batch()
+    assert await client.receive_batch() == []
+
+
+@fail_after(5)
+async def test_receive_batch_is_one_reader_at_a_time() -> None:
+    client, _server = await logged_in("alice")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.receive_batch)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await client.receive_batch()
+        with pytest.raises(trio.BusyResourceError):
+            await next_message(client)
+        nursery.cancel_scope.cancel()
+
+
+@fail_after(5)
+async def test_receive_batch_sets_last_heard(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = await logged_in("alice")
+    start = client.last_heard
+    await trio.sleep(3)
+    await server.send("talk|bob|alice|x")
+    await client.receive_batch()
+    assert client.last_heard == start + 3
 
 
 # Connecting over TCP and TLS
