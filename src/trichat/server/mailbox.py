@@ -85,7 +85,9 @@ class Mailbox:
         self._held_frames = 0
         self.keep = keep
         """How many written frames to keep for ``written_since``."""
-        self._kept: deque[Batch] = deque()
+        # Made only if something is kept: an empty deque is half a KiB, and
+        # a server holds thousands of mailboxes.
+        self._kept: deque[Batch] | None = deque() if keep else None
         self._kept_frames = 0
         self.last_written = 0
         """The sequence number of the last frame the writer wrote."""
@@ -245,11 +247,12 @@ class Mailbox:
         """The writer wrote all of *batch*."""
         self.queued_frames -= batch.frames
         self.last_written = batch.first + batch.frames - 1
-        if self.keep:
-            self._kept.append(batch)
+        kept = self._kept
+        if kept is not None:
+            kept.append(batch)
             self._kept_frames += batch.frames
-            while self._kept_frames - self._kept[0].frames >= self.keep:
-                self._kept_frames -= self._kept.popleft().frames
+            while self._kept_frames - kept[0].frames >= self.keep:
+                self._kept_frames -= kept.popleft().frames
 
     def written_since(self, seq: int) -> bytes | None:
         """The frames written after frame *seq*, as they were written, or
@@ -257,7 +260,7 @@ class Mailbox:
         if seq >= self.last_written:
             return b""
         kept = self._kept
-        if not kept or kept[0].first > seq + 1:
+        if kept is None or not kept or kept[0].first > seq + 1:
             return None
         data: list[bytes] = []
         for batch in kept:
