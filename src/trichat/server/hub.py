@@ -177,7 +177,8 @@ class Hub:
             return
         holding = self._holding
         for member in members:
-            holding.append(member)
+            if not member.mailbox.held:
+                holding.append(member)  # once, however many it holds
             member.hold(frame)
         self.presence_held.set()
 

@@ -155,6 +155,11 @@ class Mailbox:
             return True
         return self.release()
 
+    @property
+    def held(self) -> int:
+        """How many presence frames are held for ``release``."""
+        return self._held_frames
+
     def release(self) -> bool:
         """Send the held frames on; False if the mailbox cannot take them."""
         if not self._held:
