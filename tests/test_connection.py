@@ -194,6 +194,7 @@ def test_ping_and_pong_after_login() -> None:
         (b"login|.x", ErrorCode.BAD_NAME),
         (b"login|" + b"a" * 33, ErrorCode.BAD_NAME),
         (b"TALK|bob|hi", ErrorCode.BAD_FRAME),
+        (b"msg|bob|hi", ErrorCode.BAD_FRAME),
         (b"login|al\xffice", ErrorCode.BAD_FRAME),
         (b"login|a|b", ErrorCode.BAD_FRAME),
         (b"login|", ErrorCode.BAD_FRAME),
@@ -348,12 +349,58 @@ def test_client_reads_a_session() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", [b"exit", b"talk|bob|hi", b"error|nope|x", b"TALK|a|b|c", b"\xfe"]
+    "line",
+    [
+        b"exit",
+        b"talk|bob|hi",
+        b"talk|bob|alice|\x00",
+        b"talk|b\xffb|alice|x",
+        b"error|nope|x",
+        b"login",
+        b"login|a b",
+        b"ping|a|b",
+        b"pong|",
+    ],
 )
-def test_client_refuses_frames_a_server_does_not_send(line: bytes) -> None:
+def test_client_refuses_malformed_frames_of_the_kinds_it_knows(line: bytes) -> None:
     connection = client_side(line + b"\nping|x\n")
     assert next_error(connection).code is ErrorCode.BAD_FRAME
     assert connection.next_event() == Ping("x")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # What a newer server may send: frames of kinds this client lacks.
+        b"msg|#lobby|alice|hi",
+        b"hello|trichat|2",
+        b"welcome",
+        # Kinds are compared exactly, as bytes.
+        b"TALK|bob|alice|hi",
+        b"Ping|x",
+        b"talks|bob|alice|hi",
+        b"|login|bob",
+        b"\xfe",
+        b"\xfe|talk|x",
+    ],
+)
+def test_client_skips_frames_of_kinds_it_does_not_know(line: bytes) -> None:
+    connection = client_side(line + b"\nping|x\n" + line + b"\r\n", b"")
+    assert drain(connection) == [Ping("x"), CLOSED]
+
+
+def test_client_skips_unknown_kinds_as_they_trickle_in() -> None:
+    connection = client_side()
+    events: list[Event] = []
+    for byte in b"msg|bob|hi\nlogin|bob\nroom|#x|joined\r\n\nexit|bob\n":
+        connection.receive_data(bytes([byte]))
+        events.extend(e for e in drain(connection) if e is not NEED_DATA)
+    assert events == [Login("bob"), Exit("bob")]
+
+
+def test_client_still_refuses_an_unknown_kind_over_the_limit() -> None:
+    connection = client_side(b"msg|" + b"x" * 46 + b"\nping|x\n", max_line=50)
+    assert drain(connection) == [ErrorCode.TOO_LONG, CLOSED]
 
 
 def test_client_side_too_long() -> None:

@@ -373,10 +373,10 @@ def test_describe_error() -> None:
 async def test_a_bad_frame_is_reported_and_reading_goes_on() -> None:
     async with chatting("alice", online=["bob"]) as chat:
         chat.new_output()
-        await chat.hear("bogus|\u202e", "talk|bob|alice|fine")
+        await chat.hear("exit|bob|\u202e", "talk|bob|alice|fine")
         assert chat.new_output() == [
             "12:00:01 ! ignored a frame: the server sent a bad frame:"
-            " bad-frame: unknown kind 'bogus'",
+            " bad-frame: exit takes 1 field",
             "12:00:01 bob: fine",
         ]
         await chat.end_input()

@@ -10,7 +10,7 @@ rules about what may come before and after ``login`` live in one place.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Final, get_args
 
 from ._codec import ProtocolError, Role, decode, encode
 from ._linebuffer import LineBuffer, LineTooLong
@@ -50,6 +50,12 @@ NEED_DATA: Final = _Sentinel.NEED_DATA
 """``next_event`` has no whole frame yet: call ``receive_data`` first."""
 CLOSED: Final = _Sentinel.CLOSED
 """The peer closed its side and every frame before that has been read."""
+
+
+# The kinds of frame a server sends (a client reads).
+_SERVER_KINDS: Final = frozenset(
+    message.kind.encode() for message in get_args(ServerMessage)
+)
 
 
 class State(enum.Enum):
@@ -98,7 +104,9 @@ class Connection:
         """The next message, ``NEED_DATA`` or ``CLOSED``.
 
         Raises ProtocolError for a frame that breaks the protocol; after
-        any code but ``too-long`` the next frame can be read as usual.
+        any code but ``too-long`` the next frame can be read as usual. A
+        client skips a line whose kind it does not know (a newer server's
+        frame); on the server side such a line is a ``bad-frame``.
         """
         if self.state is State.CLOSED:
             return CLOSED
@@ -113,9 +121,15 @@ class Connection:
                     self.state = State.CLOSED
                     return CLOSED
                 return NEED_DATA
-            if line:
+            if line and not self._unknown_kind(line):
                 break
         return self._decode_line(line)
+
+    def _unknown_kind(self, line: bytes) -> bool:
+        """Whether *line* is a frame of a kind a client does not know."""
+        if self.our_role is Role.SERVER:
+            return False
+        return line.partition(b"|")[0] not in _SERVER_KINDS
 
     def _decode_line(self, line: bytes) -> ClientMessage | ServerMessage:
         if self.our_role is Role.SERVER:
