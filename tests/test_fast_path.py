@@ -1,21 +1,27 @@
 """The server's fast path for talk must do exactly what decoding does.
 
 Most lines a server reads are ``talk`` to a user named exactly as they
-wrote their name; it relays those as bytes (``printable``,
-``plain_talk_run``, ``Hub.relay_run``) instead of decoding each into a
-``Talk``. These tests hold the fast path to the decoder: same deliveries,
-same errors, same order, for any mix of lines.
+wrote their name, or to ``*``; the session routes those a run at a time as
+they came (``printable``, ``plain_talk_run``, ``Session._route_run``)
+instead of decoding each into a ``Talk``. These tests drive the server's
+own ``Session`` with a real ``Hub`` and real mailboxes and hold its fast
+path to the decoder: same deliveries, same errors, same order, for any mix
+of lines and any way of splitting them into reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
+
 import pytest
-import trio
 from helpers import running_server
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import texts
 
+import trichat.server.session as session_module
 from trichat.protocol._codec import (
     ProtocolError,
     Role,
@@ -23,26 +29,22 @@ from trichat.protocol._codec import (
     plain_talk_run,
     printable,
 )
-from trichat.protocol.connection import Connection
-from trichat.protocol.messages import (
-    MAX_TEXT,
-    ClientMessage,
-    Error,
-    ErrorCode,
-    ServerMessage,
-    Talk,
-    check_name,
-)
-from trichat.server.hub import Hub, Outbox, Peer
+from trichat.protocol.connection import decode_client_line
+from trichat.protocol.messages import MAX_TEXT, ClientMessage, Talk, check_name
+from trichat.server.config import ServerConfig
+from trichat.server.hub import Hub, Member
+from trichat.server.mailbox import Mailbox
+from trichat.server.session import Session, SessionEnded
 
-# Users online in every hub below; "Zoë" is not ASCII, so talk to her always
-# takes the decoder.
-ONLINE = ("alice", "bob", "Carol", "Zoë")
+# Users online besides the sender, who logs in through its session; "Zoë"
+# is not ASCII, so talk to her always takes the decoder.
+OTHERS = ("bob", "Carol", "Zoë")
 SENDER = "alice"
 
 _targets = st.sampled_from(
-    ["bob", "BOB", "Bob", "Carol", "carol", "Zoë", "zoë", "*", "dave", "b@b", ""]
+    ["bob", "BOB", "Bob", "Carol", "carol", "Zoë", "zoë", "*", "alice", "dave"]
 )
+_bad_targets = st.sampled_from(["b@b", ""])
 # Lines that break the fast path's rules, or come close: printable ones
 # (which the fast path must look at and turn down) ...
 _printable_odd_lines = st.sampled_from(
@@ -57,9 +59,12 @@ _printable_odd_lines = st.sampled_from(
         b"talk|bob|" + b"x" * MAX_TEXT,
         b"talk|bob|" + b"x" * (MAX_TEXT + 1),
         b"talk|*|" + b"x" * (MAX_TEXT + 1),
+        b"talk|bob|a|b",
         b"ping|t1",
+        b"pong|t1",
         b"exit|bob",
         b"login|bob",
+        b"login|b@b",
         b"TALK|bob|hi",
     ]
 )
@@ -74,11 +79,13 @@ _other_odd_lines = st.sampled_from(
         b"talk|bob|\xff",
     ]
 )
+# Leaving ends the session; rare, so that most examples go on to the end.
+_leaving = st.sampled_from([b"exit", b"exit|alice", b"exit|ALICE"])
 
 
 @st.composite
 def _talk_lines(draw: st.DrawFn, text: st.SearchStrategy[str]) -> bytes:
-    return f"talk|{draw(_targets)}|{draw(text)}".encode()
+    return f"talk|{draw(_targets | _bad_targets)}|{draw(text)}".encode()
 
 
 _ascii = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
@@ -95,6 +102,18 @@ lines_strategy = st.one_of(
 )
 
 
+@st.composite
+def _session_lines(draw: st.DrawFn) -> list[bytes]:
+    """Lines as above, now and then with a way of leaving among them."""
+    lines = draw(lines_strategy)
+    if draw(st.integers(0, 9)) == 0:
+        lines.insert(draw(st.integers(0, len(lines))), draw(_leaving))
+    return lines
+
+
+# -- the pieces of the fast path ---------------------------------------------------
+
+
 @given(lines_strategy)
 def test_a_plain_run_is_talk_the_decoder_accepts_to_a_valid_target(
     lines: list[bytes],
@@ -109,8 +128,8 @@ def test_a_plain_run_is_talk_the_decoder_accepts_to_a_valid_target(
             try:
                 message = decode(line, Role.SERVER)
             except ProtocolError:
-                # Only the target can be at fault, and the hub takes only
-                # targets that are online names or "*".
+                # Only the target can be at fault, and the session routes a
+                # run only to an online name as written or "*".
                 with pytest.raises(ValueError, match="name"):
                     check_name(target.decode())
                 continue
@@ -162,157 +181,289 @@ def test_a_run_does_not_take_a_target_that_is_a_prefix_of_another() -> None:
     assert plain_talk_run(lines, 0, 2) == (1, b"bob")
 
 
-def _hub(queue_size: int = 10_000) -> tuple[Hub, dict[str, Peer]]:
-    hub = Hub()
-    peers = {}
-    for name in ONLINE:
-        outbox = Outbox(queue_size, queue_size * 8192, due=hub.due)
-        peer = Peer(name, outbox, lambda reason: None)
-        hub.join(peer)
-        peers[name] = peer
-    hub.flush_due()
-    for peer in peers.values():
-        peer.outbox.drain()
-    return hub, peers
+# -- the session's step against the decoder ----------------------------------------
 
 
-def _relay(
-    hub: Hub,
-    sender: Peer,
-    lines: list[bytes],
-    start: int,
-    stop: int,
-    congested: list[Outbox],
-) -> tuple[int, Error | None]:
-    """Find a run and relay it, as the server does; (start, None) when the
-    line at *start* is to be decoded."""
-    end, target = plain_talk_run(lines, start, stop)
-    if end == start:
-        return start, None
-    return hub.relay_run(sender, target, lines, start, end, congested)
+@contextmanager
+def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    decoded: list[bytes] = []
+
+    def counting(line: bytes, logged_in_as: str | None) -> ClientMessage:
+        decoded.append(line)
+        return decode_client_line(line, logged_in_as)
+
+    monkeypatch.setattr(session_module, "decode_client_line", counting)
+    yield decoded
 
 
-def _decode_and_deliver(hub: Hub, sender: Peer, line: bytes) -> list[Error]:
-    """Handle *line* as the server does without the fast path; returns the
-    errors the sender gets."""
-    if not line or line == b"\r":
-        return []
+NOW = 1000.0
+
+
+class World:
+    """A hub with OTHERS online, each with a mailbox and no writer, and the
+    sender logged in through a real ``Session``; every mailbox drained."""
+
+    def __init__(
+        self,
+        queue_size: int = 10_000,
+        queue_bytes: int = 1 << 26,
+        *,
+        rate: float,
+        burst: int = 200,
+        flood_grace: float = 5.0,
+    ) -> None:
+        self.config = ServerConfig(
+            queue_size=queue_size,
+            queue_bytes=queue_bytes,
+            rate=rate,
+            burst=burst,
+            flood_grace=flood_grace,
+        )
+        self.hub = Hub()
+        self.kicked: list[str] = []
+        self.mailboxes: dict[str, Mailbox] = {}
+        for name in OTHERS:
+            mailbox = Mailbox(queue_size, queue_bytes)
+            self.mailboxes[name] = mailbox
+            self.hub.join(Member(name, mailbox, self.kicked.append))
+            self.drain_all()
+        mailbox = Mailbox(queue_size, queue_bytes)
+        self.mailboxes[SENDER] = mailbox
+        self.session = Session(
+            self.config, self.hub, mailbox, self.kicked.append, "test", NOW
+        )
+        self.session.received(f"login|{SENDER}\n".encode(), NOW)
+        assert self.session.handle_ready(64, NOW) == 1
+        assert self.session.name == SENDER
+        self.drain_all()
+        assert not self.kicked
+        self.got = dict.fromkeys(self.mailboxes, b"")
+
+    def drain_all(self) -> None:
+        for mailbox in self.mailboxes.values():
+            mailbox.drain()
+
+    def collect(self) -> None:
+        """Take what every mailbox holds, as their writers would."""
+        for name, mailbox in self.mailboxes.items():
+            self.got[name] += mailbox.drain()
+
+
+Outcome = tuple[dict[str, bytes], str | None, list[str]]
+
+
+def _stepped(
+    world: World,
+    reads: list[tuple[bytes, float]],
+    most: int,
+    *,
+    fast: bool = True,
+) -> Outcome:
+    """Feed *reads* (data, time) to the sender's session and take its real
+    step, at most *most* lines at a time, as the server does; the writers
+    drain every mailbox between steps. Without *fast*, every read is
+    marked unfit for the fast path, so each of its lines is decoded.
+    What everyone got, why the session ended (if it did), and who was
+    kicked."""
+    session = world.session
+    ended = None
     try:
-        message = decode(line.removesuffix(b"\r"), Role.SERVER)
-    except ProtocolError as error:
-        return [error.reply]
-    if isinstance(message, Talk):
-        refused = hub.deliver(sender, message, [])
-        if refused is not None:
-            return [refused]
-    return []
+        for data, now in reads:
+            session.received(data, now)
+            if not fast:
+                assert session.read is not None
+                session.read.plain = False
+            while session.read is not None:
+                handled = session.handle_ready(most, now)
+                assert handled <= most
+                world.collect()
+                # The writers made room: what the connection's task waits for.
+                session.congested.clear()
+    except SessionEnded as end:
+        ended = end.reason
+    world.collect()
+    return world.got, ended, world.kicked
 
 
-def _handle_all(lines: list[bytes], fast: bool) -> tuple[dict[str, bytes], list[Error]]:
-    """What every user online receives, and the errors the sender gets,
-    when the sender's *lines* arrive in one read; *fast*: the server's way,
-    else every line decoded."""
-    hub, peers = _hub()
-    sender = peers[SENDER]
-    plain = fast and printable(b"\n".join(lines))
-    got = dict.fromkeys(peers, b"")
-    errors: list[Error] = []
-    index = 0
-    while index < len(lines):
-        end = index
-        if plain:
-            end, error = _relay(hub, sender, lines, index, len(lines), [])
-            errors.extend([error] * (end - index) if error else [])
-        if end == index:
-            errors.extend(_decode_and_deliver(hub, sender, lines[index]))
-            end = index + 1
-        index = end
-        hub.flush_due()
-        for name, peer in peers.items():
-            got[name] += peer.outbox.drain()
-    return got, errors
+def _decoded_one_by_one(world: World, lines: list[bytes]) -> Outcome:
+    """Handle *lines* one at a time through the decoder, as a server would
+    with no fast path: ``decode_client_line``, then ``Session.handle`` or
+    the error in reply; empty lines mean nothing."""
+    session = world.session
+    ended = None
+    try:
+        for line in lines:
+            if line in (b"", b"\r"):
+                continue
+            message: ClientMessage
+            try:
+                message = decode_client_line(line, session.name)
+            except ProtocolError as error:
+                session.reply(error.reply)
+            else:
+                session.handle(message)
+    except SessionEnded as end:
+        ended = end.reason
+    world.collect()
+    return world.got, ended, world.kicked
 
 
-@given(lines_strategy)
-def test_relaying_delivers_what_decoding_does(lines: list[bytes]) -> None:
-    async def main() -> None:
-        assert _handle_all(lines, fast=True) == _handle_all(lines, fast=False)
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """*data* in pieces, cut at *cuts* (positions, any order, repeats
+    ignored)."""
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in pairwise(points) if b > a]
 
-    trio.run(main)
+
+@given(
+    _session_lines(),
+    st.lists(st.integers(min_value=0), max_size=6),
+    st.integers(min_value=1, max_value=64),
+)
+def test_relaying_delivers_what_decoding_does(
+    lines: list[bytes], cuts: list[int], most: int
+) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    reads = [(piece, NOW) for piece in _split(data, cuts)]
+    relayed = _stepped(World(rate=0), reads, most)
+    decoded = _decoded_one_by_one(World(rate=0), lines)
+    assert relayed == decoded
+
+
+@given(
+    _session_lines(),
+    st.lists(st.integers(min_value=0), max_size=6),
+    st.lists(st.floats(min_value=0, max_value=3), max_size=7),
+    st.integers(min_value=1, max_value=64),
+    st.integers(min_value=1, max_value=30),
+)
+def test_under_flood_control_relaying_refuses_what_decoding_does(
+    lines: list[bytes],
+    cuts: list[int],
+    pauses: list[float],
+    most: int,
+    burst: int,
+) -> None:
+    # A run takes the token bucket's tokens all at once and gives back what
+    # it did not route; one line at a time must come to the same frames
+    # delivered, the same rate-limited errors and the same flood verdict.
+    data = b"".join(line + b"\n" for line in lines)
+    reads = []
+    now = NOW
+    for index, piece in enumerate(_split(data, cuts)):
+        now += pauses[index] if index < len(pauses) else 0.0
+        reads.append((piece, now))
+
+    def world() -> World:
+        return World(rate=2.0, burst=burst, flood_grace=4.0)
+
+    relayed = _stepped(world(), reads, most)
+    decoded = _stepped(world(), reads, most, fast=False)
+    assert relayed == decoded
+
+
+def test_the_decoded_path_of_the_comparison_is_really_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The comparisons above are only worth something if one side is the
+    # fast path and the other is not.
+    reads = [(b"talk|bob|1\ntalk|*|2\n", NOW)]
+    fast_world, slow_world = World(rate=0), World(rate=0)
+    with _counting_decodes(monkeypatch) as decoded:
+        fast = _stepped(fast_world, reads, 64)
+        assert decoded == []
+        slow = _stepped(slow_world, reads, 64, fast=False)
+        assert decoded == [b"talk|bob|1", b"talk|*|2"]
+    assert fast == slow
+    assert fast[0]["bob"] == b"talk|alice|bob|1\ntalk|alice|*|2\n"
+
+
+# -- congestion ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("queue_size", [2, 3, 4, 7])
 def test_a_run_stops_where_the_recipient_becomes_congested(queue_size: int) -> None:
-    async def main() -> None:
-        hub, peers = _hub(queue_size)
-        lines = [b"talk|bob|%d" % i for i in range(20)]
-        congested: list[Outbox] = []
-        end, error = _relay(hub, peers[SENDER], lines, 0, 20, congested)
-        assert error is None
-        # As many as one at a time would take before the sender must wait.
-        assert end == queue_size // 2 + 1
-        assert congested == [peers["bob"].outbox]
-        hub.flush_due()
-        assert peers["bob"].outbox.drain() == b"".join(
-            b"talk|alice|bob|%d\n" % i for i in range(end)
-        )
-
-    trio.run(main)
+    world = World(queue_size, rate=0)
+    session = world.session
+    session.received(b"".join(b"talk|bob|%d\n" % i for i in range(20)), NOW)
+    handled = session.handle_ready(64, NOW)
+    # As many as one at a time would take before the sender must wait.
+    assert handled == queue_size // 2 + 1
+    assert session.congested == [world.mailboxes["bob"]]
+    assert session.read is not None
+    assert world.mailboxes["bob"].drain() == b"".join(
+        b"talk|alice|bob|%d\n" % i for i in range(handled)
+    )
+    # Once bob's writer made room, the step goes on where it stopped.
+    session.congested.clear()
+    assert session.handle_ready(64, NOW) == queue_size // 2 + 1
+    assert world.mailboxes["bob"].drain() == b"".join(
+        b"talk|alice|bob|%d\n" % i for i in range(handled, 2 * handled)
+    )
+    assert world.kicked == []
+    assert world.mailboxes[SENDER].drain() == b""
 
 
 def test_a_broadcast_run_stops_where_any_recipient_becomes_congested() -> None:
-    async def main() -> None:
-        hub, peers = _hub(100)
-        carol = peers["Carol"].outbox
-        for _ in range(48):
-            assert carol.put(b"talk|bob|Carol|filler\n")
-        lines = [b"talk|*|%d" % i for i in range(20)]
-        congested: list[Outbox] = []
-        end, error = _relay(hub, peers[SENDER], lines, 0, 20, congested)
-        assert (end, error) == (3, None)
-        assert congested == [carol]
-
-    trio.run(main)
+    world = World(100, rate=0)
+    carol = world.mailboxes["Carol"]
+    for _ in range(48):
+        assert carol.put(b"talk|bob|Carol|filler\n")
+    session = world.session
+    session.received(b"".join(b"talk|*|%d\n" % i for i in range(20)), NOW)
+    assert session.handle_ready(64, NOW) == 3
+    assert session.congested == [carol]
+    expected = b"".join(b"talk|alice|*|%d\n" % i for i in range(3))
+    assert world.mailboxes["bob"].drain() == expected
+    assert world.mailboxes["Zoë"].drain() == expected
+    assert carol.drain() == b"talk|bob|Carol|filler\n" * 48 + expected
+    assert world.mailboxes[SENDER].drain() == b""
 
 
 def test_a_run_stops_where_the_recipient_congests_by_bytes() -> None:
-    async def main() -> None:
-        hub = Hub()
-        alice = Peer("alice", Outbox(1000, 1000, due=hub.due), lambda reason: None)
-        bob = Peer("bob", Outbox(1000, 1000, due=hub.due), lambda reason: None)
-        hub.join(alice)
-        hub.join(bob)
-        hub.flush_due()
-        alice.outbox.drain()
-        bob.outbox.drain()
-        text = b"x" * 90  # 110-byte deliveries
-        lines = [b"talk|bob|" + text] * 9
-        end, error = _relay(hub, alice, lines, 0, 9, [])
-        # 500 bytes is half: the fifth delivery crosses it.
-        assert (end, error) == (5, None)
-        assert bob.outbox.congested
-
-    trio.run(main)
+    world = World(1000, 1000, rate=0)
+    bob = world.mailboxes["bob"]
+    session = world.session
+    text = b"x" * 90  # deliveries of 106 bytes
+    session.received((b"talk|bob|" + text + b"\n") * 9, NOW)
+    # 500 bytes is half: the fifth delivery crosses it.
+    assert session.handle_ready(64, NOW) == 5
+    assert session.congested == [bob]
+    assert bob.queued_bytes == 5 * 106
+    assert bob.congested
 
 
 def test_a_recipient_too_slow_for_a_run_is_dropped_and_the_sender_told() -> None:
-    async def main() -> None:
-        hub = Hub()
-        kicked: list[str] = []
-        alice = Peer("alice", Outbox(100, 100_000, due=hub.due), lambda reason: None)
-        bob = Peer("bob", Outbox(4, 100_000, due=hub.due), kicked.append)
-        hub.join(alice)
-        hub.join(bob)
-        bob.outbox.stalled = True  # its writer made no progress for long
-        for _ in range(4 - bob.outbox.queued_frames):
-            bob.outbox.put(b"talk|x|bob|filler\n")
-        lines = [b"talk|bob|hi"] * 3
-        end, error = _relay(hub, alice, lines, 0, 3, [])
-        assert end == 1
-        assert error == Error(ErrorCode.NO_SUCH_USER, "bob")
-        assert kicked == ["too slow: outgoing queue full"]
+    world = World(100, rate=0)
+    bob = world.mailboxes["bob"]
+    bob.stalled = True  # its writer made no progress for long
+    while bob.put(b"talk|x|bob|filler\n"):
+        pass
+    session = world.session
+    session.received(b"talk|bob|hi\n" * 3, NOW)
+    assert session.handle_ready(64, NOW) == 3
+    assert session.congested == []
+    # Each message that could not be queued gets its sender an error; bob
+    # is being dropped (his task takes him offline when it runs).
+    assert world.mailboxes[SENDER].drain() == b"error|no-such-user|bob\n" * 3
+    assert world.kicked == ["too slow: outgoing queue full"] * 3
+    assert b"hi" not in bob.drain()
 
-    trio.run(main)
+
+def test_a_run_refused_by_the_flood_limit_is_decoded_and_refused_line_by_line() -> None:
+    world = World(rate=1.0, burst=4)  # the login took one
+    session = world.session
+    session.received(b"".join(b"talk|bob|%d\n" % i for i in range(5)), NOW)
+    assert session.handle_ready(64, NOW) == 5
+    assert world.mailboxes["bob"].drain() == b"".join(
+        b"talk|alice|bob|%d\n" % i for i in range(3)
+    )
+    replies = world.mailboxes[SENDER].drain().splitlines()
+    assert len(replies) == 2
+    assert all(reply.startswith(b"error|rate-limited|") for reply in replies)
+
+
+# -- through a running server ----------------------------------------------------
 
 
 async def test_plain_talk_is_relayed_without_decoding(
@@ -320,23 +471,17 @@ async def test_plain_talk_is_relayed_without_decoding(
 ) -> None:
     # The fast path is what makes the server fast: a change that sent every
     # line through the decoder again would still pass every other test.
-    decoded: list[bytes] = []
-    original = Connection.decode_line
-
-    def counting(self: Connection, line: bytes) -> ClientMessage | ServerMessage:
-        decoded.append(line)
-        return original(self, line)
-
-    monkeypatch.setattr(Connection, "decode_line", counting)
-    async with running_server(rate=0) as live:
-        alice = await live.login("alice")
-        bob = await live.login("bob")
-        await alice.expect("login|bob")
-        await bob.expect("login|alice")
-        decoded.clear()
-        await alice.send_raw(b"".join(b"talk|bob|%d\n" % i for i in range(100)))
-        await alice.send_raw(b"talk|*|all\ntalk|BOB|other case\n")
-        await bob.expect(*[f"talk|alice|bob|{i}" for i in range(100)])
-        await bob.expect("talk|alice|*|all", "talk|alice|bob|other case")
-        # Only the line whose target is not written as bob wrote it.
-        assert decoded == [b"talk|BOB|other case"]
+    with _counting_decodes(monkeypatch) as decoded:
+        async with running_server(rate=0) as live:
+            alice = await live.login("alice")
+            bob = await live.login("bob")
+            await alice.expect("login|bob")
+            await bob.expect("login|alice")
+            assert decoded == [b"login|alice", b"login|bob"]
+            decoded.clear()
+            await alice.send_raw(b"".join(b"talk|bob|%d\n" % i for i in range(100)))
+            await alice.send_raw(b"talk|*|all\ntalk|BOB|other case\n")
+            await bob.expect(*[f"talk|alice|bob|{i}" for i in range(100)])
+            await bob.expect("talk|alice|*|all", "talk|alice|bob|other case")
+            # Only the line whose target is not written as bob wrote it.
+            assert decoded == [b"talk|BOB|other case"]

@@ -1,0 +1,389 @@
+"""Hub: who is online, presence, and routing envelopes to users or everyone."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trichat.server.hub import Envelope, Hub, Member, NameTaken, Refusal, Routed
+from trichat.server.mailbox import Mailbox
+
+TOO_SLOW = "too slow: outgoing queue full"
+
+
+class Crowd:
+    """A hub and its members, who note when they are kicked."""
+
+    def __init__(self, *names: str, queue: int = 100, queue_bytes: int = 10_000):
+        self.hub = Hub()
+        self.kicked: list[tuple[str, str]] = []
+        self.members: dict[str, Member] = {}
+        for name in names:
+            self.join(name, queue, queue_bytes)
+        self.read_all()
+
+    def member(self, name: str, queue: int = 100, queue_bytes: int = 10_000) -> Member:
+        def kick(reason: str) -> None:
+            self.kicked.append((name, reason))
+
+        return Member(name, Mailbox(queue, queue_bytes), kick)
+
+    def join(self, name: str, queue: int = 100, queue_bytes: int = 10_000) -> Member:
+        member = self.member(name, queue, queue_bytes)
+        self.hub.join(member)
+        self.members[name] = member
+        return member
+
+    def read(self, name: str) -> bytes:
+        """What *name* was sent since the last read."""
+        return self.members[name].mailbox.drain()
+
+    def read_all(self) -> dict[str, bytes]:
+        return {name: self.read(name) for name in self.members}
+
+    def __getitem__(self, name: str) -> Member:
+        return self.members[name]
+
+
+# -- who is online -----------------------------------------------------------------
+
+
+def test_a_newcomer_gets_itself_then_everyone_and_everyone_gets_the_newcomer() -> None:
+    crowd = Crowd("alice", "bob")
+    crowd.join("Zoë")
+    assert crowd.read_all() == {
+        "alice": b"login|Zo\xc3\xab\n",
+        "bob": b"login|Zo\xc3\xab\n",
+        "Zoë": "login|Zoë\nlogin|alice\nlogin|bob\n".encode(),
+    }
+    assert crowd.hub.names() == ["alice", "bob", "Zoë"]
+    assert len(crowd.hub) == 3
+    assert list(crowd.hub) == [crowd["alice"], crowd["bob"], crowd["Zoë"]]
+
+
+def test_the_roster_goes_whatever_the_limits_as_one_frame() -> None:
+    crowd = Crowd(*(f"user{number}" for number in range(20)))
+    newcomer = crowd.join("tiny", queue=2, queue_bytes=20)
+    assert crowd.kicked == []
+    assert newcomer.mailbox.queued_frames == 1
+    assert crowd.read("tiny").count(b"\n") == 21
+
+
+@pytest.mark.parametrize("clash", ["bob", "BOB", "\uff22ob"])
+def test_a_name_that_clashes_is_taken_and_nothing_is_sent(clash: str) -> None:
+    crowd = Crowd("alice", "bob")
+    member = crowd.member(clash)
+    with pytest.raises(NameTaken):
+        crowd.hub.join(member)
+    assert crowd.hub.names() == ["alice", "bob"]
+    assert crowd.read_all() == {"alice": b"", "bob": b""}
+    assert member.mailbox.drain() == b""
+
+
+def test_leaving_tells_everyone_else() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    crowd.hub.leave(crowd["bob"])
+    assert crowd.hub.names() == ["alice", "carol"]
+    assert crowd.read_all() == {
+        "alice": b"exit|bob\n",
+        "bob": b"",
+        "carol": b"exit|bob\n",
+    }
+    # The name is free again.
+    crowd.join("BOB")
+    assert crowd.read("alice") == b"login|BOB\n"
+
+
+def test_leaving_without_announcing_tells_nobody() -> None:
+    crowd = Crowd("alice", "bob")
+    crowd.hub.leave(crowd["bob"], announce=False)
+    assert crowd.hub.names() == ["alice"]
+    assert crowd.read_all() == {"alice": b"", "bob": b""}
+
+
+def test_only_the_member_online_can_leave_under_its_name() -> None:
+    crowd = Crowd("alice", "bob")
+    crowd.hub.leave(crowd.member("bob"))  # another connection's, never joined
+    crowd.hub.leave(crowd.member("carol"))  # nobody's
+    assert crowd.hub.names() == ["alice", "bob"]
+    assert crowd.read_all() == {"alice": b"", "bob": b""}
+    crowd.hub.leave(crowd["bob"])
+    crowd.hub.leave(crowd["bob"])  # twice: once is all it takes
+    assert crowd.read("alice") == b"exit|bob\n"
+
+
+def test_iterating_is_over_a_snapshot() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    for member in crowd.hub:
+        crowd.hub.leave(member, announce=False)
+    assert len(crowd.hub) == 0
+
+
+def test_a_member_too_slow_for_presence_is_kicked() -> None:
+    crowd = Crowd("alice")
+    crowd.join("slow", queue=1)
+    crowd.read_all()
+    assert crowd["slow"].mailbox.put(b"filler\n")
+    crowd.join("bob")
+    assert crowd.kicked == [("slow", TOO_SLOW)]
+    assert crowd.read("alice") == b"login|bob\n"
+
+
+def test_online_as_written_is_an_exact_name_or_everyone() -> None:
+    crowd = Crowd("alice", "Zoë")
+    hub = crowd.hub
+    assert hub.online_as_written("alice")
+    assert hub.online_as_written("Zoë")
+    assert hub.online_as_written("*")
+    assert not hub.online_as_written("ALICE")
+    assert not hub.online_as_written("zoë")
+    assert not hub.online_as_written("bob")
+    hub.leave(crowd["alice"])
+    assert not hub.online_as_written("alice")
+
+
+# -- routing -------------------------------------------------------------------------
+
+
+def test_a_direct_message_reaches_its_recipient_only() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    congested: list[Mailbox] = []
+    routed = crowd.hub.route(
+        crowd["alice"], Envelope("alice", "bob", [b"hi"]), congested
+    )
+    assert routed == Routed(1)
+    assert crowd.read_all() == {
+        "alice": b"",
+        "bob": b"talk|alice|bob|hi\n",
+        "carol": b"",
+    }
+    assert congested == []
+
+
+@pytest.mark.parametrize("target", ["zoë", "ZOË", "\uff3aoë"])
+def test_a_target_is_found_by_its_clash_key_and_shown_as_its_owner_wrote_it(
+    target: str,
+) -> None:
+    crowd = Crowd("alice", "Zoë")
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", target, [b"hi"]), [])
+    assert routed == Routed(1)
+    assert crowd.read("Zoë") == "talk|alice|Zoë|hi\n".encode()
+
+
+def test_the_texts_of_an_envelope_go_as_one_batch_of_deliveries() -> None:
+    crowd = Crowd("alice", "bob")
+    bob = crowd["bob"].mailbox
+    first = bob.next_seq
+    routed = crowd.hub.route(
+        crowd["alice"], Envelope("alice", "bob", [b"1", b"2", b"3"]), []
+    )
+    assert routed == Routed(3)
+    assert bob.next_seq == first + 3
+    assert bob.drain() == b"talk|alice|bob|1\ntalk|alice|bob|2\ntalk|alice|bob|3\n"
+
+
+def test_a_message_to_nobody_online_is_refused() -> None:
+    crowd = Crowd("alice", "bob")
+    routed = crowd.hub.route(
+        crowd["alice"], Envelope("alice", "dave", [b"1", b"2"]), []
+    )
+    assert routed == Routed(2, Refusal.NO_SUCH_USER, "dave")
+    assert crowd.read_all() == {"alice": b"", "bob": b""}
+
+
+def test_a_recipient_too_slow_is_kicked_and_the_message_refused() -> None:
+    crowd = Crowd("alice")
+    slow = crowd.join("Slow", queue=2)
+    crowd.read_all()
+    slow.mailbox.stalled = True  # its writer made no progress for long
+    assert slow.mailbox.put(b"filler\n", 2)
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "slow", [b"hi"]), [])
+    assert routed == Routed(1, Refusal.NO_SUCH_USER, "Slow")
+    assert crowd.kicked == [("Slow", TOO_SLOW)]
+    assert crowd.read("Slow") == b"filler\n"
+
+
+def test_a_broadcast_reaches_everyone_but_its_sender() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"a", b"b"]), [])
+    assert routed == Routed(2)
+    both = b"talk|alice|*|a\ntalk|alice|*|b\n"
+    assert crowd.read_all() == {"alice": b"", "bob": both, "carol": both}
+
+
+def test_a_broadcast_with_nobody_to_hear_it_is_not_refused() -> None:
+    crowd = Crowd("alice")
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"a"]), [])
+    assert routed == Routed(1)
+    assert crowd.read("alice") == b""
+
+
+def test_a_broadcast_goes_on_past_a_recipient_too_slow_for_it() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    bob = crowd["bob"].mailbox
+    bob.stalled = True
+    while bob.put(b"filler\n"):
+        pass
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"a"]), [])
+    assert routed == Routed(1)  # a broadcast is not refused for one of many
+    assert crowd.kicked == [("bob", TOO_SLOW)]
+    assert crowd.read("carol") == b"talk|alice|*|a\n"
+
+
+def test_recipients_left_congested_are_listed_for_the_sender_to_wait_on() -> None:
+    crowd = Crowd("alice", "bob", "carol", queue=4)
+    congested: list[Mailbox] = []
+    hub, alice = crowd.hub, crowd["alice"]
+    assert hub.route(alice, Envelope("alice", "bob", [b"1", b"2"]), congested)
+    assert congested == []
+    assert hub.route(alice, Envelope("alice", "bob", [b"3"]), congested) == Routed(1)
+    assert congested == [crowd["bob"].mailbox]
+    routed = hub.route(alice, Envelope("alice", "*", [b"4", b"5", b"6"]), congested)
+    # Bob has room for no more, but a route always takes one text.
+    assert routed == Routed(1)
+    # Bob is congested again; carol, one frame in, is not.
+    assert congested == [crowd["bob"].mailbox, crowd["bob"].mailbox]
+
+
+def test_a_route_takes_only_what_fits_the_room_of_every_recipient() -> None:
+    crowd = Crowd("alice", "bob", "carol", queue=10)
+    carol = crowd["carol"].mailbox
+    assert carol.put(b"filler\n", 4)  # room for 2 more before half
+    congested: list[Mailbox] = []
+    texts = [b"%d" % number for number in range(5)]
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", texts), congested)
+    assert routed == Routed(2)
+    assert congested == [carol]
+    assert crowd.read("bob") == b"talk|alice|*|0\ntalk|alice|*|1\n"
+
+
+# -- observers ------------------------------------------------------------------------
+
+
+def test_observers_see_every_envelope_routed_after_its_delivery() -> None:
+    crowd = Crowd("alice", "bob", "carol", queue=10)
+    seen: list[tuple[Envelope, bytes]] = []
+
+    def observer(envelope: Envelope) -> None:
+        # Delivered already: bob's mailbox holds it.
+        seen.append((envelope, crowd.read("bob")))
+
+    hub, alice = crowd.hub, crowd["alice"]
+    hub.observe(observer)
+    hub.route(alice, Envelope("alice", "bob", [b"1"]), [])
+    hub.route(alice, Envelope("alice", "BOB", [b"2", b"3"]), [])
+    hub.route(alice, Envelope("alice", "*", [b"4"]), [])
+    assert seen == [
+        (Envelope("alice", "bob", [b"1"]), b"talk|alice|bob|1\n"),
+        (
+            Envelope("alice", "BOB", [b"2", b"3"]),
+            b"talk|alice|bob|2\ntalk|alice|bob|3\n",
+        ),
+        (Envelope("alice", "*", [b"4"]), b"talk|alice|*|4\n"),
+    ]
+
+
+def test_observers_see_only_the_texts_that_went() -> None:
+    crowd = Crowd("alice", "bob", queue=4)
+    seen: list[Envelope] = []
+    crowd.hub.observe(seen.append)
+    texts = [b"1", b"2", b"3", b"4"]
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "bob", texts), [])
+    assert routed == Routed(3)
+    assert [list(envelope.texts) for envelope in seen] == [[b"1", b"2", b"3"]]
+
+
+def test_every_observer_is_told_until_it_stops() -> None:
+    crowd = Crowd("alice", "bob")
+    first: list[Envelope] = []
+    second: list[Envelope] = []
+    stop_first = crowd.hub.observe(first.append)
+    crowd.hub.observe(second.append)
+    one, two = Envelope("alice", "bob", [b"1"]), Envelope("alice", "*", [b"2"])
+    crowd.hub.route(crowd["alice"], one, [])
+    stop_first()
+    crowd.hub.route(crowd["alice"], two, [])
+    assert first == [one]
+    assert second == [one, two]
+
+
+# -- presence held back --------------------------------------------------------------
+
+
+def test_held_presence_waits_for_release_and_goes_in_order() -> None:
+    crowd = Crowd("alice")
+    hub = crowd.hub
+    hub.hold_presence = True
+    held = hub.presence_held
+    assert not held.is_set()
+    crowd.join("bob")
+    assert held.is_set()
+    crowd.join("carol")
+    hub.leave(crowd["bob"])
+    # The newcomers' rosters go at once; what others hear waits.
+    assert crowd.read_all() == {
+        "alice": b"",
+        "bob": b"login|bob\nlogin|alice\n",
+        "carol": b"login|carol\nlogin|alice\nlogin|bob\n",
+    }
+    hub.release()
+    assert crowd.read_all() == {
+        "alice": b"login|bob\nlogin|carol\nexit|bob\n",
+        "bob": b"login|carol\n",  # heard while online (its close sends it)
+        "carol": b"exit|bob\n",
+    }
+    assert hub.presence_held is not held
+    assert not hub.presence_held.is_set()
+
+
+def test_a_message_goes_after_the_presence_held_before_it() -> None:
+    crowd = Crowd("alice", "bob")
+    hub = crowd.hub
+    hub.hold_presence = True
+    crowd.join("carol")
+    hub.route(crowd["carol"], Envelope("carol", "alice", [b"hi"]), [])
+    assert crowd.read("alice") == b"login|carol\ntalk|carol|alice|hi\n"
+    hub.release()
+    assert crowd.read("alice") == b""
+    assert crowd.read("bob") == b"login|carol\n"
+
+
+def test_presence_not_held_goes_at_once() -> None:
+    crowd = Crowd("alice")
+    crowd.join("bob")
+    assert crowd.read("alice") == b"login|bob\n"
+    assert not crowd.hub.presence_held.is_set()
+
+
+def test_a_member_with_no_room_at_release_is_kicked() -> None:
+    crowd = Crowd("alice")
+    slow = crowd.join("slow", queue=10)
+    crowd.read_all()
+    # Its channel full of empty batches: nothing more can go.
+    while slow.mailbox.put(b"", 0):
+        pass
+    crowd.hub.hold_presence = True
+    crowd.join("bob")
+    assert crowd.kicked == []
+    crowd.hub.release()
+    assert crowd.kicked == [("slow", TOO_SLOW)]
+    assert crowd.read("alice") == b"login|bob\n"
+
+
+async def test_presence_held_wakes_whoever_sends_it() -> None:
+    crowd = Crowd("alice")
+    hub = crowd.hub
+    hub.hold_presence = True
+    released: list[bytes] = []
+
+    async def sender() -> None:
+        await hub.presence_held.wait()
+        hub.release()
+        released.append(crowd.read("alice"))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            crowd.join("bob")
+    assert released == [b"login|bob\n"]
