@@ -293,6 +293,19 @@ def test_observers_see_only_the_texts_that_went() -> None:
     assert [list(envelope.texts) for envelope in seen] == [[b"1", b"2", b"3"]]
 
 
+def test_observers_do_not_see_what_was_refused() -> None:
+    crowd = Crowd("alice")
+    slow = crowd.join("slow", queue=1)
+    crowd.read_all()
+    slow.mailbox.put(b"filler\n")
+    seen: list[Envelope] = []
+    crowd.hub.observe(seen.append)
+    hub, alice = crowd.hub, crowd["alice"]
+    assert hub.route(alice, Envelope("alice", "dave", [b"1"]), []).refused
+    assert hub.route(alice, Envelope("alice", "slow", [b"2"]), []).refused
+    assert seen == []
+
+
 def test_every_observer_is_told_until_it_stops() -> None:
     crowd = Crowd("alice", "bob")
     first: list[Envelope] = []

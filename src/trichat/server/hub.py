@@ -200,7 +200,8 @@ class Hub:
             routed = self._broadcast(sender, envelope, congested)
         else:
             routed = self._direct(sender, envelope, congested)
-        if self._observers and routed.taken:
+        # Observers hear of what was delivered, not of what was refused.
+        if self._observers and routed.taken and routed.refused is None:
             if routed.taken < len(envelope.texts):
                 envelope = envelope._replace(texts=envelope.texts[: routed.taken])
             for observer in self._observers:
