@@ -11,6 +11,12 @@ read or write (``system_calls_per_op``). Those counts are the same on
 every machine and in every run with the same Python, so they can be
 compared from one commit to the next anywhere; tests/test_hot_path_budget.py
 does, in CI. They do not see how long C code or the kernel take.
+
+The server's benchmarks use its own pieces: a ``Session`` step, ``Hub.route``,
+``Mailbox`` and one turn of the writer's loop writing with ``PlainSocket``
+to ``/dev/null`` (a socket with room, minus the kernel's work). They run
+synchronously, so the writer's coroutines are stepped by hand
+(``_at_once``); a step that would have to wait is an error.
 """
 
 from __future__ import annotations
@@ -22,32 +28,52 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import trio
 
 from trichat import NEED_DATA, Connection, Delivery, Role, Talk, encode, name_key
-from trichat.server.hub import Hub, Outbox, Peer
+from trichat.protocol.connection import decode_client_line
+from trichat.server.config import ServerConfig
+from trichat.server.hub import Envelope, Hub, Member
+from trichat.server.mailbox import Mailbox
+from trichat.server.session import Session
+from trichat.server.transport import PlainSocket
 
 TEXT = "1732694400123456789 42 " + "x" * 41  # 64 characters, like trichat bench
 # One benchmark: prepares its state and returns a function that runs a
 # batch and returns how many operations it did.
 Batch = Callable[[], int]
 TraceFunction = Callable[[FrameType, str, Any], Any]
+T = TypeVar("T")
 
 
 def _chunk(lines: list[bytes]) -> bytes:
     return b"".join(lines)
 
 
-def _decode_all(chunk: bytes, new_connection: Callable[[], Connection]) -> Batch:
-    """A batch that decodes every frame in *chunk* on a new connection."""
+def decode_talk(frames: int) -> Batch:
+    """The server decodes a ``talk|TO|TEXT`` line it cannot relay as it is
+    (``decode_client_line``, login rules included)."""
+    line = encode(Talk("bob", TEXT))[:-1]
 
     def batch() -> int:
-        conn = new_connection()
+        for _ in range(frames):
+            decode_client_line(line, "alice")
+        return frames
+
+    return batch
+
+
+def decode_delivery(frames: int) -> Batch:
+    """A client (such as trichat bench) reads ``talk|FROM|TO|TEXT`` frames."""
+    chunk = _chunk([encode(Delivery("alice", "bob", TEXT))] * frames)
+
+    def batch() -> int:
+        conn = Connection(Role.CLIENT)
         conn.receive_data(chunk)
         count = 0
         next_event = conn.next_event
@@ -56,24 +82,6 @@ def _decode_all(chunk: bytes, new_connection: Callable[[], Connection]) -> Batch
         return count
 
     return batch
-
-
-def decode_talk(frames: int) -> Batch:
-    """The server reads ``talk|TO|TEXT`` frames, many to a chunk."""
-    chunk = _chunk([encode(Talk("bob", TEXT))] * frames)
-
-    def logged_in_server() -> Connection:
-        conn = Connection(Role.SERVER)
-        conn.logged_in("alice")
-        return conn
-
-    return _decode_all(chunk, logged_in_server)
-
-
-def decode_delivery(frames: int) -> Batch:
-    """A client (such as trichat bench) reads ``talk|FROM|TO|TEXT`` frames."""
-    chunk = _chunk([encode(Delivery("alice", "bob", TEXT))] * frames)
-    return _decode_all(chunk, lambda: Connection(Role.CLIENT))
 
 
 def encode_delivery(frames: int) -> Batch:
@@ -89,7 +97,7 @@ def encode_delivery(frames: int) -> Batch:
 
 
 def build_and_encode_delivery(frames: int) -> Batch:
-    """Build (and so validate) a ``Delivery`` and encode it, as routing does."""
+    """Build (and so validate) a ``Delivery`` and encode it."""
 
     def batch() -> int:
         for _ in range(frames):
@@ -127,119 +135,202 @@ def name_key_uncached(calls: int) -> Batch:
     return batch
 
 
-def _drain(hub: Hub, outbox: Outbox) -> None:
-    """Flush what routing queued and take it all, as the writer would."""
-    hub.flush_due()
-    outbox.drain()
+# -- the server: session, hub, mailbox and writer ---------------------------------
+
+
+def _at_once(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of *coroutine*, which must finish without waiting: a
+    writer's step when frames are queued and the socket has room. (The
+    benchmarks are synchronous, so that they can be traced and timed.)"""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coroutine.close()
+    raise RuntimeError("the writer's step had to wait")
+
+
+class _NullStream:
+    """Stands in for a ``trio.SocketStream`` to give ``PlainSocket`` a
+    descriptor that takes every write whole at once (``/dev/null``): a
+    plain socket with room, minus the kernel's work."""
+
+    def __init__(self) -> None:
+        self.socket = self
+
+    def fileno(self) -> int:
+        return _null_fd()
 
 
 @functools.cache
 def _null_fd() -> int:
-    """A descriptor that takes every write whole at once (``/dev/null``),
-    kept open for the process's life: a plain socket with room, minus the
-    kernel's work."""
+    """``/dev/null`` for writing, kept open for the process's life."""
     return os.open(os.devnull, os.O_WRONLY)
 
 
-def _hub(users: int, queue: int, fd: int | None = None) -> tuple[Hub, list[Peer]]:
-    """A hub of *users* online, each outbox holding up to *queue* frames and
-    writing to *fd* if given (as for plain sockets), else queueing for a
-    writer task (as for TLS)."""
+def _null_socket() -> PlainSocket:
+    return PlainSocket(cast(trio.SocketStream, _NullStream()))
+
+
+def _write_out(mailbox: Mailbox, transport: PlainSocket) -> None:
+    """One turn of the writer task's loop (``write_loop``): take all that
+    is queued as one batch, write it, and count it written."""
+    batch = _at_once(mailbox.next_batch())
+    assert batch is not None
+    _at_once(transport.send(batch.data, mailbox.sent))
+    mailbox.written(batch)
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
+def _hub(users: int, queue: int = 1024) -> tuple[Hub, list[Member]]:
+    """A hub of *users* online (``user0``...), every mailbox emptied."""
     hub = Hub()
-    peers = []
+    members = []
     for i in range(users):
-        outbox = Outbox(queue, queue * 256, fd=fd, due=hub.due)
-        peer = Peer(f"user{i}", outbox, lambda reason: None)
-        hub.join(peer)
-        peers.append(peer)
-        for each in peers:
-            _drain(hub, each.outbox)
-    return hub, peers
+        member = Member(f"user{i}", Mailbox(queue, 1 << 20), _ignore)
+        hub.join(member)
+        members.append(member)
+        if i % 100 == 99 or i == users - 1:
+            for each in members:
+                each.mailbox.drain()
+    return hub, members
+
+
+def _session(hub: Hub, name: str) -> Session:
+    """*name* logged in through a session, as the server does (no flood
+    control, as in a benchmark run), its mailbox emptied."""
+    mailbox = Mailbox(1024, 1 << 20)
+    session = Session(ServerConfig(rate=0), hub, mailbox, _ignore, "", 0)
+    session.received(b"login|%s\n" % name.encode(), 0)
+    session.handle_ready(64, 0)
+    assert session.member is not None
+    for member in hub:
+        member.mailbox.drain()
+    session.mailbox.drain()
+    return session
+
+
+def read_talk(reads: int, lines: int = 16) -> Batch:
+    """``Session.received``: a read of *lines* ``talk`` frames split into
+    lines and checked printable at once (per frame)."""
+    hub, _ = _hub(1)
+    session = _session(hub, "alice")
+    data = _chunk([encode(Talk("user0", TEXT))] * lines)
+
+    def batch() -> int:
+        received = session.received
+        for _ in range(reads):
+            received(data, 0)
+        session.read = None
+        return reads * lines
+
+    return batch
+
+
+def session_run(reads: int, lines: int = 16, to: str = "user0") -> Batch:
+    """The server's whole path for a read of *lines* ``talk`` frames to one
+    user (per frame): the session's step (``received``, ``handle_ready``:
+    relayed as a run when *to* is the name as its owner wrote it, else
+    decoded line by line), then the recipient's writer writes them, to a
+    plain socket with room."""
+    hub, (bob,) = _hub(1)
+    session = _session(hub, "alice")
+    data = _chunk([encode(Talk(to, TEXT))] * lines)
+    transport = _null_socket()
+
+    def batch() -> int:
+        received, handle_ready = session.received, session.handle_ready
+        mailbox = bob.mailbox
+        for _ in range(reads):
+            received(data, 0)
+            handle_ready(64, 0)
+            _write_out(mailbox, transport)
+        return reads * lines
+
+    return batch
 
 
 def hub_direct(messages: int) -> Batch:
-    """Route one direct ``talk`` to one user and queue it in their outbox."""
-    hub, (alice, bob) = _hub(2, messages)
-    talk = Talk("user1", TEXT)
+    """``Hub.route`` of one text to one user, into their mailbox."""
+    hub, (alice, bob) = _hub(2, max(messages, 2))
+    envelope = Envelope("user0", "user1", [TEXT.encode()])
 
     def batch() -> int:
-        deliver = hub.deliver
-        congested: list[Outbox] = []
+        route = hub.route
+        congested: list[Mailbox] = []
         for _ in range(messages):
-            deliver(alice, talk, congested)
-        _drain(hub, bob.outbox)
+            route(alice, envelope, congested)
+        bob.mailbox.drain()
         return messages
 
     return batch
 
 
-def hub_broadcast(users: int, broadcasts: int) -> Batch:
-    """Route a broadcast from one user to *users* others with plain sockets
-    (one operation per recipient, outbox and write included)."""
-    hub, peers = _hub(users + 1, broadcasts, _null_fd())
-    sender = peers[0]
-    talk = Talk("*", TEXT)
+def hub_broadcast(users: int, broadcasts: int, written: bool = False) -> Batch:
+    """``Hub.route`` of a broadcast from one user to *users* others (per
+    recipient): encoded once, put in every mailbox; if *written*, each
+    recipient's writer then writes it to a plain socket with room."""
+    hub, members = _hub(users + 1)
+    sender, recipients = members[0], members[1:]
+    envelope = Envelope("user0", "*", [TEXT.encode()])
+    transport = _null_socket()
 
     def batch() -> int:
-        congested: list[Outbox] = []
+        congested: list[Mailbox] = []
         for _ in range(broadcasts):
-            hub.deliver(sender, talk, congested)
-        for peer in peers[1:]:
-            _drain(hub, peer.outbox)
+            hub.route(sender, envelope, congested)
+            if written:
+                for member in recipients:
+                    _write_out(member.mailbox, transport)
+        if not written:
+            for member in recipients:
+                member.mailbox.drain()
         return broadcasts * users
 
     return batch
 
 
-def read_talk(reads: int, lines: int = 16) -> Batch:
-    """The server takes a read of *lines* ``talk`` frames: one split, and a
-    check that all of it is printable (per frame)."""
-    data = _chunk([encode(Talk("user1", TEXT))] * lines)
-    conn = Connection(Role.SERVER)
-    conn.logged_in("user0")
+def presence(users: int, rounds: int) -> Batch:
+    """A login and an exit with *users* online (per user told), held for
+    one release as the server does by default (``--presence-delay``): the
+    newcomer's roster, a held frame each for the others, the release."""
+    hub, members = _hub(users)
+    hub.hold_presence = True
+    newcomer = Member("newcomer", Mailbox(1024, 1 << 20), _ignore)
 
     def batch() -> int:
-        take_lines = conn.take_lines
-        for _ in range(reads):
-            take_lines(data)
-        return reads * lines
+        for _ in range(rounds):
+            hub.join(newcomer)
+            hub.leave(newcomer)
+            hub.release()
+            for member in members:
+                member.mailbox.drain()
+            newcomer.mailbox.drain()
+        return rounds * users
 
     return batch
 
 
-def relay_direct(reads: int, lines: int = 16) -> Batch:
-    """``Hub.relay_run`` of a read's run of *lines* plain ``talk`` frames to
-    one user with a plain socket: one block into their outbox, written at
-    the flush (per frame)."""
-    hub, (alice, bob) = _hub(2, 1024, _null_fd())
-    run = [encode(Talk("user1", TEXT))[:-1]] * lines
+def mailbox_batch(batches: int, frames: int = 16) -> Batch:
+    """``Mailbox.put`` of *frames* frames one by one, then the writer's
+    ``next_batch`` taking them as one batch, ``sent`` and ``written``
+    (per frame)."""
+    mailbox = Mailbox(1024, 1 << 20)
+    frame = encode(Delivery("alice", "bob", TEXT))
 
     def batch() -> int:
-        relay_run = hub.relay_run
-        congested: list[Outbox] = []
-        for _ in range(reads):
-            relay_run(alice, b"user1", run, 0, lines, congested)
-            _drain(hub, bob.outbox)
-        return reads * lines
-
-    return batch
-
-
-def relay_broadcast(users: int, broadcasts: int, queued: bool = False) -> Batch:
-    """``Hub.relay_run`` of one plain broadcast to *users* others (per
-    recipient): written at once to their plain sockets, or, if *queued*,
-    queued for their writer tasks (as over TLS) and taken from there."""
-    hub, peers = _hub(users + 1, 1024, None if queued else _null_fd())
-    sender = peers[0]
-    run = [encode(Talk("*", TEXT))[:-1]]
-
-    def batch() -> int:
-        congested: list[Outbox] = []
-        for _ in range(broadcasts):
-            hub.relay_run(sender, b"*", run, 0, 1, congested)
-        for peer in peers[1:]:
-            _drain(hub, peer.outbox)
-        return broadcasts * users
+        put = mailbox.put
+        for _ in range(batches):
+            for _ in range(frames):
+                put(frame)
+            taken = _at_once(mailbox.next_batch())
+            assert taken is not None
+            mailbox.sent(len(taken.data))
+            mailbox.written(taken)
+        return batches * frames
 
     return batch
 
@@ -300,9 +391,8 @@ _SYSTEM_CALLS = frozenset({os.read, os.write})
 
 
 def system_calls_per_op(batch: Batch) -> float:
-    """Reads and writes (``os.read``, ``os.write``) per operation of *batch*,
-    made in this thread: a hub with write helpers would need their threads
-    counted too (``threading.setprofile``); the benchmarks have none."""
+    """Reads and writes (``os.read``, ``os.write``) per operation of *batch*
+    (made in this thread; no thread of the server writes)."""
     count = 0
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
@@ -325,15 +415,20 @@ def benchmarks(scale: float) -> list[tuple[str, Batch]]:
         ("build+encode Delivery", build_and_encode_delivery(n(50_000))),
         ("name_key, cached", name_key_cached(n(100_000))),
         ("name_key, uncached", name_key_uncached(n(20_000))),
+        ("read: split+check, per talk of 16", read_talk(n(5_000))),
+        ("session: run of 16 to 1 user, written, per talk", session_run(n(5_000))),
+        (
+            "session: 16 decoded talks to 1 user, written, per talk",
+            session_run(n(1_000), to="USER0"),
+        ),
         ("hub: direct talk to 1 user", hub_direct(n(20_000))),
         ("hub: broadcast, per recipient of 1000", hub_broadcast(1000, n(20))),
-        ("read: split+check, per talk of 16", read_talk(n(5_000))),
-        ("relay: run of 16 to 1 user, per talk", relay_direct(n(5_000))),
-        ("relay: broadcast, per recipient of 1000", relay_broadcast(1000, n(20))),
         (
-            "relay: broadcast, queued, per recipient of 1000",
-            relay_broadcast(1000, n(20), queued=True),
+            "hub: broadcast, written, per recipient of 1000",
+            hub_broadcast(1000, n(20), written=True),
         ),
+        ("presence: login+exit, per user of 1000", presence(1000, n(20))),
+        ("mailbox: put+next_batch, per frame of 16", mailbox_batch(n(5_000))),
     ]
     return chosen
 
@@ -356,19 +451,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.opcodes:
-        print(f"{'benchmark':<48} {'opcodes/op':>10} {'syscalls/op':>11}")
+        print(f"{'benchmark':<56} {'opcodes/op':>10} {'syscalls/op':>11}")
     else:
-        print(f"{'benchmark':<48} {'ns/op':>9} {'min':>9} {'max':>9}")
+        print(f"{'benchmark':<56} {'ns/op':>9} {'min':>9} {'max':>9}")
 
     async def run_all() -> None:
         # Inside Trio, as in the server.
         for name, batch in benchmarks(args.scale):
             if args.opcodes:
                 opcodes, calls = opcodes_per_op(batch), system_calls_per_op(batch)
-                print(f"{name:<48} {opcodes:10.1f} {calls:11.4f}", flush=True)
+                print(f"{name:<56} {opcodes:10.1f} {calls:11.4f}", flush=True)
                 continue
             median, low, high = measure(batch, args.repeats)
-            print(f"{name:<48} {median:9.0f} {low:9.0f} {high:9.0f}", flush=True)
+            print(f"{name:<56} {median:9.0f} {low:9.0f} {high:9.0f}", flush=True)
 
     trio.run(run_all)
     return 0

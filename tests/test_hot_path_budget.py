@@ -3,22 +3,26 @@
 Timings on a shared machine vary by a fifth from one run to the next, too
 much to catch a regression. The number of Python bytecode instructions an
 operation runs does not vary at all for one interpreter version, so each
-micro-benchmark of ``benchmarks/micro.py`` has a budget here, a little
-above what it costs today. A change that makes the hot path do more fails
-this test; if the extra work is intended, raise the budget and say why in
-the commit. (A change that makes it cheaper should lower the budget.)
+micro-benchmark of ``benchmarks/micro.py`` has a budget here: what it cost
+when the budget was set, with 5% of headroom. A change that makes the hot
+path do more fails this test; if the extra work is intended, raise the
+budget and say why in the commit. (A change that makes it cheaper should
+lower the budget.) Bytecode differs between Python versions, so on any
+Python but CPython 3.11 the budgets are skipped, each with a reason that
+``pytest -ra`` shows.
 
 Reads and writes cost the most on the hot path, so their number is
-checked too, on any Python: no operation may make more than it did (a
-broadcast makes one write per recipient, a run of 16 talks to one user one
-write in all). How long C code and the kernel
-take is not counted: the Go load generator (``benchmarks/loadgen.py
---baseline``) is the check for that.
+checked too, on any Python: each operation must make exactly as many as
+it did (the writer's one write per run of talk it takes at once, one per
+recipient of a broadcast). How long C code and the kernel take is not
+counted: the Go load generator (``benchmarks/loadgen.py --baseline``) is
+the check for that.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 from pathlib import Path
 
@@ -27,35 +31,39 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import micro
 
-counted_in_this_bytecode = pytest.mark.skipif(
-    sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11),
-    reason="the opcode budgets are counted in CPython 3.11's bytecode",
-)
+# The interpreter the opcode budgets were counted with: bytecode differs
+# from one CPython version to the next, and between implementations.
+COUNTED_WITH = ("cpython", (3, 11))
 
 SCALE = 0.05  # the batch sizes the budgets were counted with
 HEADROOM = 1.05
-# Opcodes per operation when the budgets were last set.
+# Opcodes per operation when the budgets were last set (re-based for the
+# mailbox design: see docs/performance.md).
 BUDGETS = {
-    "decode+validate talk (server)": 316.2,
-    "decode+validate delivery (client)": 321.2,
+    "decode+validate talk (server)": 215.0,
+    "decode+validate delivery (client)": 339.1,
     "encode Delivery": 35.0,
     "build+encode Delivery": 160.0,
     "name_key, cached": 8.1,
     "name_key, uncached": 19.0,
-    "hub: direct talk to 1 user": 194.3,
-    "hub: broadcast, per recipient of 1000": 109.2,
-    "read: split+check, per talk of 16": 8.8,
-    "relay: run of 16 to 1 user, per talk": 38.0,
-    "relay: broadcast, per recipient of 1000": 109.3,
-    "relay: broadcast, queued, per recipient of 1000": 481.3,
+    "read: split+check, per talk of 16": 11.3,
+    "session: run of 16 to 1 user, written, per talk": 99.8,
+    "session: 16 decoded talks to 1 user, written, per talk": 796.0,
+    "hub: direct talk to 1 user": 435.5,
+    "hub: broadcast, per recipient of 1000": 322.1,
+    "hub: broadcast, written, per recipient of 1000": 410.1,
+    "presence: login+exit, per user of 1000": 499.5,
+    "mailbox: put+next_batch, per frame of 16": 202.9,
 }
 
 
-# Reads and writes per operation, for those that make any: no more, ever.
+# Reads and writes per operation, for those that make any; every other
+# makes none. Checked on any Python: one write per run of talk a writer
+# takes at once, one per recipient of a broadcast.
 SYSTEM_CALLS = {
-    "hub: broadcast, per recipient of 1000": 1.0,
-    "relay: run of 16 to 1 user, per talk": 1 / 16,
-    "relay: broadcast, per recipient of 1000": 1.0,
+    "session: run of 16 to 1 user, written, per talk": 1 / 16,
+    "session: 16 decoded talks to 1 user, written, per talk": 1 / 16,
+    "hub: broadcast, written, per recipient of 1000": 1.0,
 }
 
 
@@ -75,18 +83,26 @@ async def test_every_micro_benchmark_has_a_budget() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
-async def test_the_hot_path_makes_no_more_system_calls_than_it_did(name: str) -> None:
+async def test_the_hot_path_makes_the_system_calls_it_did(name: str) -> None:
     calls = costs()[name][1]
-    allowed = SYSTEM_CALLS.get(name, 0.0)
-    assert calls <= allowed, (
-        f"{name}: {calls:.4f} reads and writes per operation, more than the "
-        f"{allowed:.4f} it made; if that is intended, raise it"
+    expected = SYSTEM_CALLS.get(name, 0.0)
+    assert calls == pytest.approx(expected), (
+        f"{name}: {calls:.4f} reads and writes per operation, not the "
+        f"{expected:.4f} it made; if that is intended, change it here"
     )
 
 
-@counted_in_this_bytecode
 @pytest.mark.parametrize("name", sorted(BUDGETS))
-async def test_the_hot_path_stays_within_its_budget(name: str) -> None:
+def test_the_hot_path_stays_within_its_budget(name: str) -> None:
+    running = (sys.implementation.name, sys.version_info[:2])
+    if running != COUNTED_WITH:
+        # Shown by pytest -ra (on by default here), so that a run on another
+        # Python says what it did not check.
+        pytest.skip(
+            f"opcode budgets are counted in CPython 3.11's bytecode, not "
+            f"{platform.python_implementation()} {platform.python_version()}'s: "
+            "not checked (system calls are)"
+        )
     cost = costs()[name][0]
     assert cost <= BUDGETS[name] * HEADROOM, (
         f"{name}: {cost:.1f} opcodes per operation, over its budget of "
