@@ -325,7 +325,19 @@ class Client(trio.abc.AsyncResource):
             return []
         self._receiving = True
         try:
-            messages = await self._receive_available()
+            self._raise_left_problem()
+            messages = self._decode_buffered()
+            while messages is not None and not messages:
+                try:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                except trio.BrokenResourceError as error:
+                    raise ConnectionLost(f"connection lost: {error}") from error
+                except trio.ClosedResourceError:
+                    # Closed on our side: nothing more will be read.
+                    messages = None
+                    break
+                self._connection.receive_data(data)
+                messages = self._decode_buffered()
         except BadServerFrame as bad:
             self._finished = bad.fatal
             raise
@@ -336,13 +348,43 @@ class Client(trio.abc.AsyncResource):
             self._receiving = False
         if not messages:
             self._finished = True
-            return messages
+            return []
+        self.last_heard = trio.current_time()
         for message in messages:
             if type(message) is not Delivery:
                 self._track(message)
                 if isinstance(message, Ping):
                     await self._answer(message.token)
         return messages
+
+    def _decode_buffered(self) -> list[ServerMessage] | None:
+        """The frames that the bytes read so far hold, up to a bad frame
+        (left for the next read) or an error that closes the connection;
+        None when the stream has ended and every frame has been taken."""
+        messages: list[ServerMessage] = []
+        next_event = self._connection.next_event
+        while True:
+            try:
+                event = next_event()
+            except ProtocolError as problem:
+                if not messages:
+                    raise BadServerFrame(problem) from None
+                self._problem = problem
+                return messages
+            if type(event) is Delivery:
+                messages.append(event)
+                continue
+            if event is NEED_DATA:
+                return messages
+            if event is CLOSED:
+                return messages or None
+            match event:
+                case Login() | Exit() | Error() | Ping() | Pong():
+                    messages.append(event)
+                    if isinstance(event, Error) and event.code.closes:
+                        return messages
+                case _:  # pragma: no cover - a client's decoder never builds it
+                    raise AssertionError("decoded a client frame on the client side")
 
     def _track(self, message: ServerMessage) -> None:
         """Keep the roster, and whether the server is done, up to date."""
@@ -359,60 +401,11 @@ class Client(trio.abc.AsyncResource):
         with suppress(ConnectionLost):
             await self.send(Pong(token))
 
-    async def _receive_available(self) -> list[ServerMessage]:
-        """The frames already read, or else those of the next read, up to
-        an error that closes the connection; an empty list at the end of
-        the stream."""
-        self._raise_left_problem()
-        messages: list[ServerMessage] = []
-        while True:
-            try:
-                event = self._connection.next_event()
-            except ProtocolError as problem:
-                if not messages:
-                    raise BadServerFrame(problem) from None
-                self._problem = problem
-                break
-            if type(event) is Delivery:
-                messages.append(event)
-                continue
-            if event is CLOSED:
-                break
-            if event is NEED_DATA:
-                if messages:
-                    break
-                if not await self._read():
-                    break
-                continue
-            match event:
-                case Login() | Exit() | Error() | Ping() | Pong():
-                    messages.append(event)
-                    if isinstance(event, Error) and event.code.closes:
-                        break
-                case _:  # pragma: no cover - a client's decoder never builds it
-                    raise AssertionError("decoded a client frame on the client side")
-        if messages:
-            self.last_heard = trio.current_time()
-        return messages
-
     def _raise_left_problem(self) -> None:
         """Raise the bad frame that a batch left for the next read, if any."""
         if self._problem is not None:
             problem, self._problem = self._problem, None
             raise BadServerFrame(problem)
-
-    async def _read(self) -> bool:
-        """Feed the connection one read from the stream; False when the
-        stream is closed on our side."""
-        try:
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
-        except trio.BrokenResourceError as error:
-            raise ConnectionLost(f"connection lost: {error}") from error
-        except trio.ClosedResourceError:
-            # Closed on our side: nothing more will be read.
-            return False
-        self._connection.receive_data(data)
-        return True
 
     async def _receive(self) -> ServerMessage | None:
         """The next frame from the server; None at the end of the stream."""
@@ -425,8 +418,14 @@ class Client(trio.abc.AsyncResource):
             if event is CLOSED:
                 return None
             if event is NEED_DATA:
-                if not await self._read():
+                try:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                except trio.BrokenResourceError as error:
+                    raise ConnectionLost(f"connection lost: {error}") from error
+                except trio.ClosedResourceError:
+                    # Closed on our side: nothing more will be read.
                     return None
+                self._connection.receive_data(data)
                 continue
             match event:
                 case Login() | Delivery() | Exit() | Error() | Ping() | Pong():
