@@ -10,7 +10,9 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import runner as bench
+    # Each command's options, and nothing more: bench.cli imports the load
+    # generator only when ``trichat bench`` runs.
+    from .bench import cli as bench
     from .client import terminal
     from .server import cli as serve_cli
 
