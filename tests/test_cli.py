@@ -14,7 +14,7 @@ import trio
 from helpers import running_server
 
 from trichat import __version__
-from trichat.cli import main
+from trichat.cli import build_parser, main
 
 # Starting Python and the command takes a fraction of this.
 COMMAND_TIMEOUT = 20.0
@@ -130,3 +130,13 @@ async def test_the_commands_work_without_the_resource_module(
     assert json.loads(bench.stdout)["delivered"] > 0
     # The bench did without it (to raise its file limit).
     assert (no_resource_module / "tried").exists()
+
+
+def test_every_command_takes_durations_with_units() -> None:
+    parser = build_parser()
+    connect = parser.parse_args(["connect", "alice", "--ping-interval", "1.5s"])
+    assert connect.ping_interval == 1.5
+    serve = parser.parse_args(["serve", "--login-timeout", "500ms"])
+    assert serve.login_timeout == 0.5
+    bench = parser.parse_args(["bench", "--duration", "2m"])
+    assert bench.duration == 120

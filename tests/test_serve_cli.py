@@ -8,11 +8,15 @@ import signal
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
+import trustme
 from helpers import STEP_TIMEOUT, LineClient
 
+from trichat.server import ServerConfig
 from trichat.server.cli import _config, add_arguments
 
 
@@ -126,27 +130,132 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
     assert "Traceback" not in message
 
 
+async def refused(*options: str) -> str:
+    """What ``trichat serve OPTIONS`` says as it exits with status 2."""
+    with trio.fail_after(STEP_TIMEOUT * 2):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trichat", "serve", "--port", "0", *options],
+            stdin=subprocess.DEVNULL,
+            capture_stderr=True,
+            check=False,
+        )
+    complaint = result.stderr.decode()
+    assert result.returncode == 2, complaint
+    assert "Traceback" not in complaint
+    return complaint
+
+
 @pytest.mark.parametrize(
     ("options", "complaint"),
     [
-        (["--queue-size", "0"], "queue_size must be positive"),
+        (["--max-line", "10"], "--max-line must be at least 64, not 10"),
+        (["--queue-size", "0"], "--queue-size must be positive, not 0"),
+        (["--queue-bytes", "0"], "--queue-bytes must be positive"),
+        (["--max-clients", "0"], "--max-clients must be positive"),
+        (["--max-per-ip", "-1"], "--max-per-ip must not be negative"),
+        (["--login-timeout", "0"], "--login-timeout must be positive"),
+        (["--ping-timeout", "0s"], "--ping-timeout must be positive"),
+        (["--rate", "-1"], "--rate must not be negative"),
+        (["--burst", "0"], "--burst must be positive"),
+        (["--flood-grace", "0"], "--flood-grace must be positive"),
+        (["--stall-timeout", "0ms"], "--stall-timeout must be positive"),
+        (["--max-refusing", "0"], "--max-refusing must be positive"),
+        (["--port", "70000"], "--port must be 0 to 65535, not 70000"),
         (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
-        (["--rate", "-1"], "rate must not be negative"),
-        (["--max-refusing", "0"], "max_refusing must be positive"),
     ],
 )
-async def test_bad_options_are_refused_with_a_reason(
+async def test_a_bad_option_is_refused_by_its_name(
     options: list[str], complaint: str
 ) -> None:
-    result = await trio.run_process(
-        [sys.executable, "-m", "trichat", "serve", "--port", "0", *options],
-        stdin=subprocess.DEVNULL,
-        capture_stderr=True,
-        check=False,
+    message = await refused(*options)
+    assert f"trichat serve: {complaint}" in message
+    # The option, never the Python field behind it.
+    assert "_" not in message.removeprefix("trichat serve: ")
+
+
+def test_every_checked_option_is_named() -> None:
+    # Each option whose value ServerConfig checks, set to one it refuses
+    # (as a number: the parser itself refuses a negative duration).
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    checked = 0
+    for field in attrs.fields(ServerConfig):
+        args = parser.parse_args([])
+        if field.validator is None or not hasattr(args, field.name):
+            continue
+        setattr(args, field.name, -1)
+        option = "--" + field.name.replace("_", "-")
+        with pytest.raises(ValueError, match=f"^{option} must "):
+            _config(args)
+        checked += 1
+    assert checked >= 14
+
+
+@pytest.mark.parametrize("which", ["--tls-cert", "--tls-key"])
+async def test_a_missing_tls_file_is_named(which: str, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    files = {"--tls-cert": tmp_path / "cert.pem", "--tls-key": tmp_path / "key.pem"}
+    issued.private_key_and_cert_chain_pem.write_to_path(str(files["--tls-cert"]))
+    issued.private_key_pem.write_to_path(str(files["--tls-key"]))
+    files[which] = tmp_path / "missing.pem"
+    message = await refused(
+        "--tls-cert", str(files["--tls-cert"]), "--tls-key", str(files["--tls-key"])
     )
-    assert result.returncode == 2
-    assert complaint in result.stderr.decode()
-    assert "Traceback" not in result.stderr.decode()
+    missing = tmp_path / "missing.pem"
+    assert f"cannot read {which} {missing}: No such file or directory" in message
+
+
+async def test_a_tls_file_that_is_not_pem_is_named(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    message = await refused("--tls-cert", str(junk), "--tls-key", str(junk))
+    assert f"cannot load the TLS certificate {junk} with the key {junk}" in message
+
+
+async def test_a_duration_that_is_not_one_is_refused() -> None:
+    message = await refused("--login-timeout", "10 seconds")
+    assert "argument --login-timeout: not a duration: '10 seconds'" in message
+
+
+def test_durations_take_units() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [
+        *("--login-timeout", "10s", "--ping-interval", "2m"),
+        *("--ping-timeout", "1.5s", "--flood-grace", "500ms"),
+        *("--stall-timeout", "2", "--presence-delay", "0"),
+    ]
+    config = _config(parser.parse_args(options))
+    assert (config.login_timeout, config.ping_interval) == (10, 120)
+    assert (config.ping_timeout, config.flood_grace) == (1.5, 0.5)
+    assert (config.stall_timeout, config.presence_delay) == (2, 0)
+
+
+async def test_a_login_timeout_in_milliseconds() -> None:
+    async with trio.open_nursery() as nursery:
+        serve, port = await start_serve(nursery, "--login-timeout", "300ms")
+        silent = await LineClient.connect(port)
+        try:
+            lines = await silent.read_until_closed()
+        finally:
+            await silent.aclose()
+        serve.process.send_signal(signal.SIGTERM)
+        await serve.read_log_to_end()
+    assert len(lines) == 1
+    assert lines[0].startswith("error|login-timeout|")
+
+
+async def test_the_log_level_in_any_case() -> None:
+    async with trio.open_nursery() as nursery:
+        serve, _ = await start_serve(nursery, "--log-level", "DEBUG")
+        serve.process.send_signal(signal.SIGTERM)
+        log = await serve.read_log_to_end()
+    assert serve.process.returncode == 0
+    assert "SIGTERM received" in log
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--log-level", "Warning"]).log_level == "warning"
 
 
 @pytest.mark.parametrize(

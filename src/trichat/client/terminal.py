@@ -24,6 +24,7 @@ from typing import Final, TextIO
 import trio
 
 from .._process import until_interrupted
+from .._units import duration
 from ..protocol.messages import (
     Delivery,
     Error,
@@ -529,13 +530,8 @@ def _port(text: str) -> int:
 
 
 def _interval(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
-    return seconds
+    # 30, 30s, 1.5s, 500ms, 2m: the durations every trichat command takes.
+    return duration(text)
 
 
 def main(args: argparse.Namespace) -> int:

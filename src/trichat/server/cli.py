@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import ssl
 import sys
 
+import attrs
 import trio
 
 from .._process import raise_file_limit
+from .._units import duration
 from .app import ChatServer, ServerConfig
 
 log = logging.getLogger("trichat.server")
@@ -29,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default="info",
+        type=str.lower,
         choices=["debug", "info", "warning", "error"],
-        help="how much to log to stderr (%(default)s)",
+        help="how much to log to stderr, in any case (%(default)s)",
     )
-    limits = parser.add_argument_group("limits (0 switches off those that say so)")
+    limits = parser.add_argument_group(
+        "limits (0 switches off those that say so; durations are seconds, or "
+        "take a unit: 10s, 1.5s, 500ms, 2m)"
+    )
     limits.add_argument(
         "--max-line",
         type=int,
@@ -65,22 +72,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--login-timeout",
-        type=float,
+        type=duration,
         default=d.login_timeout,
-        help="seconds a connection has to log in (%(default)s)",
+        help="how long a connection has to log in (%(default)gs)",
     )
     limits.add_argument(
         "--ping-interval",
-        type=float,
+        type=duration,
         default=d.ping_interval,
-        help="seconds of silence before the server pings a client; 0: never "
-        "(%(default)s)",
+        help="silence before the server pings a client; 0: never (%(default)gs)",
     )
     limits.add_argument(
         "--ping-timeout",
-        type=float,
+        type=duration,
         default=d.ping_timeout,
-        help="seconds a pinged client has to send anything (%(default)s)",
+        help="how long a pinged client has to send anything (%(default)gs)",
     )
     limits.add_argument(
         "--rate",
@@ -97,23 +103,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--flood-grace",
-        type=float,
+        type=duration,
         default=d.flood_grace,
-        help="seconds over the rate before the connection is closed (%(default)s)",
+        help="how long a client may go over the rate before its connection is "
+        "closed (%(default)gs)",
     )
     limits.add_argument(
         "--stall-timeout",
-        type=float,
+        type=duration,
         default=d.stall_timeout,
-        help="seconds a sender waits for a client with a half-full queue that "
-        "reads nothing, before that client counts as stalled (%(default)s)",
+        help="how long a sender waits for a client with a half-full queue that "
+        "reads nothing, before that client counts as stalled (%(default)gs)",
     )
     limits.add_argument(
         "--presence-delay",
-        type=float,
+        type=duration,
         default=d.presence_delay,
         help="longest time logins and exits wait to be sent in one batch; less "
-        "with few users online; 0: send each at once (%(default)s)",
+        "with few users online; 0: send each at once (%(default)gs)",
     )
     limits.add_argument(
         "--max-refusing",
@@ -135,18 +142,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
 
 
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"cannot read {option} {path}: {error.strerror or error}"
+            ) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(
+            f"cannot load the TLS certificate {cert} with the key {key}: {error}"
+        ) from None
+    return context
+
+
+_COMPARISONS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+
+
+def _naming_the_option(args: argparse.Namespace, refusal: ValueError) -> str:
+    """Why ServerConfig refused *args*, naming the option (``--max-line``)
+    where it names a field (``max_line``).
+
+    Each option is checked on its own with its field's validator, to learn
+    which one it refused; attrs' own wording (``'max_line' must be >= 64:
+    10``) is put in words."""
+    for field in attrs.fields(ServerConfig):
+        if field.validator is None or not hasattr(args, field.name):
+            continue
+        try:
+            field.validator(None, field, getattr(args, field.name))
+        except ValueError as error:
+            message = str(error)
+        else:
+            continue
+        option = "--" + field.name.replace("_", "-")
+        for spelling in (f"'{field.name}'", field.name):
+            if message.startswith(spelling + " "):
+                message = message.removeprefix(spelling)
+                break
+        else:
+            return f"{option}: {message}"
+        compared = re.fullmatch(r" must be ([<>]=?) (\S+): (.*)", message)
+        if compared is not None:
+            words = _COMPARISONS[compared[1]]
+            message = f" must be {words} {compared[2]}, not {compared[3]}"
+        return option + message
+    return str(refusal)
+
+
 def _config(args: argparse.Namespace) -> ServerConfig:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     context = None
     if args.tls_cert is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
-        except (OSError, ssl.SSLError) as error:
-            raise ValueError(
-                f"cannot load the TLS certificate or key: {error}"
-            ) from None
+        context = _tls_context(args.tls_cert, args.tls_key)
+    try:
+        return _server_config(args, context)
+    except ValueError as refusal:
+        raise ValueError(_naming_the_option(args, refusal)) from None
+
+
+def _server_config(
+    args: argparse.Namespace, context: ssl.SSLContext | None
+) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,
