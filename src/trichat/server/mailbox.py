@@ -36,6 +36,10 @@ __all__ = ["Batch", "Mailbox", "write_loop"]
 _HELD_FRAMES = 256
 
 
+# What travels in the channel: a Batch's fields.
+_Item = tuple[int, bytes, int]
+
+
 class Batch(NamedTuple):
     """Frames that travel together: *frames* LF-terminated frames in *data*,
     numbered from *first*."""
@@ -74,7 +78,7 @@ class Mailbox:
         self.max_bytes = max_bytes
         # Every batch holds a frame at least, so the frame limit is reached
         # first; the channel's own bound is a backstop.
-        self._outbox, self._inbox = trio.open_memory_channel[Batch](max_frames)
+        self._outbox, self._inbox = trio.open_memory_channel[_Item](max_frames)
         self.queued_frames = 0  # held, in the channel, or being written
         self.queued_bytes = 0
         self.in_channel = 0
@@ -130,7 +134,13 @@ class Mailbox:
         own frames that must get through (a newcomer's roster, which can
         be large).
         """
-        if self.closed or not (force or self.fits(len(data), frames)):
+        if self.closed or not (
+            force
+            or (
+                self.queued_frames + frames <= self.max_frames
+                and self.queued_bytes + len(data) <= self.max_bytes
+            )
+        ):
             return False
         if self._held:
             # Held presence goes first: a user sees events in order.
@@ -178,7 +188,8 @@ class Mailbox:
 
     def _send(self, data: bytes, frames: int) -> bool:
         try:
-            self._outbox.send_nowait(Batch(self.next_seq, data, frames))
+            # A plain tuple: cheaper to make than a Batch, for each recipient.
+            self._outbox.send_nowait((self.next_seq, data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         self.in_channel += 1
@@ -225,23 +236,22 @@ class Mailbox:
         # The channel's length is counted here (``in_channel``) so that
         # taking what is there raises no WouldBlock on the hot path.
         if self.in_channel:
-            batch = inbox.receive_nowait()
+            first, data, frames = inbox.receive_nowait()
         else:
             try:
-                batch = await inbox.receive()
+                first, data, frames = await inbox.receive()
             except trio.EndOfChannel:
                 return None
         more = self.in_channel - 1
         self.in_channel = 0
         if not more:
-            return batch
-        data = [batch.data]
-        frames = batch.frames
+            return Batch(first, data, frames)
+        pieces = [data]
         for _ in range(more):
-            later = inbox.receive_nowait()
-            data.append(later.data)
-            frames += later.frames
-        return Batch(batch.first, b"".join(data), frames)
+            _, later, count = inbox.receive_nowait()
+            pieces.append(later)
+            frames += count
+        return Batch(first, b"".join(pieces), frames)
 
     def sent(self, count: int) -> None:
         """The writer wrote *count* more bytes."""
@@ -288,7 +298,7 @@ class Mailbox:
         data: list[bytes] = []
         while self.in_channel:
             self.in_channel -= 1
-            batch = self._inbox.receive_nowait()
+            batch = Batch(*self._inbox.receive_nowait())
             data.append(batch.data)
             self.sent(len(batch.data))
             self.written(batch)
