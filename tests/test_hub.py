@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import pytest
 import trio
 
@@ -400,3 +403,29 @@ async def test_presence_held_wakes_whoever_sends_it() -> None:
             await trio.testing.wait_all_tasks_blocked()
             crowd.join("bob")
     assert released == [b"login|bob\n"]
+
+
+def test_a_crowd_of_stalled_users_leaving_at_once_nests_no_call_per_user() -> None:
+    """Each user too slow to take an exit is kicked, and its own exit is
+    announced: far more users than the recursion limit allows calls."""
+
+    async def main() -> None:
+        hub = Hub()
+        crowd = sys.getrecursionlimit() * 2
+        members: list[Member] = []
+
+        def kicker(index: int) -> Callable[[str], None]:
+            return lambda reason: hub.leave(members[index])
+
+        for index in range(crowd):
+            member = Member(f"u{index}", Mailbox(crowd + 1, 1 << 30), kicker(index))
+            members.append(member)
+            hub.join(member)
+        for member in members:
+            # Stalled and full: the next frame for it kicks it.
+            member.mailbox = Mailbox(1, 1 << 20)
+            assert member.mailbox.put(b"filler\n")
+        hub.leave(members[0])
+        assert len(hub) == 0
+
+    trio.run(main)

@@ -96,6 +96,22 @@ async def test_a_direct_message_too_big_for_the_queue_drops_its_recipient() -> N
         await alice.expect("error|no-such-user|bob", "exit|bob")
 
 
+async def test_a_user_dropped_as_too_slow_is_offline_at_once() -> None:
+    # The message after the one that dropped bob comes in the same read,
+    # before bob's own task has run: it must not be queued for a user who
+    # is gone (and lost without a word).
+    async with running_server(rate=0, queue_bytes=1000, presence_delay=0) as live:
+        alice = await live.login("alice")
+        bob = await live.login("bob")
+        await alice.expect("login|bob")
+        await bob.expect("login|alice")
+        await alice.send("talk|bob|" + "z" * 2000 + "\ntalk|bob|still there?")
+        assert await bob.read_until_closed() == []
+        await alice.expect(
+            "error|no-such-user|bob", "error|no-such-user|bob", "exit|bob"
+        )
+
+
 async def test_what_a_full_socket_does_not_take_is_written_later_in_order() -> None:
     ours, theirs = trio.socket.socketpair()
     with ours, theirs:

@@ -111,6 +111,7 @@ class Hub:
         ``presence_held``."""
         self.presence_held = trio.Event()
         self._holding: list[Member] = []
+        self._announcements: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self._members)
@@ -161,6 +162,10 @@ class Hub:
         if announce:
             self._announce(member.exit_frame)
 
+    def announce_exit(self, member: Member) -> None:
+        """Tell everyone online that *member*, now offline, has left."""
+        self._announce(member.exit_frame)
+
     def release(self) -> None:
         """Send the presence frames held back (see ``hold_presence``)."""
         holding, self._holding = self._holding, []
@@ -170,13 +175,34 @@ class Hub:
                 member.kick("too slow: outgoing queue full")
 
     def _announce(self, frame: bytes) -> None:
+        """Tell everyone online *frame* (a login or an exit).
+
+        Telling a user too slow to take it kicks them, which takes them
+        offline and announces their exit in turn: such exits are queued
+        and told here, one after another, so that a crowd of stalled users
+        cannot nest a call per user.
+        """
+        self._announcements.append(frame)
+        if len(self._announcements) > 1:
+            return  # an announcement is under way and will tell this one
+        try:
+            while self._announcements:
+                self._tell_everyone(self._announcements[0])
+                del self._announcements[0]
+        finally:
+            self._announcements.clear()
+
+    def _tell_everyone(self, frame: bytes) -> None:
         members = list(self._members.values())
         if not self.hold_presence:
             for member in members:
-                member.send(frame)
+                if member.key in self._members:  # not kicked meanwhile
+                    member.send(frame)
             return
         holding = self._holding
         for member in members:
+            if member.key not in self._members:
+                continue
             if not member.mailbox.held:
                 holding.append(member)  # once, however many it holds
             member.hold(frame)

@@ -61,6 +61,7 @@ class Mailbox:
         "_outbox",
         "_progress",
         "closed",
+        "discarded",
         "final",
         "in_channel",
         "keep",
@@ -97,6 +98,7 @@ class Mailbox:
         """The sequence number of the last frame the writer wrote."""
         self.stalled = False
         self.closed = False
+        self.discarded = False
         self.final = b""
         """Written after everything queued, whatever the limits: a closing
         error."""
@@ -227,6 +229,12 @@ class Mailbox:
         self._progressed()
         self.stalled = True
 
+    def discard(self) -> None:
+        """Take no more frames and write nothing more, not even what is
+        queued: the user was dropped."""
+        self.close()
+        self.discarded = True
+
     # -- for the writer --------------------------------------------------------
 
     async def next_batch(self) -> Batch | None:
@@ -319,7 +327,9 @@ async def write_loop(
     then the mailbox's final frame. Nothing else writes to the connection."""
     sent = mailbox.sent
     while (batch := await mailbox.next_batch()) is not None:
+        if mailbox.discarded:
+            return
         await send(batch.data, sent)
         mailbox.written(batch)
-    if mailbox.final:
+    if mailbox.final and not mailbox.discarded:
         await send(mailbox.final, lambda _: None)
