@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+import trio.testing
 
 from trichat.server import ChatServer, ServerConfig
 
@@ -186,3 +187,69 @@ async def read_until_closed_while(
         lines = await client.read_until_closed()
         nursery.cancel_scope.cancel()
     return lines
+
+
+# -- a server on a MockClock, over either transport --------------------------------
+
+TRANSPORTS = ("memory", "socket")
+"""How clients reach a server in the tests that run on a MockClock: in-memory
+streams that ``ChatServer.serve_connection`` serves, or loopback TCP
+sockets, the way users reach it (``ChatServer.serve``)."""
+
+SOCKET_AUTOJUMP = 0.005
+"""How long, in real seconds, every task must have been waiting before a
+MockClock with socket clients jumps to the next deadline.
+
+An autojump happens only when no task can run and the I/O manager has
+nothing ready, so bytes already written to a loopback socket keep the
+clock still: Linux delivers them to the other end within the writing
+system call. The threshold is a margin for when it does not (the kernel
+leaves the delivery to its ksoftirqd thread under load), which would let a
+deadline pass while a frame is on its way. Every jump costs this much real
+time. With in-memory streams nothing is ever on its way, and 0 is exact."""
+
+
+def autojump_clock(transport: str) -> trio.testing.MockClock:
+    """A MockClock that jumps to the next deadline whenever every task is
+    waiting, safely for clients over *transport*."""
+    threshold = SOCKET_AUTOJUMP if transport == "socket" else 0.0
+    return trio.testing.MockClock(autojump_threshold=threshold)
+
+
+class ClockedServer:
+    """A running ChatServer and how to reach it: over loopback TCP when it
+    has a *port*, else over in-memory streams it serves in *nursery*."""
+
+    def __init__(
+        self, server: ChatServer, nursery: trio.Nursery, port: int | None
+    ) -> None:
+        self.server = server
+        self.nursery = nursery
+        self.port = port
+
+    async def open_stream(self) -> trio.abc.Stream:
+        """A new connection to the server: the client's end of it."""
+        if self.port is not None:
+            return await trio.open_tcp_stream("127.0.0.1", self.port)
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.server.serve_connection, theirs, "192.0.2.1")
+        return ours
+
+
+@asynccontextmanager
+async def clocked_server(transport: str, **config: Any) -> AsyncIterator[ClockedServer]:
+    """A server with *config* as ServerConfig options, reached over
+    *transport* (see TRANSPORTS); shut down at the end. For tests on an
+    ``autojump_clock(transport)``; in memory, a connection still open at
+    the end is given (virtual) minutes to close, not for ever."""
+    if transport == "socket":
+        async with running_server(**config) as live, trio.open_nursery() as nursery:
+            yield ClockedServer(live.server, nursery, live.port)
+        return
+    server = ChatServer(ServerConfig(port=0, **config))
+    async with trio.open_nursery() as nursery:
+        try:
+            yield ClockedServer(server, nursery, None)
+        finally:
+            server.shutdown()
+            nursery.cancel_scope.deadline = trio.current_time() + 600

@@ -1,10 +1,10 @@
 """The server's clocks: login timeout, pings, and flood control over time.
 
-Every test runs on ``MockClock(autojump_threshold=0)`` (pytest-trio's
-``autojump_clock`` fixture): when every task is waiting, virtual time jumps
-to the next deadline, so a 10 s timeout costs no real time. Sockets would
-let the clock jump while data is still in flight, so the server serves
-in-memory streams through ``ChatServer.serve_connection``.
+Every test runs on a MockClock that jumps to the next deadline whenever
+every task is waiting, so a 10 s timeout costs no real time; and every test
+runs twice, its clients reaching the server over in-memory streams
+(``ChatServer.serve_connection``) and over loopback sockets, as users do
+(helpers.SOCKET_AUTOJUMP says how the clock stays deterministic there).
 """
 
 from __future__ import annotations
@@ -14,28 +14,57 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
-from helpers import LineClient, read_until_closed_while
+from helpers import (
+    TRANSPORTS,
+    ClockedServer,
+    LineClient,
+    autojump_clock,
+    clocked_server,
+    read_until_closed_while,
+)
 from trio.testing import MockClock
 
-from trichat.server import ChatServer, ServerConfig
+from trichat.server import ChatServer
 
 # Virtual seconds; generous, since waiting costs nothing.
 STEP_TIMEOUT = 600.0
 
 
-class MemoryClient(LineClient):
-    """A LineClient on one end of an in-memory stream pair, its steps
-    bounded in virtual time.
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(transport: str) -> MockClock:
+    """The test's clock (pytest-trio runs a test on the Clock it is given)."""
+    return autojump_clock(transport)
+
+
+class Client(LineClient):
+    """A LineClient whose steps are bounded in virtual time.
 
     With *answer_pings*, ``read_line`` answers the server's ``ping|TOKEN``
     itself and does not return it, as a well-behaved client would.
+    ``last_sent`` is when it last sent something: the server reads it at
+    that (virtual) time, so its ping interval starts then.
     """
 
     def __init__(self, stream: trio.abc.Stream, *, answer_pings: bool = False) -> None:
         super().__init__(stream)
         self.answer_pings = answer_pings
+        self.last_sent = trio.current_time()
+
+    async def send_raw(self, data: bytes) -> None:
+        self.last_sent = trio.current_time()
+        await super().send_raw(data)
+
+    async def send(self, line: str | bytes) -> None:
+        self.last_sent = trio.current_time()
+        await super().send(line)
 
     async def read_line(self) -> str:
         with trio.fail_after(STEP_TIMEOUT):
@@ -47,37 +76,39 @@ class MemoryClient(LineClient):
                 return text
 
     async def read_until_closed(self) -> list[str]:
-        """Every line until the server closes; then close our end too."""
+        """Every line until the server closes (a reset after its last
+        frame counts as closing); then close our end too."""
         with trio.fail_after(STEP_TIMEOUT):
-            while data := await self.stream.receive_some(65536):
-                self._buffer += data
+            try:
+                while data := await self.stream.receive_some(65536):
+                    self._buffer += data
+            except trio.BrokenResourceError:
+                pass
         await self.stream.aclose()
         return self._lines_at_close()
 
 
-class MemoryServer:
-    """A ChatServer whose clients are in-memory streams."""
+class Served:
+    """A server on the test's clock, and the clients connected to it."""
 
-    def __init__(self, server: ChatServer, nursery: trio.Nursery) -> None:
-        self.server = server
-        self.nursery = nursery
-        self.clients: list[MemoryClient] = []
+    def __init__(self, clocked: ClockedServer) -> None:
+        self.clocked = clocked
+        self.server: ChatServer = clocked.server
+        self.clients: list[Client] = []
 
-    def connect(self, *, answer_pings: bool = False) -> MemoryClient:
-        ours, theirs = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(self.server.serve_connection, theirs, "192.0.2.1")
-        client = MemoryClient(ours, answer_pings=answer_pings)
+    async def connect(self, *, answer_pings: bool = False) -> Client:
+        client = Client(await self.clocked.open_stream(), answer_pings=answer_pings)
         self.clients.append(client)
         return client
 
-    async def login(self, name: str, *, answer_pings: bool = False) -> MemoryClient:
-        client = self.connect(answer_pings=answer_pings)
+    async def login(self, name: str, *, answer_pings: bool = False) -> Client:
+        client = await self.connect(answer_pings=answer_pings)
         await client.login(name)
         return client
 
     async def two_users(
         self, first: str, second: str, *, first_answers_pings: bool = False
-    ) -> tuple[MemoryClient, MemoryClient]:
+    ) -> tuple[Client, Client]:
         """*first* and *second* logged in, in that order; each heard of the
         other."""
         one = await self.login(first, answer_pings=first_answers_pings)
@@ -88,21 +119,18 @@ class MemoryServer:
 
 
 @asynccontextmanager
-async def memory_server(**config: Any) -> AsyncIterator[MemoryServer]:
-    server = ChatServer(ServerConfig(port=0, **config))
-    async with trio.open_nursery() as nursery:
-        live = MemoryServer(server, nursery)
+async def chat_server(transport: str, **config: Any) -> AsyncIterator[Served]:
+    async with clocked_server(transport, **config) as clocked:
+        live = Served(clocked)
         try:
             yield live
         finally:
             for client in live.clients:
                 await trio.aclose_forcefully(client.stream)
-            server.shutdown()
 
 
 async def settle() -> None:
-    """Wait until every task, the server's included, is blocked: with
-    in-memory streams nothing can happen any more without new input."""
+    """Wait until every task, the server's included, is blocked."""
     await trio.testing.wait_all_tasks_blocked()
 
 
@@ -114,10 +142,12 @@ def error_code(line: str) -> str:
 # -- login timeout -------------------------------------------------------------
 
 
-async def test_silent_client_gets_login_timeout(autojump_clock: MockClock) -> None:
-    async with memory_server(login_timeout=10) as live:
+async def test_silent_client_gets_login_timeout(
+    transport: str, clock: MockClock
+) -> None:
+    async with chat_server(transport, login_timeout=10) as live:
         start = trio.current_time()
-        client = live.connect()
+        client = await live.connect()
         lines = await client.read_until_closed()
         assert [error_code(line) for line in lines] == ["login-timeout"]
         assert trio.current_time() - start == 10
@@ -125,9 +155,11 @@ async def test_silent_client_gets_login_timeout(autojump_clock: MockClock) -> No
         assert live.server.connections == 0
 
 
-async def test_login_in_time_cancels_the_timeout(autojump_clock: MockClock) -> None:
-    async with memory_server(login_timeout=10, ping_interval=0) as live:
-        client = live.connect()
+async def test_login_in_time_cancels_the_timeout(
+    transport: str, clock: MockClock
+) -> None:
+    async with chat_server(transport, login_timeout=10, ping_interval=0) as live:
+        client = await live.connect()
         await trio.sleep(9.5)
         await client.login("alice")
         await trio.sleep(100)
@@ -137,12 +169,13 @@ async def test_login_in_time_cancels_the_timeout(autojump_clock: MockClock) -> N
 
 
 async def test_failed_logins_do_not_extend_the_timeout(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(login_timeout=10) as live:
+    async with chat_server(transport, login_timeout=10) as live:
         holder = await live.login("alice")
         start = trio.current_time()
-        client = live.connect()
+        client = await live.connect()
         for _ in range(5):
             await client.send("login|ALICE")
             assert error_code(await client.read_line()) == "name-taken"
@@ -157,11 +190,12 @@ async def test_failed_logins_do_not_extend_the_timeout(
 
 
 async def test_pings_before_login_do_not_extend_the_timeout(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(login_timeout=10) as live:
+    async with chat_server(transport, login_timeout=10) as live:
         start = trio.current_time()
-        client = live.connect()
+        client = await live.connect()
         for n in range(9):
             assert await client.pong_after(f"p{n}") == []
             await trio.sleep(1)
@@ -171,13 +205,14 @@ async def test_pings_before_login_do_not_extend_the_timeout(
 
 
 async def test_slowloris_login_never_holds_the_slot(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
     """A login line trickled one byte a second, taking longer than the login
     timeout, is cut off at the timeout; the slot is free again."""
-    async with memory_server(login_timeout=5, max_clients=1) as live:
+    async with chat_server(transport, login_timeout=5, max_clients=1) as live:
         start = trio.current_time()
-        client = live.connect()
+        client = await live.connect()
 
         async def trickle() -> None:
             for byte in b"login|slowpoke\n":
@@ -198,11 +233,12 @@ async def test_slowloris_login_never_holds_the_slot(
 
 
 async def test_endless_trickle_without_newline_is_cut_off(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(login_timeout=5) as live:
+    async with chat_server(transport, login_timeout=5) as live:
         start = trio.current_time()
-        client = live.connect()
+        client = await live.connect()
 
         async def trickle() -> None:
             while True:
@@ -220,9 +256,10 @@ async def test_endless_trickle_without_newline_is_cut_off(
 
 
 async def test_idle_client_gets_pinged_after_the_interval(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+    async with chat_server(transport, ping_interval=30, ping_timeout=10) as live:
         client = await live.login("alice")
         since = trio.current_time()
         line = await client.read_line()
@@ -232,8 +269,8 @@ async def test_idle_client_gets_pinged_after_the_interval(
         assert trio.current_time() - since == 30
 
 
-async def test_any_traffic_postpones_the_ping(autojump_clock: MockClock) -> None:
-    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+async def test_any_traffic_postpones_the_ping(transport: str, clock: MockClock) -> None:
+    async with chat_server(transport, ping_interval=30, ping_timeout=10) as live:
         client = await live.login("alice")
         for n in range(5):
             await trio.sleep(20)
@@ -243,21 +280,23 @@ async def test_any_traffic_postpones_the_ping(autojump_clock: MockClock) -> None
         assert trio.current_time() - since == 30
 
 
-async def collect(client: MemoryClient, until: str, lines: list[str]) -> None:
+async def collect(client: Client, until: str, lines: list[str]) -> None:
     """Read *client*'s lines into *lines* until *until* arrives."""
     while (line := await client.read_line()) != until:
         lines.append(line)
 
 
-async def test_pong_keeps_the_client(autojump_clock: MockClock) -> None:
-    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+async def test_pong_keeps_the_client(transport: str, clock: MockClock) -> None:
+    async with chat_server(transport, ping_interval=30, ping_timeout=10) as live:
         alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, alice, "talk|bob|alice|still here", heard)
             tokens = []
             for _ in range(4):
-                since = trio.current_time()
+                # (Not the time now: the presence frames that two_users
+                # waited for may come a little after bob's login.)
+                since = bob.last_sent
                 line = await bob.read_line()
                 assert line.startswith("ping|")
                 assert trio.current_time() - since == 30
@@ -272,11 +311,13 @@ async def test_pong_keeps_the_client(autojump_clock: MockClock) -> None:
         assert live.server.connections == 2
 
 
-async def test_any_frame_counts_as_a_sign_of_life(autojump_clock: MockClock) -> None:
+async def test_any_frame_counts_as_a_sign_of_life(
+    transport: str, clock: MockClock
+) -> None:
     """After a ping, any frame (here a pong with another token) proves the
     client alive; it is dropped only after going quiet again for a whole
     interval and timeout."""
-    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+    async with chat_server(transport, ping_interval=30, ping_timeout=10) as live:
         alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
@@ -293,14 +334,15 @@ async def test_any_frame_counts_as_a_sign_of_life(autojump_clock: MockClock) -> 
 
 
 async def test_silent_client_is_dropped_after_ping_timeout(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(ping_interval=30, ping_timeout=10) as live:
+    async with chat_server(transport, ping_interval=30, ping_timeout=10) as live:
         alice, bob = await live.two_users("alice", "bob", first_answers_pings=True)
         heard: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, alice, "exit|bob", heard)
-            since = trio.current_time()
+            since = bob.last_sent  # his login
             lines = await bob.read_until_closed()
             assert len(lines) == 1
             assert lines[0].startswith("ping|")
@@ -315,8 +357,8 @@ async def test_silent_client_is_dropped_after_ping_timeout(
 # -- flood control -------------------------------------------------------------
 
 
-async def test_burst_then_rate(autojump_clock: MockClock) -> None:
-    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+async def test_burst_then_rate(transport: str, clock: MockClock) -> None:
+    async with chat_server(transport, rate=10, burst=5, flood_grace=3) as live:
         client = await live.login("alice")
         await trio.sleep(10)  # the login took a token; refill
         # The bucket is full: a burst of 5 frames passes, the 6th does not.
@@ -337,9 +379,10 @@ async def test_burst_then_rate(autojump_clock: MockClock) -> None:
 
 
 async def test_steady_sender_at_the_rate_is_never_limited(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+    async with chat_server(transport, rate=10, burst=5, flood_grace=3) as live:
         alice, bob = await live.two_users("alice", "bob")
         for n in range(200):  # 20 s at 10 frames a second
             await bob.send(f"talk|alice|{n}")
@@ -351,9 +394,10 @@ async def test_steady_sender_at_the_rate_is_never_limited(
 
 
 async def test_persistent_flooder_is_closed_after_grace(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
-    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+    async with chat_server(transport, rate=10, burst=5, flood_grace=3) as live:
         alice, flooder = await live.two_users("alice", "flood")
         start = trio.current_time()
 
@@ -383,11 +427,12 @@ async def test_persistent_flooder_is_closed_after_grace(
 
 
 async def test_bursty_but_moderate_sender_is_not_closed(
-    autojump_clock: MockClock,
+    transport: str,
+    clock: MockClock,
 ) -> None:
     """Short bursts over the rate, with pauses to refill the bucket, are
     refused frame by frame but never count as a persistent flood."""
-    async with memory_server(rate=10, burst=5, flood_grace=3) as live:
+    async with chat_server(transport, rate=10, burst=5, flood_grace=3) as live:
         client = await live.login("alice")
         await trio.sleep(10)  # the login took a token; refill
         for round_ in range(10):  # 30 s, ten times the grace
