@@ -226,30 +226,46 @@ class ClockedServer:
         self.server = server
         self.nursery = nursery
         self.port = port
+        self.streams: list[trio.abc.Stream] = []
+        """The client ends of the connections opened, closed at the end."""
 
     async def open_stream(self) -> trio.abc.Stream:
         """A new connection to the server: the client's end of it."""
+        stream: trio.abc.Stream
         if self.port is not None:
-            return await trio.open_tcp_stream("127.0.0.1", self.port)
-        ours, theirs = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(self.server.serve_connection, theirs, "192.0.2.1")
-        return ours
+            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        else:
+            stream, theirs = trio.testing.memory_stream_pair()
+            self.nursery.start_soon(self.server.serve_connection, theirs, "192.0.2.1")
+        self.streams.append(stream)
+        return stream
+
+    async def close_clients(self) -> None:
+        for stream in self.streams:
+            await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
 async def clocked_server(transport: str, **config: Any) -> AsyncIterator[ClockedServer]:
     """A server with *config* as ServerConfig options, reached over
-    *transport* (see TRANSPORTS); shut down at the end. For tests on an
+    *transport* (see TRANSPORTS); its clients are closed and it shuts down
+    at the end. For tests on an
     ``autojump_clock(transport)``; in memory, a connection still open at
     the end is given (virtual) minutes to close, not for ever."""
     if transport == "socket":
         async with running_server(**config) as live, trio.open_nursery() as nursery:
-            yield ClockedServer(live.server, nursery, live.port)
+            clocked = ClockedServer(live.server, nursery, live.port)
+            try:
+                yield clocked
+            finally:
+                await clocked.close_clients()
         return
     server = ChatServer(ServerConfig(port=0, **config))
     async with trio.open_nursery() as nursery:
+        clocked = ClockedServer(server, nursery, None)
         try:
-            yield ClockedServer(server, nursery, None)
+            yield clocked
         finally:
+            await clocked.close_clients()
             server.shutdown()
             nursery.cancel_scope.deadline = trio.current_time() + 600

@@ -2,10 +2,14 @@
 
 Each test states what the protocol or the code's own documentation
 promises, and failed before the fix it comes with; the comments in the
-tests describe those faults, as they were. Most run on in-memory streams
-through ``ChatServer.serve_connection`` under pytest-trio's
-``autojump_clock``, so a timeout costs no real time and nothing depends on
-real-time scheduling.
+tests describe those faults, as they were. Most run on a MockClock that
+jumps to the next deadline whenever every task waits, so a timeout costs no
+real time, and nothing depends on real-time scheduling. Those run twice:
+over in-memory streams (``ChatServer.serve_connection``) and over loopback
+sockets, as users connect (see ``helpers.clocked_server``); the ones that
+need a client to read slowly run in memory only, where a lockstep stream
+makes the server wait for every byte to be read (a socket's kernel buffers
+would take the whole burst at once).
 """
 
 from __future__ import annotations
@@ -14,20 +18,41 @@ import errno
 import math
 import os
 import socket
+import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from helpers import running_server
+from helpers import (
+    STEP_TIMEOUT,
+    TRANSPORTS,
+    ClockedServer,
+    autojump_clock,
+    clocked_server,
+    running_server,
+)
 from trio.testing import MockClock
 
 from trichat.server import ChatServer, ServerConfig
+from trichat.server.hub import Envelope
 from trichat.server.session import Session
 
 # Virtual seconds: generous, since waiting costs nothing.
 STEP = 600.0
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(transport: str) -> MockClock:
+    """The test's clock (pytest-trio runs a test on the Clock it is given)."""
+    return autojump_clock(transport)
 
 
 class Client:
@@ -41,11 +66,19 @@ class Client:
         raw = data.encode() if isinstance(data, str) else data
         await self.stream.send_all(raw if raw.endswith(b"\n") else raw + b"\n")
 
+    @classmethod
+    async def connect(cls, live: ClockedServer) -> Client:
+        return cls(await live.open_stream())
+
     async def read_line(self) -> str | None:
-        """The next line, or None when the server closed first."""
+        """The next line, or None when the server closed first (or reset
+        the connection after its last frame)."""
         with trio.fail_after(STEP):
             while b"\n" not in self._buffer:
-                data = await self.stream.receive_some(65536)
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
                 if not data:
                     return None
                 self._buffer += data
@@ -158,80 +191,131 @@ def test_config_refuses_a_port_past_65535() -> None:
 # -- a session that fails --------------------------------------------------------
 
 
-def fail_after_login(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the first session that logs in fail with a bug right after."""
-    log_in = Session._log_in
+def fail_on_first_talk(server: ChatServer) -> None:
+    """Make the session that routes the first talk fail with a bug.
+
+    The hub calls its observers as it routes, in the sender's session, so
+    an observer that raises is a bug in that session's handling of a frame.
+    """
     failed = False
 
-    def failing_log_in(session: Session, name: str) -> None:
+    def failing(_: Envelope) -> None:
         nonlocal failed
-        log_in(session, name)
         if not failed:
             failed = True
             raise RuntimeError("a bug in the session")
 
-    monkeypatch.setattr(Session, "_log_in", failing_log_in)
+    server.hub.observe(failing)
 
 
 async def test_a_session_that_fails_goes_offline(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    transport: str, clock: MockClock
 ) -> None:
     # serve_connection catches Exception from a session so the server lives
     # on; the session must still take the user offline and close its
     # outbox, or it stays a ghost: the name taken for good, and the outbox
     # (with the closed socket's fd) still receiving every presence frame.
-    fail_after_login(monkeypatch)
-    async with memory_server() as live:
-        alice = live.connect()
-        await alice.send("login|alice")
+    async with clocked_server(transport, presence_delay=0) as live:
+        fail_on_first_talk(live.server)
+        bob = await Client.connect(live)
+        await bob.login("bob")
+        alice = await Client.connect(live)
+        await alice.login("alice")
+        await alice.expect("login|bob")
+        await bob.expect("login|alice")
+        await alice.send("talk|bob|this frame meets a bug")
         await alice.read_until_closed()
-        assert live.server.connections == 0
-        again = live.connect()
-        await again.send("login|alice")
-        assert await again.read_line() == "login|alice"
+        assert live.server.connections == 1
+        # (Observers are told after the delivery.)
+        await bob.expect("talk|alice|bob|this frame meets a bug", "exit|alice")
+        again = await Client.connect(live)
+        await again.login("alice")
+        await again.expect("login|bob")
+        await bob.expect("login|alice")
 
 
-async def test_a_failed_session_never_writes_to_its_old_descriptor(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The same ghost over TCP: its Outbox still holds the fd of a socket
-    # serve_connection has closed, and Outbox.flush os.write()s to it. Once
-    # the number is reused (here by dup2, in real life by the next accept),
-    # other users' frames go to whoever owns it now.
-    fail_after_login(monkeypatch)
+def server_end(client: trio.SocketStream) -> int:
+    """The descriptor of the server's end of *client*'s connection, the
+    server running in this process: the socket whose addresses are those
+    of *client*'s, swapped."""
+    wanted = (client.socket.getpeername(), client.socket.getsockname())
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as candidate:
+                found = (candidate.getsockname(), candidate.getpeername())
+        except OSError:  # gone meanwhile (the listing's own), or not connected
+            continue
+        if found == wanted:
+            return fd
+    raise AssertionError(f"no socket in this process has the addresses {wanted}")
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError as error:
+        if error.errno != errno.EBADF:
+            raise
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="finds descriptors in /proc"
+)
+async def test_a_failed_session_never_touches_its_old_descriptor() -> None:
+    # The same ghost over TCP, as it was: its outbox still held the number
+    # of the socket serve_connection had closed, and wrote to it. Once the
+    # number is taken again (here by a socket of the test's, in real life
+    # by the next accept), other users' frames went to whoever owns it now.
+    # Nothing may write to that number, or read from it, once it is closed.
     async with running_server(presence_delay=0) as live:
-        alice = await live.connect()
-        await alice.send("login|alice")
-        assert await alice.read_until_closed() == ["login|alice"]
-        assert live.server.connections == 0
-        fds = [member.mailbox for member in live.server.hub]
-        if not fds:
-            return  # alice went offline: no ghost, nothing to write to
-        (fd,) = fds
-        assert fd is not None
-        with pytest.raises(OSError, match=rf"\[Errno {errno.EBADF}\]"):
-            os.fstat(fd)  # closed, and not reused yet
+        fail_on_first_talk(live.server)
+        alice = await live.login("alice")
+        assert isinstance(alice.stream, trio.SocketStream)
+        fd = server_end(alice.stream)
+        await alice.send("talk|*|this frame meets a bug")
+        assert await alice.read_until_closed() == []
+        await alice.aclose()  # the server closes once we have
+        with trio.fail_after(STEP_TIMEOUT):
+            while is_open(fd):  # noqa: ASYNC110 (a close sends no event)
+                await trio.sleep(0.01)
         # The lowest free numbers go to the next sockets opened: one of
-        # these two takes the ghost's number (else dup2 gives it one).
-        mine, theirs = socket.socketpair()
-        with mine, theirs:
-            reused = fd in (mine.fileno(), theirs.fileno())
-            if not reused:
-                os.dup2(theirs.fileno(), fd)
-            other_end = theirs if fd == mine.fileno() else mine
+        # these two takes alice's old number (else dup2 gives it one).
+        mine, other = socket.socketpair()
+        with mine, other:
+            if fd == mine.fileno():
+                peer, alias = other, False
+            elif fd == other.fileno():
+                peer, alias = mine, False
+            else:
+                os.dup2(other.fileno(), fd)  # fd is other's now too
+                peer, alias = mine, True
             try:
-                bob = await live.connect()
-                await bob.send("login|bob")
-                lines = await bob.read_until_closed()
-                assert lines[0] == "login|bob", lines
-                other_end.setblocking(False)
-                try:
-                    leaked = other_end.recv(4096)
-                except BlockingIOError:
-                    leaked = b""
-                assert leaked == b""
+                peer.sendall(b"login|mallory\n")  # for anyone reading it
+                bob = await live.login("bob")
+                carol = await live.login("carol")
+                await carol.expect("login|bob")
+                await bob.expect("login|carol")
+                await carol.send("talk|bob|hi bob")
+                await carol.send("talk|*|hi all")
+                await bob.expect("talk|carol|bob|hi bob", "talk|carol|*|hi all")
+                await bob.send("exit")
+                assert await bob.read_until_closed() == []
+                await carol.expect("exit|bob")
+                assert await carol.pong_after("done") == []
+                # Nothing came out of the old number, and nothing was read
+                # from it: mallory never logged in.
+                peer.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    peer.recv(4096)
+                os.set_blocking(fd, False)
+                assert os.read(fd, 4096) == b"login|mallory\n"
             finally:
-                if not reused:
+                if alias:
                     os.close(fd)
 
 
@@ -239,7 +323,7 @@ async def test_a_failed_session_never_writes_to_its_old_descriptor(
 
 
 async def test_ping_is_sent_when_its_deadline_passes(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    transport: str, clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # wake_at() arms the quiet scope for last_heard + ping_interval, but
     # check_quiet asks now - last_heard >= ping_interval, and in floating
@@ -259,9 +343,9 @@ async def test_ping_is_sent_when_its_deadline_passes(
         check_quiet(session, now)
 
     monkeypatch.setattr(Session, "check_quiet", counted)
-    async with memory_server(ping_interval=0.1, ping_timeout=10) as live:
+    async with clocked_server(transport, ping_interval=0.1, ping_timeout=10) as live:
         await trio.sleep(0.7)
-        alice = live.connect()
+        alice = await Client.connect(live)
         await alice.login("alice")  # last_heard = 0.7
         assert await alice.read_line() == "ping|t1", f"{turns} turns"
 
@@ -270,7 +354,7 @@ async def test_ping_is_sent_when_its_deadline_passes(
 
 
 async def test_a_login_burst_does_not_drop_a_user_who_reads(
-    autojump_clock: MockClock,
+    transport: str, clock: MockClock
 ) -> None:
     # With presence batching (serve() runs _send_presence), presence
     # frames wait in the mailbox until the batch timer or until _HELD_FRAMES
@@ -278,12 +362,15 @@ async def test_a_login_burst_does_not_drop_a_user_who_reads(
     # amount of reading drains them. With queue_size under 256, a burst of
     # queue_size logins inside one batch window kicks every user online as
     # "too slow", however fast they read.
-    async with memory_server(queue_size=8, presence_delay=0.1, rate=0) as live:
-        live.nursery.start_soon(live.server._send_presence)
-        alice = live.connect()
+    config = {"queue_size": 8, "presence_delay": 0.1, "rate": 0}
+    async with clocked_server(transport, **config) as live:
+        if transport == "memory":
+            # serve() batches presence; serve_connection alone does not.
+            live.nursery.start_soon(live.server._send_presence)
+        alice = await Client.connect(live)
         await alice.login("alice")
         for n in range(10):
-            await live.connect().send(f"login|user{n}")
+            await (await Client.connect(live)).send(f"login|user{n}")
         assert [await alice.read_line() for _ in range(10)] == [
             f"login|user{n}" for n in range(10)
         ]
@@ -293,7 +380,7 @@ async def test_a_login_burst_does_not_drop_a_user_who_reads(
 
 
 async def test_newcomer_gets_the_roster_however_many_are_online(
-    autojump_clock: MockClock,
+    transport: str, clock: MockClock
 ) -> None:
     # Hub.join queues the acknowledgement and one login frame per user
     # online as ONE put, which is held to queue_bytes. Once the roster is
@@ -302,11 +389,11 @@ async def test_newcomer_gets_the_roster_however_many_are_online(
     # Here: 4 KiB and 105 users with 32-character names (39 bytes a line).
     # With the defaults (1 MiB) it takes about 7,800 users whose names are
     # 32 four-byte letters, fewer than max_clients.
-    async with memory_server(queue_bytes=4096, rate=0) as live:
+    async with clocked_server(transport, queue_bytes=4096, rate=0) as live:
         names = [f"user{n:03d}".ljust(32, "x") for n in range(105)]
         for name in names:
-            await live.connect().login(name)
-        newcomer = live.connect()
+            await (await Client.connect(live)).login(name)
+        newcomer = await Client.connect(live)
         await newcomer.send("login|newcomer")
         assert await newcomer.read_line() == "login|newcomer"
 

@@ -89,17 +89,15 @@ class Client(LineClient):
 
 
 class Served:
-    """A server on the test's clock, and the clients connected to it."""
+    """A server on the test's clock, and how its clients connect."""
 
     def __init__(self, clocked: ClockedServer) -> None:
         self.clocked = clocked
         self.server: ChatServer = clocked.server
-        self.clients: list[Client] = []
 
     async def connect(self, *, answer_pings: bool = False) -> Client:
-        client = Client(await self.clocked.open_stream(), answer_pings=answer_pings)
-        self.clients.append(client)
-        return client
+        stream = await self.clocked.open_stream()
+        return Client(stream, answer_pings=answer_pings)
 
     async def login(self, name: str, *, answer_pings: bool = False) -> Client:
         client = await self.connect(answer_pings=answer_pings)
@@ -121,12 +119,7 @@ class Served:
 @asynccontextmanager
 async def chat_server(transport: str, **config: Any) -> AsyncIterator[Served]:
     async with clocked_server(transport, **config) as clocked:
-        live = Served(clocked)
-        try:
-            yield live
-        finally:
-            for client in live.clients:
-                await trio.aclose_forcefully(client.stream)
+        yield Served(clocked)
 
 
 async def settle() -> None:
