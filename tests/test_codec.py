@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from strategies import client_messages, server_messages
+from strategies import client_messages, names, server_messages, targets, texts
 
-from trichat.protocol._codec import ProtocolError, Role, decode, encode
+from trichat.protocol._codec import (
+    ProtocolError,
+    Role,
+    decode,
+    delivery_block,
+    delivery_head,
+    encode,
+    plain_talk_run,
+    printable,
+    talk_texts,
+)
 from trichat.protocol.messages import (
+    MAX_TEXT,
     ClientMessage,
     Delivery,
     Error,
@@ -277,6 +288,135 @@ def test_protocol_error_reply() -> None:
     assert error.reply == Error(ErrorCode.BAD_NAME, error.detail)
     assert str(error) == f"bad-name: {error.detail}"
     assert encode(error.reply).startswith(b"error|bad-name|")
+
+
+def test_a_protocol_error_made_directly() -> None:
+    error = ProtocolError(ErrorCode.NO_SUCH_USER, "carol")
+    assert (error.code, error.detail) == (ErrorCode.NO_SUCH_USER, "carol")
+    assert str(error) == "no-such-user: carol"
+    assert error.reply == Error(ErrorCode.NO_SUCH_USER, "carol")
+
+
+# The server's hot path: frames built and read without a message object
+
+
+def test_delivery_head() -> None:
+    assert delivery_head("alice", "bob") == b"talk|alice|bob|"
+    assert delivery_head("Zoë", "*") == "talk|Zoë|*|".encode()
+
+
+def test_delivery_block() -> None:
+    head = delivery_head("alice", "bob")
+    assert delivery_block(head, [b"hi"]) == b"talk|alice|bob|hi\n"
+    assert delivery_block(head, [b"one", b"a|b", b"three"]) == (
+        b"talk|alice|bob|one\ntalk|alice|bob|a|b\ntalk|alice|bob|three\n"
+    )
+
+
+@given(names(), targets(), st.lists(texts(max_size=20), min_size=1, max_size=5))
+def test_a_delivery_block_is_the_frames_of_its_deliveries(
+    sender: str, to: str, messages: list[str]
+) -> None:
+    block = delivery_block(delivery_head(sender, to), [t.encode() for t in messages])
+    assert block == b"".join(encode(Delivery(sender, to, t)) for t in messages)
+
+
+def test_talk_texts() -> None:
+    lines = [b"ping|x", b"talk|bob|one", b"talk|bob|a|b", b"talk|bob|three"]
+    assert talk_texts(lines, 1, 3, b"bob") == [b"one", b"a|b"]
+    assert talk_texts(lines, 3, 4, b"bob") == [b"three"]
+    assert talk_texts(lines, 1, 1, b"bob") == []
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"talk|bob|hi\n", b"tab\tand LF\n", b" !~|\n\n", b"x"]
+)
+def test_printable(data: bytes) -> None:
+    assert printable(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00", b"crlf\r\n", b"del\x7f", b"\x1b[2J", "é".encode(), b"\x80", b"\x0b"],
+)
+def test_not_printable(data: bytes) -> None:
+    assert not printable(data)
+
+
+@given(st.binary(max_size=40))
+def test_printable_means_ascii_without_controls_but_tab_and_lf(data: bytes) -> None:
+    assert printable(data) == all(32 <= b < 127 or b in b"\t\n" for b in data)
+
+
+def test_a_run_of_talk_to_one_target() -> None:
+    lines = [b"talk|bob|one", b"talk|bob|a|b", b"talk|carol|x", b"talk|bob|four"]
+    assert plain_talk_run(lines, 0, 4) == (2, b"bob")
+    assert plain_talk_run(lines, 1, 4) == (2, b"bob")
+    assert plain_talk_run(lines, 2, 4) == (3, b"carol")
+    assert plain_talk_run(lines, 3, 4) == (4, b"bob")
+    # It looks no further than stop.
+    assert plain_talk_run(lines, 0, 1) == (1, b"bob")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"ping|x", b"exit", b"talk||x", b"talk|bob", b"talks|bob|x", b"TALK|bob|x"],
+)
+def test_a_line_that_is_not_plain_talk_starts_no_run(line: bytes) -> None:
+    end, _ = plain_talk_run([line, b"talk|bob|x"], 0, 2)
+    assert end == 0
+
+
+def test_a_run_holds_texts_of_1_to_max_text_characters() -> None:
+    fits = b"talk|bob|" + b"x" * MAX_TEXT
+    lines = [b"talk|bob|ok", b"talk|bob|", fits, fits + b"x"]
+    assert plain_talk_run(lines, 0, 4) == (1, b"bob")
+    assert plain_talk_run(lines, 1, 4)[0] == 1  # an empty text: decode it
+    assert plain_talk_run(lines, 2, 4) == (3, b"bob")
+    assert plain_talk_run(lines, 3, 4)[0] == 3  # one too long: decode it
+
+
+def test_the_target_of_a_run_is_not_checked() -> None:
+    # Whoever routes the run checks it (an online user's name, or *).
+    assert plain_talk_run([b"talk|*|x"], 0, 1) == (1, b"*")
+    assert plain_talk_run([b"talk|a b|x"], 0, 1) == (1, b"a b")
+
+
+_printable_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["bob", "*", "carol", "", "a b"]), _printable_text),
+        max_size=12,
+    )
+)
+def test_runs_are_what_decoding_each_line_gives(frames: list[tuple[str, str]]) -> None:
+    lines = [f"talk|{to}|{text}".encode() for to, text in frames]
+    assert printable(b"\n".join(lines))
+    start = 0
+    while start < len(lines):
+        end, target = plain_talk_run(lines, start, len(lines))
+        if end == start:
+            # Not plain talk: decoding it must not give a talk to a valid
+            # target with a valid text.
+            with pytest.raises(ProtocolError):
+                decode(lines[start], SERVER)
+            start += 1
+            continue
+        texts = talk_texts(lines, start, end, target)
+        for line, text in zip(lines[start:end], texts, strict=True):
+            assert line == b"talk|" + target + b"|" + text
+            if target != b"a b":
+                assert decode(line, SERVER) == Talk(target.decode(), text.decode())
+        if end < len(lines):
+            # The run is as long as it can be: the line after it starts
+            # none, or one to another target.
+            next_end, next_target = plain_talk_run(lines, end, len(lines))
+            assert next_end == end or next_target != target
+        start = end
 
 
 # Properties

@@ -18,6 +18,7 @@ from trichat.protocol.connection import (
     ProtocolError,
     Role,
     State,
+    decode_client_line,
 )
 from trichat.protocol.messages import (
     ClientMessage,
@@ -127,6 +128,14 @@ def test_logged_in_only_once() -> None:
     assert connection.name == "alice"
 
 
+def test_no_login_once_closed() -> None:
+    connection = server_side(b"")
+    assert connection.next_event() is CLOSED
+    with pytest.raises(RuntimeError, match="closed"):
+        connection.logged_in("alice")
+    assert connection.name is None
+
+
 @pytest.mark.parametrize(
     "line", [b"talk|bob|hi", b"talk|*|hi", b"exit|alice", b"exit|bob"]
 )
@@ -220,6 +229,72 @@ def test_bad_frames_after_login_keep_the_login() -> None:
         NEED_DATA,
     ]
     assert connection.state is State.CHATTING
+
+
+# One line, as the server reads it
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"login|alice", Login("alice")),
+        (b"login|alice\r", Login("alice")),  # the CR of a CRLF
+        (b"ping|x", Ping("x")),
+        (b"pong|x", Pong("x")),
+        (b"exit", Exit()),
+    ],
+)
+def test_decode_client_line_before_login(line: bytes, message: ClientMessage) -> None:
+    assert decode_client_line(line, None) == message
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"talk|bob|hi", ErrorCode.NOT_LOGGED_IN),
+        (b"exit|alice", ErrorCode.NOT_LOGGED_IN),
+        (b"login|a b", ErrorCode.BAD_NAME),
+        (b"msg|bob|hi", ErrorCode.BAD_FRAME),
+        (b"ping|x\r\r", ErrorCode.BAD_FRAME),  # only one CR is dropped
+    ],
+)
+def test_decode_client_line_refuses_before_login(line: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_client_line(line, None)
+    assert info.value.code is code
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"talk|bob|hi|ho", Talk("bob", "hi|ho")),
+        (b"talk|*|all\r", Talk("*", "all")),
+        (b"exit", Exit()),
+        (b"exit|alice", Exit("alice")),
+        (b"exit|ALICE", Exit("ALICE")),  # the same name, compared as names are
+        (b"ping|x", Ping("x")),
+    ],
+)
+def test_decode_client_line_after_login(line: bytes, message: ClientMessage) -> None:
+    assert decode_client_line(line, "alice") == message
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"login|alice", ErrorCode.ALREADY_LOGGED_IN),
+        (b"login|bob", ErrorCode.ALREADY_LOGGED_IN),
+        (b"login|a b", ErrorCode.ALREADY_LOGGED_IN),  # not bad-name
+        (b"exit|bob", ErrorCode.BAD_FRAME),
+        (b"talk|bob|", ErrorCode.BAD_FRAME),
+    ],
+)
+def test_decode_client_line_refuses_after_login(line: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_client_line(line, "alice")
+    assert info.value.code is code
+    if code is ErrorCode.ALREADY_LOGGED_IN:
+        assert info.value.detail == "already logged in as alice"
 
 
 # Framing

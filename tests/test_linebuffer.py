@@ -181,6 +181,21 @@ def test_a_partial_line_after_whole_ones_is_measured_alone() -> None:
         buffer.next_line()
 
 
+def test_len_counts_the_bytes_not_taken_yet() -> None:
+    buffer = LineBuffer(100)
+    assert buffer.max_line == 100
+    assert len(buffer) == 0
+    buffer.feed(b"ping|x\r\npin")
+    assert len(buffer) == 11
+    assert buffer.next_line() == b"ping|x"
+    assert len(buffer) == 3
+    assert buffer.take_lines(b"g|y\nping") == ([b"ping|y"], False)
+    assert len(buffer) == 4
+    buffer.feed(b"|z\n")
+    assert lines_of(buffer) == [b"ping|z"]
+    assert len(buffer) == 0
+
+
 @pytest.mark.parametrize("max_line", [-1, 0, 1])
 def test_a_limit_must_leave_room_for_a_byte_and_the_lf(max_line: int) -> None:
     with pytest.raises(ValueError, match="max_line"):
