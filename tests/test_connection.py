@@ -430,7 +430,7 @@ def test_client_reads_a_session() -> None:
         b"talk|bob|hi",
         b"talk|bob|alice|\x00",
         b"talk|b\xffb|alice|x",
-        b"error|nope|x",
+        b"error|bad-frame",
         b"login",
         b"login|a b",
         b"ping|a|b",
