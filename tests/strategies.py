@@ -37,17 +37,42 @@ __all__ = [
     "tokens",
 ]
 
+# The letters and marks that render as nothing (Default_Ignorable_Code_Point;
+# the protocol lists them), which no name may hold.
+_INVISIBLE = "".join(
+    map(
+        chr,
+        [
+            0x034F,
+            0x115F,
+            0x1160,
+            0x17B4,
+            0x17B5,
+            *range(0x180B, 0x1810),
+            0x3164,
+            *range(0xFE00, 0xFE10),
+            0xFFA0,
+            *range(0xE0100, 0xE01F0),
+        ],
+    )
+)
 # A name may start with a letter (L*), a decimal digit (Nd) or "_" ...
-_name_first = st.characters(categories=("L", "Nd"), include_characters="_")
+_name_first = st.characters(
+    categories=("L", "Nd"), include_characters="_", exclude_characters=_INVISIBLE
+)
 # ... and go on with those, combining marks (M*), "-" and ".".
-_name_rest = st.characters(categories=("L", "M", "Nd"), include_characters="_-.")
+_name_rest = st.characters(
+    categories=("L", "M", "Nd"), include_characters="_-.", exclude_characters=_INVISIBLE
+)
 
-# Text: anything but control characters (Cc is exactly C0, DEL and C1) and
-# lone surrogates (not UTF-8); TAB is allowed. "|" and a few other characters
-# that have tripped up line protocols are drawn often on purpose.
+# Text: anything but control characters (Cc is exactly C0, DEL and C1, so
+# NEL too), the line and paragraph separators (Zl and Zp are exactly U+2028
+# and U+2029) and lone surrogates (not UTF-8); TAB is allowed. "|" and a few
+# other characters that have tripped up line protocols are drawn often on
+# purpose.
 _text_char = st.one_of(
-    st.characters(exclude_categories=("Cc", "Cs")),
-    st.sampled_from("\t| \u00a0\u2028\u0301é"),
+    st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")),
+    st.sampled_from("\t| \u00a0\u200b\u0301é"),
 )
 # A token: no control character (TAB included) and no "|".
 _token_char = st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="|")

@@ -32,6 +32,10 @@ from trichat.protocol.messages import (
     ServerMessage,
     Talk,
 )
+from trichat.server.config import ServerConfig
+from trichat.server.hub import Hub, Member
+from trichat.server.mailbox import Mailbox
+from trichat.server.session import Session
 
 SERVER = Role.SERVER  # reads what clients send
 CLIENT = Role.CLIENT  # reads what servers send
@@ -230,6 +234,8 @@ def test_empty_field(line: bytes, role: Role) -> None:
         (b"talk|bob|a\rb", SERVER),
         (b"talk|bob|\x7f", SERVER),
         ("talk|bob|\u0085".encode(), SERVER),  # C1 NEL
+        ("talk|bob|a\u2028b".encode(), SERVER),  # line separator
+        ("talk|*|\u2029".encode(), SERVER),  # paragraph separator
         (b"talk|bob|" + b"x" * 4001, SERVER),
         (b"exit|*", SERVER),
         (b"exit|a b", SERVER),
@@ -241,9 +247,11 @@ def test_empty_field(line: bytes, role: Role) -> None:
         (b"talk|alice|#x|hi", CLIENT),
         (b"talk|alice|bob|\x00", CLIENT),
         (b"exit|-x", CLIENT),
+        ("talk|alice|bob|a\u2028b".encode(), CLIENT),
         (b"error|no-such-code|x", CLIENT),
         (b"error|BAD-FRAME|x", CLIENT),
         (b"error|bad-frame|\x07", CLIENT),
+        ("error|bad-frame|a\u2028b".encode(), CLIENT),
         (b"ping|" + b"t" * 65, CLIENT),
     ],
 )
@@ -268,6 +276,9 @@ def test_invalid_field(line: bytes, role: Role) -> None:
         "x²",
         "😀",
         "a/b",
+        "alice\u034f",  # renders as nothing: a combining grapheme joiner,
+        "alice\ufe0f",  # a variation selector,
+        "\u3164",  # a Hangul filler
     ],
 )
 def test_a_login_with_a_bad_name(name: str) -> None:
@@ -278,6 +289,13 @@ def test_a_login_with_a_bad_name(name: str) -> None:
 
 def test_a_login_of_32_characters_is_fine() -> None:
     assert decode(b"login|" + b"a" * 32, SERVER) == Login("a" * 32)
+
+
+def test_the_reply_to_an_invisible_character_in_a_name_is_a_frame() -> None:
+    error = decode_error("login|alice\u3164".encode(), SERVER)
+    assert encode(error.reply) == (
+        b"error|bad-name|a name may not contain U+3164, which renders as nothing\n"
+    )
 
 
 # The error and its reply
@@ -298,6 +316,35 @@ def test_a_protocol_error_made_directly() -> None:
 
 
 # The server's hot path: frames built and read without a message object
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_the_server_refuses_a_talk_with_a_line_separator(separator: str) -> None:
+    # Not ASCII, so never printable: the line goes through the decoder, which
+    # refuses it, and reaches nobody. A real session, with bob online.
+    config = ServerConfig()
+    hub = Hub()
+    kicked: list[str] = []
+    bob = Mailbox(config.queue_size, config.queue_bytes)
+    hub.join(Member("bob", bob, kicked.append))
+    bob.drain()
+    alice = Mailbox(config.queue_size, config.queue_bytes)
+    session = Session(config, hub, alice, kicked.append, "test", 0.0)
+    session.received(b"login|alice\n", 0.0)
+    assert session.handle_ready(64, 0.0) == 1
+    assert alice.drain() == b"login|alice\nlogin|bob\n"
+    assert bob.drain() == b"login|alice\n"
+    data = f"talk|bob|a{separator}b\ntalk|*|x{separator}\ntalk|bob|fine\n".encode()
+    assert not printable(data)
+    session.received(data, 0.0)
+    assert session.handle_ready(64, 0.0) == 3
+    detail = (
+        "text may not contain control characters (but TAB), line or paragraph"
+        " separators, or lone surrogates"
+    )
+    assert alice.drain() == f"error|bad-frame|{detail}\n".encode() * 2
+    assert bob.drain() == b"talk|alice|bob|fine\n"
+    assert not kicked
 
 
 def test_delivery_head() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
+from functools import cache
 
 import attrs
 import pytest
@@ -13,6 +14,7 @@ from strategies import client_messages, names, server_messages, texts, tokens
 
 from trichat.protocol.messages import (
     BROADCAST,
+    DEFAULT_IGNORABLE,
     MAX_NAME,
     MAX_TEXT,
     MAX_TOKEN,
@@ -35,11 +37,65 @@ from trichat.protocol.messages import (
 CONTROLS = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09]
 
 
+@cache
+def renders_as_nothing() -> frozenset[str]:
+    """Default_Ignorable_Code_Point, built the way Unicode defines it
+    (DerivedCoreProperties.txt) from Python's Unicode database and the two
+    lists in PropList.txt it takes, instead of from its ranges."""
+    other_default_ignorable = [
+        (0x034F, 0x034F),
+        (0x115F, 0x1160),
+        (0x17B4, 0x17B5),
+        (0x2065, 0x2065),
+        (0x3164, 0x3164),
+        (0xFFA0, 0xFFA0),
+        (0xFFF0, 0xFFF8),
+        (0xE0000, 0xE0000),
+        (0xE0002, 0xE001F),
+        (0xE0080, 0xE00FF),
+        (0xE01F0, 0xE0FFF),
+    ]
+    variation_selector = [
+        (0x180B, 0x180D),
+        (0x180F, 0x180F),
+        (0xFE00, 0xFE0F),
+        (0xE0100, 0xE01EF),
+    ]
+    prepended_concatenation_mark = [
+        *range(0x0600, 0x0606),
+        0x06DD,
+        0x070F,
+        0x0890,
+        0x0891,
+        0x08E2,
+        0x110BD,
+        0x110CD,
+    ]
+    listed = {
+        code
+        for first, last in other_default_ignorable + variation_selector
+        for code in range(first, last + 1)
+    }
+    chars = {
+        chr(code)
+        for code in range(0x110000)
+        if code in listed or unicodedata.category(chr(code)) == "Cf"
+    }
+    visible = {
+        *(chr(code) for code in range(0xFFF9, 0xFFFC)),
+        *(chr(code) for code in range(0x13430, 0x13440)),
+        *map(chr, prepended_concatenation_mark),
+    }
+    return frozenset(char for char in chars - visible if not char.isspace())
+
+
 def is_valid_name(name: str) -> bool:
     """The name rules of the protocol, spelled out independently."""
     if not 1 <= len(name) <= 32 or name[0] in ".-":
         return False
     for position, char in enumerate(name):
+        if char in renders_as_nothing():
+            return False
         category = unicodedata.category(char)
         if char in "_-." or category.startswith("L") or category == "Nd":
             continue
@@ -72,6 +128,10 @@ def is_valid_name(name: str) -> bool:
         "x.",
         "x-",
         "क्षत्रिय",  # Devanagari with spacing and non-spacing marks
+        "한글",  # Hangul, not its fillers
+        "ᠮᠣᠩᠭᠣᠯ",  # Mongolian, without free variation selectors
+        "ខ្មែរ",  # Khmer with marks, not its inherent vowels
+        "e\u0301_\u0660-x.",  # a mark, an Arabic-Indic digit, _ - .
         "a" * MAX_NAME,
     ],
 )
@@ -128,6 +188,53 @@ def test_talk_refuses_bad_targets(target: str) -> None:
         Delivery("alice", target, "hi")
 
 
+# Characters that render as nothing (Default_Ignorable_Code_Point): the
+# ones the protocol names, and the best known format characters among them.
+INVISIBLE = {
+    "U+034F": [0x034F],
+    "U+115F": [0x115F],
+    "U+1160": [0x1160],
+    "U+17B4": [0x17B4],
+    "U+17B5": [0x17B5],
+    "U+180B-U+180F": list(range(0x180B, 0x1810)),
+    "U+3164": [0x3164],
+    "U+FE00-U+FE0F": list(range(0xFE00, 0xFE10)),
+    "U+FFA0": [0xFFA0],
+    "U+E0100-U+E01EF": list(range(0xE0100, 0xE01F0)),
+    "U+200B-U+200F": list(range(0x200B, 0x2010)),
+    "U+2060": [0x2060],
+    "U+FEFF": [0xFEFF],
+    "U+00AD": [0x00AD],
+}
+
+
+@pytest.mark.parametrize("codes", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_a_name_may_not_hold_a_character_that_renders_as_nothing(
+    codes: list[int],
+) -> None:
+    for code in codes:
+        char = chr(code)
+        # Without the rule this would be a second "alice": it does not clash.
+        assert name_key("alice" + char) != name_key("alice")
+        for name in ("alice" + char, "al" + char + "ice", char + "alice", char):
+            with pytest.raises(ValueError, match=f"U\\+{code:04X}.*renders as nothing"):
+                check_name(name)
+            with pytest.raises(ValueError, match="name"):
+                Login(name)
+            with pytest.raises(ValueError, match="name"):
+                Talk(name, "hi")
+
+
+def test_the_invisible_ranges_are_unicodes_definition() -> None:
+    listed = {
+        chr(code)
+        for first, last in DEFAULT_IGNORABLE
+        for code in range(first, last + 1)
+    }
+    assert len(listed) == 4174  # DerivedCoreProperties-15.1.0.txt's total
+    assert listed == renders_as_nothing()
+
+
 @given(names())
 def test_generated_names_are_valid(name: str) -> None:
     check_name(name)
@@ -138,6 +245,9 @@ def test_generated_names_are_valid(name: str) -> None:
 @example("a" * (MAX_NAME + 1))
 @example("e\u0301")
 @example("\u0301e")
+@example("alice\u034f")
+@example("alice\ufe0f")
+@example("\u3164")
 def test_check_name_follows_the_rules(name: str) -> None:
     if is_valid_name(name):
         check_name(name)
@@ -227,6 +337,26 @@ def test_text_refuses_control_characters(control: str) -> None:
         check_text(f"a{control}b")
     with pytest.raises(ValueError, match="control"):
         Delivery("alice", "bob", control)
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2028", "\u2029", "\u0085"],
+    ids=["line separator", "paragraph separator", "next line (C1)"],
+)
+def test_text_refuses_line_and_paragraph_separators(separator: str) -> None:
+    # str.splitlines() ends a line at each of them: a client that splits
+    # what it reads that way would see the rest as a frame of its own.
+    assert len(f"a{separator}b".splitlines()) == 2
+    for text in (f"a{separator}b", separator, f"hi{separator}talk|mallory|bob|x"):
+        with pytest.raises(ValueError, match="text"):
+            check_text(text)
+        with pytest.raises(ValueError, match="text"):
+            Talk("bob", text)
+        with pytest.raises(ValueError, match="text"):
+            Delivery("alice", "bob", text)
+        with pytest.raises(ValueError, match="detail"):
+            Error(ErrorCode.BAD_FRAME, text)
 
 
 @given(texts())
@@ -358,7 +488,16 @@ def test_which_errors_close_the_connection(code: ErrorCode) -> None:
 
 
 @pytest.mark.parametrize(
-    "detail", ["", "x" * (MAX_TEXT + 1), "line\nbreak", "nul\x00", "c1\x9c"]
+    "detail",
+    [
+        "",
+        "x" * (MAX_TEXT + 1),
+        "line\nbreak",
+        "nul\x00",
+        "c1\x9c",
+        "line\u2028separator",
+        "paragraph\u2029separator",
+    ],
 )
 def test_error_detail_rules(detail: str) -> None:
     with pytest.raises(ValueError, match="detail"):

@@ -337,12 +337,12 @@ async def test_what_others_send_is_escaped() -> None:
         await chat.hear(
             "talk|bob|alice|\u202eevil\u202c\tok",
             "error|no-such-user|\u2066x\u2069",
-            "talk|bob|*|line\u2028break \U000e0041",
+            "talk|bob|*|zero\u200bwidth \U000e0041",
         )
         assert chat.new_output() == [
             "12:00:01 bob: \\u202eevil\\u202c\\x09ok",
             "12:00:01 ! no such user: \\u2066x\\u2069",
-            "12:00:01 bob (to all): line\\u2028break \\U000e0041",
+            "12:00:01 bob (to all): zero\\u200bwidth \\U000e0041",
         ]
         await chat.end_input()
 
@@ -367,6 +367,24 @@ def test_describe_error() -> None:
         assert text.endswith(": why\\u202e")
         assert "-" not in text
     assert describe_error(Error("no-such-user", "carol")) == "no such user: carol"
+
+
+@fail_after(5)
+async def test_a_text_with_a_line_separator_is_a_bad_frame() -> None:
+    # A server never sends one; a client that split lines on it would see
+    # the rest as a frame from someone else.
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear(
+            "talk|bob|alice|hi\u2028talk|mallory|alice|x", "talk|bob|alice|ok"
+        )
+        assert chat.new_output() == [
+            "12:00:01 ! ignored a frame: the server sent a bad frame: bad-frame:"
+            " text may not contain control characters (but TAB), line or"
+            " paragraph separators, or lone surrogates",
+            "12:00:01 bob: ok",
+        ]
+        await chat.end_input()
 
 
 @fail_after(5)

@@ -17,6 +17,7 @@ import attrs
 
 __all__ = [
     "BROADCAST",
+    "DEFAULT_IGNORABLE",
     "MAX_NAME",
     "MAX_TEXT",
     "MAX_TOKEN",
@@ -44,9 +45,55 @@ BROADCAST = "*"
 """The ``talk`` target that means every other user online."""
 
 _NAME_PUNCTUATION = frozenset("_-.")
-# C0 controls except TAB, DEL and the C1 controls; and lone surrogates,
-# which no UTF-8 frame can carry.
-_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+
+# The characters that render as nothing: the Unicode property
+# Default_Ignorable_Code_Point, which unicodedata does not expose. Unicode
+# derives it (UAX #44; the header of its section in DerivedCoreProperties.txt)
+# as
+#     Other_Default_Ignorable_Code_Point (PropList.txt)
+#   + General_Category Cf (format characters)
+#   + Variation_Selector (PropList.txt)
+#   - White_Space
+#   - FFF9..FFFB (interlinear annotation format characters)
+#   - 13430..1343F (Egyptian hieroglyph format characters)
+#   - Prepended_Concatenation_Mark (format characters that should be visible)
+# and these are the ranges DerivedCoreProperties.txt lists for it (Unicode
+# 15.1, 4174 code points), joined where they touch. Most are refused in a
+# name anyway, as format (Cf) or unassigned (Cn) characters; the letters and
+# marks among them (U+034F, the Hangul fillers, the variation selectors...)
+# are not, and would make "alice" plus an invisible character look like
+# alice.
+DEFAULT_IGNORABLE: tuple[tuple[int, int], ...] = (
+    (0x00AD, 0x00AD),  # SOFT HYPHEN
+    (0x034F, 0x034F),  # COMBINING GRAPHEME JOINER
+    (0x061C, 0x061C),  # ARABIC LETTER MARK
+    (0x115F, 0x1160),  # HANGUL CHOSEONG FILLER, HANGUL JUNGSEONG FILLER
+    (0x17B4, 0x17B5),  # KHMER VOWEL INHERENT AQ, AA
+    (0x180B, 0x180F),  # MONGOLIAN FREE VARIATION SELECTORS, VOWEL SEPARATOR
+    (0x200B, 0x200F),  # ZERO WIDTH SPACE .. RIGHT-TO-LEFT MARK
+    (0x202A, 0x202E),  # bidi embeddings and overrides
+    (0x2060, 0x206F),  # WORD JOINER .. NOMINAL DIGIT SHAPES, and reserved U+2065
+    (0x3164, 0x3164),  # HANGUL FILLER
+    (0xFE00, 0xFE0F),  # VARIATION SELECTOR-1 .. 16
+    (0xFEFF, 0xFEFF),  # ZERO WIDTH NO-BREAK SPACE
+    (0xFFA0, 0xFFA0),  # HALFWIDTH HANGUL FILLER
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # SHORTHAND FORMAT LETTER OVERLAP .. UP STEP
+    (0x1D173, 0x1D17A),  # MUSICAL SYMBOL BEGIN BEAM .. END PHRASE
+    (0xE0000, 0xE0FFF),  # tags, VARIATION SELECTOR-17 .. 256, and reserved
+)
+"""The code points with the Unicode property Default_Ignorable_Code_Point, as
+inclusive ranges; none of them may appear in a name."""
+_IGNORABLE = re.compile(
+    "["
+    + "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in DEFAULT_IGNORABLE)
+    + "]"
+)
+# C0 controls except TAB, DEL and the C1 controls (NEL, U+0085, among them);
+# the line and paragraph separators, which a client splitting lines the way
+# str.splitlines() does would take for the end of a frame; and lone
+# surrogates, which no UTF-8 frame can carry.
+_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # The same, TAB included.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -90,6 +137,10 @@ def _name_problem(name: str) -> str | None:
         return f"a name has 1 to {MAX_NAME} characters"
     if name[0] in ".-":
         return "a name must not start with '.' or '-'"
+    invisible = _IGNORABLE.search(name)
+    if invisible is not None:
+        code = ord(invisible[0])
+        return f"a name may not contain U+{code:04X}, which renders as nothing"
     for position, char in enumerate(name):
         if char in _NAME_PUNCTUATION:
             continue
@@ -121,7 +172,8 @@ def check_text(text: str) -> None:
         raise ValueError(f"text has 1 to {MAX_TEXT} characters")
     if _TEXT_FORBIDDEN.search(text):
         raise ValueError(
-            "text may not contain control characters (but TAB) or lone surrogates"
+            "text may not contain control characters (but TAB), line or"
+            " paragraph separators, or lone surrogates"
         )
 
 
@@ -159,7 +211,10 @@ def _detail(_: Any, __: Any, value: str) -> None:
     if not 1 <= len(value) <= MAX_TEXT:
         raise ValueError(f"an error detail has 1 to {MAX_TEXT} characters")
     if _TEXT_FORBIDDEN.search(value):
-        raise ValueError("an error detail may not contain control characters")
+        raise ValueError(
+            "an error detail may not contain control characters (but TAB)"
+            " or line or paragraph separators"
+        )
 
 
 @attrs.frozen
