@@ -37,6 +37,7 @@ from trichat.protocol.messages import (
     Ping,
     Pong,
     Talk,
+    UnknownErrorCode,
 )
 
 
@@ -80,6 +81,16 @@ async def test_a_refusal_raises_login_refused(code: ErrorCode) -> None:
         await Client.login(client_stream, "alice")
     assert refused.value.error == Error(code, "not you | not now")
     assert str(refused.value) == f"{code.value}: not you | not now"
+
+
+@fail_after(5)
+async def test_a_refusal_with_a_code_this_client_does_not_know() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("error|banned|not here")
+    with pytest.raises(LoginRefused) as refused:
+        await Client.login(client_stream, "alice")
+    assert refused.value.error == Error(UnknownErrorCode("banned"), "not here")
+    assert str(refused.value) == "banned: not here"
 
 
 @fail_after(5)
@@ -212,6 +223,24 @@ async def test_an_error_that_keeps_the_connection_is_yielded() -> None:
 
 
 @fail_after(5)
+async def test_an_error_with_a_code_this_client_does_not_know_is_yielded() -> None:
+    # What a newer server may send: an error all the same, not a bad frame,
+    # and one that does not end the iteration (the server closes if it must).
+    client, server = await logged_in("alice")
+    await server.send("error|quota-exceeded|slow | down", "talk|bob|alice|still here")
+    error = await next_message(client)
+    assert error == Error(UnknownErrorCode("quota-exceeded"), "slow | down")
+    assert isinstance(error, Error)
+    assert (error.code.value, error.code.closes) == ("quota-exceeded", False)
+    assert await next_message(client) == Delivery("bob", "alice", "still here")
+    await server.send("error|quota-exceeded|again", "talk|bob|alice|more")
+    assert await client.receive_batch() == [
+        Error(UnknownErrorCode("quota-exceeded"), "again"),
+        Delivery("bob", "alice", "more"),
+    ]
+
+
+@fail_after(5)
 async def test_a_closing_error_is_yielded_then_iteration_ends() -> None:
     client, server = await logged_in("alice")
     # The server keeps the stream open: the error alone ends the iteration.
@@ -243,13 +272,13 @@ async def test_a_frame_cut_by_the_end_of_the_stream_is_dropped() -> None:
 async def test_a_malformed_frame_raises_and_reading_goes_on() -> None:
     client, server = await logged_in("alice")
     await server.stream.send_all(
-        b"exit\nerror|no-such-code|x\ntalk|b\xffb|alice|x\ntalk|bob|alice|ok\n"
+        b"exit\nerror|some-code|\x07\ntalk|b\xffb|alice|x\ntalk|bob|alice|ok\n"
     )
     with pytest.raises(BadServerFrame, match="exit takes 1 field") as bad:
         await next_message(client)
     assert not bad.value.fatal
     assert bad.value.problem.code is ErrorCode.BAD_FRAME
-    with pytest.raises(BadServerFrame, match="bad-frame"):
+    with pytest.raises(BadServerFrame, match="bad-frame: an error detail"):
         await next_message(client)
     with pytest.raises(BadServerFrame, match="UTF-8"):
         await next_message(client)
@@ -582,11 +611,11 @@ async def test_receive_batch_ends_when_the_server_closes() -> None:
 async def test_receive_batch_returns_the_frames_before_a_bad_one_first() -> None:
     client, server = await logged_in("alice")
     await server.stream.send_all(
-        b"talk|bob|alice|one\nerror|no-such-code|x\ntalk|bob|alice|two\n"
+        b"talk|bob|alice|one\nerror|no-such-user|\x07\ntalk|bob|alice|two\n"
         b"talk|b\xffb|alice|x\ntalk|bob|alice|three\n"
     )
     assert await client.receive_batch() == [Delivery("bob", "alice", "one")]
-    with pytest.raises(BadServerFrame, match="no-such-code") as bad:
+    with pytest.raises(BadServerFrame, match="detail") as bad:
         await client.receive_batch()
     assert not bad.value.fatal
     assert await client.receive_batch() == [Delivery("bob", "alice", "two")]

@@ -31,6 +31,7 @@ from trichat.protocol.messages import (
     Pong,
     ServerMessage,
     Talk,
+    UnknownErrorCode,
 )
 from trichat.server.config import ServerConfig
 from trichat.server.hub import Hub, Member
@@ -248,8 +249,7 @@ def test_empty_field(line: bytes, role: Role) -> None:
         (b"talk|alice|bob|\x00", CLIENT),
         (b"exit|-x", CLIENT),
         ("talk|alice|bob|a\u2028b".encode(), CLIENT),
-        (b"error|no-such-code|x", CLIENT),
-        (b"error|BAD-FRAME|x", CLIENT),
+        (b"error|bad\x1bcode|x", CLIENT),
         (b"error|bad-frame|\x07", CLIENT),
         ("error|bad-frame|a\u2028b".encode(), CLIENT),
         (b"ping|" + b"t" * 65, CLIENT),
@@ -296,6 +296,28 @@ def test_the_reply_to_an_invisible_character_in_a_name_is_a_frame() -> None:
     assert encode(error.reply) == (
         b"error|bad-name|a name may not contain U+3164, which renders as nothing\n"
     )
+
+
+# Error codes a client does not know
+
+
+@pytest.mark.parametrize(
+    "line", [b"error|quota-exceeded|slow | down", b"error|BAD-FRAME|slow | down"]
+)
+def test_a_client_reads_an_error_code_it_does_not_know(line: bytes) -> None:
+    code = line.split(b"|")[1].decode()
+    error = decode(line, CLIENT)
+    assert error == Error(UnknownErrorCode(code), "slow | down")
+    assert encode(error) == line + b"\n"
+
+
+def test_a_server_reads_no_error_frames() -> None:
+    for line in (b"error|quota-exceeded|x", b"error|bad-frame|x"):
+        error = decode_error(line, SERVER)
+        assert (error.code, error.detail) == (
+            ErrorCode.BAD_FRAME,
+            "unknown kind 'error'",
+        )
 
 
 # The error and its reply

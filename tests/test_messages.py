@@ -27,6 +27,7 @@ from trichat.protocol.messages import (
     Ping,
     Pong,
     Talk,
+    UnknownErrorCode,
     check_name,
     check_text,
     check_token,
@@ -456,6 +457,50 @@ def test_error_code_from_its_wire_name() -> None:
     assert error.code is ErrorCode.NO_SUCH_USER
     with pytest.raises(ValueError, match="no-such-code"):
         Error("no-such-code", "x")
+
+
+def test_a_received_error_may_have_a_code_this_client_does_not_know() -> None:
+    # Forward compatibility: a newer server's code is an error all the same.
+    assert Error.received("no-such-user", "carol") == Error(
+        ErrorCode.NO_SUCH_USER, "carol"
+    )
+    assert type(Error.received("no-such-user", "carol").code) is ErrorCode
+    error = Error.received("quota-exceeded", "slow down")
+    assert error == Error(UnknownErrorCode("quota-exceeded"), "slow down")
+    assert type(error.code) is UnknownErrorCode
+    assert error.code == "quota-exceeded"
+    assert error.code.value == "quota-exceeded"
+    assert not error.code.closes
+    assert error.fields() == ("quota-exceeded", "slow down")
+    assert repr(error.code) == "UnknownErrorCode('quota-exceeded')"
+    # Only a client reading a frame takes an unknown code from a string.
+    with pytest.raises(ValueError, match="quota-exceeded"):
+        Error("quota-exceeded", "slow down")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * (MAX_TOKEN + 1), id="65 characters"),
+        pytest.param("a|b", id="bar"),
+        pytest.param("a\tb", id="tab"),
+        pytest.param("a\x1bb", id="ESC"),
+        pytest.param("a\x85b", id="C1"),
+        pytest.param("a\u2028b", id="line separator"),
+    ],
+)
+def test_unknown_error_code_rules(code: str) -> None:
+    with pytest.raises(ValueError, match="error code"):
+        UnknownErrorCode(code)
+    with pytest.raises(ValueError, match="error code"):
+        Error.received(code, "x")
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_a_known_code_is_not_an_unknown_one(code: ErrorCode) -> None:
+    with pytest.raises(ValueError, match="known"):
+        UnknownErrorCode(code.value)
 
 
 def test_error_codes_are_the_protocols() -> None:

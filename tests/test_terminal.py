@@ -52,6 +52,7 @@ from trichat.protocol.messages import (
     Ping,
     Pong,
     Talk,
+    UnknownErrorCode,
 )
 
 NOW = datetime.datetime(2024, 5, 17, 12, 0, 1)
@@ -338,11 +339,13 @@ async def test_what_others_send_is_escaped() -> None:
             "talk|bob|alice|\u202eevil\u202c\tok",
             "error|no-such-user|\u2066x\u2069",
             "talk|bob|*|zero\u200bwidth \U000e0041",
+            "error|new\u202e-code|\u202ex",
         )
         assert chat.new_output() == [
             "12:00:01 bob: \\u202eevil\\u202c\\x09ok",
             "12:00:01 ! no such user: \\u2066x\\u2069",
             "12:00:01 bob (to all): zero\\u200bwidth \\U000e0041",
+            "12:00:01 ! new\\u202e code: \\u202ex",
         ]
         await chat.end_input()
 
@@ -367,6 +370,24 @@ def test_describe_error() -> None:
         assert text.endswith(": why\\u202e")
         assert "-" not in text
     assert describe_error(Error("no-such-user", "carol")) == "no such user: carol"
+
+
+def test_describe_an_error_this_client_does_not_know() -> None:
+    error = Error(UnknownErrorCode("quota-exceeded"), "10 MB a day")
+    assert describe_error(error) == "quota exceeded: 10 MB a day"
+
+
+@fail_after(5)
+async def test_an_error_code_this_client_does_not_know_is_shown() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear("error|quota-exceeded|slow down", "talk|bob|alice|fine")
+        assert chat.new_output() == [
+            "12:00:01 ! quota exceeded: slow down",
+            "12:00:01 bob: fine",
+        ]
+        await chat.end_input()
+    assert chat.status == EXIT_OK
 
 
 @fail_after(5)
@@ -731,6 +752,7 @@ async def test_main_with_an_unreachable_server() -> None:
         ),
         ("error|bad-name|too long", EXIT_REFUSED, "bad name: too long"),
         ("error|server-full|try later", EXIT_FAILURE, "the server is full: try later"),
+        ("error|banned|go away", EXIT_FAILURE, "banned: go away"),
     ],
 )
 @fail_after(20)

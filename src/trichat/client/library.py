@@ -75,7 +75,8 @@ class LoginRefused(Exception):
     """The server answered ``login`` with an error.
 
     ``error`` is that ``Error``; its ``code`` says why (``bad-name``,
-    ``name-taken``, ``server-full``, ...).
+    ``name-taken``, ``server-full``, ...): an ``ErrorCode``, or an
+    ``UnknownErrorCode`` for a code this client does not know.
     """
 
     def __init__(self, error: Error) -> None:
@@ -117,8 +118,11 @@ class Client(trio.abc.AsyncResource):
     Iterating it yields every frame the server sends (``Login``,
     ``Delivery``, ``Exit``, ``Error``, ``Ping``, ``Pong``) until the server
     closes the connection, or right after an error that closes it
-    (``ErrorCode.closes``). A ``Ping`` is answered with a ``Pong`` before it
-    is yielded. Only one task may iterate at a time; any number may send.
+    (``ErrorCode.closes``). An error with a code this client does not know
+    (an ``UnknownErrorCode``, from a newer server) is yielded like any
+    other and does not end the iteration. A ``Ping`` is answered with a
+    ``Pong`` before it is yielded. Only one task may iterate at a time; any
+    number may send.
     ``receive_batch`` and ``talk_batch`` read and send many frames at
     once, for a program that handles many.
 

@@ -133,8 +133,15 @@ def _escape_char(char: str) -> str:
 
 
 def describe_error(error: Error) -> str:
-    """The server's error in plain words, e.g. ``no such user: carol``."""
-    words = _ERROR_WORDS.get(error.code, error.code.value.replace("-", " "))
+    """The server's error in plain words, e.g. ``no such user: carol``.
+
+    A code this client does not know (from a newer server) is shown as the
+    server wrote it, with spaces for hyphens: ``quota exceeded: ...``.
+    """
+    code = error.code
+    words = _ERROR_WORDS.get(code) if isinstance(code, ErrorCode) else None
+    if words is None:
+        words = escape(code.value.replace("-", " "))
     return f"{words}: {escape(error.detail)}"
 
 

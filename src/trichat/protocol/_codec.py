@@ -155,7 +155,9 @@ _KINDS: dict[Role, dict[str, _Kind]] = {
         "login": _Kind(Login, 1, 1),
         "talk": _Kind(Delivery, 3, 3, rest=True),
         "exit": _Kind(Exit, 1, 1),
-        "error": _Kind(Error, 2, 2, rest=True),
+        # A code this client does not know is still an error (forward
+        # compatibility): Error.received keeps it as an UnknownErrorCode.
+        "error": _Kind(Error.received, 2, 2, rest=True),
         "ping": _Kind(Ping, 1, 1),
         "pong": _Kind(Pong, 1, 1),
     },

@@ -32,6 +32,7 @@ __all__ = [
     "Pong",
     "ServerMessage",
     "Talk",
+    "UnknownErrorCode",
     "check_name",
     "check_text",
     "check_token",
@@ -129,6 +130,58 @@ _CLOSING_CODES = frozenset(
         ErrorCode.SHUTTING_DOWN,
     }
 )
+
+
+class UnknownErrorCode(str):
+    """An error code that is not an ``ErrorCode``: one a newer server sends.
+
+    A client shows it as an error like any other instead of refusing the
+    frame. It reads as an ``ErrorCode`` member does: ``value`` is the code as
+    the server wrote it, and ``closes`` is False, since only the server knows
+    what follows it (if it closes the connection, the stream ends as it
+    would anyway). It holds 1 to ``MAX_TOKEN`` characters, neither ``|`` nor
+    control characters nor line separators, and is no ``ErrorCode`` value.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> UnknownErrorCode:
+        if value in _KNOWN_CODES:
+            raise ValueError(f"{value!r} is a known error code")
+        if not 1 <= len(value) <= MAX_TOKEN:
+            raise ValueError(f"an error code has 1 to {MAX_TOKEN} characters")
+        if "|" in value or "\t" in value or _TEXT_FORBIDDEN.search(value):
+            raise ValueError(
+                "an error code may not contain '|', control characters or line"
+                " separators"
+            )
+        return super().__new__(cls, value)
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @property
+    def closes(self) -> bool:
+        """False: the client cannot tell (see the class)."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+
+
+def _error_code(code: str) -> ErrorCode | UnknownErrorCode:
+    """An ``ErrorCode`` for its value; an ``UnknownErrorCode`` stays as it is.
+
+    A plain string that names no ``ErrorCode`` is refused: only a client
+    reading a frame (``Error.received``) takes a code it does not know.
+    """
+    if isinstance(code, UnknownErrorCode):
+        return code
+    return ErrorCode(code)
 
 
 @lru_cache(maxsize=4096)
@@ -298,8 +351,16 @@ class Error:
     """``error|CODE|DETAIL``: the server refused a request or is closing."""
 
     kind: ClassVar[str] = "error"
-    code: ErrorCode = attrs.field(converter=ErrorCode)
+    code: ErrorCode | UnknownErrorCode = attrs.field(converter=_error_code)
     detail: str = attrs.field(validator=_detail)
+
+    @classmethod
+    def received(cls, code: str, detail: str) -> Error:
+        """The error in a frame that a client read: a *code* that is not an
+        ``ErrorCode`` becomes an ``UnknownErrorCode``, not a bad frame."""
+        if code in _KNOWN_CODES:
+            return cls(ErrorCode(code), detail)
+        return cls(UnknownErrorCode(code), detail)
 
     def fields(self) -> tuple[str, ...]:
         return (self.code.value, self.detail)
