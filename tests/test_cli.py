@@ -19,7 +19,7 @@ from trichat.cli import build_parser, main
 # Starting Python and the command takes a fraction of this.
 COMMAND_TIMEOUT = 20.0
 # What building the ``trichat`` parser may load of the load generator.
-LIGHT_BENCH_MODULES = {"trichat.bench", "trichat.bench.cli"}
+LIGHT_BENCH_MODULES = {"trichat.bench", "trichat.bench.cli", "trichat.bench.settings"}
 # A dm run that takes a fraction of a second.
 QUICK_BENCH = ("-P", "1", "-W", "2", "-D", "200ms", "--warmup", "0", "-q", "--json")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from .. import __version__
 from ..protocol.messages import ErrorCode
-from .cli import Settings
 from .latency import summarize_latencies
+from .settings import Settings
 from .traffic import Run
 from .usage import loop_note, usage_summary
 

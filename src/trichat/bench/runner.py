@@ -10,9 +10,9 @@ from typing import Any
 import trio
 
 from .._process import raise_file_limit, until_interrupted
-from .cli import Settings
 from .report import begin_result, finish_result, format_report
 from .scenarios import run_scenario
+from .settings import Settings
 from .traffic import BenchError, Progress, Run
 from .usage import process_cpu, process_rss_kb
 

@@ -21,7 +21,7 @@ import trio
 
 from ..client.library import BadServerFrame, Client, ConnectionLost, LoginRefused
 from ..protocol.messages import Delivery, Error, ErrorCode, Exit, Login
-from .cli import Settings
+from .settings import Settings
 from .usage import Usage
 
 __all__ = [
