@@ -16,8 +16,8 @@ Nothing here writes to a terminal.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Final
 
 import trio
@@ -285,14 +285,15 @@ class Client(trio.abc.AsyncResource):
     def __aiter__(self) -> Client:
         return self
 
-    async def __anext__(self) -> ServerMessage:
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Read in this block, as the only task that does; a frame that
+        ends the connection, or its loss, ends what iterating yields."""
         if self._receiving:
             raise trio.BusyResourceError("another task is already reading")
-        if self._finished:
-            raise StopAsyncIteration
         self._receiving = True
         try:
-            message = await self._receive()
+            yield
         except BadServerFrame as bad:
             self._finished = bad.fatal
             raise
@@ -301,6 +302,12 @@ class Client(trio.abc.AsyncResource):
             raise
         finally:
             self._receiving = False
+
+    async def __anext__(self) -> ServerMessage:
+        with self._reading():
+            if self._finished:
+                raise StopAsyncIteration
+            message = await self._receive()
         if message is None:
             self._finished = True
             raise StopAsyncIteration
@@ -322,13 +329,10 @@ class Client(trio.abc.AsyncResource):
         BusyResourceError while another task reads. It costs one call per
         read instead of one per frame, for a program that handles many.
         """
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already reading")
-        if self._finished:
-            await trio.lowlevel.checkpoint()
-            return []
-        self._receiving = True
-        try:
+        with self._reading():
+            if self._finished:
+                await trio.lowlevel.checkpoint()
+                return []
             self._raise_left_problem()
             messages = self._decode_buffered()
             while messages is not None and not messages:
@@ -342,14 +346,6 @@ class Client(trio.abc.AsyncResource):
                     break
                 self._connection.receive_data(data)
                 messages = self._decode_buffered()
-        except BadServerFrame as bad:
-            self._finished = bad.fatal
-            raise
-        except ConnectionLost:
-            self._finished = True
-            raise
-        finally:
-            self._receiving = False
         if not messages:
             self._finished = True
             return []
