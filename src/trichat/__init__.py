@@ -1,46 +1,12 @@
-"""trichat: a many-user chat server and terminal client on Trio."""
+"""trichat: a many-user chat server and terminal client on Trio.
 
-from .protocol._codec import ProtocolError, Role, decode, encode
-from .protocol.connection import CLOSED, NEED_DATA, Connection, State
-from .protocol.messages import (
-    BROADCAST,
-    ClientMessage,
-    Delivery,
-    Error,
-    ErrorCode,
-    Exit,
-    Login,
-    Message,
-    Ping,
-    Pong,
-    ServerMessage,
-    Talk,
-    name_key,
-)
+The package's own names are the protocol layer's (``trichat.protocol``);
+the server, the client and the load generator are its subpackages.
+"""
+
+from . import protocol
+from .protocol import *  # noqa: F403 - its names are the package's, listed once there
 
 __version__ = "1.0.0"
 
-__all__ = [
-    "BROADCAST",
-    "CLOSED",
-    "NEED_DATA",
-    "ClientMessage",
-    "Connection",
-    "Delivery",
-    "Error",
-    "ErrorCode",
-    "Exit",
-    "Login",
-    "Message",
-    "Ping",
-    "Pong",
-    "ProtocolError",
-    "Role",
-    "ServerMessage",
-    "State",
-    "Talk",
-    "__version__",
-    "decode",
-    "encode",
-    "name_key",
-]
+__all__ = [*protocol.__all__, "__version__"]
