@@ -16,6 +16,7 @@ from .messages import (
     Pong,
     ServerMessage,
     Talk,
+    UnknownErrorCode,
     name_key,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "ServerMessage",
     "State",
     "Talk",
+    "UnknownErrorCode",
     "decode",
     "encode",
     "name_key",
