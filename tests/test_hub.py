@@ -201,7 +201,7 @@ def test_a_recipient_too_slow_is_kicked_and_the_message_refused() -> None:
     slow.mailbox.stalled = True  # its writer made no progress for long
     assert slow.mailbox.put(b"filler\n", 2)
     routed = crowd.hub.route(crowd["alice"], Envelope("alice", "slow", [b"hi"]), [])
-    assert routed == Routed(1, Refusal.NO_SUCH_USER, "Slow")
+    assert routed == Routed(1, Refusal.NO_SUCH_USER, "slow")  # as written
     assert crowd.kicked == [("Slow", TOO_SLOW)]
     assert crowd.read("Slow") == b"filler\n"
 

@@ -96,6 +96,17 @@ async def test_a_direct_message_too_big_for_the_queue_drops_its_recipient() -> N
         await alice.expect("error|no-such-user|bob", "exit|bob")
 
 
+async def test_the_refusal_for_a_user_too_slow_names_them_as_the_sender_did() -> None:
+    # As for anyone not online, the detail is the target as it was written.
+    async with running_server(rate=0, queue_bytes=1000, presence_delay=0) as live:
+        alice = await live.login("alice")
+        bob = await live.login("bob")
+        await alice.expect("login|bob")
+        await alice.send("talk|BOB|" + "z" * 2000)
+        assert await bob.read_until_closed() == ["login|alice"]
+        await alice.expect("error|no-such-user|BOB", "exit|bob")
+
+
 async def test_a_user_dropped_as_too_slow_is_offline_at_once() -> None:
     # The message after the one that dropped bob comes in the same read,
     # before bob's own task has run: it must not be queued for a user who
@@ -110,6 +121,33 @@ async def test_a_user_dropped_as_too_slow_is_offline_at_once() -> None:
         await alice.expect(
             "error|no-such-user|bob", "error|no-such-user|bob", "exit|bob"
         )
+
+
+async def test_a_dropped_user_s_name_stays_taken_until_the_exit_is_told() -> None:
+    # A kick and another client's login of the same name can be handled in
+    # one turn of the shared reader, before the kicked user's task runs:
+    # the login must be refused, not announced and then undone by the
+    # dropped user's exit.
+    async with running_server(rate=0, presence_delay=0) as live:
+        alice = await live.login("alice")
+        await live.login("bob")
+        await alice.expect("login|bob")
+        carol = await live.connect()
+        await trio.testing.wait_all_tasks_blocked()
+        by_name = {c.session.name: c for c in live.server._connections}
+        (newcomer,) = [c for c in live.server._connections if c.session.name is None]
+        by_name["bob"].kick("too slow: outgoing queue full")
+        # No checkpoint in between: as the shared reader would, in one turn.
+        newcomer.received(b"login|bob\n")
+        newcomer.step(64)
+        assert await carol.read_line() == "error|name-taken|bob is already online"
+        await alice.expect("exit|bob")
+        await carol.send("login|bob")
+        assert (await carol.read_line(), await alice.read_line()) == (
+            "login|bob",
+            "login|bob",
+        )
+        assert await alice.pong_after("end") == []
 
 
 async def test_what_a_full_socket_does_not_take_is_written_later_in_order() -> None:

@@ -114,12 +114,8 @@ class _Connection:
         self.kicked = self.session.stopped = True
         self.end_reason = reason
         self.end_error = None
-        member = self.session.member
-        if member is not None:
-            # Offline at once, not when this connection's task next runs: a
-            # message sent meanwhile is refused, not queued and lost. Others
-            # hear of it from go_offline, after the refusals it causes.
-            self.server.hub.leave(member, announce=False)
+        # From now on a message to this user is refused, not queued and
+        # lost; the name stays taken until go_offline, which tells others.
         self.mailbox.discard()
         self.read_scope.cancel()
         if self.connection_scope is not None:
@@ -175,10 +171,7 @@ class _Connection:
         member, self.session.member = self.session.member, None
         who = f" {member.name}" if member else ""
         if member is not None:
-            hub = self.server.hub
-            hub.leave(member, announce=False)  # if not kicked already
-            if not self.server.stopping:
-                hub.announce_exit(member)
+            self.server.hub.leave(member, announce=not self.server.stopping)
         if self.end_reason in ("exit", "closed"):
             log.info("exit %s%s (%s)", self.address, who, self.end_reason)
         else:

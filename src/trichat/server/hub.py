@@ -162,10 +162,6 @@ class Hub:
         if announce:
             self._announce(member.exit_frame)
 
-    def announce_exit(self, member: Member) -> None:
-        """Tell everyone online that *member*, now offline, has left."""
-        self._announce(member.exit_frame)
-
     def release(self) -> None:
         """Send the presence frames held back (see ``hold_presence``)."""
         holding, self._holding = self._holding, []
@@ -246,7 +242,8 @@ class Hub:
         head = delivery_head(sender.name, recipient.name)
         texts = _fitting(envelope.texts, len(head) + 1, *mailbox.room)
         if not recipient.send(delivery_block(head, texts), len(texts)):
-            return Routed(len(texts), Refusal.NO_SUCH_USER, recipient.name)
+            # Too slow, and being dropped.
+            return Routed(len(texts), Refusal.NO_SUCH_USER, envelope.to)
         if mailbox.congested:
             congested.append(mailbox)
         return Routed(len(texts))

@@ -11,9 +11,10 @@ busy user costs one system call per wake-up of their writer.
 server's ``--queue-size`` and ``--queue-bytes``) and the channel in
 batches; a frame that does not fit, or a ``send_nowait`` that raises
 ``WouldBlock``, is refused, and the hub takes that user offline as too
-slow. Every frame gets a sequence number, and the mailbox can keep the
-last frames its writer wrote (``keep``), so that what followed frame *n*
-can be sent again (session resume will need it).
+slow. Every frame gets a sequence number (a block put as one frame, such
+as a newcomer's roster, gets one), and the mailbox can keep the last
+frames its writer wrote (``keep``), so that what followed frame *n* can be
+sent again (session resume will need it).
 
 A mailbox more than half full is *congested*: senders to it wait (see
 ``make_room``) while its writer makes progress, so a burst does not get a
