@@ -255,9 +255,7 @@ class _Connection:
         parks there; it returns None once the reader has handed over.
         """
         transport = self.transport
-        if not isinstance(transport, PlainSocket):
-            return await transport.receive()
-        if self.shared is None:
+        if self.shared is None or not isinstance(transport, PlainSocket):
             return await transport.receive()
         data = transport.read_now()
         if data is not None:
