@@ -173,9 +173,10 @@ class Hub:
     def _announce(self, frame: bytes) -> None:
         """Tell everyone online *frame* (a login or an exit).
 
-        Telling a user too slow to take it kicks them, which takes them
-        offline and announces their exit in turn: such exits are queued
-        and told here, one after another, so that a crowd of stalled users
+        Telling a user too slow to take it kicks them; a kick that takes
+        them offline at once (the server's waits for their task) announces
+        their exit from inside this one. Such announcements are queued and
+        told here, one after another, so that a crowd of stalled users
         cannot nest a call per user.
         """
         self._announcements.append(frame)
