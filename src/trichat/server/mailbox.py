@@ -137,13 +137,7 @@ class Mailbox:
         own frames that must get through (a newcomer's roster, which can
         be large).
         """
-        if self.closed or not (
-            force
-            or (
-                self.queued_frames + frames <= self.max_frames
-                and self.queued_bytes + len(data) <= self.max_bytes
-            )
-        ):
+        if self.closed or not (force or self.fits(len(data), frames)):
             return False
         if self._held:
             # Held presence goes first: a user sees events in order.
