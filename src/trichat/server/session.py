@@ -259,20 +259,25 @@ class Session:
                 # lines, without looking for a run again.
                 read.decode_until = end
             else:
-                texts = talk_texts(lines, start, end, target)
-                routed = self.hub.route(
-                    member, Envelope(member.name, to, texts), self.congested
-                )
-                relayed = routed.taken
-                if routed.refused is not None:
-                    refusal = Error(ErrorCode(routed.refused.value), routed.recipient)
-                    for _ in range(relayed):
-                        self.reply(refusal)
+                relayed = self._route(member, to, talk_texts(lines, start, end, target))
         if bucket is not None:
             bucket.give_back(stop - start - relayed)
             if relayed:
                 self._forgive_flood(now)
         return relayed
+
+    def _route(self, sender: Member, to: str, texts: list[bytes]) -> int:
+        """Route *texts* from *sender* to *to* through the hub, and tell the
+        sender of each one refused; returns how many the hub took (the rest
+        wait for congested recipients to drain)."""
+        routed = self.hub.route(
+            sender, Envelope(sender.name, to, texts), self.congested
+        )
+        if routed.refused is not None:
+            refusal = Error(ErrorCode(routed.refused.value), routed.recipient)
+            for _ in range(routed.taken):
+                self.reply(refusal)
+        return routed.taken
 
     def _handle_line(self, line: bytes, now: float) -> None:
         """Decode and handle one non-empty line (which may end in CR)."""
@@ -294,13 +299,7 @@ class Session:
         match message:
             case Talk(to=to, text=text):
                 assert self.member is not None
-                sender = self.member
-                routed = self.hub.route(
-                    sender, Envelope(sender.name, to, [text.encode()]), self.congested
-                )
-                if routed.refused is not None:
-                    code = ErrorCode(routed.refused.value)
-                    self.reply(Error(code, routed.recipient))
+                self._route(self.member, to, [text.encode()])
             case Login(name=name):
                 self._log_in(name)
             case Exit():
