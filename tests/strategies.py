@@ -7,6 +7,8 @@ rules against each other. Import them as ``from strategies import names``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import strategies as st
 
 from trichat.protocol.messages import (
@@ -19,11 +21,21 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Hello,
+    Join,
+    Joined,
+    ListRooms,
     Login,
+    Message,
+    Part,
+    Parted,
     Ping,
     Pong,
+    RoomInfo,
+    RoomsListed,
     ServerMessage,
     Talk,
+    Welcome,
 )
 
 __all__ = [
@@ -31,6 +43,7 @@ __all__ = [
     "details",
     "error_codes",
     "names",
+    "rooms",
     "server_messages",
     "targets",
     "texts",
@@ -90,9 +103,29 @@ def names(max_size: int = MAX_NAME) -> st.SearchStrategy[str]:
     return _names(max_size)
 
 
+def rooms(max_size: int = MAX_NAME) -> st.SearchStrategy[str]:
+    """Valid room names: ``#`` and a name of 1 to *max_size* characters."""
+    return _names(max_size).map(lambda name: "#" + name)
+
+
 def targets() -> st.SearchStrategy[str]:
-    """Valid ``talk`` targets: a name, or ``*`` for everyone."""
-    return st.one_of(names(), st.just(BROADCAST))
+    """Valid ``talk`` targets: a name, a room, or ``*`` for everyone."""
+    return st.one_of(names(), rooms(), st.just(BROADCAST))
+
+
+# An option or a setting's key or value: a word of printable ASCII.
+_word = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="|="),
+    min_size=1,
+    max_size=12,
+)
+_ids = st.integers(min_value=1, max_value=10**20 - 1)
+# Times as the server writes them: UTC, to the millisecond.
+_times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(9999, 12, 31)
+).map(
+    lambda when: when.replace(microsecond=when.microsecond // 1000 * 1000, tzinfo=UTC)
+)
 
 
 def texts(max_size: int = MAX_TEXT) -> st.SearchStrategy[str]:
@@ -118,8 +151,12 @@ def error_codes() -> st.SearchStrategy[ErrorCode]:
 def client_messages() -> st.SearchStrategy[ClientMessage]:
     """Any frame a client may send, as the server decodes it."""
     return st.one_of(
+        st.builds(Hello, st.integers(1, 999), st.lists(_word, max_size=3).map(tuple)),
         st.builds(Login, names()),
         st.builds(Talk, targets(), texts()),
+        st.builds(Join, rooms()),
+        st.builds(Part, rooms()),
+        st.just(ListRooms()),
         st.builds(Exit, st.none() | names()),
         st.builds(Ping, tokens()),
         st.builds(Pong, tokens()),
@@ -132,8 +169,18 @@ def server_messages() -> st.SearchStrategy[ServerMessage]:
     A server's ``exit`` always names who left, so ``Exit()`` is not drawn.
     """
     return st.one_of(
+        st.builds(
+            Welcome,
+            st.integers(1, 999),
+            st.lists(st.tuples(_word, _word), min_size=1).map(tuple),
+        ),
         st.builds(Login, names()),
         st.builds(Delivery, names(), targets(), texts()),
+        st.builds(Message, _ids, _times, names(), targets(), texts()),
+        st.builds(Joined, rooms(), names()),
+        st.builds(Parted, rooms(), names()),
+        st.builds(RoomInfo, rooms(), st.integers(1, 10**6)),
+        st.builds(RoomsListed, st.integers(0, 10**6)),
         st.builds(Exit, names()),
         st.builds(Error, error_codes(), details()),
         st.builds(Ping, tokens()),

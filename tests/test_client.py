@@ -156,7 +156,7 @@ async def test_a_malformed_answer_to_login() -> None:
 async def test_frames_of_unknown_kinds_before_the_acknowledgement_are_skipped() -> None:
     # A newer server may greet first, in frames this client does not know.
     client_stream, server = fake_server_pair()
-    await server.send("hello|trichat|2", "welcome", "login|alice")
+    await server.send("whisper|trichat|2", "welcome", "login|alice")
     client = await Client.login(client_stream, "alice")
     assert client.name == "alice"
 
@@ -291,12 +291,12 @@ async def test_frames_of_unknown_kinds_are_skipped() -> None:
     # are read as usual, and the end of the stream ends the iteration.
     client, server = await logged_in("alice", online=["bob"])
     await server.send(
-        "msg|#lobby|bob|hi",
+        "typing|#lobby|bob|hi",
         "talk|bob|alice|one",
         "TALK|bob|alice|not a kind",
-        "room|#lobby|joined",
+        "sticker|#lobby|joined",
         "talk|bob|alice|two",
-        "history|end",
+        "archive|end",
     )
     await server.stream.aclose()
     assert [message async for message in client] == [
@@ -309,9 +309,9 @@ async def test_frames_of_unknown_kinds_are_skipped() -> None:
 @fail_after(5)
 async def test_receive_batch_skips_frames_of_unknown_kinds() -> None:
     client, server = await logged_in("alice")
-    await server.send("msg|#lobby|bob|hi", "talk|bob|alice|one", "history|end")
+    await server.send("typing|#lobby|bob|hi", "talk|bob|alice|one", "archive|end")
     assert await client.receive_batch() == [Delivery("bob", "alice", "one")]
-    await server.send("room|#lobby|joined")
+    await server.send("sticker|#lobby|joined")
     await server.stream.aclose()
     assert await client.receive_batch() == []
 

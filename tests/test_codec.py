@@ -25,8 +25,8 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Frame,
     Login,
-    Message,
     Ping,
     Pong,
     ServerMessage,
@@ -68,7 +68,7 @@ def decode_error(line: bytes, role: Role) -> ProtocolError:
         (Talk("Zoë", "☕\tok"), "talk|Zoë|☕\tok\n".encode()),
     ],
 )
-def test_encode(message: Message, frame: bytes) -> None:
+def test_encode(message: Frame, frame: bytes) -> None:
     assert encode(message) == frame
 
 
@@ -149,7 +149,7 @@ def test_not_utf8(line: bytes, role: Role) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"TALK|bob|hi", b"Login|alice", b"hello", b"", b" login|alice", b"login |x"],
+    [b"TALK|bob|hi", b"Login|alice", b"", b" login|alice", b"login |x"],
 )
 @pytest.mark.parametrize("role", list(Role))
 def test_unknown_kind(line: bytes, role: Role) -> None:
@@ -229,7 +229,16 @@ def test_empty_field(line: bytes, role: Role) -> None:
 @pytest.mark.parametrize(
     ("line", "role"),
     [
-        (b"talk|#x|hi", SERVER),
+        (b"talk|#x y|hi", SERVER),
+        (b"talk|#|hi", SERVER),
+        (b"hello|0", SERVER),
+        (b"hello|two", SERVER),
+        (b"hello|2|a\tb", SERVER),
+        (b"msg|0|2026-12-03T09:15:02.125Z|bob|alice|hi", CLIENT),
+        (b"msg|1|2026-12-03 09:15:02|bob|alice|hi", CLIENT),
+        (b"hello|2|nothing", CLIENT),
+        (b"room|#x|0", CLIENT),
+        (b"join|x|bob", CLIENT),
         (b"talk|.bob|hi", SERVER),
         (b"talk|bob|a\x01b", SERVER),
         (b"talk|bob|a\rb", SERVER),
@@ -245,7 +254,7 @@ def test_empty_field(line: bytes, role: Role) -> None:
         (b"pong|\x1b[31m", SERVER),
         (b"login|*", CLIENT),  # from a server a bad name is just a bad frame
         (b"talk|*|bob|hi", CLIENT),
-        (b"talk|alice|#x|hi", CLIENT),
+        (b"talk|alice|#x y|hi", CLIENT),
         (b"talk|alice|bob|\x00", CLIENT),
         (b"exit|-x", CLIENT),
         ("talk|alice|bob|a\u2028b".encode(), CLIENT),
@@ -528,7 +537,7 @@ frame_like = st.lists(
 @settings(max_examples=300)
 @given(st.one_of(st.binary(max_size=80), frame_like), st.sampled_from(Role))
 def test_decode_raises_only_protocol_errors(line: bytes, role: Role) -> None:
-    outcome: Message
+    outcome: Frame
     try:
         outcome = decode(line, role)
         decoded = True

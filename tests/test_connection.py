@@ -26,8 +26,12 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Frame,
+    Hello,
+    Join,
+    ListRooms,
     Login,
-    Message,
+    Part,
     Ping,
     Pong,
     ServerMessage,
@@ -203,7 +207,7 @@ def test_ping_and_pong_after_login() -> None:
         (b"login|.x", ErrorCode.BAD_NAME),
         (b"login|" + b"a" * 33, ErrorCode.BAD_NAME),
         (b"TALK|bob|hi", ErrorCode.BAD_FRAME),
-        (b"msg|bob|hi", ErrorCode.BAD_FRAME),
+        (b"typing|bob|hi", ErrorCode.BAD_FRAME),
         (b"login|al\xffice", ErrorCode.BAD_FRAME),
         (b"login|a|b", ErrorCode.BAD_FRAME),
         (b"login|", ErrorCode.BAD_FRAME),
@@ -254,7 +258,7 @@ def test_decode_client_line_before_login(line: bytes, message: ClientMessage) ->
         (b"talk|bob|hi", ErrorCode.NOT_LOGGED_IN),
         (b"exit|alice", ErrorCode.NOT_LOGGED_IN),
         (b"login|a b", ErrorCode.BAD_NAME),
-        (b"msg|bob|hi", ErrorCode.BAD_FRAME),
+        (b"typing|bob|hi", ErrorCode.BAD_FRAME),
         (b"ping|x\r\r", ErrorCode.BAD_FRAME),  # only one CR is dropped
     ],
 )
@@ -447,8 +451,8 @@ def test_client_refuses_malformed_frames_of_the_kinds_it_knows(line: bytes) -> N
     "line",
     [
         # What a newer server may send: frames of kinds this client lacks.
-        b"msg|#lobby|alice|hi",
-        b"hello|trichat|2",
+        b"typing|#lobby|alice",
+        b"whisper|trichat|2",
         b"welcome",
         # Kinds are compared exactly, as bytes.
         b"TALK|bob|alice|hi",
@@ -467,14 +471,14 @@ def test_client_skips_frames_of_kinds_it_does_not_know(line: bytes) -> None:
 def test_client_skips_unknown_kinds_as_they_trickle_in() -> None:
     connection = client_side()
     events: list[Event] = []
-    for byte in b"msg|bob|hi\nlogin|bob\nroom|#x|joined\r\n\nexit|bob\n":
+    for byte in b"typing|bob|hi\nlogin|bob\nsticker|#x|joined\r\n\nexit|bob\n":
         connection.receive_data(bytes([byte]))
         events.extend(e for e in drain(connection) if e is not NEED_DATA)
     assert events == [Login("bob"), Exit("bob")]
 
 
 def test_client_still_refuses_an_unknown_kind_over_the_limit() -> None:
-    connection = client_side(b"msg|" + b"x" * 46 + b"\nping|x\n", max_line=50)
+    connection = client_side(b"typing|" + b"x" * 43 + b"\nping|x\n", max_line=50)
     assert drain(connection) == [ErrorCode.TOO_LONG, CLOSED]
 
 
@@ -578,7 +582,7 @@ def test_arbitrary_bytes_raise_only_protocol_errors(
         assert events[-1] is CLOSED
         assert connection.state is State.CLOSED
     for event in events:
-        assert isinstance(event, Message | ErrorCode) or event is CLOSED
+        assert isinstance(event, Frame | ErrorCode) or event is CLOSED
 
 
 def expected_server_events(messages: list[ClientMessage]) -> list[Event]:
@@ -587,14 +591,14 @@ def expected_server_events(messages: list[ClientMessage]) -> list[Event]:
     events: list[Event] = []
     for message in messages:
         if name is None:
-            if isinstance(message, Talk) or (
+            if isinstance(message, Talk | Join | Part | ListRooms) or (
                 isinstance(message, Exit) and message.name is not None
             ):
                 events.append(ErrorCode.NOT_LOGGED_IN)
                 continue
             if isinstance(message, Login):
                 name = message.name
-        elif isinstance(message, Login):
+        elif isinstance(message, Login | Hello):
             events.append(ErrorCode.ALREADY_LOGGED_IN)
             continue
         elif isinstance(message, Exit) and message.name not in (None, name):

@@ -22,8 +22,8 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Frame,
     Login,
-    Message,
     Ping,
     Pong,
     Talk,
@@ -181,7 +181,7 @@ def test_messages_with_names_refuse_bad_names(name: str) -> None:
         Delivery(name, "bob", "hi")
 
 
-@pytest.mark.parametrize("target", ["#x", ".x", "", "**", "a b"])
+@pytest.mark.parametrize("target", ["#", "#.x", "##", ".x", "", "**", "a b"])
 def test_talk_refuses_bad_targets(target: str) -> None:
     with pytest.raises(ValueError, match="name"):
         Talk(target, "hi")
@@ -445,7 +445,7 @@ def test_messages_are_immutable() -> None:
 
 
 @given(st.one_of(client_messages(), server_messages()))
-def test_a_message_is_rebuilt_from_its_fields(message: Message) -> None:
+def test_a_message_is_rebuilt_from_its_fields(message: Frame) -> None:
     assert type(message)(*message.fields()) == message
 
 
@@ -508,9 +508,23 @@ def test_error_codes_are_the_protocols() -> None:
         "bad-frame",
         "bad-name",
         "name-taken",
+        "account-required",
+        "no-such-account",
+        "wrong-password",
+        "bad-password",
+        "already-registered",
+        "tls-required",
         "not-logged-in",
         "already-logged-in",
+        "needs-hello",
         "no-such-user",
+        "not-in-room",
+        "already-in-room",
+        "too-many-rooms",
+        "no-history",
+        "mailbox-full",
+        "resume-failed",
+        "replaced",
         "too-long",
         "rate-limited",
         "server-full",
@@ -523,6 +537,7 @@ def test_error_codes_are_the_protocols() -> None:
 @pytest.mark.parametrize("code", list(ErrorCode))
 def test_which_errors_close_the_connection(code: ErrorCode) -> None:
     closing = {
+        "replaced",
         "too-long",
         "server-full",
         "too-many-connections",
@@ -563,6 +578,6 @@ def test_error_detail_may_hold_bars_and_tabs() -> None:
         pytest.param(lambda: Error(ErrorCode.BAD_FRAME, "\ud800"), id="detail"),
     ],
 )
-def test_lone_surrogates_are_refused(build: Callable[[], Message]) -> None:
+def test_lone_surrogates_are_refused(build: Callable[[], Frame]) -> None:
     with pytest.raises(ValueError, match=r"text|token|detail"):
         build()

@@ -19,12 +19,22 @@ from .messages import (
     Error,
     ErrorCode,
     Exit,
+    Frame,
+    Hello,
+    Join,
+    Joined,
+    ListRooms,
     Login,
     Message,
+    Part,
+    Parted,
     Ping,
     Pong,
+    RoomInfo,
+    RoomsListed,
     ServerMessage,
     Talk,
+    Welcome,
 )
 
 __all__ = [
@@ -69,7 +79,7 @@ class ProtocolError(Exception):
         return Error(self.code, self.detail)
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Frame) -> bytes:
     """The frame for *message*, LF included."""
     return ("|".join((message.kind, *message.fields())) + "\n").encode()
 
@@ -145,15 +155,25 @@ class _Kind:
 # from clients, and the other way round.
 _KINDS: dict[Role, dict[str, _Kind]] = {
     Role.SERVER: {
+        "hello": _Kind(Hello, 1, 2),
         "login": _Kind(Login, 1, 1, invalid=ErrorCode.BAD_NAME),
         "talk": _Kind(Talk, 2, 2, rest=True),
+        "join": _Kind(Join, 1, 1, invalid=ErrorCode.BAD_NAME),
+        "part": _Kind(Part, 1, 1, invalid=ErrorCode.BAD_NAME),
+        "rooms": _Kind(ListRooms, 0, 0),
         "exit": _Kind(Exit, 0, 1),
         "ping": _Kind(Ping, 1, 1),
         "pong": _Kind(Pong, 1, 1),
     },
     Role.CLIENT: {
+        "hello": _Kind(Welcome, 2, 2, rest=True),
         "login": _Kind(Login, 1, 1),
         "talk": _Kind(Delivery, 3, 3, rest=True),
+        "msg": _Kind(Message, 5, 5, rest=True),
+        "join": _Kind(Joined, 2, 2),
+        "part": _Kind(Parted, 2, 2),
+        "room": _Kind(RoomInfo, 2, 2),
+        "rooms": _Kind(RoomsListed, 1, 1),
         "exit": _Kind(Exit, 1, 1),
         # A code this client does not know is still an error (forward
         # compatibility): Error.received keeps it as an UnknownErrorCode.

@@ -10,18 +10,20 @@ rules about what may come before and after ``login`` live in one place.
 from __future__ import annotations
 
 import enum
-from typing import Final, get_args
+from typing import Final, cast, get_args
 
 from ._codec import ProtocolError, Role, decode, encode
 from ._linebuffer import LineBuffer, LineTooLong
 from .messages import (
     ClientMessage,
-    Delivery,
-    Error,
     ErrorCode,
     Exit,
+    Frame,
+    Hello,
+    Join,
+    ListRooms,
     Login,
-    Message,
+    Part,
     ServerMessage,
     Talk,
     name_key,
@@ -150,7 +152,7 @@ class Connection:
         self.state = State.CHATTING
         self.name = name
 
-    def send(self, message: Message) -> bytes:
+    def send(self, message: Frame) -> bytes:
         """The bytes that carry *message* to the peer."""
         return encode(message)
 
@@ -158,10 +160,11 @@ class Connection:
 def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
     """The message a server reads in one non-empty *line* from a client
     (no LF; a CR before it is dropped), logged in as *logged_in_as* (None:
-    not yet), checked against the login rules: a ``talk`` or an
-    ``exit|NAME`` before ``login``, a second ``login`` (whatever name it
-    asks for) and an ``exit`` naming someone else raise ProtocolError with
-    the protocol's code. ``Connection`` and the server both read this way.
+    not yet), checked against the login rules: a ``talk``, ``join``,
+    ``part``, ``rooms`` or ``exit|NAME`` before ``login``, a second
+    ``login`` (whatever name it asks for), a ``hello`` after it, and an
+    ``exit`` naming someone else raise ProtocolError with the protocol's
+    code. ``Connection`` and the server both read this way.
     """
     if line[-1:] == b"\r":
         line = line[:-1]
@@ -171,13 +174,14 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
         if error.code is ErrorCode.BAD_NAME and logged_in_as is not None:
             raise _already_logged_in(logged_in_as) from None
         raise
-    assert not isinstance(message, Delivery | Error)  # decoded as a server
+    # Decoded as a server reads, so it is a frame a client sends.
+    message = cast(ClientMessage, message)
     if logged_in_as is None:
-        if isinstance(message, Talk) or (
+        if isinstance(message, _NEEDS_LOGIN) or (
             isinstance(message, Exit) and message.name is not None
         ):
             raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
-    elif isinstance(message, Login):
+    elif isinstance(message, Login | Hello):
         raise _already_logged_in(logged_in_as)
     elif (
         isinstance(message, Exit)
@@ -188,6 +192,10 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
             ErrorCode.BAD_FRAME, f"exit names another user: {message.name}"
         )
     return message
+
+
+# What only a logged-in user may ask for.
+_NEEDS_LOGIN = (Talk, Join, Part, ListRooms)
 
 
 def _already_logged_in(name: str) -> ProtocolError:

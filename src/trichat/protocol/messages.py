@@ -1,8 +1,10 @@
-"""The frames of trichat protocol v1 as typed, validated ``attrs`` classes.
+"""The frames of the trichat protocol as typed, validated ``attrs`` classes.
 
 Every class checks its fields when it is built, so a message that breaks the
 protocol's rules cannot exist. Each class names its frame ``kind`` and
 ``fields``; the codec derives both directions of the wire format from them.
+Version 1's frames are those of the 1.0 tutorial chat plus rooms; version 2
+adds ``hello`` and ``msg`` (docs/protocol.md says which is which).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -18,32 +22,55 @@ import attrs
 __all__ = [
     "BROADCAST",
     "DEFAULT_IGNORABLE",
+    "MAX_ID",
     "MAX_NAME",
     "MAX_TEXT",
     "MAX_TOKEN",
+    "PROTOCOL_VERSION",
     "ClientMessage",
     "Delivery",
     "Error",
     "ErrorCode",
     "Exit",
+    "Frame",
+    "Hello",
+    "Join",
+    "Joined",
+    "ListRooms",
     "Login",
     "Message",
+    "Part",
+    "Parted",
     "Ping",
     "Pong",
+    "RoomInfo",
+    "RoomsListed",
     "ServerMessage",
     "Talk",
     "UnknownErrorCode",
+    "Welcome",
     "check_name",
+    "check_room",
+    "check_target",
     "check_text",
     "check_token",
+    "format_time",
+    "is_room",
     "name_key",
+    "parse_time",
 ]
 
 MAX_NAME = 32
 MAX_TEXT = 4000
 MAX_TOKEN = 64
+MAX_ID = 10**20 - 1
+"""The largest message id: 20 decimal digits."""
+PROTOCOL_VERSION = 2
+"""The highest protocol version this package speaks."""
 BROADCAST = "*"
-"""The ``talk`` target that means every other user online."""
+"""The ``talk`` target that means every other user online: the
+everyone-room."""
+ROOM_PREFIX = "#"
 
 _NAME_PUNCTUATION = frozenset("_-.")
 
@@ -105,9 +132,23 @@ class ErrorCode(enum.StrEnum):
     BAD_FRAME = "bad-frame"
     BAD_NAME = "bad-name"
     NAME_TAKEN = "name-taken"
+    ACCOUNT_REQUIRED = "account-required"
+    NO_SUCH_ACCOUNT = "no-such-account"
+    WRONG_PASSWORD = "wrong-password"
+    BAD_PASSWORD = "bad-password"
+    ALREADY_REGISTERED = "already-registered"
+    TLS_REQUIRED = "tls-required"
     NOT_LOGGED_IN = "not-logged-in"
     ALREADY_LOGGED_IN = "already-logged-in"
+    NEEDS_HELLO = "needs-hello"
     NO_SUCH_USER = "no-such-user"
+    NOT_IN_ROOM = "not-in-room"
+    ALREADY_IN_ROOM = "already-in-room"
+    TOO_MANY_ROOMS = "too-many-rooms"
+    NO_HISTORY = "no-history"
+    MAILBOX_FULL = "mailbox-full"
+    RESUME_FAILED = "resume-failed"
+    REPLACED = "replaced"
     TOO_LONG = "too-long"
     RATE_LIMITED = "rate-limited"
     SERVER_FULL = "server-full"
@@ -123,6 +164,7 @@ class ErrorCode(enum.StrEnum):
 
 _CLOSING_CODES = frozenset(
     {
+        ErrorCode.REPLACED,
         ErrorCode.TOO_LONG,
         ErrorCode.SERVER_FULL,
         ErrorCode.TOO_MANY_CONNECTIONS,
@@ -213,6 +255,32 @@ def check_name(name: str) -> None:
         raise ValueError(problem)
 
 
+def is_room(target: str) -> bool:
+    """Whether *target* names a room (it starts with ``#``; it may still
+    break the rules, see ``check_room``)."""
+    return target.startswith(ROOM_PREFIX)
+
+
+def check_room(room: str) -> None:
+    """Raise ValueError, saying why, unless *room* is a valid room name:
+    ``#`` and then 1 to MAX_NAME characters under the rules for names."""
+    if not is_room(room):
+        raise ValueError(f"a room name starts with {ROOM_PREFIX!r}")
+    problem = _name_problem(room[1:])
+    if problem is not None:
+        raise ValueError(problem.replace("a name", "a room name", 1))
+
+
+def check_target(target: str) -> None:
+    """Raise ValueError unless *target* is a user's name, a room or ``*``."""
+    if target == BROADCAST:
+        return
+    if is_room(target):
+        check_room(target)
+    else:
+        check_name(target)
+
+
 @lru_cache(maxsize=65536)
 def name_key(name: str) -> str:
     """The form under which two names clash: NFKC, then casefolded."""
@@ -238,12 +306,112 @@ def check_token(token: str) -> None:
         raise ValueError("a token may not contain '|' or control characters")
 
 
+def format_time(when: datetime) -> str:
+    """*when* as the protocol writes it: UTC to the millisecond, ending in
+    ``Z`` (``2026-12-03T09:15:02.125Z``)."""
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z", re.ASCII)
+
+
+def parse_time(text: str) -> datetime:
+    """The time a frame carries (see ``format_time``), as an aware datetime."""
+    if not _TIME.match(text):
+        raise ValueError(
+            f"a time is written like 2026-12-03T09:15:02.125Z, not {text!r}"
+        )
+    return datetime.fromisoformat(text)
+
+
+def _to_time(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        return parse_time(value)
+    if value.tzinfo is None:
+        raise ValueError("a message time must be timezone-aware")
+    # Millisecond precision, as on the wire, so a round trip is exact.
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _number(value: int | str, least: int, most: int, what: str) -> int:
+    """*value* (a decimal string from a frame, or an int) within bounds."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"{what} is a decimal number, not {value!r}")
+        value = int(value)
+    if not least <= value <= most:
+        raise ValueError(f"{what} is {least} to {most}, not {value}")
+    return value
+
+
+def _version(value: int | str) -> int:
+    return _number(value, 1, 999_999_999, "a protocol version")
+
+
+def _message_id(value: int | str) -> int:
+    return _number(value, 1, MAX_ID, "a message id")
+
+
+def _members(value: int | str) -> int:
+    return _number(value, 1, MAX_ID, "a member count")
+
+
+def _count(value: int | str) -> int:
+    return _number(value, 0, MAX_ID, "a count")
+
+
+def _words(value: Iterable[str] | str) -> tuple[str, ...]:
+    """Space-separated words (``hello``'s options), each checked."""
+    words = tuple(value.split(" ") if isinstance(value, str) else value)
+    for word in words:
+        if not word or " " in word or "|" in word or _CONTROL.search(word):
+            raise ValueError(f"an option is a word without '|', not {word!r}")
+    return words
+
+
+def _settings(
+    value: Mapping[str, str] | Iterable[tuple[str, str]] | str,
+) -> tuple[tuple[str, str], ...]:
+    """``key=value`` words (``hello``'s answer). A reader skips words that
+    are not ``key=value``: a newer server may write other kinds."""
+    if isinstance(value, str):
+        pairs = []
+        for word in value.split(" "):
+            key, equals, setting = word.partition("=")
+            if key and equals:
+                pairs.append((key, setting))
+        return _some_settings(tuple(pairs))
+    items = value.items() if isinstance(value, Mapping) else value
+    pairs = [(str(key), str(setting)) for key, setting in items]
+    for key, setting in pairs:
+        if not key or any(c in key for c in " =|") or any(c in setting for c in " |"):
+            raise ValueError(f"not a setting: {key}={setting}")
+        if _CONTROL.search(key + setting):
+            raise ValueError("a setting may not contain control characters")
+    return _some_settings(tuple(pairs))
+
+
+def _some_settings(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    if not pairs:
+        raise ValueError("hello's answer holds the server's settings")
+    return pairs
+
+
 def _name(_: Any, __: Any, value: str) -> None:
     check_name(value)
 
 
+def _room(_: Any, __: Any, value: str) -> None:
+    check_room(value)
+
+
 def _target(_: Any, __: Any, value: str) -> None:
-    if value != BROADCAST:
+    # check_target's rule, inlined: every delivery a client reads runs it.
+    if value[:1] == ROOM_PREFIX:
+        check_room(value)
+    elif value != BROADCAST:
         check_name(value)
 
 
@@ -282,8 +450,45 @@ class Login:
 
 
 @attrs.frozen
+class Hello:
+    """``hello|VERSION[|OPTIONS]``: before logging in, a client says the
+    highest protocol version it speaks and the options it wants (``echo``)."""
+
+    kind: ClassVar[str] = "hello"
+    version: int = attrs.field(converter=_version)
+    options: tuple[str, ...] = attrs.field(default=(), converter=_words)
+
+    def fields(self) -> tuple[str, ...]:
+        if not self.options:
+            return (str(self.version),)
+        return (str(self.version), " ".join(self.options))
+
+
+@attrs.frozen
+class Welcome:
+    """``hello|VERSION|SETTINGS``: the server's answer to ``hello``: the
+    version the connection speaks from now on and the server's settings
+    (``max-line``, ``rate``...; 0 means off or no limit)."""
+
+    kind: ClassVar[str] = "hello"
+    version: int = attrs.field(converter=_version)
+    settings: tuple[tuple[str, str], ...] = attrs.field(converter=_settings)
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        """The value of setting *key*, or *default* if the server gave none."""
+        for name, value in self.settings:
+            if name == key:
+                return value
+        return default
+
+    def fields(self) -> tuple[str, ...]:
+        return (str(self.version), " ".join(f"{k}={v}" for k, v in self.settings))
+
+
+@attrs.frozen
 class Talk:
-    """``talk|TO|TEXT``: a client sends TEXT to user TO, or to everyone (``*``)."""
+    """``talk|TO|TEXT``: a client sends TEXT to user TO, to a room it is in
+    (``#lunch``), or to everyone (``*``)."""
 
     kind: ClassVar[str] = "talk"
     to: str = attrs.field(validator=_target)
@@ -297,7 +502,9 @@ class Talk:
 class Delivery:
     """``talk|FROM|TO|TEXT``: the server hands a client a message from FROM.
 
-    TO is the receiver's own name for a direct message, ``*`` for a broadcast.
+    TO is the receiver's own name for a direct message, the room for a
+    message to a room, ``*`` for a broadcast. The frame of protocol 1;
+    protocol 2 delivers a ``Message``.
     """
 
     kind: ClassVar[str] = "talk"
@@ -309,8 +516,123 @@ class Delivery:
     def is_broadcast(self) -> bool:
         return self.to == BROADCAST
 
+    @property
+    def room(self) -> str | None:
+        """The room it was said in, or None for a direct message or ``*``."""
+        return self.to if is_room(self.to) else None
+
     def fields(self) -> tuple[str, ...]:
         return (self.sender, self.to, self.text)
+
+
+@attrs.frozen
+class Message:
+    """``msg|ID|TIME|FROM|TO|TEXT``: a delivery on protocol 2: the message
+    the server accepted as number ID at TIME (UTC, to the millisecond).
+
+    TO is as for ``Delivery``; in the sender's own copy (the ``echo``
+    option) it is the target the sender named.
+    """
+
+    kind: ClassVar[str] = "msg"
+    id: int = attrs.field(converter=_message_id)
+    time: datetime = attrs.field(converter=_to_time)
+    sender: str = attrs.field(validator=_name)
+    to: str = attrs.field(validator=_target)
+    text: str = attrs.field(validator=_text)
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.to == BROADCAST
+
+    @property
+    def room(self) -> str | None:
+        """The room it was said in, or None for a direct message or ``*``."""
+        return self.to if is_room(self.to) else None
+
+    def fields(self) -> tuple[str, ...]:
+        return (str(self.id), format_time(self.time), self.sender, self.to, self.text)
+
+
+@attrs.frozen
+class Join:
+    """``join|ROOM``: a client enters ROOM, making it if nobody is in it."""
+
+    kind: ClassVar[str] = "join"
+    room: str = attrs.field(validator=_room)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.room,)
+
+
+@attrs.frozen
+class Joined:
+    """``join|ROOM|NAME``: NAME is in ROOM (it just entered, or was there
+    when we did)."""
+
+    kind: ClassVar[str] = "join"
+    room: str = attrs.field(validator=_room)
+    name: str = attrs.field(validator=_name)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.room, self.name)
+
+
+@attrs.frozen
+class Part:
+    """``part|ROOM``: a client leaves ROOM."""
+
+    kind: ClassVar[str] = "part"
+    room: str = attrs.field(validator=_room)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.room,)
+
+
+@attrs.frozen
+class Parted:
+    """``part|ROOM|NAME``: NAME left ROOM."""
+
+    kind: ClassVar[str] = "part"
+    room: str = attrs.field(validator=_room)
+    name: str = attrs.field(validator=_name)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.room, self.name)
+
+
+@attrs.frozen
+class ListRooms:
+    """``rooms``: a client asks for the rooms that have members."""
+
+    kind: ClassVar[str] = "rooms"
+
+    def fields(self) -> tuple[str, ...]:
+        return ()
+
+
+@attrs.frozen
+class RoomInfo:
+    """``room|ROOM|MEMBERS``: one room of a ``rooms`` answer."""
+
+    kind: ClassVar[str] = "room"
+    room: str = attrs.field(validator=_room)
+    members: int = attrs.field(converter=_members)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.room, str(self.members))
+
+
+@attrs.frozen
+class RoomsListed:
+    """``rooms|COUNT``: the end of a ``rooms`` answer, after COUNT ``room``
+    frames."""
+
+    kind: ClassVar[str] = "rooms"
+    count: int = attrs.field(converter=_count)
+
+    def fields(self) -> tuple[str, ...]:
+        return (str(self.count),)
 
 
 @attrs.frozen
@@ -366,8 +688,22 @@ class Error:
         return (self.code.value, self.detail)
 
 
-ClientMessage = Login | Talk | Exit | Ping | Pong
+ClientMessage = Hello | Login | Talk | Join | Part | ListRooms | Exit | Ping | Pong
 """What a client may send."""
-ServerMessage = Login | Delivery | Exit | Error | Ping | Pong
+ServerMessage = (
+    Welcome
+    | Login
+    | Delivery
+    | Message
+    | Joined
+    | Parted
+    | RoomInfo
+    | RoomsListed
+    | Exit
+    | Error
+    | Ping
+    | Pong
+)
 """What a server may send."""
-Message = ClientMessage | ServerMessage
+Frame = ClientMessage | ServerMessage
+"""Any frame of the protocol."""
