@@ -8,31 +8,72 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from trichat.server.hub import Envelope, Hub, Member, NameTaken, Refusal, Routed
+from trichat.server.hub import (
+    Accepted,
+    Envelope,
+    Hub,
+    Member,
+    NameTaken,
+    Refusal,
+    RoomRefused,
+    Routed,
+)
 from trichat.server.mailbox import Mailbox
 
 TOO_SLOW = "too slow: outgoing queue full"
+# The hub's clock in these tests: 2026-12-03T09:15:02.125Z.
+NOW = 1_796_289_302.125
+STAMP = b"2026-12-03T09:15:02.125Z"
 
 
 class Crowd:
-    """A hub and its members, who note when they are kicked."""
+    """A hub and its members, who note when they are kicked. Message ids
+    start at 1, and the clock stands still at NOW."""
 
-    def __init__(self, *names: str, queue: int = 100, queue_bytes: int = 10_000):
-        self.hub = Hub()
+    def __init__(
+        self,
+        *names: str,
+        queue: int = 100,
+        queue_bytes: int = 10_000,
+        global_presence: bool = True,
+        max_rooms: int = 0,
+    ):
+        self.hub = Hub(
+            global_presence=global_presence,
+            max_rooms=max_rooms,
+            first_id=1,
+            clock=lambda: NOW,
+        )
         self.kicked: list[tuple[str, str]] = []
         self.members: dict[str, Member] = {}
         for name in names:
             self.join(name, queue, queue_bytes)
         self.read_all()
 
-    def member(self, name: str, queue: int = 100, queue_bytes: int = 10_000) -> Member:
+    def member(
+        self,
+        name: str,
+        queue: int = 100,
+        queue_bytes: int = 10_000,
+        version: int = 1,
+        echo: bool = False,
+    ) -> Member:
         def kick(reason: str) -> None:
             self.kicked.append((name, reason))
 
-        return Member(name, Mailbox(queue, queue_bytes), kick)
+        return Member(
+            name, Mailbox(queue, queue_bytes), kick, version=version, echo=echo
+        )
 
-    def join(self, name: str, queue: int = 100, queue_bytes: int = 10_000) -> Member:
-        member = self.member(name, queue, queue_bytes)
+    def join(
+        self,
+        name: str,
+        queue: int = 100,
+        queue_bytes: int = 10_000,
+        version: int = 1,
+        echo: bool = False,
+    ) -> Member:
+        member = self.member(name, queue, queue_bytes, version, echo)
         self.hub.join(member)
         self.members[name] = member
         return member
@@ -263,37 +304,39 @@ def test_a_route_takes_only_what_fits_the_room_of_every_recipient() -> None:
 # -- observers ------------------------------------------------------------------------
 
 
-def test_observers_see_every_envelope_routed_after_its_delivery() -> None:
+def test_observers_see_every_message_accepted_after_its_delivery() -> None:
     crowd = Crowd("alice", "bob", "carol", queue=10)
-    seen: list[tuple[Envelope, bytes]] = []
+    seen: list[tuple[Accepted, bytes]] = []
 
-    def observer(envelope: Envelope) -> None:
+    def observer(accepted: Accepted) -> None:
         # Delivered already: bob's mailbox holds it.
-        seen.append((envelope, crowd.read("bob")))
+        seen.append((accepted, crowd.read("bob")))
 
     hub, alice = crowd.hub, crowd["alice"]
     hub.observe(observer)
     hub.route(alice, Envelope("alice", "bob", [b"1"]), [])
     hub.route(alice, Envelope("alice", "BOB", [b"2", b"3"]), [])
     hub.route(alice, Envelope("alice", "*", [b"4"]), [])
+    ms = int(NOW * 1000)
+    # The target as the hub knows it, and the ids each text got.
     assert seen == [
-        (Envelope("alice", "bob", [b"1"]), b"talk|alice|bob|1\n"),
+        (Accepted("alice", "bob", [b"1"], 1, ms), b"talk|alice|bob|1\n"),
         (
-            Envelope("alice", "BOB", [b"2", b"3"]),
+            Accepted("alice", "bob", [b"2", b"3"], 2, ms),
             b"talk|alice|bob|2\ntalk|alice|bob|3\n",
         ),
-        (Envelope("alice", "*", [b"4"]), b"talk|alice|*|4\n"),
+        (Accepted("alice", "*", [b"4"], 4, ms), b"talk|alice|*|4\n"),
     ]
 
 
 def test_observers_see_only_the_texts_that_went() -> None:
     crowd = Crowd("alice", "bob", queue=4)
-    seen: list[Envelope] = []
+    seen: list[Accepted] = []
     crowd.hub.observe(seen.append)
     texts = [b"1", b"2", b"3", b"4"]
     routed = crowd.hub.route(crowd["alice"], Envelope("alice", "bob", texts), [])
     assert routed == Routed(3)
-    assert [list(envelope.texts) for envelope in seen] == [[b"1", b"2", b"3"]]
+    assert [list(accepted.texts) for accepted in seen] == [[b"1", b"2", b"3"]]
 
 
 def test_observers_do_not_see_what_was_refused() -> None:
@@ -301,7 +344,7 @@ def test_observers_do_not_see_what_was_refused() -> None:
     slow = crowd.join("slow", queue=1)
     crowd.read_all()
     slow.mailbox.put(b"filler\n")
-    seen: list[Envelope] = []
+    seen: list[Accepted] = []
     crowd.hub.observe(seen.append)
     hub, alice = crowd.hub, crowd["alice"]
     assert hub.route(alice, Envelope("alice", "dave", [b"1"]), []).refused
@@ -311,16 +354,15 @@ def test_observers_do_not_see_what_was_refused() -> None:
 
 def test_every_observer_is_told_until_it_stops() -> None:
     crowd = Crowd("alice", "bob")
-    first: list[Envelope] = []
-    second: list[Envelope] = []
+    first: list[Accepted] = []
+    second: list[Accepted] = []
     stop_first = crowd.hub.observe(first.append)
     crowd.hub.observe(second.append)
-    one, two = Envelope("alice", "bob", [b"1"]), Envelope("alice", "*", [b"2"])
-    crowd.hub.route(crowd["alice"], one, [])
+    crowd.hub.route(crowd["alice"], Envelope("alice", "bob", [b"1"]), [])
     stop_first()
-    crowd.hub.route(crowd["alice"], two, [])
-    assert first == [one]
-    assert second == [one, two]
+    crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"2"]), [])
+    assert [accepted.texts for accepted in first] == [[b"1"]]
+    assert [accepted.texts for accepted in second] == [[b"1"], [b"2"]]
 
 
 # -- presence held back --------------------------------------------------------------
@@ -429,3 +471,253 @@ def test_a_crowd_of_stalled_users_leaving_at_once_nests_no_call_per_user() -> No
         assert len(hub) == 0
 
     trio.run(main)
+
+
+# -- protocol 2: ids, time, versions, echo -------------------------------------------
+
+
+def test_each_message_gets_the_next_id_in_routing_order() -> None:
+    crowd = Crowd("alice", "carol")
+    crowd.join("bob", version=2)
+    crowd.read_all()
+    hub, alice, carol = crowd.hub, crowd["alice"], crowd["carol"]
+    hub.route(alice, Envelope("alice", "bob", [b"one", b"two"]), [])
+    hub.route(carol, Envelope("carol", "*", [b"three"]), [])
+    assert crowd.read("bob") == (
+        b"msg|1|" + STAMP + b"|alice|bob|one\n"
+        b"msg|2|" + STAMP + b"|alice|bob|two\n"
+        b"msg|3|" + STAMP + b"|carol|*|three\n"
+    )
+    assert hub.next_id == 4
+
+
+def test_a_refused_message_gets_no_id() -> None:
+    crowd = Crowd("alice")
+    crowd.join("bob", version=2)
+    crowd.read_all()
+    hub, alice = crowd.hub, crowd["alice"]
+    assert hub.route(alice, Envelope("alice", "nobody", [b"x"]), []).refused
+    hub.route(alice, Envelope("alice", "bob", [b"y"]), [])
+    assert crowd.read("bob") == b"msg|1|" + STAMP + b"|alice|bob|y\n"
+
+
+def test_ids_start_from_the_clock_by_default() -> None:
+    # In microseconds: above any id a server issued before a restart, unless
+    # it accepted more than a million messages a second.
+    before = int(NOW * 1_000_000)
+    assert Hub(clock=lambda: NOW).next_id >= before - 10**9 * 10**6
+
+
+def test_a_broadcast_is_encoded_per_version_once_for_all() -> None:
+    crowd = Crowd("alice", "old1", "old2")
+    crowd.join("new1", version=2)
+    crowd.join("new2", version=2)
+    crowd.read_all()
+    crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"hi"]), [])
+    # The very same bytes object in every mailbox of a version: one encoding.
+    batches = {
+        name: crowd[name].mailbox._inbox.receive_nowait()
+        for name in ("old1", "old2", "new1", "new2")
+    }
+    assert batches["old1"][1] is batches["old2"][1]
+    assert batches["new1"][1] is batches["new2"][1]
+    assert batches["old1"][1] == b"talk|alice|*|hi\n"
+    assert batches["new1"][1] == b"msg|1|" + STAMP + b"|alice|*|hi\n"
+
+
+def test_echo_gives_the_sender_its_message_with_the_target_it_named() -> None:
+    crowd = Crowd("bob")
+    crowd.join("alice", version=2, echo=True)
+    crowd.hub.join_room(crowd["alice"], "#lunch")
+    crowd.hub.join_room(crowd["bob"], "#LUNCH")
+    crowd.read_all()
+    hub, alice = crowd.hub, crowd["alice"]
+    hub.route(alice, Envelope("alice", "BOB", [b"dm"]), [])
+    hub.route(alice, Envelope("alice", "#Lunch", [b"room"]), [])
+    hub.route(alice, Envelope("alice", "*", [b"all"]), [])
+    assert crowd.read("alice") == (
+        b"msg|1|" + STAMP + b"|alice|bob|dm\n"
+        b"msg|2|" + STAMP + b"|alice|#lunch|room\n"
+        b"msg|3|" + STAMP + b"|alice|*|all\n"
+    )
+    assert crowd.read("bob") == (
+        b"talk|alice|bob|dm\ntalk|alice|#lunch|room\ntalk|alice|*|all\n"
+    )
+
+
+def test_no_echo_for_a_refused_message() -> None:
+    crowd = Crowd()
+    crowd.join("alice", version=2, echo=True)
+    crowd.read_all()
+    hub, alice = crowd.hub, crowd["alice"]
+    assert hub.route(alice, Envelope("alice", "bob", [b"x"]), []).refused
+    assert hub.route(alice, Envelope("alice", "#nope", [b"x"]), []).refused
+    assert crowd.read("alice") == b""
+
+
+# -- rooms ---------------------------------------------------------------------------
+
+
+def test_a_joiner_gets_itself_then_the_members_and_they_get_the_joiner() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    hub.join_room(crowd["alice"], "#café")
+    hub.join_room(crowd["bob"], "#CAFÉ")
+    assert crowd.read_all() == {
+        "alice": "join|#café|alice\njoin|#café|bob\n".encode(),
+        "bob": "join|#café|bob\njoin|#café|alice\n".encode(),
+        "carol": b"",
+    }
+    hub.join_room(crowd["carol"], "#cafe\u0301")  # NFKC: the same room
+    assert crowd.read_all() == {
+        "alice": "join|#café|carol\n".encode(),
+        "bob": "join|#café|carol\n".encode(),
+        "carol": "join|#café|carol\njoin|#café|alice\njoin|#café|bob\n".encode(),
+    }
+    assert hub.rooms() == [("#café", 3)]
+    assert hub.room_members("#Café") == ["alice", "bob", "carol"]
+
+
+def test_a_join_list_arrives_in_one_piece() -> None:
+    crowd = Crowd(*[f"user{n}" for n in range(5)], "zed")
+    for n in range(5):
+        crowd.hub.join_room(crowd[f"user{n}"], "#big")
+    crowd.read_all()
+    zed = crowd["zed"]
+    crowd.hub.join_room(zed, "#big")
+    assert zed.mailbox.in_channel == 1  # one batch: nothing can come between
+
+
+def test_joining_a_room_twice_is_refused() -> None:
+    crowd = Crowd("alice")
+    crowd.hub.join_room(crowd["alice"], "#x")
+    with pytest.raises(RoomRefused) as refused:
+        crowd.hub.join_room(crowd["alice"], "#X")
+    assert refused.value.code == "already-in-room"
+
+
+def test_max_rooms_per_user() -> None:
+    crowd = Crowd("alice", "bob", max_rooms=2)
+    hub = crowd.hub
+    hub.join_room(crowd["alice"], "#one")
+    hub.join_room(crowd["alice"], "#two")
+    with pytest.raises(RoomRefused) as refused:
+        hub.join_room(crowd["alice"], "#three")
+    assert refused.value.code == "too-many-rooms"
+    assert [name for name, _ in hub.rooms()] == ["#one", "#two"]
+    hub.part_room(crowd["alice"], "#one")
+    hub.join_room(crowd["alice"], "#three")
+    hub.join_room(crowd["bob"], "#one")  # the cap is per user
+
+
+def test_a_part_is_told_to_the_members_and_the_parting_user() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    for name in ("alice", "bob"):
+        hub.join_room(crowd[name], "#x")
+    crowd.read_all()
+    hub.part_room(crowd["alice"], "#X")
+    assert crowd.read_all() == {
+        "alice": b"part|#x|alice\n",
+        "bob": b"part|#x|alice\n",
+        "carol": b"",
+    }
+    with pytest.raises(RoomRefused) as refused:
+        hub.part_room(crowd["alice"], "#x")
+    assert (refused.value.code, refused.value.detail) == ("not-in-room", "#x")
+
+
+def test_a_room_exists_while_it_has_members() -> None:
+    crowd = Crowd("alice", "bob")
+    hub = crowd.hub
+    hub.join_room(crowd["alice"], "#First")
+    hub.part_room(crowd["alice"], "#first")
+    assert hub.rooms() == []
+    # Made anew: it is written the way its new first member wrote it.
+    hub.join_room(crowd["bob"], "#FIRST")
+    assert hub.rooms() == [("#FIRST", 1)]
+    hub.leave(crowd["bob"])
+    assert hub.rooms() == []
+
+
+def test_talk_to_a_room_reaches_its_other_members_only() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    for name in ("alice", "bob"):
+        hub.join_room(crowd[name], "#x")
+    crowd.read_all()
+    assert hub.route(crowd["alice"], Envelope("alice", "#x", [b"hi"]), []) == Routed(1)
+    assert crowd.read_all() == {
+        "alice": b"",
+        "bob": b"talk|alice|#x|hi\n",
+        "carol": b"",
+    }
+
+
+@pytest.mark.parametrize("room", ["#x", "#nowhere"])
+def test_talk_to_a_room_one_is_not_in_is_refused(room: str) -> None:
+    crowd = Crowd("alice", "bob")
+    crowd.hub.join_room(crowd["bob"], "#x")
+    crowd.read_all()
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", room, [b"a", b"b"]), [])
+    assert routed == Routed(2, Refusal.NOT_IN_ROOM, room)
+    assert crowd.read("bob") == b""
+
+
+def test_online_as_written_takes_rooms_as_their_first_member_wrote_them() -> None:
+    crowd = Crowd("alice")
+    crowd.hub.join_room(crowd["alice"], "#Lunch")
+    assert crowd.hub.online_as_written("#Lunch")
+    assert not crowd.hub.online_as_written("#lunch")
+
+
+# -- presence by rooms ---------------------------------------------------------------
+
+
+def test_with_presence_by_rooms_a_login_is_acknowledged_to_its_owner_only() -> None:
+    crowd = Crowd("alice", "bob", global_presence=False)
+    crowd.join("carol")
+    assert crowd.read_all() == {"alice": b"", "bob": b"", "carol": b"login|carol\n"}
+
+
+def test_with_presence_by_rooms_there_is_no_everyone_room() -> None:
+    crowd = Crowd("alice", "bob", global_presence=False)
+    routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", [b"x"]), [])
+    assert routed == Routed(1, Refusal.NOT_IN_ROOM, "*")
+    assert crowd.read("bob") == b""
+    # Direct messages still reach anyone online.
+    assert crowd.hub.route(crowd["alice"], Envelope("alice", "bob", [b"y"]), [])
+    assert crowd.read("bob") == b"talk|alice|bob|y\n"
+
+
+def test_with_presence_by_rooms_one_exit_per_user_who_shared_a_room() -> None:
+    crowd = Crowd("alice", "bob", "carol", "dave", global_presence=False)
+    hub = crowd.hub
+    for room in ("#one", "#two", "#three"):
+        hub.join_room(crowd["alice"], room)
+        hub.join_room(crowd["bob"], room)
+    hub.join_room(crowd["carol"], "#three")
+    crowd.read_all()
+    hub.leave(crowd["alice"])
+    assert crowd.read_all() == {
+        "alice": b"",
+        "bob": b"exit|alice\n",
+        "carol": b"exit|alice\n",
+        "dave": b"",
+    }
+    assert hub.rooms() == [("#one", 1), ("#two", 1), ("#three", 2)]
+
+
+def test_with_global_presence_a_user_leaves_its_rooms_with_exit_not_part() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    hub.join_room(crowd["alice"], "#x")
+    hub.join_room(crowd["bob"], "#x")
+    crowd.read_all()
+    hub.leave(crowd["alice"])
+    assert crowd.read_all() == {
+        "alice": b"",
+        "bob": b"exit|alice\n",
+        "carol": b"exit|alice\n",
+    }
+    assert hub.room_members("#x") == ["bob"]

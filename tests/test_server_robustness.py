@@ -37,7 +37,7 @@ from helpers import (
 from trio.testing import MockClock
 
 from trichat.server import ChatServer, ServerConfig
-from trichat.server.hub import Envelope
+from trichat.server.hub import Accepted
 from trichat.server.session import Session
 
 # Virtual seconds: generous, since waiting costs nothing.
@@ -199,7 +199,7 @@ def fail_on_first_talk(server: ChatServer) -> None:
     """
     failed = False
 
-    def failing(_: Envelope) -> None:
+    def failing(_: Accepted) -> None:
         nonlocal failed
         if not failed:
             failed = True

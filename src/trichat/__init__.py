@@ -7,6 +7,6 @@ the server, the client and the load generator are its subpackages.
 from . import protocol
 from .protocol import *  # noqa: F403 - its names are the package's, listed once there
 
-__version__ = "1.0.0"
+__version__ = "2.0.0.dev0"
 
 __all__ = [*protocol.__all__, "__version__"]

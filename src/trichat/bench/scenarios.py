@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from ..client.library import Client
-from ..protocol.messages import BROADCAST, Delivery, Error, ErrorCode
+from ..protocol.messages import BROADCAST, Delivery, Error, ErrorCode, Message
 from .latency import parse_stamp, percentile, stamp
 from .traffic import (
     NS,
@@ -72,7 +72,7 @@ class _Pair(Flow):
         self.done = 0
         """Messages delivered or refused."""
 
-    def talk(self, delivery: Delivery, now: int) -> None:
+    def talk(self, delivery: Delivery | Message, now: int) -> None:
         if delivery.sender != self.sender_name:
             return  # someone else's message
         try:
@@ -185,7 +185,7 @@ class _Fanout(Flow):
         self.refused = 0
         self.completed = 0
 
-    def talk(self, delivery: Delivery, now: int) -> None:
+    def talk(self, delivery: Delivery | Message, now: int) -> None:
         if delivery.sender != self.sender_name:
             return
         try:
@@ -281,7 +281,7 @@ class _Idle(Handler):
             if run.presence >= self.target:
                 self.settled.set()
 
-    def talk(self, delivery: Delivery, now: int) -> None:
+    def talk(self, delivery: Delivery | Message, now: int) -> None:
         if delivery.sender != self.sender_name:
             return
         try:

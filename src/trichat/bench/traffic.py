@@ -20,7 +20,7 @@ from typing import TextIO
 import trio
 
 from ..client.library import BadServerFrame, Client, ConnectionLost, LoginRefused
-from ..protocol.messages import Delivery, Error, ErrorCode, Exit, Login
+from ..protocol.messages import Delivery, Error, ErrorCode, Exit, Login, Message
 from .settings import Settings
 from .usage import Usage
 
@@ -239,8 +239,9 @@ class Handler:
     def __init__(self, run: Run) -> None:
         self.run = run
 
-    def talk(self, delivery: Delivery, now: int) -> None:
-        """A delivery read at *now* (perf_counter_ns)."""
+    def talk(self, delivery: Delivery | Message, now: int) -> None:
+        """A delivery (``talk`` on protocol 1, ``msg`` on 2) read at *now*
+        (perf_counter_ns)."""
 
     def login(self, name: str) -> None:
         """*name* came online."""
@@ -274,7 +275,9 @@ async def _log_in(run: Run, name: str) -> Client:
     timeout = run.settings.login_timeout
     try:
         with trio.fail_after(timeout):
-            client = await Client.login(stream, name)
+            # Protocol 2 (msg frames, as users get them), without our own
+            # messages back: the counts are of deliveries to others.
+            client = await Client.login(stream, name, echo=False)
     except trio.TooSlowError:
         raise BenchError(
             f"{name}: no login acknowledgement within {timeout:g} s"
@@ -311,7 +314,7 @@ async def _read(run: Run, client: Client, handler: Handler) -> None:
             break
         now = time.perf_counter_ns()
         for message in messages:
-            if type(message) is Delivery:
+            if isinstance(message, Message | Delivery):
                 handler.talk(message, now)
             elif isinstance(message, Login):
                 handler.login(message.name)

@@ -44,6 +44,7 @@ __all__ = [
     "delivery_block",
     "delivery_head",
     "encode",
+    "message_block",
     "plain_talk_run",
     "printable",
     "talk_texts",
@@ -98,6 +99,19 @@ def delivery_block(head: bytes, texts: Sequence[bytes]) -> bytes:
     one join builds the frames of a whole read.
     """
     return head + (b"\n" + head).join(texts) + b"\n"
+
+
+def message_block(
+    first_id: int, time: bytes, sender: str, to: str, texts: Sequence[bytes]
+) -> bytes:
+    """The protocol-2 deliveries of *texts* (UTF-8, already valid), one
+    ``msg|ID|TIME|FROM|TO|TEXT`` frame each, numbered from *first_id* on and
+    all stamped *time* (``format_time``'s, encoded): ``delivery_block`` for
+    protocol 2."""
+    tail = b"|" + time + f"|{sender}|{to}|".encode()
+    return b"".join(
+        [b"msg|%d%s%s\n" % (first_id + n, tail, text) for n, text in enumerate(texts)]
+    )
 
 
 def talk_texts(lines: Sequence[bytes], start: int, end: int, to: bytes) -> list[bytes]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ __all__ = [
     "check_target",
     "check_text",
     "check_token",
+    "format_epoch_ms",
     "format_time",
     "is_room",
     "name_key",
@@ -309,10 +311,18 @@ def check_token(token: str) -> None:
 def format_time(when: datetime) -> str:
     """*when* as the protocol writes it: UTC to the millisecond, ending in
     ``Z`` (``2026-12-03T09:15:02.125Z``)."""
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return format_epoch_ms((when - _EPOCH) // _MILLISECOND)
 
 
+def format_epoch_ms(ms: int) -> str:
+    """``format_time`` for *ms* milliseconds since the Unix epoch: what a
+    server stamps on the messages it accepts."""
+    seconds, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z", re.ASCII)
 
 

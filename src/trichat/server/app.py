@@ -316,7 +316,10 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
-        self.hub = Hub()
+        self.hub = Hub(
+            global_presence=self.config.global_presence,
+            max_rooms=self.config.max_rooms,
+        )
         self.stopping = False
         self._connections: set[_Connection] = set()
         self._per_ip: Counter[str] = Counter()

@@ -15,6 +15,7 @@ import trio
 from .._process import raise_file_limit
 from .._units import duration
 from .app import ChatServer, ServerConfig
+from .config import PRESENCE_MODES
 
 log = logging.getLogger("trichat.server")
 
@@ -35,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
         help="how much to log to stderr, in any case (%(default)s)",
+    )
+    parser.add_argument(
+        "--presence",
+        default=d.presence,
+        choices=PRESENCE_MODES,
+        help="global: everyone is in '*' and hears of every login and exit; "
+        "rooms: users hear of each other only through the rooms they share, "
+        "and there is no '*' (for large servers) (%(default)s)",
     )
     limits = parser.add_argument_group(
         "limits (0 switches off those that say so; durations are seconds, or "
@@ -121,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.presence_delay,
         help="longest time logins and exits wait to be sent in one batch; less "
         "with few users online; 0: send each at once (%(default)gs)",
+    )
+    limits.add_argument(
+        "--max-rooms",
+        type=int,
+        default=d.max_rooms,
+        help="rooms one user may be in at once; 0: no limit (%(default)s)",
     )
     limits.add_argument(
         "--max-refusing",
@@ -228,6 +243,8 @@ def _server_config(
         presence_delay=args.presence_delay,
         max_refusing=args.max_refusing,
         shared_reader=args.shared_reader,
+        max_rooms=args.max_rooms,
+        presence=args.presence,
         ssl_context=context,
     )
 

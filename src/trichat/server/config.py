@@ -8,7 +8,10 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ServerConfig"]
+from .. import __version__
+from ..protocol.messages import MAX_NAME, MAX_TEXT
+
+__all__ = ["PRESENCE_MODES", "ServerConfig"]
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -19,6 +22,14 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 <= value < math.inf:
         raise ValueError(f"{attribute.name} must not be negative, not {value}")
+
+
+def _presence(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in PRESENCE_MODES:
+        raise ValueError(f"{attribute.name} must be 'global' or 'rooms', not {value!r}")
+
+
+PRESENCE_MODES = ("global", "rooms")
 
 
 def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -67,4 +78,34 @@ class ServerConfig:
     task, which reads and handles what they send as a select loop would
     (see _shared_reader); False: each connection's task waits for its own.
     Linux only: elsewhere each task always waits for its own."""
+    max_rooms: int = attrs.field(default=50, validator=_not_negative)
+    """How many rooms one user may be in at once; 0: no limit."""
+    presence: str = attrs.field(default="global", validator=_presence)
+    """``global``: every user is in ``*`` and hears of every login and exit
+    (version 1's way); ``rooms``: users hear of each other only through the
+    rooms they share, and there is no ``*`` (for large servers)."""
     ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def global_presence(self) -> bool:
+        return self.presence == "global"
+
+    def settings(self) -> tuple[tuple[str, str], ...]:
+        """What ``hello`` tells a client about this server: its version and
+        every limit a client must keep to, each as ``key=value`` (0: off or
+        no limit). History and resume are not kept yet: both 0."""
+        return (
+            ("server", f"trichat/{__version__}"),
+            ("max-line", str(self.max_line)),
+            ("max-text", str(MAX_TEXT)),
+            ("max-name", str(MAX_NAME)),
+            ("rate", f"{self.rate:g}"),
+            ("burst", str(self.burst)),
+            ("ping", f"{self.ping_interval:g}"),
+            ("rooms", str(self.max_rooms)),
+            ("history", "0"),
+            ("resume", "0"),
+            ("presence", self.presence),
+            ("queue-size", str(self.queue_size)),
+            ("queue-bytes", str(self.queue_bytes)),
+        )

@@ -1,57 +1,106 @@
-"""Who is online, and how a message reaches them.
+"""Who is online, which rooms they are in, and how a message reaches them.
 
 The hub maps each online user's clash key (``name_key``) to a ``Member``:
-the name as they wrote it and their ``Mailbox``. ``route`` takes an
-``Envelope`` (who sent it, to whom, the texts) to its target, a user or
-everyone (``*``), and says what happened: how many texts went, or why they
-were refused; recipients left congested are added to a list the sender
-waits on. Each delivery is encoded once per fan-out, by the protocol
-layer's codec, and handed to every recipient's mailbox in one batch.
+the name as they wrote it, the protocol version they speak and their
+``Mailbox``; and each room's clash key to a ``Room`` and its members.
+``route`` takes an ``Envelope`` (who sent it, to whom, the texts) to its
+target: a user, a room, or everyone (``*``, the everyone-room of
+``--presence global``). It gives every message it accepts an id and a time
+and says what happened: how many texts went, or why they were refused;
+recipients left congested are added to a list the sender waits on. Each
+delivery is encoded once per fan-out and protocol version (``talk`` for
+version 1, ``msg`` for version 2), by the protocol layer's codec, and
+handed to every recipient's mailbox in one batch.
 
 Routing is synchronous and never waits: a member whose mailbox is full is
 kicked (its own task then takes it offline) instead of slowing the sender
 or anyone else down. The hub holds no sockets and knows no tasks.
 
-Observers (``observe``) are told about every envelope routed, after its
-delivery; they are called synchronously and must not block: an observer
-that needs to wait (a store, a cluster bus) hands the envelope to a task
-of its own through a bounded channel with ``send_nowait``.
+Observers (``observe``) are told about every message accepted, after its
+delivery, as an ``Accepted`` record with its ids and time; they are called
+synchronously and must not block: an observer that needs to wait (a store,
+a cluster bus) hands the record to a task of its own through a bounded
+channel with ``send_nowait``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from typing import NamedTuple
 
 import trio
 
-from ..protocol._codec import delivery_block, delivery_head, encode
-from ..protocol.messages import BROADCAST, Exit, Login, name_key
+from ..protocol._codec import delivery_block, delivery_head, encode, message_block
+from ..protocol.messages import (
+    BROADCAST,
+    Exit,
+    Joined,
+    Login,
+    Parted,
+    format_epoch_ms,
+    name_key,
+)
 from .mailbox import Mailbox
 
-__all__ = ["Envelope", "Hub", "Member", "NameTaken", "Refusal", "Routed"]
+__all__ = [
+    "Accepted",
+    "Envelope",
+    "Hub",
+    "Member",
+    "NameTaken",
+    "Refusal",
+    "Room",
+    "RoomRefused",
+    "Routed",
+]
 
 
 class Envelope(NamedTuple):
     """A message on its way: from *sender* (a name), to *to* (a user's
-    name, or ``*`` for everyone), one or more *texts* (UTF-8, valid)."""
+    name, a room, or ``*`` for everyone), one or more *texts* (UTF-8,
+    valid)."""
 
     sender: str
     to: str
     texts: Sequence[bytes]
 
 
+class Accepted(NamedTuple):
+    """Messages the hub accepted and delivered, as observers see them:
+    from *sender* to *to* (the recipient's name, the room as its first
+    member wrote it, or ``*``), *texts* numbered from *first_id* on, all
+    stamped *time_ms* (milliseconds since the Unix epoch, UTC)."""
+
+    sender: str
+    to: str
+    texts: Sequence[bytes]
+    first_id: int
+    time_ms: int
+
+
 class Refusal(Enum):
-    """Why the hub did not deliver an envelope."""
+    """Why the hub did not deliver an envelope: the protocol's error code."""
 
     NO_SUCH_USER = "no-such-user"
+    NOT_IN_ROOM = "not-in-room"
+
+
+class RoomRefused(Exception):
+    """A ``join`` or ``part`` the hub refused; ``code`` is the protocol's
+    error code, ``detail`` says why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
 
 
 class Routed(NamedTuple):
     """What ``route`` did: how many of the texts it took (the others wait
     until the congested recipients have room), and why it refused them, if
-    it did, with the name of the recipient it could not reach."""
+    it did, with the target it could not reach as the sender wrote it."""
 
     taken: int
     refused: Refusal | None = None
@@ -61,14 +110,38 @@ class Routed(NamedTuple):
 class Member:
     """An online user as the hub sees them."""
 
-    __slots__ = ("exit_frame", "key", "kick", "login_frame", "mailbox", "name")
+    __slots__ = (
+        "echo",
+        "exit_frame",
+        "key",
+        "kick",
+        "login_frame",
+        "mailbox",
+        "name",
+        "rooms",
+        "version",
+    )
 
-    def __init__(self, name: str, mailbox: Mailbox, kick: Callable[[str], None]):
+    def __init__(
+        self,
+        name: str,
+        mailbox: Mailbox,
+        kick: Callable[[str], None],
+        *,
+        version: int = 1,
+        echo: bool = False,
+    ):
         self.name = name
         self.key = name_key(name)
         self.mailbox = mailbox
         self.kick = kick
         """Take this user offline, giving the reason (for the log)."""
+        self.version = version
+        """The protocol version the user's connection speaks."""
+        self.echo = echo
+        """Whether the user gets its own accepted messages back (version 2)."""
+        self.rooms: dict[str, Room] = {}
+        """The rooms the user is in, by their clash keys."""
         self.login_frame = encode(Login(name))
         self.exit_frame = encode(Exit(name))
 
@@ -89,29 +162,71 @@ class Member:
         return False
 
 
+class Room:
+    """A room and its members; it exists while it has any."""
+
+    __slots__ = ("key", "members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        """As its first member wrote it."""
+        self.key = name_key(name)
+        self.members: dict[str, Member] = {}
+        """By their clash keys, in the order they joined."""
+
+    def __repr__(self) -> str:
+        return f"Room({self.name!r}, {len(self.members)} members)"
+
+
 class NameTaken(Exception):
     """Another online user holds a name that clashes with the one asked for."""
 
 
-Observer = Callable[[Envelope], None]
+Observer = Callable[[Accepted], None]
 
 
 class Hub:
-    """The online users, and delivery of presence and talk between them."""
+    """The online users and their rooms, and delivery of presence and talk
+    between them.
 
-    def __init__(self) -> None:
+    With *global_presence* (``--presence global``) every user is in ``*``:
+    everyone hears of every login and exit, and ``talk|*`` reaches everyone.
+    Without it (``--presence rooms``) users hear of each other only through
+    the rooms they share, and ``*`` is no target. *max_rooms* caps the rooms
+    one user may be in (0: no cap). *first_id* is the id the first message
+    gets (by default the clock, in microseconds, so that ids keep rising
+    across restarts); *clock* tells the time, in seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        *,
+        global_presence: bool = True,
+        max_rooms: int = 0,
+        first_id: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.global_presence = global_presence
+        self.max_rooms = max_rooms
         self._members: dict[str, Member] = {}
         # The same members by their names exactly as they wrote them.
         self._exact: dict[str, Member] = {}
+        self._rooms: dict[str, Room] = {}
+        self._rooms_exact: dict[str, Room] = {}
         self._observers: list[Observer] = []
+        self.next_id = time.time_ns() // 1000 if first_id is None else first_id
+        """The id the next accepted message gets."""
+        self._clock = clock
+        self._stamp_ms = -1
+        self._stamp = b""
         self.hold_presence = False
-        """When True, presence frames wait in the mailboxes for ``release``,
-        so that everyone gets the logins and exits of a busy moment in one
-        write; whoever sets it must call ``release`` after
+        """When True, logins and exits wait in the mailboxes for
+        ``release``, so that everyone gets the presence of a busy moment in
+        one write; whoever sets it must call ``release`` after
         ``presence_held``."""
         self.presence_held = trio.Event()
         self._holding: list[Member] = []
-        self._announcements: list[bytes] = []
+        self._announcements: list[tuple[bytes, list[Member] | None]] = []
 
     def __len__(self) -> int:
         return len(self._members)
@@ -123,12 +238,13 @@ class Hub:
         return [member.name for member in self._members.values()]
 
     def online_as_written(self, name: str) -> bool:
-        """Whether *name* is ``*`` or an online user's name exactly as they
-        wrote it: a target ``route`` takes without a look at its rules."""
-        return name == BROADCAST or name in self._exact
+        """Whether *name* is ``*``, an online user's name or a room's exactly
+        as they wrote it: a target ``route`` takes without a look at its
+        rules."""
+        return name == BROADCAST or name in self._exact or name in self._rooms_exact
 
     def observe(self, observer: Observer) -> Callable[[], None]:
-        """Call *observer* with every envelope routed from now on; returns
+        """Call *observer* with every message accepted from now on; returns
         the function that stops it."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
@@ -136,31 +252,47 @@ class Hub:
     # -- presence ----------------------------------------------------------
 
     def join(self, member: Member) -> None:
-        """Put *member* online: tell everyone, then give the newcomer its
-        acknowledgement and one ``login`` frame per user already online.
+        """Put *member* online and give it its acknowledgement; with global
+        presence, tell everyone and give the newcomer one ``login`` frame
+        per user already online.
 
         Raises NameTaken when an online user's name clashes with the member's.
         """
         if member.key in self._members:
             raise NameTaken(member.name)
-        self._announce(member.login_frame)
         roster = [member.login_frame]
-        roster.extend(other.login_frame for other in self._members.values())
+        if self.global_presence:
+            self._announce(member.login_frame)
+            roster.extend(other.login_frame for other in self._members.values())
         self._members[member.key] = member
         self._exact[member.name] = member
-        # The roster is the server's own and may be large: it always fits.
-        # It counts as one frame against the limits, as one message.
+        # The roster is the server's own answer and may be large: it always
+        # fits, and counts as one frame against the limits.
         if not member.mailbox.put(b"".join(roster), force=True):
             member.kick("too slow: outgoing queue full")
 
     def leave(self, member: Member, *, announce: bool = True) -> None:
-        """Take *member* offline and, if *announce*, tell everyone else."""
+        """Take *member* offline and out of its rooms and, if *announce*,
+        tell whoever could see it (everyone, or those sharing a room)."""
         if self._members.get(member.key) is not member:
             return
         del self._members[member.key]
         del self._exact[member.name]
-        if announce:
+        sharing: dict[str, Member] = {}
+        for room in member.rooms.values():
+            del room.members[member.key]
+            if room.members:
+                sharing.update(room.members)
+            else:
+                self._drop_room(room)
+        member.rooms.clear()
+        if not announce:
+            return
+        if self.global_presence:
             self._announce(member.exit_frame)
+        elif sharing:
+            # One exit per user who shared any room with it.
+            self._announce(member.exit_frame, list(sharing.values()))
 
     def release(self) -> None:
         """Send the presence frames held back (see ``hold_presence``)."""
@@ -170,8 +302,9 @@ class Hub:
             if not member.mailbox.release():
                 member.kick("too slow: outgoing queue full")
 
-    def _announce(self, frame: bytes) -> None:
-        """Tell everyone online *frame* (a login or an exit).
+    def _announce(self, frame: bytes, audience: list[Member] | None = None) -> None:
+        """Tell *frame* (a login or an exit) to the *audience*, or to
+        everyone online.
 
         Telling a user too slow to take it kicks them; a kick that takes
         them offline at once (the server's waits for their task) announces
@@ -179,31 +312,93 @@ class Hub:
         told here, one after another, so that a crowd of stalled users
         cannot nest a call per user.
         """
-        self._announcements.append(frame)
+        self._announcements.append((frame, audience))
         if len(self._announcements) > 1:
             return  # an announcement is under way and will tell this one
         try:
             while self._announcements:
-                self._tell_everyone(self._announcements[0])
+                frame, audience = self._announcements[0]
+                if audience is None:
+                    audience = list(self._members.values())
+                self._tell(frame, audience)
                 del self._announcements[0]
         finally:
             self._announcements.clear()
 
-    def _tell_everyone(self, frame: bytes) -> None:
-        members = list(self._members.values())
+    def _tell(self, frame: bytes, audience: list[Member]) -> None:
+        online = self._members
         if not self.hold_presence:
-            for member in members:
-                if member.key in self._members:  # not kicked meanwhile
+            for member in audience:
+                if online.get(member.key) is member:  # not kicked meanwhile
                     member.send(frame)
             return
         holding = self._holding
-        for member in members:
-            if member.key not in self._members:
+        for member in audience:
+            if online.get(member.key) is not member:
                 continue
             if not member.mailbox.held:
                 holding.append(member)  # once, however many it holds
             member.hold(frame)
         self.presence_held.set()
+
+    # -- rooms -------------------------------------------------------------
+
+    def join_room(self, member: Member, name: str) -> None:
+        """Put *member* in room *name* (a valid room name), making the room
+        if nobody is in it: its members get ``join|ROOM|NAME``, and the
+        member gets its own ``join`` then one per member already there.
+
+        Raises RoomRefused (``already-in-room``, ``too-many-rooms``).
+        """
+        key = name_key(name)
+        room = self._rooms.get(key)
+        if room is not None and member.key in room.members:
+            raise RoomRefused("already-in-room", f"already in {room.name}")
+        if self.max_rooms and len(member.rooms) >= self.max_rooms:
+            raise RoomRefused(
+                "too-many-rooms", f"in {self.max_rooms} rooms already; part one first"
+            )
+        if room is None:
+            room = self._rooms[key] = self._rooms_exact[name] = Room(name)
+        frame = encode(Joined(room.name, member.name))
+        others = list(room.members.values())
+        for other in others:
+            other.send(frame)
+        room.members[member.key] = member
+        member.rooms[key] = room
+        # The join list is an answer: it arrives whole, and always fits.
+        answer = [frame]
+        answer.extend(encode(Joined(room.name, other.name)) for other in others)
+        if not member.mailbox.put(b"".join(answer), force=True):
+            member.kick("too slow: outgoing queue full")
+
+    def part_room(self, member: Member, name: str) -> None:
+        """Take *member* out of room *name*: its members and the member get
+        ``part|ROOM|NAME``. Raises RoomRefused (``not-in-room``)."""
+        room = member.rooms.get(name_key(name))
+        if room is None:
+            raise RoomRefused("not-in-room", name)
+        frame = encode(Parted(room.name, member.name))
+        del member.rooms[room.key]
+        del room.members[member.key]
+        member.send(frame)
+        for other in list(room.members.values()):
+            other.send(frame)
+        if not room.members:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        del self._rooms[room.key]
+        del self._rooms_exact[room.name]
+
+    def rooms(self) -> list[tuple[str, int]]:
+        """Every room, as its first member wrote it, and its member count."""
+        return [(room.name, len(room.members)) for room in self._rooms.values()]
+
+    def room_members(self, name: str) -> list[str]:
+        """The names of the members of room *name*, [] if it has none."""
+        room = self._rooms.get(name_key(name))
+        return [] if room is None else [m.name for m in room.members.values()]
 
     # -- talk ------------------------------------------------------------------
 
@@ -217,61 +412,97 @@ class Hub:
         recipients whose mailboxes are now congested are added to
         *congested*, and the sender should let them drain before it sends
         more. A direct message to nobody online, or to a user too slow to
-        take it (who is being dropped), is refused.
+        take it (who is being dropped), is refused; so is a message to a
+        room the sender is not in, or to ``*`` without global presence.
+        Each text taken gets the next message id, in order.
         """
-        if envelope.to == BROADCAST:
-            routed = self._broadcast(sender, envelope, congested)
-        else:
-            routed = self._direct(sender, envelope, congested)
-        # Observers hear of what was delivered, not of what was refused.
-        if self._observers and routed.taken and routed.refused is None:
-            if routed.taken < len(envelope.texts):
-                envelope = envelope._replace(texts=envelope.texts[: routed.taken])
-            for observer in self._observers:
-                observer(envelope)
-        return routed
-
-    def _direct(
-        self, sender: Member, envelope: Envelope, congested: list[Mailbox]
-    ) -> Routed:
-        recipient = self._exact.get(envelope.to) or self._members.get(
-            name_key(envelope.to)
-        )
+        to = envelope.to
+        if to == BROADCAST:
+            if not self.global_presence:
+                return Routed(len(envelope.texts), Refusal.NOT_IN_ROOM, to)
+            recipients = [m for m in self._members.values() if m is not sender]
+            return self._deliver(sender, envelope, BROADCAST, recipients, congested)
+        if to[:1] == "#":  # is_room, inlined: the hot path
+            room = self._rooms_exact.get(to) or self._rooms.get(name_key(to))
+            if room is None or sender.key not in room.members:
+                return Routed(len(envelope.texts), Refusal.NOT_IN_ROOM, to)
+            recipients = [m for m in room.members.values() if m is not sender]
+            return self._deliver(sender, envelope, room.name, recipients, congested)
+        recipient = self._exact.get(to) or self._members.get(name_key(to))
         if recipient is None:
-            return Routed(len(envelope.texts), Refusal.NO_SUCH_USER, envelope.to)
-        mailbox = recipient.mailbox
-        head = delivery_head(sender.name, recipient.name)
-        texts = _fitting(envelope.texts, len(head) + 1, *mailbox.room)
-        if not recipient.send(delivery_block(head, texts), len(texts)):
-            # Too slow, and being dropped.
-            return Routed(len(texts), Refusal.NO_SUCH_USER, envelope.to)
-        if mailbox.congested:
-            congested.append(mailbox)
-        return Routed(len(texts))
+            return Routed(len(envelope.texts), Refusal.NO_SUCH_USER, to)
+        return self._deliver(
+            sender, envelope, recipient.name, [recipient], congested, direct=True
+        )
 
-    def _broadcast(
-        self, sender: Member, envelope: Envelope, congested: list[Mailbox]
+    def _deliver(
+        self,
+        sender: Member,
+        envelope: Envelope,
+        to: str,
+        recipients: list[Member],
+        congested: list[Mailbox],
+        *,
+        direct: bool = False,
     ) -> Routed:
-        recipients = [m for m in self._members.values() if m is not sender]
-        if not recipients:
-            return Routed(len(envelope.texts))
+        """Deliver the texts of *envelope* that fit to *recipients*, as
+        addressed to *to*, and echo them to the sender if it asked. For a
+        *direct* message, a recipient too slow to take it is a refusal."""
         texts = envelope.texts
-        head = delivery_head(sender.name, BROADCAST)
-        if len(texts) > 1:
-            rooms = [member.mailbox.room for member in recipients]
-            texts = _fitting(
-                texts,
-                len(head) + 1,
-                min(frames for frames, _ in rooms),
-                min(size for _, size in rooms),
-            )
-        # Encoded once for everyone.
-        block = delivery_block(head, texts)
-        frames = len(texts)
+        if len(texts) > 1 and recipients:
+            if len(recipients) == 1:
+                frame_room, byte_room = recipients[0].mailbox.room
+            else:
+                rooms = [member.mailbox.room for member in recipients]
+                frame_room = min(frames for frames, _ in rooms)
+                byte_room = min(size for _, size in rooms)
+            # A msg frame's id and time cost about 45 bytes on top of its head.
+            overhead = len(sender.name) + len(to) + 52
+            texts = _fitting(texts, overhead, frame_room, byte_room)
+        count = len(texts)
+        first_id = self.next_id
+        self.next_id = first_id + count
+        talk: bytes | None = None
+        msg: bytes | None = None
         for member in recipients:
-            if member.send(block, frames) and member.mailbox.congested:
+            if member.version == 1:
+                if talk is None:
+                    # Encoded once for everyone who speaks version 1...
+                    talk = delivery_block(delivery_head(sender.name, to), texts)
+                block = talk
+            else:
+                if msg is None:
+                    # ... and once for everyone who speaks version 2.
+                    msg = message_block(first_id, self._time(), sender.name, to, texts)
+                block = msg
+            if not member.send(block, count):
+                if direct:
+                    # Too slow, and being dropped: refused, not lost unsaid.
+                    return Routed(count, Refusal.NO_SUCH_USER, envelope.to)
+            elif member.mailbox.congested:
                 congested.append(member.mailbox)
-        return Routed(frames)
+        if sender.echo and to != sender.name:
+            if msg is None:
+                msg = message_block(first_id, self._time(), sender.name, to, texts)
+            if sender.send(msg, count) and sender.mailbox.congested:
+                congested.append(sender.mailbox)
+        # Observers hear of what was delivered, not of what was refused.
+        if self._observers:
+            if msg is None:
+                self._time()
+            accepted = Accepted(sender.name, to, texts, first_id, self._stamp_ms)
+            for observer in self._observers:
+                observer(accepted)
+        return Routed(count)
+
+    def _time(self) -> bytes:
+        """The time stamp of a message accepted now, as the wire writes it:
+        formatted once per millisecond."""
+        ms = int(self._clock() * 1000)
+        if ms != self._stamp_ms:
+            self._stamp_ms = ms
+            self._stamp = format_epoch_ms(ms).encode()
+        return self._stamp
 
 
 def _fitting(

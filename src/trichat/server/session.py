@@ -33,17 +33,26 @@ from ..protocol._codec import (
 from ..protocol._linebuffer import LineBuffer
 from ..protocol.connection import decode_client_line
 from ..protocol.messages import (
+    PROTOCOL_VERSION,
     ClientMessage,
     Error,
     ErrorCode,
     Exit,
+    Frame,
+    Hello,
+    Join,
+    ListRooms,
     Login,
+    Part,
     Ping,
     Pong,
+    RoomInfo,
+    RoomsListed,
     Talk,
+    Welcome,
 )
 from .config import ServerConfig
-from .hub import Envelope, Hub, Member, NameTaken
+from .hub import Envelope, Hub, Member, NameTaken, RoomRefused
 from .mailbox import Mailbox
 
 __all__ = ["Session", "SessionEnded", "TokenBucket"]
@@ -119,6 +128,7 @@ class Session:
         "config",
         "congested",
         "deadline_moved",
+        "echo",
         "flood_since",
         "hub",
         "kick",
@@ -131,6 +141,7 @@ class Session:
         "ping_token",
         "read",
         "stopped",
+        "version",
     )
 
     def __init__(
@@ -172,6 +183,11 @@ class Session:
         handling more."""
         self.stopped = False
         """Kicked or closing: handle no more frames."""
+        self.version: int | None = None
+        """The protocol version agreed in ``hello``; None: no ``hello`` (yet),
+        which is version 1."""
+        self.echo = False
+        """The client asked for its own messages back (``hello|2|echo``)."""
 
     # -- reading -----------------------------------------------------------------
 
@@ -302,6 +318,16 @@ class Session:
                 self._route(self.member, to, [text.encode()])
             case Login(name=name):
                 self._log_in(name)
+            case Hello():
+                self._hello(message)
+            case Join(room=room):
+                assert self.member is not None
+                self._in_rooms(self.hub.join_room, self.member, room)
+            case Part(room=room):
+                assert self.member is not None
+                self._in_rooms(self.hub.part_room, self.member, room)
+            case ListRooms():
+                self._list_rooms()
             case Exit():
                 raise SessionEnded("exit")
             case Ping(token=token):
@@ -313,8 +339,38 @@ class Session:
     def name(self) -> str | None:
         return None if self.member is None else self.member.name
 
+    def _hello(self, hello: Hello) -> None:
+        """Agree on the protocol version (the lower of the client's and
+        ours) and answer with the server's settings. Once only, before
+        login (``decode_client_line`` refuses it after)."""
+        if self.version is not None:
+            self.reply(Error(ErrorCode.BAD_FRAME, "hello was said already"))
+            return
+        self.version = min(hello.version, PROTOCOL_VERSION)
+        self.echo = self.version >= 2 and "echo" in hello.options
+        self.reply(Welcome(self.version, self.config.settings()))
+
+    def _in_rooms(
+        self, action: Callable[[Member, str], None], member: Member, room: str
+    ) -> None:
+        """Join or part *room*; a refusal is the client's error."""
+        try:
+            action(member, room)
+        except RoomRefused as refused:
+            self.reply(Error(ErrorCode(refused.code), refused.detail))
+
+    def _list_rooms(self) -> None:
+        """Answer ``rooms``: one ``room`` frame per room, then ``rooms|COUNT``,
+        in one piece (an answer arrives whole)."""
+        rooms = self.hub.rooms()
+        answer = [encode(RoomInfo(name, members)) for name, members in rooms]
+        answer.append(encode(RoomsListed(len(rooms))))
+        self._answer(b"".join(answer), force=True)
+
     def _log_in(self, name: str) -> None:
-        member = Member(name, self.mailbox, self.kick)
+        member = Member(
+            name, self.mailbox, self.kick, version=self.version or 1, echo=self.echo
+        )
         try:
             self.hub.join(member)
         except NameTaken:
@@ -326,10 +382,16 @@ class Session:
         self.deadline_moved = True
         log.info("login %s %s", self.address, name)
 
-    def reply(self, message: Error | Pong | Ping) -> None:
+    def reply(self, message: Frame) -> None:
         """Put a frame of the server's own in this client's mailbox."""
+        self._answer(encode(message))
+
+    def _answer(self, data: bytes, *, force: bool = False) -> None:
+        """Put *data*, the server's answer to the client (one frame, or an
+        answer of many that counts as one), in this client's mailbox; with
+        *force*, whatever its size."""
         mailbox = self.mailbox
-        if not mailbox.put(encode(message)):
+        if not mailbox.put(data, force=force):
             self.kick("too slow: outgoing queue full")
         elif mailbox.congested:
             # Replies are held to the same rule as deliveries: a client that
