@@ -16,12 +16,16 @@ from trichat.protocol.messages import (
     MAX_NAME,
     MAX_TEXT,
     MAX_TOKEN,
+    ChangePassword,
     ClientMessage,
     Delivery,
     Error,
     ErrorCode,
     Exit,
     Hello,
+    Hist,
+    History,
+    HistoryEnd,
     Join,
     Joined,
     ListRooms,
@@ -29,11 +33,17 @@ from trichat.protocol.messages import (
     Message,
     Part,
     Parted,
+    PasswordChanged,
     Ping,
     Pong,
+    Register,
+    Registered,
+    Resume,
+    Resumed,
     RoomInfo,
     RoomsListed,
     ServerMessage,
+    SessionInfo,
     Talk,
     Welcome,
 )
@@ -43,6 +53,7 @@ __all__ = [
     "details",
     "error_codes",
     "names",
+    "passwords",
     "rooms",
     "server_messages",
     "targets",
@@ -128,6 +139,11 @@ _times = st.datetimes(
 )
 
 
+def passwords() -> st.SearchStrategy[str]:
+    """Valid passwords: 8 to 256 characters, no control characters."""
+    return st.text(_token_char | st.just("|"), min_size=8, max_size=256)
+
+
 def texts(max_size: int = MAX_TEXT) -> st.SearchStrategy[str]:
     """Valid message texts of 1 to *max_size* characters."""
     return st.text(_text_char, min_size=1, max_size=max_size)
@@ -153,6 +169,18 @@ def client_messages() -> st.SearchStrategy[ClientMessage]:
     return st.one_of(
         st.builds(Hello, st.integers(1, 999), st.lists(_word, max_size=3).map(tuple)),
         st.builds(Login, names()),
+        st.builds(Login, names(), passwords()),
+        st.builds(Resume, tokens(), st.integers(0, 10**20 - 1)),
+        st.builds(Register, passwords()),
+        st.builds(ChangePassword, passwords()),
+        st.builds(History, targets(), st.just("latest"), st.integers(1, 500)),
+        st.builds(
+            History,
+            targets(),
+            st.sampled_from(["before", "after"]),
+            st.integers(1, 500),
+            _ids,
+        ),
         st.builds(Talk, targets(), texts()),
         st.builds(Join, rooms()),
         st.builds(Part, rooms()),
@@ -175,8 +203,14 @@ def server_messages() -> st.SearchStrategy[ServerMessage]:
             st.lists(st.tuples(_word, _word), min_size=1).map(tuple),
         ),
         st.builds(Login, names()),
+        st.builds(SessionInfo, tokens(), st.integers(0, 10**6)),
+        st.builds(Resumed, names(), st.integers(0, 10**6)),
+        st.builds(Registered, names()),
+        st.builds(PasswordChanged, names()),
         st.builds(Delivery, names(), targets(), texts()),
         st.builds(Message, _ids, _times, names(), targets(), texts()),
+        st.builds(Hist, _ids, _times, names(), targets(), texts()),
+        st.builds(HistoryEnd, targets(), st.integers(0, 500)),
         st.builds(Joined, rooms(), names()),
         st.builds(Parted, rooms(), names()),
         st.builds(RoomInfo, rooms(), st.integers(1, 10**6)),

@@ -173,7 +173,8 @@ def test_a_long_unknown_kind_is_cut_short_in_the_detail() -> None:
     ("line", "role"),
     [
         (b"login", SERVER),
-        (b"login|alice|bob", SERVER),
+        (b"history|*|latest", SERVER),
+        (b"history|*|before|5", SERVER),
         (b"talk", SERVER),
         (b"talk|bob", SERVER),
         (b"exit|alice|bob", SERVER),

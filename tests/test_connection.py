@@ -21,6 +21,7 @@ from trichat.protocol.connection import (
     decode_client_line,
 )
 from trichat.protocol.messages import (
+    ChangePassword,
     ClientMessage,
     Delivery,
     Error,
@@ -28,17 +29,22 @@ from trichat.protocol.messages import (
     Exit,
     Frame,
     Hello,
+    History,
     Join,
     ListRooms,
     Login,
     Part,
     Ping,
     Pong,
+    Register,
+    Resume,
     ServerMessage,
     Talk,
 )
 
 Event = object
+# What a client may send only once logged in, by the protocol.
+NEEDS_LOGIN = (Talk, Join, Part, ListRooms, Register, ChangePassword, History)
 """What ``drain`` records: a message, the code of a ProtocolError, or a sentinel."""
 
 
@@ -209,7 +215,9 @@ def test_ping_and_pong_after_login() -> None:
         (b"TALK|bob|hi", ErrorCode.BAD_FRAME),
         (b"typing|bob|hi", ErrorCode.BAD_FRAME),
         (b"login|al\xffice", ErrorCode.BAD_FRAME),
-        (b"login|a|b", ErrorCode.BAD_FRAME),
+        (b"login|a|short", ErrorCode.WRONG_PASSWORD),
+        (b"register|long enough", ErrorCode.NOT_LOGGED_IN),
+        (b"history|*|latest|501", ErrorCode.BAD_FRAME),
         (b"login|", ErrorCode.BAD_FRAME),
         (b"ping|a\tb", ErrorCode.BAD_FRAME),
     ],
@@ -591,14 +599,14 @@ def expected_server_events(messages: list[ClientMessage]) -> list[Event]:
     events: list[Event] = []
     for message in messages:
         if name is None:
-            if isinstance(message, Talk | Join | Part | ListRooms) or (
+            if isinstance(message, NEEDS_LOGIN) or (
                 isinstance(message, Exit) and message.name is not None
             ):
                 events.append(ErrorCode.NOT_LOGGED_IN)
                 continue
             if isinstance(message, Login):
                 name = message.name
-        elif isinstance(message, Login | Hello):
+        elif isinstance(message, Login | Hello | Resume):
             events.append(ErrorCode.ALREADY_LOGGED_IN)
             continue
         elif isinstance(message, Exit) and message.name not in (None, name):

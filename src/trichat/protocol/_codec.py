@@ -14,13 +14,18 @@ import attrs
 
 from .messages import (
     MAX_TEXT,
+    ChangePassword,
     ClientMessage,
     Delivery,
     Error,
     ErrorCode,
     Exit,
+    FieldError,
     Frame,
     Hello,
+    Hist,
+    History,
+    HistoryEnd,
     Join,
     Joined,
     ListRooms,
@@ -28,11 +33,17 @@ from .messages import (
     Message,
     Part,
     Parted,
+    PasswordChanged,
     Ping,
     Pong,
+    Register,
+    Registered,
+    Resume,
+    Resumed,
     RoomInfo,
     RoomsListed,
     ServerMessage,
+    SessionInfo,
     Talk,
     Welcome,
 )
@@ -170,11 +181,15 @@ class _Kind:
 _KINDS: dict[Role, dict[str, _Kind]] = {
     Role.SERVER: {
         "hello": _Kind(Hello, 1, 2),
-        "login": _Kind(Login, 1, 1, invalid=ErrorCode.BAD_NAME),
+        "login": _Kind(Login, 1, 2, rest=True, invalid=ErrorCode.BAD_NAME),
+        "resume": _Kind(Resume, 2, 2),
+        "register": _Kind(Register, 1, 1, rest=True),
+        "password": _Kind(ChangePassword, 1, 1, rest=True),
         "talk": _Kind(Talk, 2, 2, rest=True),
         "join": _Kind(Join, 1, 1, invalid=ErrorCode.BAD_NAME),
         "part": _Kind(Part, 1, 1, invalid=ErrorCode.BAD_NAME),
         "rooms": _Kind(ListRooms, 0, 0),
+        "history": _Kind(History.from_fields, 3, 4),
         "exit": _Kind(Exit, 0, 1),
         "ping": _Kind(Ping, 1, 1),
         "pong": _Kind(Pong, 1, 1),
@@ -182,6 +197,12 @@ _KINDS: dict[Role, dict[str, _Kind]] = {
     Role.CLIENT: {
         "hello": _Kind(Welcome, 2, 2, rest=True),
         "login": _Kind(Login, 1, 1),
+        "session": _Kind(SessionInfo, 2, 2),
+        "resumed": _Kind(Resumed, 2, 2),
+        "registered": _Kind(Registered, 1, 1),
+        "password": _Kind(PasswordChanged, 1, 1),
+        "hist": _Kind(Hist, 5, 5, rest=True),
+        "history": _Kind(HistoryEnd, 2, 2),
         "talk": _Kind(Delivery, 3, 3, rest=True),
         "msg": _Kind(Message, 5, 5, rest=True),
         "join": _Kind(Joined, 2, 2),
@@ -225,7 +246,8 @@ def decode(line: bytes, our_role: Role) -> ClientMessage | ServerMessage:
     try:
         message: ClientMessage | ServerMessage = kind.build(*fields)
     except ValueError as error:
-        raise ProtocolError(kind.invalid, str(error)) from None
+        code = error.code if isinstance(error, FieldError) else kind.invalid
+        raise ProtocolError(code, str(error)) from None
     return message
 
 

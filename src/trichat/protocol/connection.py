@@ -15,15 +15,19 @@ from typing import Final, cast, get_args
 from ._codec import ProtocolError, Role, decode, encode
 from ._linebuffer import LineBuffer, LineTooLong
 from .messages import (
+    ChangePassword,
     ClientMessage,
     ErrorCode,
     Exit,
     Frame,
     Hello,
+    History,
     Join,
     ListRooms,
     Login,
     Part,
+    Register,
+    Resume,
     ServerMessage,
     Talk,
     name_key,
@@ -161,8 +165,9 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
     """The message a server reads in one non-empty *line* from a client
     (no LF; a CR before it is dropped), logged in as *logged_in_as* (None:
     not yet), checked against the login rules: a ``talk``, ``join``,
-    ``part``, ``rooms`` or ``exit|NAME`` before ``login``, a second
-    ``login`` (whatever name it asks for), a ``hello`` after it, and an
+    ``part``, ``rooms``, ``register``, ``password``, ``history`` or
+    ``exit|NAME`` before ``login``, a second ``login`` or a ``resume``
+    (whatever it asks for), a ``hello`` after it, and an
     ``exit`` naming someone else raise ProtocolError with the protocol's
     code. ``Connection`` and the server both read this way.
     """
@@ -171,7 +176,13 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
     try:
         message = decode(line, Role.SERVER)
     except ProtocolError as error:
-        if error.code is ErrorCode.BAD_NAME and logged_in_as is not None:
+        # A second login is refused as such, whatever name or password it
+        # holds (a malformed frame is still a bad frame).
+        if (
+            logged_in_as is not None
+            and error.code in (ErrorCode.BAD_NAME, ErrorCode.WRONG_PASSWORD)
+            and line.startswith(b"login|")
+        ):
             raise _already_logged_in(logged_in_as) from None
         raise
     # Decoded as a server reads, so it is a frame a client sends.
@@ -181,7 +192,7 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
             isinstance(message, Exit) and message.name is not None
         ):
             raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
-    elif isinstance(message, Login | Hello):
+    elif isinstance(message, _BEFORE_LOGIN_ONLY):
         raise _already_logged_in(logged_in_as)
     elif (
         isinstance(message, Exit)
@@ -194,8 +205,9 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
     return message
 
 
-# What only a logged-in user may ask for.
-_NEEDS_LOGIN = (Talk, Join, Part, ListRooms)
+# What only a logged-in user may ask for, and what only one not yet logged in.
+_NEEDS_LOGIN = (Talk, Join, Part, ListRooms, Register, ChangePassword, History)
+_BEFORE_LOGIN_ONLY = (Login, Hello, Resume)
 
 
 def _already_logged_in(name: str) -> ProtocolError:

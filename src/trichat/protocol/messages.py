@@ -23,18 +23,27 @@ import attrs
 __all__ = [
     "BROADCAST",
     "DEFAULT_IGNORABLE",
+    "HISTORY_DIRECTIONS",
+    "MAX_HISTORY",
     "MAX_ID",
     "MAX_NAME",
+    "MAX_PASSWORD",
     "MAX_TEXT",
     "MAX_TOKEN",
+    "MIN_PASSWORD",
     "PROTOCOL_VERSION",
+    "ChangePassword",
     "ClientMessage",
     "Delivery",
     "Error",
     "ErrorCode",
     "Exit",
+    "FieldError",
     "Frame",
     "Hello",
+    "Hist",
+    "History",
+    "HistoryEnd",
     "Join",
     "Joined",
     "ListRooms",
@@ -42,15 +51,22 @@ __all__ = [
     "Message",
     "Part",
     "Parted",
+    "PasswordChanged",
     "Ping",
     "Pong",
+    "Register",
+    "Registered",
+    "Resume",
+    "Resumed",
     "RoomInfo",
     "RoomsListed",
     "ServerMessage",
+    "SessionInfo",
     "Talk",
     "UnknownErrorCode",
     "Welcome",
     "check_name",
+    "check_password",
     "check_room",
     "check_target",
     "check_text",
@@ -300,6 +316,31 @@ def check_text(text: str) -> None:
         )
 
 
+class FieldError(ValueError):
+    """A field that breaks its rules, with the error code the protocol
+    gives for it when that is not its frame kind's usual one (a password
+    in ``register`` is a ``bad-password``, not a ``bad-frame``)."""
+
+    def __init__(self, code: ErrorCode, problem: str) -> None:
+        super().__init__(problem)
+        self.code = code
+
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+MAX_HISTORY = 500
+"""The most messages one ``history`` request may ask for."""
+
+
+def check_password(password: str) -> None:
+    """Raise ValueError unless *password* is a valid new password: 8 to
+    256 characters, no control characters."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ValueError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    if _CONTROL.search(password):
+        raise ValueError("a password may not contain control characters")
+
+
 def check_token(token: str) -> None:
     """Raise ValueError unless *token* is a valid ping/pong token."""
     if not 1 <= len(token) <= MAX_TOKEN:
@@ -448,11 +489,79 @@ def _detail(_: Any, __: Any, value: str) -> None:
         )
 
 
+def _new_password(_: Any, __: Any, value: str) -> None:
+    try:
+        check_password(value)
+    except ValueError as problem:
+        raise FieldError(ErrorCode.BAD_PASSWORD, str(problem)) from None
+
+
+def _given_password(_: Any, __: Any, value: str | None) -> None:
+    # A password that breaks the rules for new ones matches no account.
+    if value is not None:
+        try:
+            check_password(value)
+        except ValueError as problem:
+            raise FieldError(ErrorCode.WRONG_PASSWORD, str(problem)) from None
+
+
 @attrs.frozen
 class Login:
-    """``login|NAME``: take NAME (client), or NAME is online (server)."""
+    """``login|NAME`` or ``login|NAME|PASSWORD``: take NAME as a guest, or
+    log in to the account NAME (client); NAME is online (server). The
+    password is never shown in a repr."""
 
     kind: ClassVar[str] = "login"
+    name: str = attrs.field(validator=_name)
+    password: str | None = attrs.field(
+        default=None, validator=_given_password, repr=False
+    )
+
+    def fields(self) -> tuple[str, ...]:
+        if self.password is None:
+            return (self.name,)
+        return (self.name, self.password)
+
+
+@attrs.frozen
+class Register:
+    """``register|PASSWORD``: make the guest name one is logged in with an
+    account."""
+
+    kind: ClassVar[str] = "register"
+    password: str = attrs.field(validator=_new_password, repr=False)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.password,)
+
+
+@attrs.frozen
+class Registered:
+    """``registered|NAME``: NAME is an account now."""
+
+    kind: ClassVar[str] = "registered"
+    name: str = attrs.field(validator=_name)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+@attrs.frozen
+class ChangePassword:
+    """``password|PASSWORD``: set a new password for one's account."""
+
+    kind: ClassVar[str] = "password"
+    password: str = attrs.field(validator=_new_password, repr=False)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.password,)
+
+
+@attrs.frozen
+class PasswordChanged:
+    """``password|NAME``: the new password of account NAME is set."""
+
+    kind: ClassVar[str] = "password"
     name: str = attrs.field(validator=_name)
 
     def fields(self) -> tuple[str, ...]:
@@ -698,13 +807,161 @@ class Error:
         return (self.code.value, self.detail)
 
 
-ClientMessage = Hello | Login | Talk | Join | Part | ListRooms | Exit | Ping | Pong
+def _history_count(value: int | str) -> int:
+    return _number(value, 1, MAX_HISTORY, "a history request's count")
+
+
+def _direction(_: Any, __: Any, value: str) -> None:
+    if value not in HISTORY_DIRECTIONS:
+        raise ValueError(f"history goes latest, before or after, not {value!r}")
+
+
+HISTORY_DIRECTIONS = ("latest", "before", "after")
+
+
+def _optional_id(value: int | str | None) -> int | None:
+    return None if value is None else _message_id(value)
+
+
+@attrs.frozen
+class History:
+    """``history|TARGET|latest|N``, ``history|TARGET|before|ID|N`` or
+    ``history|TARGET|after|ID|N``: ask for stored messages of a room, of
+    ``*`` or of one's conversation with a user (protocol 2)."""
+
+    kind: ClassVar[str] = "history"
+    target: str = attrs.field(validator=_target)
+    direction: str = attrs.field(validator=_direction)
+    count: int = attrs.field(converter=_history_count)
+    anchor: int | None = attrs.field(default=None, converter=_optional_id)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.anchor is None) != (self.direction == "latest"):
+            raise ValueError("before and after take an id; latest takes none")
+
+    @classmethod
+    def from_fields(cls, target: str, direction: str, *rest: str) -> History:
+        """Built from the fields of a frame: ``latest|N`` or ``before|ID|N``."""
+        if direction == "latest" and len(rest) == 1:
+            return cls(target, direction, rest[0])
+        if direction in ("before", "after") and len(rest) == 2:
+            return cls(target, direction, rest[1], rest[0])
+        raise ValueError(f"history|TARGET|{direction} takes the wrong fields")
+
+    def fields(self) -> tuple[str, ...]:
+        if self.anchor is None:
+            return (self.target, self.direction, str(self.count))
+        return (self.target, self.direction, str(self.anchor), str(self.count))
+
+
+@attrs.frozen
+class Hist:
+    """``hist|ID|TIME|FROM|TO|TEXT``: one stored message in an answer to
+    ``history`` (the answer goes oldest first)."""
+
+    kind: ClassVar[str] = "hist"
+    id: int = attrs.field(converter=_message_id)
+    time: datetime = attrs.field(converter=_to_time)
+    sender: str = attrs.field(validator=_name)
+    to: str = attrs.field(validator=_target)
+    text: str = attrs.field(validator=_text)
+
+    def fields(self) -> tuple[str, ...]:
+        return (str(self.id), format_time(self.time), self.sender, self.to, self.text)
+
+
+@attrs.frozen
+class HistoryEnd:
+    """``history|TARGET|COUNT``: the end of a ``history`` answer, after
+    COUNT ``hist`` frames; fewer than asked means there is no more."""
+
+    kind: ClassVar[str] = "history"
+    target: str = attrs.field(validator=_target)
+    count: int = attrs.field(converter=_count)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.target, str(self.count))
+
+
+def _secret(_: Any, __: Any, value: str) -> None:
+    check_token(value)
+
+
+def _seconds(value: int | str) -> int:
+    return _number(value, 0, MAX_ID, "a number of seconds")
+
+
+def _last_id(value: int | str) -> int:
+    return _number(value, 0, MAX_ID, "a message id")
+
+
+@attrs.frozen
+class Resume:
+    """``resume|SESSION|ID``: take back a dropped session, saying the last
+    message id received (0: none) (protocol 2). The secret is never shown
+    in a repr."""
+
+    kind: ClassVar[str] = "resume"
+    session: str = attrs.field(validator=_secret, repr=False)
+    last_id: int = attrs.field(converter=_last_id)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.session, str(self.last_id))
+
+
+@attrs.frozen
+class SessionInfo:
+    """``session|SESSION|SECONDS``: the secret that ``resume`` takes, and
+    how long the server keeps the session after a drop (protocol 2)."""
+
+    kind: ClassVar[str] = "session"
+    session: str = attrs.field(validator=_secret, repr=False)
+    seconds: int = attrs.field(converter=_seconds)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.session, str(self.seconds))
+
+
+@attrs.frozen
+class Resumed:
+    """``resumed|NAME|COUNT``: a resume worked; COUNT missed messages
+    follow the session's snapshot (protocol 2)."""
+
+    kind: ClassVar[str] = "resumed"
+    name: str = attrs.field(validator=_name)
+    count: int = attrs.field(converter=_count)
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.name, str(self.count))
+
+
+ClientMessage = (
+    Hello
+    | Login
+    | Resume
+    | Register
+    | ChangePassword
+    | Talk
+    | Join
+    | Part
+    | ListRooms
+    | History
+    | Exit
+    | Ping
+    | Pong
+)
 """What a client may send."""
 ServerMessage = (
     Welcome
     | Login
+    | SessionInfo
+    | Resumed
+    | Registered
+    | PasswordChanged
     | Delivery
     | Message
+    | Hist
+    | HistoryEnd
     | Joined
     | Parted
     | RoomInfo

@@ -34,18 +34,22 @@ from ..protocol._linebuffer import LineBuffer
 from ..protocol.connection import decode_client_line
 from ..protocol.messages import (
     PROTOCOL_VERSION,
+    ChangePassword,
     ClientMessage,
     Error,
     ErrorCode,
     Exit,
     Frame,
     Hello,
+    History,
     Join,
     ListRooms,
     Login,
     Part,
     Ping,
     Pong,
+    Register,
+    Resume,
     RoomInfo,
     RoomsListed,
     Talk,
@@ -316,8 +320,25 @@ class Session:
             case Talk(to=to, text=text):
                 assert self.member is not None
                 self._route(self.member, to, [text.encode()])
-            case Login(name=name):
+            case Login(name=name, password=None):
                 self._log_in(name)
+            case Login(name=name):
+                # No accounts are kept yet: nobody can log in with one.
+                self.reply(
+                    Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account")
+                )
+            case Resume():
+                if self._needs_hello("resume"):
+                    self.reply(
+                        Error(ErrorCode.RESUME_FAILED, "this server keeps no sessions")
+                    )
+            case History(target=target):
+                if self._needs_hello("history"):
+                    self.reply(
+                        Error(ErrorCode.NO_HISTORY, f"nothing is kept for {target}")
+                    )
+            case Register() | ChangePassword():
+                self.reply(Error(ErrorCode.BAD_FRAME, "this server keeps no accounts"))
             case Hello():
                 self._hello(message)
             case Join(room=room):
@@ -338,6 +359,14 @@ class Session:
     @property
     def name(self) -> str | None:
         return None if self.member is None else self.member.name
+
+    def _needs_hello(self, what: str) -> bool:
+        """True on a protocol-2 connection; else tell the client that
+        *what* needs ``hello|2`` first."""
+        if self.version is not None and self.version >= 2:
+            return True
+        self.reply(Error(ErrorCode.NEEDS_HELLO, f"{what} needs hello|2 first"))
+        return False
 
     def _hello(self, hello: Hello) -> None:
         """Agree on the protocol version (the lower of the client's and
