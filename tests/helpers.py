@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 
@@ -269,3 +271,166 @@ async def clocked_server(transport: str, **config: Any) -> AsyncIterator[Clocked
             await clocked.close_clients()
             server.shutdown()
             nursery.cancel_scope.deadline = trio.current_time() + 600
+
+
+# -- protocol 2: hello, msg frames, users of either version ------------------------
+
+PROTOCOL_1_KINDS = frozenset(
+    {"login", "exit", "join", "part", "talk", "room", "rooms", "error", "ping", "pong"}
+)
+"""Every kind a server may send to a protocol-1 connection (protocol.md,
+section 4; ``hello`` only as the answer to the connection's own
+``hello|1``)."""
+
+ID_FORMAT = re.compile(r"[1-9][0-9]{0,19}")
+TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+@attrs.frozen
+class Msg:
+    """A ``msg|ID|TIME|FROM|TO|TEXT`` frame, its ID and TIME checked."""
+
+    id: int
+    time: str
+    sender: str
+    to: str
+    text: str
+
+    @classmethod
+    def parse(cls, line: str) -> Msg:
+        fields = line.split("|", 5)
+        assert len(fields) == 6, f"not a msg frame: {line!r}"
+        kind, ident, time, sender, to, text = fields
+        assert kind == "msg", f"not a msg frame: {line!r}"
+        assert ID_FORMAT.fullmatch(ident), f"bad ID in {line!r}"
+        assert TIME_FORMAT.fullmatch(time), f"bad TIME in {line!r}"
+        return cls(int(ident), time, sender, to, text)
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """The ``key=value`` words of a hello's SETTINGS, each key once."""
+    settings: dict[str, str] = {}
+    for word in text.split(" "):
+        key, equals, value = word.partition("=")
+        assert equals, f"not key=value: {word!r} in {text!r}"
+        assert key, f"no key: {word!r} in {text!r}"
+        assert key not in settings, f"{key} twice in {text!r}"
+        settings[key] = value
+    return settings
+
+
+async def say_hello(
+    client: LineClient, frame: str = "hello|2", version: int = 2
+) -> dict[str, str]:
+    """Send *frame* (a hello); the answer must be ``hello|version|SETTINGS``.
+    Returns the settings."""
+    await client.send(frame)
+    line = await client.read_line()
+    kind, got, settings = [*line.split("|", 2), "", ""][:3]
+    assert (kind, got) == ("hello", str(version)), line
+    return parse_settings(settings)
+
+
+async def expect_quiet(*clients: LineClient | User) -> None:
+    """Nothing is waiting for any of *clients*: each answers a ping with
+    nothing before the pong. Put first the clients whose frames may have
+    caused something (their effects are queued before their pong)."""
+    for client in clients:
+        line_client = client.client if isinstance(client, User) else client
+        assert await line_client.pong_after("quiet") == []
+
+
+async def expect_error_frame(
+    client: LineClient | User, code: str, detail: str | None = None
+) -> str:
+    """The next line is ``error|code|DETAIL`` (with *detail*, if given);
+    returns DETAIL."""
+    line = await client.read_line()
+    kind, got_code, got_detail = [*line.split("|", 2), "", ""][:3]
+    assert (kind, got_code) == ("error", code), line
+    assert got_detail, f"empty DETAIL in {line!r}"
+    if detail is not None:
+        assert got_detail == detail, line
+    return got_detail
+
+
+@attrs.define
+class User:
+    """A logged-in line client: its name as the server shows it, and the
+    protocol version it speaks (with or without echo)."""
+
+    name: str
+    client: LineClient
+    version: int = 1
+    echo: bool = False
+
+    async def send(self, line: str | bytes) -> None:
+        await self.client.send(line)
+
+    async def read_line(self) -> str:
+        return await self.client.read_line()
+
+    async def expect(self, *lines: str) -> None:
+        await self.client.expect(*lines)
+
+    async def delivery(self, sender: str, to: str, text: str) -> Msg | None:
+        """Read the next line: the delivery of *text* from *sender* to *to*
+        as this user's version writes it (``talk`` on 1, ``msg`` on 2).
+        Returns the Msg on version 2."""
+        line = await self.client.read_line()
+        if self.version == 1:
+            assert line == f"talk|{sender}|{to}|{text}", line
+            return None
+        msg = Msg.parse(line)
+        assert (msg.sender, msg.to, msg.text) == (sender, to, text), line
+        return msg
+
+
+async def log_in_user(
+    live: LiveServer, name: str, version: int = 1, options: str = ""
+) -> User:
+    """A user logged in as *name* (its acknowledgement read, nothing else):
+    version 1 says no hello; otherwise ``hello|version[|options]`` first."""
+    client = await live.connect()
+    if version != 1 or options:
+        frame = f"hello|{version}" + (f"|{options}" if options else "")
+        await say_hello(client, frame, min(version, 2))
+    await client.login(name)
+    return User(
+        name, client, min(version, 2), "echo" in options.split() and version >= 2
+    )
+
+
+async def users_online(
+    live: LiveServer, *specs: str | tuple[str, int, str], rooms_presence: bool = False
+) -> list[User]:
+    """Users logged in in order, each a NAME (version 1) or (NAME, VERSION,
+    OPTIONS); every presence frame their logins cause is read and checked:
+    under global presence the newcomer's roster and the others' ``login``,
+    under ``--presence rooms`` nothing but the acknowledgement."""
+    users: list[User] = []
+    for spec in specs:
+        name, version, options = (spec, 1, "") if isinstance(spec, str) else spec
+        user = await log_in_user(live, name, version, options)
+        if not rooms_presence:
+            roster = await user.client.read_lines(len(users))
+            assert sorted(roster) == sorted(f"login|{u.name}" for u in users)
+            for other in users:
+                await other.expect(f"login|{name}")
+        users.append(user)
+    return users
+
+
+async def join_room(
+    joiner: User, room: str, members: list[User], shown: str | None = None
+) -> None:
+    """*joiner* sends ``join|room``; it must get its own join (the room
+    written as *shown*, if given) then one per member of *members* (those
+    already in the room, in any order), and each member the joiner's."""
+    shown = room if shown is None else shown
+    await joiner.send(f"join|{room}")
+    await joiner.expect(f"join|{shown}|{joiner.name}")
+    listed = await joiner.client.read_lines(len(members))
+    assert sorted(listed) == sorted(f"join|{shown}|{m.name}" for m in members)
+    for member in members:
+        await member.expect(f"join|{shown}|{joiner.name}")
