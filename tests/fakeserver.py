@@ -8,16 +8,25 @@ import functools
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
-from typing import ParamSpec
+from typing import ParamSpec, cast
 
 import trio
 import trio.testing
 
 from trichat.client import Client
 from trichat.protocol.connection import CLOSED, NEED_DATA, Connection, Role
-from trichat.protocol.messages import ClientMessage, Exit, Login, Ping, Pong, Talk
+from trichat.protocol.messages import ClientMessage, Hello, Login
 
 P = ParamSpec("P")
+
+SETTINGS = (
+    "server=trichat/2.0.0 max-line=4096 max-text=4000 max-name=32 rate=100"
+    " burst=200 ping=60 rooms=50 history=0 resume=0 presence=global"
+)
+"""What a FakeServer answers ``hello`` with, unless told otherwise: the
+settings of a trichat 2 server with the default options."""
+OLD_SERVER = None
+"""``settings`` for a FakeServer that answers ``hello`` as trichat 1.0 did."""
 
 
 def fail_after(
@@ -49,6 +58,8 @@ class FakeServer:
     ) -> None:
         self.stream = stream
         self.connection = Connection(Role.SERVER)
+        self.hello: Hello | None = None
+        """The client's ``hello``, once ``login_request`` has read one."""
         self._gone: tuple[type[Exception], ...] = (
             (trio.ClosedResourceError, trio.BrokenResourceError)
             if broken_is_closed
@@ -68,11 +79,8 @@ class FakeServer:
                 continue
             if event is CLOSED:
                 return None
-            match event:
-                case Login() | Talk() | Exit() | Ping() | Pong():
-                    return event
-                case _:
-                    raise AssertionError(f"a client sent {event!r}")
+            # Decoded as a server reads: a frame a client sends.
+            return cast(ClientMessage, event)
 
     async def receive_all(self) -> list[ClientMessage]:
         """Every frame until the client closes."""
@@ -90,9 +98,28 @@ class FakeServer:
     async def send(self, *lines: str) -> None:
         await self.stream.send_all(b"".join(line.encode() + b"\n" for line in lines))
 
-    async def accept(self, name: str, online: Iterable[str] = ()) -> None:
-        """Take the client's login and acknowledge it as *name*; list *online*."""
+    async def login_request(self, settings: str | None = SETTINGS) -> Login | None:
+        """The client's login (None if it closes first), after answering
+        its ``hello``, if it says one, with the version it asked for and
+        *settings*; or, with *settings* None (OLD_SERVER), as trichat 1.0
+        did: with a ``bad-frame``, for a kind it did not know."""
         message = await self.receive()
+        if isinstance(message, Hello):
+            self.hello = message
+            if settings is None:
+                await self.send("error|bad-frame|unknown kind 'hello'")
+            else:
+                await self.send(f"hello|{message.version}|{settings}")
+            message = await self.receive()
+        assert message is None or isinstance(message, Login), message
+        return message
+
+    async def accept(
+        self, name: str, online: Iterable[str] = (), settings: str | None = SETTINGS
+    ) -> None:
+        """Take the client's login (answering its hello with *settings*, see
+        ``login_request``) and acknowledge it as *name*; list *online*."""
+        message = await self.login_request(settings)
         assert isinstance(message, Login)
         self.connection.logged_in(name)
         await self.send(f"login|{name}", *(f"login|{other}" for other in online))
@@ -131,13 +158,20 @@ def fake_server_pair() -> tuple[trio.abc.Stream, FakeServer]:
 
 
 async def logged_in(
-    name: str = "alice", online: Iterable[str] = ()
+    name: str = "alice",
+    online: Iterable[str] = (),
+    *,
+    version: int = 2,
+    echo: bool = True,
+    settings: str | None = SETTINGS,
 ) -> tuple[Client, FakeServer]:
-    """A Client logged in as *name* over a memory stream, *online* listed."""
+    """A Client logged in as *name* over a memory stream, *online* listed;
+    with *version* and *echo* as ``Client.login`` takes them, and a server
+    that answers ``hello`` with *settings* (see ``FakeServer.login_request``)."""
     client_stream, server = fake_server_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.accept, name, online)
-        client = await Client.login(client_stream, name)
+        nursery.start_soon(server.accept, name, online, settings)
+        client = await Client.login(client_stream, name, version=version, echo=echo)
     return client, server
 
 

@@ -9,6 +9,8 @@ import trio
 import trio.testing
 import trustme
 from fakeserver import (
+    OLD_SERVER,
+    SETTINGS,
     FakeServer,
     ResetStream,
     fail_after,
@@ -33,6 +35,7 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Hello,
     Login,
     Ping,
     Pong,
@@ -51,6 +54,21 @@ async def next_message(client: Client) -> object:
 
 # Logging in
 
+VERSIONS = pytest.mark.parametrize("version", [1, 2])
+"""Run a test of logging in with each protocol version a client can ask for."""
+
+
+async def answer_hello(server: FakeServer, version: int) -> None:
+    """Send what a server answers ``hello`` with, ahead, if *version* says it."""
+    if version > 1:
+        await server.send(f"hello|{version}|{SETTINGS}")
+
+
+async def expect_hello(server: FakeServer, version: int) -> None:
+    """Take the client's ``hello``, if *version* says it."""
+    if version > 1:
+        await server.expect(Hello(version, ("echo",)))
+
 
 @fail_after(5)
 async def test_login_waits_for_the_acknowledgement() -> None:
@@ -61,49 +79,79 @@ async def test_login_waits_for_the_acknowledgement() -> None:
     await server.expect_closed()
 
 
+@VERSIONS
 @fail_after(5)
-async def test_the_name_is_the_one_the_server_acknowledged() -> None:
+async def test_the_name_is_the_one_the_server_acknowledged(version: int) -> None:
     client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
     await server.send("login|Zoë")
-    client = await Client.login(client_stream, "\uff3aOË")
+    client = await Client.login(client_stream, "\uff3aOË", version=version)
     assert client.name == "Zoë"
+    await expect_hello(server, version)
     await server.expect(Login("\uff3aOË"))
 
 
+@VERSIONS
 @pytest.mark.parametrize(
     "code", [ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN, ErrorCode.SERVER_FULL]
 )
 @fail_after(5)
-async def test_a_refusal_raises_login_refused(code: ErrorCode) -> None:
+async def test_a_refusal_raises_login_refused(version: int, code: ErrorCode) -> None:
     client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
     await server.send(f"error|{code.value}|not you | not now")
     with pytest.raises(LoginRefused) as refused:
-        await Client.login(client_stream, "alice")
+        await Client.login(client_stream, "alice", version=version)
     assert refused.value.error == Error(code, "not you | not now")
     assert str(refused.value) == f"{code.value}: not you | not now"
 
 
+@VERSIONS
 @fail_after(5)
-async def test_a_refusal_with_a_code_this_client_does_not_know() -> None:
+async def test_a_refusal_with_a_code_this_client_does_not_know(version: int) -> None:
     client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
     await server.send("error|banned|not here")
     with pytest.raises(LoginRefused) as refused:
-        await Client.login(client_stream, "alice")
+        await Client.login(client_stream, "alice", version=version)
     assert refused.value.error == Error(UnknownErrorCode("banned"), "not here")
     assert str(refused.value) == "banned: not here"
 
 
+@VERSIONS
 @fail_after(5)
-async def test_after_a_refusal_the_stream_can_log_in_again() -> None:
+async def test_after_a_refusal_the_stream_can_log_in_again(version: int) -> None:
     client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
     await server.send("error|name-taken|alice is online")
-    with pytest.raises(LoginRefused):
-        await Client.login(client_stream, "alice")
+    with pytest.raises(LoginRefused) as refused:
+        await Client.login(client_stream, "alice", version=version)
+    await expect_hello(server, version)
     await server.expect(Login("alice"))
     await server.send("login|alice2")
-    client = await Client.login(client_stream, "alice2")
-    assert client.name == "alice2"
+    # What was agreed stands: no second hello, which a server refuses.
+    client = await Client.login(client_stream, "alice2", after=refused.value)
+    assert (client.name, client.version) == ("alice2", version)
+    assert client.echo == (version == 2)
+    assert bool(client.settings) == (version == 2)
     await server.expect(Login("alice2"))
+
+
+@fail_after(5)
+async def test_a_hello_refused_on_its_own_is_said_again_on_the_next_try() -> None:
+    client_stream, server = fake_server_pair()
+    await server.send("error|rate-limited|slow down")
+    with pytest.raises(LoginRefused) as refused:
+        await Client.login(client_stream, "alice")
+    assert refused.value.error.code is ErrorCode.RATE_LIMITED
+    # Nothing but the hello was sent.
+    await server.expect(Hello(2, ("echo",)))
+    await answer_hello(server, 2)
+    await server.send("login|alice")
+    client = await Client.login(client_stream, "alice", after=refused.value)
+    assert client.version == 2
+    await server.expect(Hello(2, ("echo",)))
+    await server.expect(Login("alice"))
 
 
 @fail_after(5)
@@ -117,30 +165,92 @@ async def test_a_name_the_protocol_refuses_is_not_sent() -> None:
     await server.expect_closed()
 
 
+@pytest.mark.parametrize("version", [0, 3])
 @fail_after(5)
-async def test_end_of_stream_before_the_acknowledgement() -> None:
+async def test_a_version_this_client_does_not_speak_is_not_asked_for(
+    version: int,
+) -> None:
+    client_stream, server = fake_server_pair()
+    with pytest.raises(ValueError, match="speaks protocol 1 to 2"):
+        await Client.login(client_stream, "alice", version=version)
+    with pytest.raises(ValueError, match="speaks protocol 1 to 2"):
+        await connect("alice", port=free_port(), version=version)
+    await client_stream.aclose()
+    await server.expect_closed()
+
+
+@VERSIONS
+@fail_after(5)
+async def test_end_of_stream_before_the_acknowledgement(version: int) -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
+    await answer_hello(FakeServer(server_stream), version)
     await server_stream.send_eof()
     with pytest.raises(ConnectionLost, match="before accepting the login"):
+        await Client.login(client_stream, "alice", version=version)
+
+
+@fail_after(5)
+async def test_end_of_stream_before_the_answer_to_hello() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    await server_stream.send_eof()
+    with pytest.raises(ConnectionLost, match="before answering hello"):
         await Client.login(client_stream, "alice")
 
 
 @fail_after(5)
-async def test_a_ping_before_the_acknowledgement_is_answered() -> None:
+async def test_pings_before_the_answer_to_hello_are_answered() -> None:
     client_stream, server = fake_server_pair()
-    await server.send("ping|early", "pong|stray", "login|alice")
+    await server.send("ping|early", "pong|stray", f"hello|2|{SETTINGS}")
+    await server.send("login|alice")
     client = await Client.login(client_stream, "alice")
+    assert client.version == 2
+    await server.expect(Hello(2, ("echo",)))
+    await server.expect(Pong("early"))
+    await server.expect(Login("alice"))
+
+
+@VERSIONS
+@fail_after(5)
+async def test_a_ping_before_the_acknowledgement_is_answered(version: int) -> None:
+    client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
+    await server.send("ping|early", "pong|stray", "login|alice")
+    client = await Client.login(client_stream, "alice", version=version)
     assert client.name == "alice"
+    await expect_hello(server, version)
     await server.expect(Login("alice"))
     await server.expect(Pong("early"))
 
 
+@VERSIONS
 @pytest.mark.parametrize("frame", ["login|bob", "talk|bob|alice|hi", "exit|bob"])
 @fail_after(5)
-async def test_another_frame_instead_of_the_acknowledgement(frame: str) -> None:
+async def test_another_frame_instead_of_the_acknowledgement(
+    version: int, frame: str
+) -> None:
     client_stream, server = fake_server_pair()
+    await answer_hello(server, version)
     await server.send(frame)
     with pytest.raises(BadServerFrame, match="before the login was accepted"):
+        await Client.login(client_stream, "alice", version=version)
+
+
+@pytest.mark.parametrize(
+    ("frame", "complaint"),
+    [
+        ("login|alice", "unexpected login frame before the answer to hello"),
+        ("msg|1|2026-12-03T09:15:02.125Z|bob|alice|hi", "unexpected msg frame"),
+        (f"hello|3|{SETTINGS}", "answered hello|2 with 3"),
+        ("hello|2", "hello takes 2 fields"),
+    ],
+)
+@fail_after(5)
+async def test_another_frame_instead_of_the_answer_to_hello(
+    frame: str, complaint: str
+) -> None:
+    client_stream, server = fake_server_pair()
+    await server.send(frame)
+    with pytest.raises(BadServerFrame, match=complaint):
         await Client.login(client_stream, "alice")
 
 
@@ -149,16 +259,128 @@ async def test_a_malformed_answer_to_login() -> None:
     client_stream, server = fake_server_pair()
     await server.send("login")
     with pytest.raises(BadServerFrame, match="login takes 1 field"):
-        await Client.login(client_stream, "alice")
+        await Client.login(client_stream, "alice", version=1)
+
+
+@VERSIONS
+@fail_after(5)
+async def test_frames_of_unknown_kinds_before_the_acknowledgement_are_skipped(
+    version: int,
+) -> None:
+    # A newer server may greet first, in frames this client does not know.
+    client_stream, server = fake_server_pair()
+    await server.send("whisper|trichat|2", "welcome")
+    await answer_hello(server, version)
+    await server.send("motd|welcome to trichat", "login|alice")
+    client = await Client.login(client_stream, "alice", version=version)
+    assert client.name == "alice"
+
+
+# Saying hello
 
 
 @fail_after(5)
-async def test_frames_of_unknown_kinds_before_the_acknowledgement_are_skipped() -> None:
-    # A newer server may greet first, in frames this client does not know.
+async def test_hello_agrees_on_protocol_2_and_reads_the_settings() -> None:
+    client, server = await logged_in("alice")
+    assert server.hello == Hello(2, ("echo",))
+    assert client.version == 2
+    assert client.echo
+    assert client.settings["server"] == "trichat/2.0.0"
+    assert client.settings["presence"] == "global"
+    assert (client.max_frame, client.max_text) == (4096, 4000)
+    await client.aclose()
+
+
+@fail_after(5)
+async def test_hello_without_echo() -> None:
     client_stream, server = fake_server_pair()
-    await server.send("whisper|trichat|2", "welcome", "login|alice")
-    client = await Client.login(client_stream, "alice")
-    assert client.name == "alice"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept, "alice")
+        client = await Client.login(client_stream, "alice", echo=False)
+    assert (client.version, client.echo) == (2, False)
+    assert server.hello == Hello(2)
+
+
+@fail_after(5)
+async def test_a_server_that_answers_with_protocol_1() -> None:
+    # A server that knows hello but speaks only version 1 still gives its
+    # settings; it does not echo.
+    client_stream, server = fake_server_pair()
+    await server.send("hello|1|max-line=1024 max-text=1000 colour=blue", "login|al")
+    client = await Client.login(client_stream, "al")
+    assert (client.version, client.echo) == (1, False)
+    assert client.settings == {"max-line": "1024", "max-text": "1000", "colour": "blue"}
+    assert (client.max_frame, client.max_text) == (1024, 1000)
+
+
+@fail_after(5)
+async def test_version_1_says_no_hello() -> None:
+    client, server = await logged_in("alice", version=1)
+    assert server.hello is None
+    assert (client.version, client.echo, client.settings) == (1, False, {})
+    assert (client.max_frame, client.max_text) == (4096, 4000)
+    await client.talk("bob", "hi")
+    await server.expect(Talk("bob", "hi"))
+
+
+@fail_after(5)
+async def test_a_server_that_does_not_know_hello_is_spoken_to_in_protocol_1() -> None:
+    # trichat 1.0 answers hello|2 with a bad-frame and keeps the connection.
+    client, server = await logged_in("alice", online=["bob"], settings=OLD_SERVER)
+    assert (client.name, client.version, client.echo) == ("alice", 1, False)
+    assert client.settings == {}
+    assert await next_message(client) == Login("bob")
+    await server.send("talk|bob|alice|hi")
+    assert await next_message(client) == Delivery("bob", "alice", "hi")
+    await client.talk("bob", "hello")
+    await server.expect(Talk("bob", "hello"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "max_frame", "max_text"),
+    [
+        ("max-line=512 max-text=300", 512, 300),
+        # 0 is no limit: what the protocol itself allows.
+        ("max-line=0 max-text=0", MAX_SERVER_FRAME, 4000),
+        # A server cannot allow more text than the protocol does.
+        ("max-line=65536 max-text=9000", 65536, 4000),
+        # Words that are not numbers are no limits.
+        ("max-line=lots max-text=-1 rooms=5", 4096, 4000),
+        ("server=trichat/9", 4096, 4000),
+    ],
+)
+@fail_after(5)
+async def test_the_limits_are_the_servers(
+    settings: str, max_frame: int, max_text: int
+) -> None:
+    client, _server = await logged_in("alice", settings=settings)
+    assert (client.max_frame, client.max_text) == (max_frame, max_text)
+
+
+@fail_after(5)
+async def test_a_message_over_the_servers_limits_is_not_sent() -> None:
+    # A server started with --max-line 512 closes a connection that sends a
+    # longer line: the client refuses to send it instead.
+    client, server = await logged_in("alice", settings="max-line=512 max-text=300")
+    with pytest.raises(ValueError, match=r"the frame has 513 bytes; .* at most 512"):
+        await client.talk("bob", "x" * 97 + "é" * 203)
+    with pytest.raises(ValueError, match=r"301 characters; .* at most 300"):
+        await client.talk("#lunch", "x" * 301)
+    with pytest.raises(ValueError, match=r"301 characters; .* at most 300"):
+        await client.send(Talk("bob", "x" * 301))
+    with pytest.raises(ValueError, match="at most 300"):
+        await client.talk_batch("bob", ["fine", "x" * 301])
+    with pytest.raises(ValueError, match="at most 512"):
+        await client.talk_batch("bob", ["fine", "é" * 260])
+    # Nothing was sent, and the connection is as it was.
+    text = "x" * 300
+    await client.talk("bob", text)
+    await client.talk_batch("bob", ["one", "two"])
+    await server.expect(Talk("bob", text))
+    await server.expect(Talk("bob", "one"))
+    await server.expect(Talk("bob", "two"))
+    await server.send("talk|bob|alice|still here")
+    assert await next_message(client) == Delivery("bob", "alice", "still here")
 
 
 # What arrives
@@ -673,10 +895,10 @@ async def test_receive_batch_sets_last_heard(
 
 async def chat_server(server: FakeServer) -> None:
     """Accept any login, then echo the client's talk back to it; until exit."""
-    message = await server.receive()
-    assert isinstance(message, Login)
-    server.connection.logged_in(message.name)
-    await server.send(f"login|{message.name}", "login|bob")
+    login = await server.login_request()
+    assert login is not None
+    server.connection.logged_in(login.name)
+    await server.send(f"login|{login.name}", "login|bob")
     while True:
         message = await server.receive()
         if message is None or isinstance(message, Exit):

@@ -1,5 +1,6 @@
 """The client library (``open_client``, ``connect``, ``Client``) against a
-real ChatServer running in the test's own Trio run, over TCP."""
+real ChatServer running in the test's own Trio run, over TCP: protocol 2
+(the client's default) and 1, rooms, and the limits a server sets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 import trio
 from helpers import STEP_TIMEOUT, running_server
 
-from trichat.client import Client, LoginRefused, connect, open_client
+from trichat.client import (
+    Client,
+    Event,
+    LoginRefused,
+    RoomList,
+    connect,
+    open_client,
+)
 from trichat.protocol.messages import (
     MAX_NAME,
     MAX_TEXT,
@@ -18,20 +26,30 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Joined,
     Login,
+    Message,
+    Parted,
     Ping,
     Pong,
-    ServerMessage,
+    RoomInfo,
+    format_time,
 )
 
 
-async def next_message(client: Client) -> ServerMessage:
+def said(event: Event) -> tuple[str, str, str]:
+    """Who said what to whom in a delivery of either protocol version."""
+    assert isinstance(event, Delivery | Message), event
+    return event.sender, event.to, event.text
+
+
+async def next_message(client: Client) -> Event:
     """The next frame the client yields, within STEP_TIMEOUT."""
     with trio.fail_after(STEP_TIMEOUT):
         return await client.__anext__()
 
 
-async def next_chat(client: Client) -> ServerMessage:
+async def next_chat(client: Client) -> Event:
     """The next frame that is not a ping or pong."""
     while True:
         message = await next_message(client)
@@ -39,28 +57,31 @@ async def next_chat(client: Client) -> ServerMessage:
             return message
 
 
-async def sync(client: Client, token: str = "sync") -> list[ServerMessage]:
+async def sync(client: Client, token: str = "sync") -> list[Event]:
     """Ping the server and return what the client yields before the pong.
 
     The server answers frames in order, so whatever it sent this client
     before it read the ping comes first.
     """
     await client.ping(token)
-    before: list[ServerMessage] = []
+    before: list[Event] = []
     while (message := await next_message(client)) != Pong(token):
         before.append(message)
     return before
 
 
 @asynccontextmanager
-async def logged_in(port: int, *names: str) -> AsyncIterator[tuple[Client, ...]]:
-    """Clients logged in as *names*, one after the other; each has read the
-    roster it was sent and the logins of those after it."""
+async def logged_in(
+    port: int, *names: str, version: int = 2
+) -> AsyncIterator[tuple[Client, ...]]:
+    """Clients logged in as *names* with protocol *version*, one after the
+    other; each has read the roster it was sent and the logins of those
+    after it."""
     clients: list[Client] = []
     try:
         for name in names:
             with trio.fail_after(STEP_TIMEOUT):
-                client = await connect(name, port=port)
+                client = await connect(name, port=port, version=version)
             roster = await sync(client, "roster")
             assert len(roster) == len(clients)
             assert set(roster) == {Login(earlier.name) for earlier in clients}
@@ -101,9 +122,10 @@ async def test_a_direct_message_is_delivered_to_its_receiver_only() -> None:
         logged_in(live.port, "alice", "bob", "carol") as (alice, bob, carol),
     ):
         await alice.talk("bob", "hi | how are you?")
-        assert await next_chat(bob) == Delivery("alice", "bob", "hi | how are you?")
-        # The server has handled alice's talk before she reads this pong.
-        assert await sync(alice) == []
+        delivered = await next_chat(bob)
+        assert said(delivered) == ("alice", "bob", "hi | how are you?")
+        # alice gets her message back (echo), with the same id and time.
+        assert await sync(alice) == [delivered]
         assert await sync(carol) == []
 
 
@@ -113,11 +135,12 @@ async def test_a_broadcast_reaches_everyone_else() -> None:
         logged_in(live.port, "alice", "bob", "carol") as (alice, bob, carol),
     ):
         await alice.broadcast("lunch?")
+        echo = await next_chat(alice)
+        assert said(echo) == ("alice", "*", "lunch?")
         for receiver in (bob, carol):
-            delivery = await next_chat(receiver)
-            assert delivery == Delivery("alice", "*", "lunch?")
-            assert isinstance(delivery, Delivery)
-            assert delivery.is_broadcast
+            assert await next_chat(receiver) == echo
+        assert isinstance(echo, Message)
+        assert echo.is_broadcast
         assert await sync(alice) == []
 
 
@@ -129,7 +152,7 @@ async def test_talking_to_nobody_is_an_error_and_the_connection_stays() -> None:
         await alice.talk("carol", "anyone?")
         assert await next_chat(alice) == Error(ErrorCode.NO_SUCH_USER, "carol")
         await alice.talk("bob", "still here")
-        assert await next_chat(bob) == Delivery("alice", "bob", "still here")
+        assert said(await next_chat(bob)) == ("alice", "bob", "still here")
 
 
 @pytest.mark.parametrize(
@@ -264,12 +287,15 @@ async def test_a_long_multibyte_talk_is_relayed_whole(
         running_server(max_line=max_line) as live,
         logged_in(live.port, sender, receiver) as (source, sink),
     ):
-        source.max_frame = max_line
+        # The client takes the server's limit from its answer to hello.
+        assert source.max_frame == max_line
         await source.talk(receiver, text)
         delivery = await next_chat(sink)
-        assert delivery == Delivery(sender, receiver, text)
-        relayed = f"talk|{sender}|{receiver}|{text}\n".encode()
-        assert len(relayed) > 4096
+        assert said(delivery) == (sender, receiver, text)
+        assert isinstance(delivery, Message)
+        relayed = f"msg|{delivery.id}|{format_time(delivery.time)}|"
+        relayed += f"{sender}|{receiver}|{text}\n"
+        assert len(relayed.encode()) > 4096
 
 
 async def test_a_bot_answers_what_it_is_sent() -> None:
@@ -278,9 +304,11 @@ async def test_a_bot_answers_what_it_is_sent() -> None:
     async def bot(client: Client) -> None:
         async for message in client:
             match message:
-                case Delivery(sender, _, text) if message.is_broadcast:
+                case Message() if client.is_own(message):
+                    pass
+                case Message(sender=sender, text=text) if message.is_broadcast:
                     await client.broadcast(f"{sender} said {text!r} to everyone")
-                case Delivery(sender, _, text):
+                case Message(sender=sender, text=text):
                     await client.talk(sender, text.upper())
         bot_done.set()
 
@@ -291,15 +319,178 @@ async def test_a_bot_answers_what_it_is_sent() -> None:
     ):
         nursery.start_soon(bot, robot)
         await alice.talk("bot", "hello")
+        assert said(await next_chat(alice)) == ("alice", "bot", "hello")
+        assert said(await next_chat(alice)) == ("bot", "alice", "HELLO")
         await bob.talk("bot", "hi there")
-        assert await next_chat(alice) == Delivery("bot", "alice", "HELLO")
-        assert await next_chat(bob) == Delivery("bot", "bob", "HI THERE")
+        assert said(await next_chat(bob)) == ("bob", "bot", "hi there")
+        assert said(await next_chat(bob)) == ("bot", "bob", "HI THERE")
         await alice.broadcast("anyone?")
-        assert await next_chat(bob) == Delivery("alice", "*", "anyone?")
-        answer = Delivery("bot", "*", "alice said 'anyone?' to everyone")
-        assert await next_chat(alice) == answer
-        assert await next_chat(bob) == answer
+        assert said(await next_chat(alice)) == ("alice", "*", "anyone?")
+        assert said(await next_chat(bob)) == ("alice", "*", "anyone?")
+        answer = ("bot", "*", "alice said 'anyone?' to everyone")
+        assert said(await next_chat(alice)) == answer
+        assert said(await next_chat(bob)) == answer
         # The bot's loop ends when the server shuts down.
         live.server.shutdown()
         with trio.fail_after(STEP_TIMEOUT):
             await bot_done.wait()
+
+
+# Protocol 2 and 1
+
+
+async def test_hello_gives_the_servers_settings_and_limits() -> None:
+    async with (
+        running_server(max_line=512, max_rooms=7) as live,
+        open_client("alice", port=live.port) as alice,
+    ):
+        assert (alice.version, alice.echo) == (2, True)
+        assert alice.settings["max-line"] == "512"
+        assert alice.settings["rooms"] == "7"
+        assert alice.settings["presence"] == "global"
+        assert alice.settings["server"].startswith("trichat/")
+        assert (alice.max_frame, alice.max_text) == (512, MAX_TEXT)
+
+
+async def test_a_message_over_the_servers_line_limit_is_not_sent() -> None:
+    # Sent, it would have closed the connection (too-long).
+    async with (
+        running_server(max_line=512) as live,
+        logged_in(live.port, "alice", "bob") as (alice, bob),
+    ):
+        with pytest.raises(ValueError, match="at most 512"):
+            await alice.talk("bob", "x" * 600)
+        await alice.talk("bob", "x" * 400)
+        assert said(await next_chat(bob)) == ("alice", "bob", "x" * 400)
+        assert len(await sync(alice)) == 1  # the echo: still connected
+
+
+async def test_protocol_1_and_2_clients_talk_to_each_other() -> None:
+    async with (
+        running_server() as live,
+        open_client("old", port=live.port, version=1) as old,
+        open_client("new", port=live.port) as new,
+    ):
+        assert (old.version, old.echo, old.settings) == (1, False, {})
+        assert await sync(new) == [Login("old")]
+        assert await sync(old) == [Login("new")]
+        await old.talk("new", "hi | new")
+        message = await next_chat(new)
+        assert isinstance(message, Message)
+        assert said(message) == ("old", "new", "hi | new")
+        await new.talk("old", "hi old")
+        assert await next_chat(old) == Delivery("new", "old", "hi old")
+        echo = await next_chat(new)
+        assert isinstance(echo, Message)
+        assert said(echo) == ("new", "old", "hi old")
+        assert echo.id > message.id
+        # A protocol-1 connection gets no echo, and no message ids.
+        assert await sync(old) == []
+        assert old.last_id == 0
+        assert new.last_id == echo.id
+
+
+async def test_without_echo_no_own_message_comes_back() -> None:
+    async with (
+        running_server() as live,
+        open_client("alice", port=live.port, echo=False) as alice,
+        open_client("bob", port=live.port) as bob,
+    ):
+        assert (alice.version, alice.echo) == (2, False)
+        assert await sync(bob) == [Login("alice")]
+        await alice.talk("bob", "hi")
+        assert said(await next_chat(bob)) == ("alice", "bob", "hi")
+        assert await sync(alice) == [Login("bob")]
+
+
+# Rooms
+
+
+async def test_rooms_from_join_to_exit() -> None:
+    async with (
+        running_server() as live,
+        logged_in(live.port, "alice", "bob", "carol") as (alice, bob, carol),
+    ):
+        await alice.join("#Lunch")
+        assert await next_chat(alice) == Joined("#Lunch", "alice")
+        await bob.join("#lunch")
+        # The room is written as its first member wrote it.
+        assert await sync(bob) == [Joined("#Lunch", "bob"), Joined("#Lunch", "alice")]
+        assert await next_chat(alice) == Joined("#Lunch", "bob")
+        assert alice.rooms == {"#Lunch": ("alice", "bob")}
+        assert bob.rooms == {"#Lunch": ("bob", "alice")}
+        assert sorted(alice.members("#lunch")) == ["alice", "bob"]
+
+        await bob.talk("#lunch", "pizza?")
+        message = await next_chat(alice)
+        assert said(message) == ("bob", "#Lunch", "pizza?")
+        assert isinstance(message, Message)
+        assert alice.conversation(message) == "#Lunch"
+        echo = await next_chat(bob)
+        assert isinstance(echo, Message)
+        assert bob.is_own(echo)
+        # carol, who is not in the room, gets nothing.
+        assert await sync(carol) == []
+        await carol.talk("#lunch", "let me in")
+        assert await next_chat(carol) == Error(ErrorCode.NOT_IN_ROOM, "#lunch")
+
+        await carol.list_rooms()
+        assert await next_chat(carol) == RoomList((RoomInfo("#Lunch", 2),))
+
+        await alice.part("#lunch")
+        assert await next_chat(alice) == Parted("#Lunch", "alice")
+        assert await next_chat(bob) == Parted("#Lunch", "alice")
+        assert alice.rooms == {}
+        assert bob.rooms == {"#Lunch": ("bob",)}
+        await alice.join("#lunch")
+        assert await sync(alice) == [Joined("#Lunch", "alice"), Joined("#Lunch", "bob")]
+        assert await next_chat(bob) == Joined("#Lunch", "alice")
+        await alice.exit()
+        assert await next_chat(bob) == Exit("alice")
+        assert bob.rooms == {"#Lunch": ("bob",)}
+
+
+async def test_room_refusals_keep_the_connection() -> None:
+    async with (
+        running_server(max_rooms=1) as live,
+        open_client("alice", port=live.port) as alice,
+    ):
+        await alice.join("#a")
+        await alice.join("#a")
+        await alice.join("#b")
+        await alice.part("#c")
+        answers = await sync(alice)
+        assert answers[0] == Joined("#a", "alice")
+        assert [error.code for error in answers[1:] if isinstance(error, Error)] == [
+            ErrorCode.ALREADY_IN_ROOM,
+            ErrorCode.TOO_MANY_ROOMS,
+            ErrorCode.NOT_IN_ROOM,
+        ]
+        assert alice.rooms == {"#a": ("alice",)}
+
+
+async def test_presence_by_rooms() -> None:
+    async with (
+        running_server(presence="rooms") as live,
+        open_client("alice", port=live.port) as alice,
+        open_client("bob", port=live.port) as bob,
+    ):
+        assert alice.settings["presence"] == "rooms"
+        # Nobody hears of anybody's login...
+        assert await sync(alice) == []
+        assert await sync(bob) == []
+        assert alice.online == bob.online == ()
+        # ... but of those who share a room.
+        await alice.join("#ops")
+        await bob.join("#ops")
+        assert await sync(bob) == [Joined("#ops", "bob"), Joined("#ops", "alice")]
+        assert await sync(alice) == [Joined("#ops", "alice"), Joined("#ops", "bob")]
+        # There is no everyone-room; direct messages still work.
+        await alice.broadcast("anyone?")
+        assert await next_chat(alice) == Error(ErrorCode.NOT_IN_ROOM, "*")
+        await alice.talk("bob", "psst")
+        assert said(await next_chat(bob)) == ("alice", "bob", "psst")
+        assert said(await next_chat(alice)) == ("alice", "bob", "psst")
+        await bob.exit()
+        assert await next_chat(alice) == Exit("bob")
+        assert alice.rooms == {"#ops": ("alice",)}

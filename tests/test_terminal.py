@@ -760,7 +760,7 @@ async def test_main_when_the_login_is_refused(
     refusal: str, status: int, problem: str
 ) -> None:
     async def refuse(server: FakeServer) -> None:
-        assert await server.receive() == Login("alice")
+        assert await server.login_request() == Login("alice")
         await server.send(refusal)
         await server.receive_all()
 
@@ -860,7 +860,7 @@ async def test_main_over_tls(ca: trustme.CA, tmp_path: Path) -> None:
     trustme.CA().cert_pem.write_to_path(str(other_ca_file))
 
     async def greet(server: FakeServer) -> None:
-        login = await server.receive()
+        login = await server.login_request()
         if login is None:  # a client that does not trust the certificate
             return
         assert login == Login("alice")
@@ -900,7 +900,7 @@ async def test_main_checks_the_certificate_against_the_server_name(
     ca.cert_pem.write_to_path(str(ca_file))
 
     async def greet(server: FakeServer) -> None:
-        login = await server.receive()
+        login = await server.login_request()
         if login is None:  # a client that does not accept the certificate
             return
         server.connection.logged_in("alice")

@@ -1,5 +1,9 @@
 """The trichat client: a library for programs and bots (``library``) and the
-terminal front end of ``trichat connect`` (``terminal``)."""
+terminal front end of ``trichat connect`` (``terminal``).
+
+The events a client yields are the protocol's frames (``trichat.Message``,
+``trichat.Joined``...), but for ``RoomList``, which is the client's own.
+"""
 
 from .library import (
     DEFAULT_PORT,
@@ -7,7 +11,9 @@ from .library import (
     BadServerFrame,
     Client,
     ConnectionLost,
+    Event,
     LoginRefused,
+    RoomList,
     connect,
     open_client,
 )
@@ -18,7 +24,9 @@ __all__ = [
     "BadServerFrame",
     "Client",
     "ConnectionLost",
+    "Event",
     "LoginRefused",
+    "RoomList",
     "connect",
     "open_client",
 ]

@@ -2,13 +2,18 @@
 
 ``open_client`` connects (TCP or TLS), logs in and hands out a ``Client``;
 ``Client.login`` does the same over a stream that is already open. A client
-is an async iterator of every frame the server sends; it answers the
-server's pings by itself and keeps a roster of who is online.
+speaks protocol 2 unless told otherwise (``version=1``), and falls back to
+protocol 1 by itself with a server that does not know it (trichat 1.0). It
+is an async iterator of what the server says, as typed events (``Event``);
+it answers the server's pings by itself and keeps track of who is online,
+the rooms it is in and who is in them.
 
     async with open_client("bot") as client:
-        await client.broadcast("hello")
-        async for message in client:
-            ...
+        await client.join("#lobby")
+        async for event in client:
+            match event:
+                case Message(sender=sender, to="#lobby", text=text):
+                    ...
 
 Nothing here writes to a terminal.
 """
@@ -18,8 +23,9 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import Final
+from typing import Final, cast
 
+import attrs
 import trio
 
 from ..protocol.connection import (
@@ -32,19 +38,32 @@ from ..protocol.connection import (
 )
 from ..protocol.messages import (
     BROADCAST,
+    MAX_ID,
     MAX_NAME,
     MAX_TEXT,
+    PROTOCOL_VERSION,
     ClientMessage,
     Delivery,
     Error,
     ErrorCode,
     Exit,
+    Hello,
+    Join,
+    Joined,
+    ListRooms,
     Login,
+    Message,
+    Part,
+    Parted,
     Ping,
     Pong,
+    RoomInfo,
+    RoomsListed,
     ServerMessage,
     Talk,
+    Welcome,
     check_text,
+    is_room,
     name_key,
 )
 
@@ -54,34 +73,101 @@ __all__ = [
     "BadServerFrame",
     "Client",
     "ConnectionLost",
+    "Event",
     "LoginRefused",
+    "RoomList",
     "connect",
     "open_client",
 ]
 
 DEFAULT_PORT: Final = 8089
 
-MAX_SERVER_FRAME: Final = len("talk|||") + 4 * (2 * MAX_NAME + MAX_TEXT) + len("\r\n")
-"""The longest frame a server can send, in bytes: a ``talk|FROM|TO|TEXT``
-whose every character takes four bytes in UTF-8. It is longer than the
-server's own limit on what it reads, since a delivery adds FROM."""
+MAX_SERVER_FRAME: Final = (
+    len("msg|||||#")
+    + len(str(MAX_ID))
+    + len("2026-12-03T09:15:02.125Z")
+    + 4 * (2 * MAX_NAME + MAX_TEXT)
+    + len("\r\n")
+)
+"""The longest frame a server can send, in bytes: a protocol-2
+``msg|ID|TIME|FROM|#ROOM|TEXT`` with the longest id, names and text, every
+character of them four bytes in UTF-8. It is longer than the server's own
+limit on what it reads, since a delivery adds FROM (and an id and a time)."""
 
 _RECEIVE_SIZE: Final = 65536
 # How long saying exit, or closing, may take before the stream is just closed.
 _CLOSE_GRACE: Final = 2.0
 
 
+@attrs.frozen
+class RoomList:
+    """The server's answer to ``Client.list_rooms``: every room that has
+    members, each a ``RoomInfo`` (``room``, ``members``: how many), in the
+    server's order.
+
+    On the wire the answer is one ``room|ROOM|MEMBERS`` frame per room and
+    ``rooms|COUNT`` at the end; the client yields it as this one event, when
+    the end has arrived. Iterating a ``RoomList`` goes through its rooms,
+    and ``len`` counts them.
+    """
+
+    rooms: tuple[RoomInfo, ...] = ()
+
+    def __iter__(self) -> Iterator[RoomInfo]:
+        return iter(self.rooms)
+
+    def __len__(self) -> int:
+        return len(self.rooms)
+
+    def members(self, room: str) -> int:
+        """How many members *room* has: 0 when it is not listed. Room names
+        are compared as the protocol compares names (``#Lunch`` is
+        ``#lunch``)."""
+        key = name_key(room)
+        for info in self.rooms:
+            if name_key(info.room) == key:
+                return info.members
+        return 0
+
+
+Event = (
+    Login | Delivery | Message | Joined | Parted | RoomList | Exit | Error | Ping | Pong
+)
+"""What iterating a ``Client`` yields: every frame the server sends but the
+answer to ``hello`` (which ``Client.login`` reads) and the frames of a
+``rooms`` answer (yielded together, as one ``RoomList``)."""
+
+
+@attrs.frozen
+class _Greeting:
+    """What a connection settled on before its login: the protocol version
+    it speaks, the server's settings (none on protocol 1) and whether the
+    server echoes the client's own messages."""
+
+    version: int = 1
+    settings: tuple[tuple[str, str], ...] = ()
+    echo: bool = False
+
+
 class LoginRefused(Exception):
-    """The server answered ``login`` with an error.
+    """The server answered ``hello`` or ``login`` with an error.
 
     ``error`` is that ``Error``; its ``code`` says why (``bad-name``,
     ``name-taken``, ``server-full``, ...): an ``ErrorCode``, or an
     ``UnknownErrorCode`` for a code this client does not know.
+
+    After a refusal that keeps the connection open (``bad-name``,
+    ``name-taken``) the same stream may try again:
+    ``Client.login(stream, other_name, after=refused)`` goes on speaking
+    what was agreed with the server instead of saying ``hello`` a second
+    time, which the server would refuse.
     """
 
-    def __init__(self, error: Error) -> None:
+    def __init__(self, error: Error, greeting: _Greeting | None = None) -> None:
         super().__init__(f"{error.code.value}: {error.detail}")
         self.error = error
+        # None: no hello was answered; a second try says it again.
+        self._greeting = greeting
 
 
 class ConnectionLost(Exception):
@@ -103,46 +189,91 @@ class BadServerFrame(Exception):
         self.fatal = problem.code is ErrorCode.TOO_LONG
 
 
+def _bad(detail: str) -> BadServerFrame:
+    return BadServerFrame(ProtocolError(ErrorCode.BAD_FRAME, detail))
+
+
 def _unexpected(message: ServerMessage, while_doing: str) -> BadServerFrame:
-    return BadServerFrame(
-        ProtocolError(
-            ErrorCode.BAD_FRAME, f"unexpected {message.kind} frame {while_doing}"
-        )
-    )
+    return _bad(f"unexpected {message.kind} frame {while_doing}")
+
+
+def _setting(settings: dict[str, str], key: str, default: int, unlimited: int) -> int:
+    """The number setting *key* holds: *default* when the server gave none
+    (or no number), *unlimited* when it is 0 (no limit)."""
+    value = settings.get(key, "")
+    if not (value.isascii() and value.isdigit()):
+        return default
+    return int(value) or unlimited
+
+
+class _Room:
+    """A room this client is in: its name as the server wrote it, and its
+    members by clash key."""
+
+    __slots__ = ("members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[str, str] = {}
 
 
 class Client(trio.abc.AsyncResource):
     """A logged-in trichat connection; build it with ``connect``,
     ``open_client`` or ``Client.login``.
 
-    Iterating it yields every frame the server sends (``Login``,
-    ``Delivery``, ``Exit``, ``Error``, ``Ping``, ``Pong``) until the server
-    closes the connection, or right after an error that closes it
-    (``ErrorCode.closes``). An error with a code this client does not know
-    (an ``UnknownErrorCode``, from a newer server) is yielded like any
-    other and does not end the iteration. A ``Ping`` is answered with a
-    ``Pong`` before it is yielded. Only one task may iterate at a time; any
-    number may send.
+    Iterating it yields every ``Event`` the server sends (``Login``,
+    ``Delivery`` on protocol 1 or ``Message`` on protocol 2, ``Joined``,
+    ``Parted``, ``RoomList``, ``Exit``, ``Error``, ``Ping``, ``Pong``)
+    until the server closes the connection, or right after an error that
+    closes it (``ErrorCode.closes``). Frames of kinds this client does not
+    know (a newer server's) are skipped. An error with a code this client
+    does not know (an ``UnknownErrorCode``) is yielded like any other and
+    does not end the iteration. A ``Ping`` is answered with a ``Pong``
+    before it is yielded. Only one task may iterate at a time; any number
+    may send, so a request's answer (``join``, ``list_rooms``) arrives by
+    iteration, in the task that iterates.
     ``receive_batch`` and ``talk_batch`` read and send many frames at
     once, for a program that handles many.
 
     Attributes:
       name: the client's name as the server acknowledged it.
+      version: the protocol version the connection speaks: the one the
+        server's answer to ``hello`` named, or 1 (``version=1``, or a
+        server that does not know ``hello``).
+      settings: the server's settings from that answer (``max-line``,
+        ``max-text``, ``rate``, ``presence``...; "0" means off or no
+        limit), as ``key -> value``; empty when there was none.
+      echo: whether the server sends the client's own messages back to it,
+        as a ``Message`` addressed to the target it named (protocol 2
+        with ``echo=True``).
+      last_id: the highest message id received (0 before any): where
+        "everything after" starts for a client that wants to catch up.
       last_heard: ``trio.current_time()`` when the last frame arrived (or
         when the client was made), so a keepalive can tell that the server
         went quiet.
-      max_frame: the longest frame, in bytes, that ``send`` lets through;
-        the server closes a connection that sends a longer line.
+      max_frame: the longest frame, in bytes, that ``send`` lets through:
+        the server's ``max-line`` (4096 without settings); the server
+        closes a connection that sends a longer line.
+      max_text: the most characters a message's text may have: the
+        server's ``max-text`` (the protocol's 4000 without settings).
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         """Wrap *stream* before logging in; ``Client.login`` is the way in."""
         self.name = ""
+        self.version = 1
+        self.settings: dict[str, str] = {}
+        self.echo = False
+        self.last_id = 0
         self.last_heard = trio.current_time()
         self.max_frame = DEFAULT_MAX_LINE
+        self.max_text = MAX_TEXT
         self._stream = stream
         self._connection = Connection(Role.CLIENT, max_line=MAX_SERVER_FRAME)
         self._online: dict[str, str] = {}
+        self._rooms: dict[str, _Room] = {}
+        # The rooms of a rooms answer read so far; None outside one.
+        self._listing: list[RoomInfo] | None = None
         self._send_lock = trio.Lock()
         self._send_broken = False
         self._receiving = False
@@ -153,21 +284,45 @@ class Client(trio.abc.AsyncResource):
         self._problem: ProtocolError | None = None
 
     @classmethod
-    async def login(cls, stream: trio.abc.Stream, name: str) -> Client:
+    async def login(
+        cls,
+        stream: trio.abc.Stream,
+        name: str,
+        *,
+        version: int = PROTOCOL_VERSION,
+        echo: bool = True,
+        after: LoginRefused | None = None,
+    ) -> Client:
         """Log in as *name* over *stream* and wait for the acknowledgement.
 
-        Raises ValueError for a name the protocol does not allow (nothing is
-        sent then), LoginRefused when the server refuses it, ConnectionLost
-        when the connection ends first, and BadServerFrame when the server
-        answers with something else. *stream* is not closed on failure: after
+        With *version* 2 (the default) the client first says
+        ``hello|2|echo`` (``hello|2`` without *echo*) and reads the
+        server's answer: the version the connection speaks and the
+        server's settings, which set the client's limits. A server that
+        answers ``error|bad-frame`` does not know ``hello`` (trichat 1.0):
+        the connection then speaks protocol 1, as it does with *version* 1,
+        which says no ``hello`` at all.
+
+        Raises ValueError for a name the protocol does not allow or a
+        version this client does not speak (nothing is sent then),
+        LoginRefused when the server refuses, ConnectionLost when the
+        connection ends first, and BadServerFrame when the server answers
+        with something else. *stream* is not closed on failure: after
         ``bad-name`` or ``name-taken`` the server lets the connection try
-        again. On success the client owns *stream*.
+        again, with *after* the LoginRefused of the last try (see there).
+        On success the client owns *stream*.
         """
         request = Login(name)
+        if not 1 <= version <= PROTOCOL_VERSION:
+            raise ValueError(f"this client speaks protocol 1 to {PROTOCOL_VERSION}")
         client = cls(stream)
+        greeting = None if after is None else after._greeting
+        if greeting is None:
+            greeting = await client._greet(version, echo)
+        client._agree(greeting)
         await client.send(request)
         while True:
-            message = await client._receive()
+            message = await client._next_frame()
             match message:
                 case None:
                     raise ConnectionLost(
@@ -178,7 +333,7 @@ class Client(trio.abc.AsyncResource):
                     client._connection.logged_in(acknowledged)
                     return client
                 case Error():
-                    raise LoginRefused(message)
+                    raise LoginRefused(message, greeting)
                 case Ping(token):
                     await client._answer(token)
                 case Pong():
@@ -186,28 +341,144 @@ class Client(trio.abc.AsyncResource):
                 case _:
                     raise _unexpected(message, "before the login was accepted")
 
+    async def _greet(self, version: int, echo: bool) -> _Greeting:
+        """Say ``hello`` (unless *version* is 1) and read the answer."""
+        if version == 1:
+            return _Greeting()
+        await self.send(Hello(version, ("echo",) if echo else ()))
+        while True:
+            message = await self._next_frame()
+            match message:
+                case None:
+                    raise ConnectionLost(
+                        "the server closed the connection before answering hello"
+                    )
+                case Welcome(agreed, settings) if agreed <= version:
+                    return _Greeting(agreed, settings, echo and agreed >= 2)
+                case Welcome(agreed):
+                    raise _bad(f"the server answered hello|{version} with {agreed}")
+                case Error(ErrorCode.BAD_FRAME):
+                    # What a server that does not know hello answers.
+                    return _Greeting()
+                case Error():
+                    raise LoginRefused(message)
+                case Ping(token):
+                    await self._answer(token)
+                case Pong():
+                    pass
+                case _:
+                    raise _unexpected(message, "before the answer to hello")
+
+    def _agree(self, greeting: _Greeting) -> None:
+        """Take what the connection settled on, and the limits it sets."""
+        self.version = greeting.version
+        self.echo = greeting.echo
+        settings: dict[str, str] = {}
+        for key, value in greeting.settings:
+            settings.setdefault(key, value)
+        self.settings = settings
+        self.max_frame = _setting(
+            settings, "max-line", DEFAULT_MAX_LINE, unlimited=MAX_SERVER_FRAME
+        )
+        self.max_text = min(
+            MAX_TEXT, _setting(settings, "max-text", MAX_TEXT, unlimited=MAX_TEXT)
+        )
+
     @property
     def online(self) -> tuple[str, ...]:
-        """Who else is online, as far as the frames read so far tell."""
+        """Who else is online, as far as the ``login`` and ``exit`` frames
+        read so far tell. Under ``--presence rooms`` (``settings["presence"]``)
+        the server tells nobody that: ``rooms`` says who shares a room."""
         return tuple(self._online.values())
+
+    @property
+    def rooms(self) -> dict[str, tuple[str, ...]]:
+        """The rooms this client is in, each with its members (this client
+        among them), as far as the frames read so far tell: a room is
+        added by the ``Joined`` that names this client, and its members by
+        the ``Joined`` and ``Parted`` for it; an ``Exit`` takes a user out
+        of every room. Names are as the server wrote them; the dict is a
+        copy."""
+        return {
+            room.name: tuple(room.members.values()) for room in self._rooms.values()
+        }
+
+    def members(self, room: str) -> tuple[str, ...]:
+        """Who is in *room* (compared as names are), this client among
+        them; empty when this client is not in it."""
+        found = self._rooms.get(name_key(room))
+        return () if found is None else tuple(found.members.values())
+
+    def is_own(self, message: Delivery | Message) -> bool:
+        """Whether this client sent *message* (the echo of its own)."""
+        return name_key(message.sender) == name_key(self.name)
+
+    def conversation(self, message: Delivery | Message) -> str:
+        """Where *message* belongs, and where a reply to it goes: its room,
+        ``*``, or for a direct message the other user (the sender, or the
+        receiver of this client's own message)."""
+        to = message.to
+        if to == BROADCAST or is_room(to) or self.is_own(message):
+            return to
+        return message.sender
 
     async def send(self, message: ClientMessage) -> None:
         """Send one frame.
 
-        Raises ValueError when the frame is longer than ``max_frame`` bytes,
-        and ConnectionLost when the connection is gone, or when an earlier
+        Raises ValueError when the frame is longer than ``max_frame`` bytes
+        or a ``Talk``'s text longer than ``max_text`` characters, and
+        ConnectionLost when the connection is gone, or when an earlier
         send was cancelled halfway (the stream may hold part of a frame).
         """
         await self._write(self._frame(message))
 
+    async def talk(self, to: str, text: str) -> None:
+        """Send *text* to *to*: a user's name (a direct message), a room
+        this client is in (``#lunch``) or ``*`` (everyone).
+
+        Raises ValueError, and sends nothing, when either is invalid or
+        the message is over the server's limits; ConnectionLost as
+        ``send`` does. A refusal by the server (``no-such-user``,
+        ``not-in-room``) arrives as an ``Error`` by iteration; with
+        ``echo`` the message itself comes back as a ``Message``.
+        """
+        await self.send(Talk(to, text))
+
+    async def broadcast(self, text: str) -> None:
+        """Send *text* to every other user online: ``talk('*', text)``."""
+        await self.send(Talk(BROADCAST, text))
+
+    async def join(self, room: str) -> None:
+        """Ask to enter *room* (``#lunch``), which is made if nobody is in it.
+
+        The answer arrives by iteration: ``Joined(room, <this client>)``,
+        then one ``Joined`` for each member already there; or an ``Error``
+        (``already-in-room``, ``too-many-rooms``). ValueError, and nothing
+        sent, for a name that is not a room's.
+        """
+        await self.send(Join(room))
+
+    async def part(self, room: str) -> None:
+        """Ask to leave *room*; ``Parted(room, <this client>)`` arrives by
+        iteration (or ``Error`` ``not-in-room``)."""
+        await self.send(Part(room))
+
+    async def list_rooms(self) -> None:
+        """Ask which rooms have members; the answer arrives by iteration,
+        as one ``RoomList``."""
+        await self.send(ListRooms())
+
+    async def ping(self, token: str) -> None:
+        """Send ``ping|TOKEN``; the server's ``Pong`` arrives by iteration."""
+        await self.send(Ping(token))
+
     async def talk_batch(self, to: str, texts: Sequence[str]) -> None:
-        """Send each of *texts*, in order, to the user *to* (or to everyone,
-        ``BROADCAST``), in one write.
+        """Send each of *texts*, in order, to *to* (as ``talk``), in one write.
 
         The same as ``talk`` for each, at a fraction of the cost per
         message. Raises ValueError, and sends nothing, when *to* or any
-        text is invalid or makes a frame longer than ``max_frame``; and
-        ConnectionLost as ``send`` does.
+        text is invalid or over the server's limits; and ConnectionLost as
+        ``send`` does.
         """
         if isinstance(texts, str):
             raise TypeError("texts is a sequence of texts, not one text")
@@ -221,14 +492,24 @@ class Client(trio.abc.AsyncResource):
             # Printable text holds nothing that check_text refuses.
             if not (text.isprintable() and 0 < len(text) <= MAX_TEXT):
                 check_text(text)
+        self._check_length(max(map(len, texts)))
         encoded = [text.encode() for text in texts]
         self._check_size(len(head) + max(map(len, encoded)) + 1)
         await self._write(head + (b"\n" + head).join(encoded) + b"\n")
 
     def _frame(self, message: ClientMessage) -> bytes:
+        if type(message) is Talk:
+            self._check_length(len(message.text))
         data = self._connection.send(message)
         self._check_size(len(data))
         return data
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_text:
+            raise ValueError(
+                f"the text has {length} characters; the server takes at most"
+                f" {self.max_text}"
+            )
 
     def _check_size(self, size: int) -> None:
         if size > self.max_frame:
@@ -250,18 +531,6 @@ class Client(trio.abc.AsyncResource):
                 raise ConnectionLost(f"connection lost: {error}") from error
             except trio.ClosedResourceError as error:
                 raise ConnectionLost("the client is closed") from error
-
-    async def talk(self, to: str, text: str) -> None:
-        """Send *text* to the user *to*; ValueError when either is invalid."""
-        await self.send(Talk(to, text))
-
-    async def broadcast(self, text: str) -> None:
-        """Send *text* to every other user online."""
-        await self.send(Talk(BROADCAST, text))
-
-    async def ping(self, token: str) -> None:
-        """Send ``ping|TOKEN``; the server's ``Pong`` arrives by iteration."""
-        await self.send(Ping(token))
 
     async def exit(self) -> None:
         """Say ``exit`` and close. A connection that is already gone is fine,
@@ -303,31 +572,40 @@ class Client(trio.abc.AsyncResource):
         finally:
             self._receiving = False
 
-    async def __anext__(self) -> ServerMessage:
+    async def __anext__(self) -> Event:
         with self._reading():
             if self._finished:
                 raise StopAsyncIteration
-            message = await self._receive()
-        if message is None:
-            self._finished = True
-            raise StopAsyncIteration
-        self._track(message)
-        if isinstance(message, Ping):
-            await self._answer(message.token)
-        return message
+            self._raise_left_problem()
+            while True:
+                frame = await self._next_frame()
+                if frame is None:
+                    self._finished = True
+                    raise StopAsyncIteration
+                try:
+                    event = self._event(frame)
+                except ProtocolError as problem:
+                    raise BadServerFrame(problem) from None
+                if event is not None:
+                    break
+        self._track(event)
+        if isinstance(event, Ping):
+            await self._answer(event.token)
+        return event
 
-    async def receive_batch(self) -> list[ServerMessage]:
-        """The frames that iterating would yield next, as many as have
+    async def receive_batch(self) -> list[Event]:
+        """The events that iterating would yield next, as many as have
         arrived: those already read, or else those of the next read, which
         this waits for. An empty list means the end: the server closed the
-        connection, or sent an error that closes it (the last frame of the
+        connection, or sent an error that closes it (the last event of the
         batch before).
 
-        Pings are answered and the roster kept as iteration does, and it
-        raises what iteration raises: a BadServerFrame after the frames
-        before it have been returned (in this batch), ConnectionLost, or
-        BusyResourceError while another task reads. It costs one call per
-        read instead of one per frame, for a program that handles many.
+        Pings are answered and the roster, the rooms and ``last_id`` kept
+        as iteration does, and it raises what iteration raises: a
+        BadServerFrame after the events before it have been returned (in
+        this batch), ConnectionLost, or BusyResourceError while another
+        task reads. It costs one call per read instead of one per frame,
+        for a program that handles many.
         """
         with self._reading():
             if self._finished:
@@ -357,44 +635,108 @@ class Client(trio.abc.AsyncResource):
                     await self._answer(message.token)
         return messages
 
-    def _decode_buffered(self) -> list[ServerMessage] | None:
-        """The frames that the bytes read so far hold, up to a bad frame
+    def _decode_buffered(self) -> list[Event] | None:
+        """The events that the bytes read so far hold, up to a bad frame
         (left for the next read) or an error that closes the connection;
         None when the stream has ended and every frame has been taken."""
-        messages: list[ServerMessage] = []
+        messages: list[Event] = []
         next_event = self._connection.next_event
         while True:
             try:
-                event = next_event()
+                frame = next_event()
+                if type(frame) is Delivery or type(frame) is Message:
+                    messages.append(frame)
+                    continue
+                if frame is NEED_DATA:
+                    return messages
+                if frame is CLOSED:
+                    return messages or None
+                # Decoded as a client reads: a frame a server sends.
+                event = self._event(cast(ServerMessage, frame))
             except ProtocolError as problem:
                 if not messages:
                     raise BadServerFrame(problem) from None
                 self._problem = problem
                 return messages
-            if type(event) is Delivery:
+            if event is not None:
                 messages.append(event)
-                continue
-            if event is NEED_DATA:
-                return messages
-            if event is CLOSED:
-                return messages or None
-            match event:
-                case Login() | Exit() | Error() | Ping() | Pong():
-                    messages.append(event)
-                    if isinstance(event, Error) and event.code.closes:
-                        return messages
-                case _:  # pragma: no cover - a client's decoder never builds it
-                    raise AssertionError("decoded a client frame on the client side")
+                if isinstance(event, Error) and event.code.closes:
+                    return messages
 
-    def _track(self, message: ServerMessage) -> None:
-        """Keep the roster, and whether the server is done, up to date."""
-        match message:
+    def _event(self, frame: ServerMessage) -> Event | None:
+        """What iterating yields for *frame*: the frame itself, or None
+        when it yields nothing (yet): the ``room`` frames of a ``rooms``
+        answer wait for its end, which yields them as one ``RoomList``.
+        Raises ProtocolError for an answer that miscounts its rooms."""
+        match frame:
+            case RoomInfo():
+                if self._listing is None:
+                    self._listing = []
+                self._listing.append(frame)
+                return None
+            case RoomsListed(count):
+                listed, self._listing = tuple(self._listing or ()), None
+                if len(listed) != count:
+                    raise ProtocolError(
+                        ErrorCode.BAD_FRAME,
+                        f"rooms|{count} ended an answer that listed {len(listed)}",
+                    )
+                return RoomList(listed)
+            case (
+                Login()
+                | Delivery()
+                | Message()
+                | Joined()
+                | Parted()
+                | Exit()
+                | Error()
+                | Ping()
+                | Pong()
+            ):
+                return frame
+            case _:
+                # A hello answer (login has read the one there is), or a
+                # frame of a kind this client does not handle yet.
+                return None
+
+    def _track(self, event: Event) -> None:
+        """Keep the roster, the rooms, ``last_id`` and whether the server is
+        done up to date."""
+        match event:
+            case Message(id=message_id):
+                self.last_id = max(self.last_id, message_id)
             case Login(name) if name_key(name) != name_key(self.name):
                 self._online[name_key(name)] = name
+            case Joined(room, name):
+                self._joined(room, name)
+            case Parted(room, name):
+                self._parted(room, name)
             case Exit(str(name)):
-                self._online.pop(name_key(name), None)
+                key = name_key(name)
+                self._online.pop(key, None)
+                for joined in self._rooms.values():
+                    joined.members.pop(key, None)
             case Error(code) if code.closes:
                 self._finished = True
+
+    def _joined(self, room: str, name: str) -> None:
+        key = name_key(name)
+        if key == name_key(self.name):
+            # This client entered the room: the members follow.
+            joined = self._rooms[name_key(room)] = _Room(room)
+        else:
+            found = self._rooms.get(name_key(room))
+            if found is None:
+                return
+            joined = found
+        joined.members[key] = name
+
+    def _parted(self, room: str, name: str) -> None:
+        room_key, key = name_key(room), name_key(name)
+        if key == name_key(self.name):
+            self._rooms.pop(room_key, None)
+        elif (found := self._rooms.get(room_key)) is not None:
+            found.members.pop(key, None)
 
     async def _answer(self, token: str) -> None:
         # A lost connection shows up on the receiving side soon enough.
@@ -407,17 +749,16 @@ class Client(trio.abc.AsyncResource):
             problem, self._problem = self._problem, None
             raise BadServerFrame(problem)
 
-    async def _receive(self) -> ServerMessage | None:
+    async def _next_frame(self) -> ServerMessage | None:
         """The next frame from the server; None at the end of the stream."""
-        self._raise_left_problem()
         while True:
             try:
-                event = self._connection.next_event()
+                frame = self._connection.next_event()
             except ProtocolError as problem:
                 raise BadServerFrame(problem) from None
-            if event is CLOSED:
+            if frame is CLOSED:
                 return None
-            if event is NEED_DATA:
+            if frame is NEED_DATA:
                 try:
                     data = await self._stream.receive_some(_RECEIVE_SIZE)
                 except trio.BrokenResourceError as error:
@@ -427,12 +768,9 @@ class Client(trio.abc.AsyncResource):
                     return None
                 self._connection.receive_data(data)
                 continue
-            match event:
-                case Login() | Delivery() | Exit() | Error() | Ping() | Pong():
-                    self.last_heard = trio.current_time()
-                    return event
-                case Talk():  # pragma: no cover - a client's decoder never builds it
-                    raise AssertionError("decoded a client frame on the client side")
+            self.last_heard = trio.current_time()
+            # Decoded as a client reads: a frame a server sends.
+            return cast(ServerMessage, frame)
 
 
 async def connect(
@@ -442,18 +780,23 @@ async def connect(
     *,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    version: int = PROTOCOL_VERSION,
+    echo: bool = True,
 ) -> Client:
     """Connect to a trichat server, log in as *name*, and return the client.
 
     With *ssl_context* the connection is TLS, and the handshake is done
     before the login, so a certificate the context does not trust (or a
     server that does not speak TLS) fails here with ConnectionLost. The
-    certificate must match *server_hostname* (default *host*). Raises
-    OSError when the server cannot be reached, and whatever
-    ``Client.login`` raises. The caller closes the client
-    (``async with client:``); ``open_client`` does that for you.
+    certificate must match *server_hostname* (default *host*). *version*
+    and *echo* are ``Client.login``'s. Raises OSError when the server
+    cannot be reached, and whatever ``Client.login`` raises. The caller
+    closes the client (``async with client:``); ``open_client`` does that
+    for you.
     """
     Login(name)  # a name the protocol refuses is not worth a connection
+    if not 1 <= version <= PROTOCOL_VERSION:
+        raise ValueError(f"this client speaks protocol 1 to {PROTOCOL_VERSION}")
     tcp = await trio.open_tcp_stream(host, port)
     stream: trio.abc.Stream = tcp
     try:
@@ -473,7 +816,7 @@ async def connect(
             except trio.BrokenResourceError as error:
                 reason = error.__cause__ or error
                 raise ConnectionLost(f"TLS handshake failed: {reason}") from error
-        return await Client.login(stream, name)
+        return await Client.login(stream, name, version=version, echo=echo)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -487,6 +830,8 @@ async def open_client(
     *,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    version: int = PROTOCOL_VERSION,
+    echo: bool = True,
 ) -> AsyncIterator[Client]:
     """``connect`` as a context manager that closes the client at the end.
 
@@ -495,7 +840,13 @@ async def open_client(
     to say goodbye.
     """
     client = await connect(
-        name, host, port, ssl_context=ssl_context, server_hostname=server_hostname
+        name,
+        host,
+        port,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        version=version,
+        echo=echo,
     )
     async with client:
         yield client

@@ -33,7 +33,6 @@ from ..protocol.messages import (
     Login,
     Ping,
     Pong,
-    ServerMessage,
     name_key,
 )
 from .library import (
@@ -41,6 +40,7 @@ from .library import (
     BadServerFrame,
     Client,
     ConnectionLost,
+    Event,
     LoginRefused,
     connect,
 )
@@ -244,7 +244,7 @@ class _Session:
             self.finish(EXIT_FAILURE, "the server closed the connection")
             return
 
-    def show(self, message: ServerMessage) -> None:
+    def show(self, message: Event) -> None:
         if self.silent:
             self.silent = False
             self.info("the server is answering again")
@@ -623,6 +623,7 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
                 args.port,
                 ssl_context=ssl_context,
                 server_hostname=args.server_name,
+                version=1,  # until the terminal shows protocol 2's messages
             )
     except ValueError as invalid:
         return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
