@@ -18,6 +18,7 @@ import trio
 from helpers import (
     PROTOCOL_1_KINDS,
     STEP_TIMEOUT,
+    LineClient,
     Msg,
     User,
     expect_error_frame,
@@ -355,6 +356,33 @@ async def test_logins_and_exits_look_the_same_to_both_versions() -> None:
         await expect_quiet(alice)
 
 
+async def test_hello_login_and_talk_in_one_write_are_answered_in_order() -> None:
+    async with running_server() as live:
+        (bob,) = await users_online(live, "bob")
+        client = await live.connect()
+        await client.send_raw(b"hello|2|echo\nlogin|alice\ntalk|bob|hi\nping|p\n")
+        line = await client.read_line()
+        assert line.startswith("hello|2|"), line
+        await client.expect("login|alice", "login|bob")
+        alice = User("alice", client, 2, echo=True)
+        await alice.delivery("alice", "bob", "hi")
+        await client.expect("pong|p")
+        # bob hears of alice before he hears from her.
+        await bob.expect("login|alice", "talk|alice|bob|hi")
+
+
+async def test_a_talk_right_before_exit_arrives_before_the_exit() -> None:
+    async with running_server() as live:
+        alice, bob = await users_online(live, ("alice", 2, ""), "bob")
+        await join_room(alice, "#r", [])
+        await join_room(bob, "#r", [alice])
+        await bob.client.send_raw(b"talk|alice|one\ntalk|#r|two\nexit\n")
+        await alice.delivery("bob", "alice", "one")
+        await alice.delivery("bob", "#r", "two")
+        await alice.expect("exit|bob")
+        await expect_quiet(alice)
+
+
 # -- protocol 1 connections ------------------------------------------------------
 
 
@@ -504,6 +532,69 @@ async def test_ids_strictly_increase_as_each_connection_sees_them() -> None:
                     assert arrived == sent[: len(arrived)], (name, sender, to)
         ids = [ident for ident, _ in seen_as.values()]
         assert len(set(ids)) == len(ids) == len(names) * per_sender
+
+
+async def test_ids_stay_in_order_through_a_burst_to_a_slow_reader() -> None:
+    burst, direct = 3000, 600
+    # A short queue, so that bob's fills and the senders wait for him.
+    async with running_server(rate=0, presence="rooms", queue_size=64) as live:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 1)
+        await sock.connect(("127.0.0.1", live.port))
+        slow = LineClient(trio.SocketStream(sock))
+        live.clients.append(slow)
+        await say_hello(slow, "hello|2")
+        await slow.login("bob")
+        bob = User("bob", slow, 2)
+        alice, carol, dave = await users_online(
+            live, ("alice", 2, "echo"), ("carol", 2, ""), "dave", rooms_presence=True
+        )
+        members = [bob, alice, carol, dave]
+        for i, user in enumerate(members):
+            await join_room(user, "#r", members[:i])
+        got: dict[str, list[str]] = defaultdict(list)
+        wanted = {"bob": burst + direct, "alice": burst, "carol": burst}
+        wanted["dave"] = burst
+
+        async def read(user: User, chunk: int) -> None:
+            buffer = b""
+            while len(got[user.name]) < wanted[user.name]:
+                data = await user.client.stream.receive_some(chunk)
+                assert data, f"{user.name} was disconnected"
+                *lines, buffer = (buffer + data).split(b"\n")
+                got[user.name] += [line.decode() for line in lines]
+            assert buffer == b""
+
+        async def send(user: User, frames: list[str]) -> None:
+            for start in range(0, len(frames), 500):
+                await user.client.send_raw(
+                    "".join(frames[start : start + 500]).encode()
+                )
+
+        with trio.fail_after(4 * STEP_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for user in members:
+                    nursery.start_soon(read, user, 256 if user is bob else 65536)
+                nursery.start_soon(
+                    send, alice, [f"talk|#r|{n:05d} to all\n" for n in range(burst)]
+                )
+                nursery.start_soon(
+                    send, dave, [f"talk|bob|{n:05d} to you\n" for n in range(direct)]
+                )
+        await expect_quiet(alice, dave, bob, carol)
+
+        room = [f"{n:05d} to all" for n in range(burst)]
+        assert got["dave"] == [f"talk|alice|#r|{text}" for text in room]
+        ids: dict[str, int] = {}
+        for name in ("bob", "alice", "carol"):
+            msgs = [Msg.parse(line) for line in got[name]]
+            assert [m.id for m in msgs] == sorted({m.id for m in msgs}), name
+            assert [m.text for m in msgs if m.sender == "alice"] == room, name
+            for m in msgs:
+                assert ids.setdefault(m.text, m.id) == m.id, (name, m)
+        assert [m.text for m in map(Msg.parse, got["bob"]) if m.sender == "dave"] == [
+            f"{n:05d} to you" for n in range(direct)
+        ]
 
 
 async def test_ids_increase_across_restarts() -> None:
