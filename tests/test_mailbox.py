@@ -345,72 +345,64 @@ def test_drain_takes_and_counts_everything_as_written() -> None:
     assert mailbox.drain() == b""
 
 
-# -- keeping what was written ----------------------------------------------------
+# -- keeping what was written, for a resume --------------------------------------
 
 
-def _written_one_by_one(mailbox: Mailbox, count: int) -> None:
-    for number in range(1, count + 1):
-        assert mailbox.put(frames(number))
-        assert mailbox.drain() == frames(number)
+def msg(number: int) -> bytes:
+    return b"msg|%d|2026-12-03T09:15:02.125Z|alice|bob|text %d\n" % (number, number)
 
 
-def test_written_since_gives_what_followed_a_frame_while_it_is_kept() -> None:
+def _written_one_by_one(mailbox: Mailbox, *numbers: int) -> None:
+    for number in numbers:
+        assert mailbox.put(msg(number))
+        assert mailbox.drain() == msg(number)
+
+
+def test_messages_after_gives_the_kept_messages_above_an_id() -> None:
     mailbox = Mailbox(10, 1000, keep=3)
-    _written_one_by_one(mailbox, 5)
-    assert mailbox.written_since(2) == frames(3, 4, 5)
-    assert mailbox.written_since(4) == frames(5)
-    # Nothing after the last written, nor after what is not written yet.
-    assert mailbox.written_since(5) == b""
-    mailbox.put(frames(6))
-    assert mailbox.written_since(5) == b""
-    assert mailbox.written_since(9) == b""
-    # Frame 2 is no longer kept: what followed frame 1 cannot be given.
-    assert mailbox.written_since(1) is None
-    assert mailbox.written_since(0) is None
+    _written_one_by_one(mailbox, 10, 11, 12, 13, 14)
+    assert mailbox.messages_after(11) == [msg(12), msg(13), msg(14)]
+    assert mailbox.messages_after(14) == []
+    # 11 is no longer kept: whoever saw only up to 10 cannot be told all.
+    assert mailbox.messages_after(10) is None
+    assert mailbox.messages_after(0) is None
 
 
-def test_written_since_keeps_nothing_by_default() -> None:
+def test_messages_after_keeps_nothing_by_default() -> None:
     mailbox = Mailbox(10, 1000)
-    _written_one_by_one(mailbox, 2)
-    assert mailbox.written_since(1) is None
-    assert mailbox.written_since(2) == b""
+    _written_one_by_one(mailbox, 1, 2)
+    assert mailbox.messages_after(5) == []
+    mailbox.keep_written(5)
+    _written_one_by_one(mailbox, 3, 4)
+    assert mailbox.messages_after(2) == [msg(3), msg(4)]
 
 
-def test_written_since_splits_a_batch_it_starts_inside() -> None:
+def test_messages_after_skips_other_frames_and_takes_what_is_not_written() -> None:
     mailbox = Mailbox(10, 1000, keep=10)
-    mailbox.put(frames(1))
-    mailbox.put(frames(2, 3, 4), 3)
-    assert mailbox.drain() == frames(1, 2, 3, 4)  # one batch of four
-    assert mailbox.written_since(0) == frames(1, 2, 3, 4)
-    assert mailbox.written_since(2) == frames(3, 4)
+    mailbox.put(b"login|carol\n" + msg(1) + b"join|#x|dave\n", 3)
+    mailbox.drain()
+    mailbox.put(msg(2))
+    mailbox.put(b"exit|carol\n")
+    mailbox.put(msg(3))
+    assert mailbox.messages_after(1) == [msg(2), msg(3)]
+    # What was not written is taken out: the resuming connection sends it.
+    assert (mailbox.in_channel, mailbox.queued_frames) == (0, 0)
 
 
-async def test_written_since_will_not_split_a_block_counted_as_one_frame() -> None:
+async def test_messages_after_counts_a_batch_being_written() -> None:
     mailbox = Mailbox(10, 1000, keep=10)
-    roster = b"login|alice\nlogin|bob\n"
-    mailbox.put(roster, force=True)  # one frame of two lines
-    mailbox.put(frames(2))
+    mailbox.put(msg(1))
     with trio.fail_after(TIMEOUT):
-        batch = await mailbox.next_batch()  # both, as one batch
-    assert batch == Batch(1, roster + frames(2), 2)
-    mailbox.sent(len(batch.data))
-    mailbox.written(batch)
-    assert mailbox.written_since(0) == roster + frames(2)
-    assert mailbox.written_since(1) is None
+        batch = await mailbox.next_batch()
+    mailbox.writing = batch  # as write_loop does, until it is all written
+    assert mailbox.messages_after(0) == [msg(1)]
 
 
-def test_keep_keeps_at_least_that_many_frames_in_whole_batches() -> None:
-    mailbox = Mailbox(10, 1000, keep=2)
-    mailbox.put(frames(1, 2, 3), 3)
-    mailbox.drain()
-    mailbox.put(frames(4))
-    mailbox.drain()
-    # Frames 3 and 4 must be kept; 3 is in the first batch, so all of it is.
-    assert mailbox.written_since(0) == frames(1, 2, 3, 4)
-    mailbox.put(frames(5))
-    mailbox.drain()
-    assert mailbox.written_since(3) == frames(4, 5)
-    assert mailbox.written_since(2) is None
+def test_a_frame_that_did_not_fit_makes_any_resume_fail() -> None:
+    mailbox = Mailbox(1, 1000, keep=10)
+    assert mailbox.put(msg(1))
+    assert not mailbox.put(msg(2))
+    assert mailbox.messages_after(0) is None
 
 
 # -- write_loop ------------------------------------------------------------------

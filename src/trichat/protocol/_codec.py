@@ -7,7 +7,7 @@ Adding a frame kind means adding its class to ``messages`` and one row to
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -56,6 +56,7 @@ __all__ = [
     "delivery_head",
     "encode",
     "message_block",
+    "message_frames",
     "plain_talk_run",
     "printable",
     "talk_texts",
@@ -123,6 +124,15 @@ def message_block(
     return b"".join(
         [b"msg|%d%s%s\n" % (first_id + n, tail, text) for n, text in enumerate(texts)]
     )
+
+
+def message_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The ``msg`` frames in *data* (whole frames, as a server writes
+    them), each with its id; other frames are passed over."""
+    for line in data.split(b"\n"):
+        if line.startswith(b"msg|"):
+            bar = line.find(b"|", 4)
+            yield int(line[4:bar]), line + b"\n"
 
 
 def talk_texts(lines: Sequence[bytes], start: int, end: int, to: bytes) -> list[bytes]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import Counter
 from functools import partial
 
@@ -33,7 +34,7 @@ from ..protocol._codec import encode
 from ..protocol.messages import Error, ErrorCode
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
-from .hub import Hub
+from .hub import Hub, Member
 from .mailbox import Mailbox, write_loop
 from .session import Session, SessionEnded
 from .transport import RECEIVE_SIZE, PlainSocket, transport_for, write_now
@@ -49,6 +50,13 @@ _FRAMES_PER_TURN = 64
 _DELAY_PER_USER = 50e-6
 # What every client hears when the server stops, connected or connecting.
 _GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
+_REPLACED = Error(ErrorCode.REPLACED, "another connection took this session over")
+# The ways a connection can end that leave its session waiting for a resume
+# (protocol 2): the client did not mean to leave. An exit, a line too long,
+# a flood close and the shutdown end the session.
+_DROPS = frozenset(
+    {"closed", "connection lost", "ping timeout", "too slow: outgoing queue full"}
+)
 
 
 class _Connection:
@@ -64,6 +72,7 @@ class _Connection:
         "end_reason",
         "kicked",
         "mailbox",
+        "parked",
         "quiet_scope",
         "read_scope",
         "server",
@@ -93,6 +102,7 @@ class _Connection:
             self.kick,
             address,
             trio.current_time(),
+            replaced=self.replaced,
         )
         self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
@@ -102,11 +112,14 @@ class _Connection:
         self.end_error: Error | None = None
         self.close_by = 0.0
         self.kicked = False
+        self.parked = False
+        """The session waits for a resume (the server holds it now)."""
 
     # -- control from outside ------------------------------------------------
 
     def kick(self, reason: str) -> None:
-        """Drop the client at once, discarding what is queued for it."""
+        """Drop the client at once, discarding what is queued for it (unless
+        its session is to wait for a resume)."""
         if self.kicked or (self.server.stopping and self.end_error is not None):
             # Already dropped, or closing with shutting-down, which must
             # still reach the client.
@@ -114,12 +127,31 @@ class _Connection:
         self.kicked = self.session.stopped = True
         self.end_reason = reason
         self.end_error = None
-        # From now on a message to this user is refused, not queued and
-        # lost; the name stays taken until go_offline, which tells others.
-        self.mailbox.discard()
+        if not self._session_waits():
+            # From now on a message to this user is refused, not queued and
+            # lost; the name stays taken until go_offline, which tells others.
+            self.mailbox.discard()
         self.read_scope.cancel()
         if self.connection_scope is not None:
             self.connection_scope.cancel()
+
+    def replaced(self) -> None:
+        """Another connection took this one's session over (``resume``):
+        tell the client ``replaced`` and close, leaving the session be."""
+        log.info("replaced %s %s", self.address, self.session.name)
+        self.session.member = None
+        self.close_with(_REPLACED, "replaced")
+
+    def _session_waits(self) -> bool:
+        """Whether the session outlives this connection's end, waiting for
+        a resume (it has one, and the connection dropped)."""
+        member = self.session.member
+        return (
+            member is not None
+            and member.secret is not None
+            and not self.server.stopping
+            and self.end_reason in _DROPS
+        )
 
     def close_with(self, error: Error, reason: str) -> None:
         """Stop reading, send what is queued and then *error*, and close."""
@@ -135,6 +167,7 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             self.connection_scope = nursery.cancel_scope
             nursery.start_soon(self.write)
+            read_ended = False  # not by a bug
             try:
                 with self.read_scope:
                     try:
@@ -147,23 +180,42 @@ class _Connection:
                             self.end_error = end.error
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.end_reason = "connection lost"
+                read_ended = True
             finally:
-                # However reading ended, a bug included, the user goes
-                # offline and the mailbox takes no more frames.
                 self.session.stopped = True
-                self.go_offline()
-                final = encode(self.end_error) if self.end_error else b""
-                self.mailbox.close(final)
-                # Only the writer is left: flushing and lingering share one
-                # deadline.
-                self.close_by = trio.current_time() + self.config.close_timeout
-                nursery.cancel_scope.deadline = self.close_by
+                if read_ended and self._session_waits():
+                    self.park(nursery.cancel_scope)
+                else:
+                    self.close(nursery.cancel_scope)
+
+    def park(self, scope: trio.CancelScope) -> None:
+        """Leave the session waiting for a resume, with its mailbox, which
+        keeps taking frames; the writer stops where it is."""
+        member = self.session.member
+        assert member is not None
+        self.server.park(member, self.end_reason)
+        self.parked = True
+        scope.cancel()
+
+    def close(self, scope: trio.CancelScope) -> None:
+        """However reading ended, a bug included: the user goes offline and
+        the mailbox takes no more frames; the writer has until the close
+        timeout to write what is queued."""
+        self.go_offline()
+        final = encode(self.end_error) if self.end_error else b""
+        self.mailbox.close(final)
+        # Only the writer is left: flushing and lingering share one
+        # deadline.
+        self.close_by = trio.current_time() + self.config.close_timeout
+        scope.deadline = self.close_by
 
     async def say_goodbye(self) -> None:
         """After ``run``: let the client read what was sent last (see
         _linger), unless it was dropped or could not be written to."""
         scope = self.connection_scope
-        if not self.kicked and scope is not None and not scope.cancelled_caught:
+        if self.parked or self.kicked:
+            return
+        if scope is not None and not scope.cancelled_caught:
             with trio.move_on_at(self.close_by):
                 await _linger(self.stream)
 
@@ -326,6 +378,9 @@ class ChatServer:
         self._refusing = 0  # refused connections still being told why
         self._accepting = trio.CancelScope()
         self.shared_reader: SharedReader | None = None
+        # Sessions waiting for a resume, and when each ends.
+        self._waiting: dict[Member, float] = {}
+        self._waiting_changed = trio.Event()
 
     @property
     def connections(self) -> int:
@@ -376,6 +431,8 @@ class ChatServer:
                 async with trio.open_nursery() as accepting:
                     if self.config.presence_delay:
                         accepting.start_soon(self._send_presence)
+                    if self.config.resume_window:
+                        accepting.start_soon(self._end_waiting_sessions)
                     # It backs off when out of descriptors, and closes the
                     # listeners when cancelled, freeing the port while the
                     # connections close.
@@ -416,6 +473,49 @@ class ChatServer:
             hub.hold_presence = False
             hub.release()
 
+    # -- sessions waiting for a resume ---------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Sessions waiting for a resume."""
+        return len(self._waiting)
+
+    def park(self, member: Member, reason: str) -> None:
+        """Keep *member*'s session, whose connection dropped, for a resume:
+        its name, rooms and mailbox stay; nobody is told it left. It ends
+        when the resume window passes, or when its mailbox overflows."""
+        member.kick = partial(self._end_waiting, member)
+        member.replace = partial(self._resumed, member)
+        # Nobody waits for a mailbox that has no writer.
+        member.mailbox.stalled = True
+        self._waiting[member] = trio.current_time() + self.config.resume_window
+        self._waiting_changed.set()
+        log.info("wait %s (%s)", member.name, reason)
+
+    def _resumed(self, member: Member) -> None:
+        """A connection takes *member*'s waiting session back."""
+        if self._waiting.pop(member, None) is not None:
+            member.mailbox.discard()
+
+    def _end_waiting(self, member: Member, reason: str) -> None:
+        """End *member*'s waiting session: now everyone hears it left."""
+        if self._waiting.pop(member, None) is None:
+            return
+        member.mailbox.discard()
+        self.hub.leave(member, announce=not self.stopping)
+        log.info("exit %s (session ended: %s)", member.name, reason)
+
+    async def _end_waiting_sessions(self) -> None:
+        """End each waiting session whose resume window has passed."""
+        while True:
+            self._waiting_changed = trio.Event()
+            now = trio.current_time()
+            for member, deadline in list(self._waiting.items()):
+                if deadline <= now:
+                    self._end_waiting(member, "resume window passed")
+            with trio.move_on_at(min(self._waiting.values(), default=math.inf)):
+                await self._waiting_changed.wait()
+
     def shutdown(self) -> None:
         """Stop accepting and close every connection with ``shutting-down``."""
         if self.stopping:
@@ -423,6 +523,8 @@ class ChatServer:
         self.stopping = True
         log.info("shutting down: closing %d connections", len(self._connections))
         self._accepting.cancel()
+        for member in list(self._waiting):
+            self._end_waiting(member, "server shutting down")
         for session in list(self._connections):
             session.close_with(_GOODBYE, "server shutting down")
 

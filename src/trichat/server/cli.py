@@ -132,6 +132,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with few users online; 0: send each at once (%(default)gs)",
     )
     limits.add_argument(
+        "--resume-window",
+        type=duration,
+        default=d.resume_window,
+        help="how long a protocol-2 session whose connection dropped waits "
+        "for a resume, keeping its name, rooms and messages; 0: off "
+        "(%(default)gs)",
+    )
+    limits.add_argument(
         "--max-rooms",
         type=int,
         default=d.max_rooms,
@@ -244,6 +252,7 @@ def _server_config(
         max_refusing=args.max_refusing,
         shared_reader=args.shared_reader,
         max_rooms=args.max_rooms,
+        resume_window=args.resume_window,
         presence=args.presence,
         ssl_context=context,
     )

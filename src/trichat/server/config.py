@@ -84,6 +84,9 @@ class ServerConfig:
     """``global``: every user is in ``*`` and hears of every login and exit
     (version 1's way); ``rooms``: users hear of each other only through the
     rooms they share, and there is no ``*`` (for large servers)."""
+    resume_window: float = attrs.field(default=120.0, validator=_not_negative)
+    """How long a protocol-2 session waits for a resume after its
+    connection drops; 0: sessions end with their connections."""
     ssl_context: ssl.SSLContext | None = None
 
     @property
@@ -93,7 +96,7 @@ class ServerConfig:
     def settings(self) -> tuple[tuple[str, str], ...]:
         """What ``hello`` tells a client about this server: its version and
         every limit a client must keep to, each as ``key=value`` (0: off or
-        no limit). History and resume are not kept yet: both 0."""
+        no limit). History is not kept yet: 0."""
         return (
             ("server", f"trichat/{__version__}"),
             ("max-line", str(self.max_line)),
@@ -104,7 +107,7 @@ class ServerConfig:
             ("ping", f"{self.ping_interval:g}"),
             ("rooms", str(self.max_rooms)),
             ("history", "0"),
-            ("resume", "0"),
+            ("resume", f"{self.resume_window:g}"),
             ("presence", self.presence),
             ("queue-size", str(self.queue_size)),
             ("queue-bytes", str(self.queue_bytes)),

@@ -25,6 +25,9 @@ channel with ``send_nowait``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
@@ -118,7 +121,10 @@ class Member:
         "login_frame",
         "mailbox",
         "name",
+        "replace",
         "rooms",
+        "secret",
+        "session_frame",
         "version",
     )
 
@@ -142,6 +148,14 @@ class Member:
         """Whether the user gets its own accepted messages back (version 2)."""
         self.rooms: dict[str, Room] = {}
         """The rooms the user is in, by their clash keys."""
+        self.secret: str | None = None
+        """The session's secret, which ``resume`` takes (``Hub.open_session``)."""
+        self.session_frame = b""
+        """``session|SECRET|SECONDS``, sent right after the login
+        acknowledgement; empty without a session to resume."""
+        self.replace: Callable[[], None] = _nothing
+        """Let go of the session, which another connection takes over: the
+        connection that holds it (if any) is told ``replaced`` and closed."""
         self.login_frame = encode(Login(name))
         self.exit_frame = encode(Exit(name))
 
@@ -160,6 +174,17 @@ class Member:
     def _too_slow(self) -> bool:
         self.kick("too slow: outgoing queue full")
         return False
+
+
+def _nothing() -> None:
+    pass
+
+
+def _digest(secret: str) -> bytes:
+    # Sessions are looked up by a digest of their secret, and the secret is
+    # then compared in constant time: how long a lookup takes says nothing
+    # about how much of a guess was right.
+    return hashlib.sha256(secret.encode()).digest()
 
 
 class Room:
@@ -214,6 +239,7 @@ class Hub:
         self._rooms: dict[str, Room] = {}
         self._rooms_exact: dict[str, Room] = {}
         self._observers: list[Observer] = []
+        self._sessions: dict[bytes, Member] = {}
         self.next_id = time.time_ns() // 1000 if first_id is None else first_id
         """The id the next accepted message gets."""
         self._clock = clock
@@ -230,6 +256,10 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a user whose name clashes with *name* is online."""
+        return isinstance(name, str) and name_key(name) in self._members
 
     def __iter__(self) -> Iterator[Member]:
         return iter(list(self._members.values()))
@@ -260,16 +290,40 @@ class Hub:
         """
         if member.key in self._members:
             raise NameTaken(member.name)
-        roster = [member.login_frame]
         if self.global_presence:
             self._announce(member.login_frame)
-            roster.extend(other.login_frame for other in self._members.values())
+        roster = self.snapshot(member)
         self._members[member.key] = member
         self._exact[member.name] = member
         # The roster is the server's own answer and may be large: it always
         # fits, and counts as one frame against the limits.
-        if not member.mailbox.put(b"".join(roster), force=True):
+        if not member.mailbox.put(roster, force=True):
             member.kick("too slow: outgoing queue full")
+
+    def snapshot(self, member: Member, *, resumed: bool = False) -> bytes:
+        """What an online *member* is told of the world when it logs in or
+        resumes: its own ``login`` (and its ``session``: after the login
+        when it logs in, before it when it *resumed*), one ``login`` per
+        other user in its presence scope, and one ``join`` list per room it
+        is in."""
+        if resumed:
+            frames = [member.session_frame, member.login_frame]
+        else:
+            frames = [member.login_frame, member.session_frame]
+        if self.global_presence:
+            others = self._members.values()
+            if resumed:
+                frames.extend(o.login_frame for o in others if o is not member)
+            else:  # not online yet
+                frames.extend([other.login_frame for other in others])
+        for room in member.rooms.values():
+            frames.append(encode(Joined(room.name, member.name)))
+            frames.extend(
+                encode(Joined(room.name, other.name))
+                for other in room.members.values()
+                if other is not member
+            )
+        return b"".join(frames)
 
     def leave(self, member: Member, *, announce: bool = True) -> None:
         """Take *member* offline and out of its rooms and, if *announce*,
@@ -278,6 +332,8 @@ class Hub:
             return
         del self._members[member.key]
         del self._exact[member.name]
+        if member.secret is not None:
+            del self._sessions[_digest(member.secret)]
         sharing: dict[str, Member] = {}
         for room in member.rooms.values():
             del room.members[member.key]
@@ -293,6 +349,25 @@ class Hub:
         elif sharing:
             # One exit per user who shared any room with it.
             self._announce(member.exit_frame, list(sharing.values()))
+
+    def open_session(self, member: Member, frame: Callable[[str], bytes]) -> None:
+        """Give *member* (not online yet) a session that ``resume`` can take
+        back: an unguessable secret, and the ``session`` frame *frame* makes
+        of it."""
+        secret = secrets.token_urlsafe(18)  # 144 random bits
+        member.secret = secret
+        member.session_frame = frame(secret)
+        self._sessions[_digest(secret)] = member
+
+    def find_session(self, secret: str) -> Member | None:
+        """The online member (connected, or waiting for a resume) whose
+        session *secret* names; None for an unknown or ended session."""
+        member = self._sessions.get(_digest(secret))
+        if member is None or member.secret is None:
+            return None
+        if not hmac.compare_digest(member.secret.encode(), secret.encode()):
+            return None
+        return member
 
     def release(self) -> None:
         """Send the presence frames held back (see ``hold_presence``)."""

@@ -13,8 +13,10 @@ batches; a frame that does not fit, or a ``send_nowait`` that raises
 ``WouldBlock``, is refused, and the hub takes that user offline as too
 slow. Every frame gets a sequence number (a block put as one frame, such
 as a newcomer's roster, gets one), and the mailbox can keep the last
-frames its writer wrote (``keep``), so that what followed frame *n* can be
-sent again (session resume will need it).
+frames its writer wrote (``keep``): a session that resumes after a drop
+is sent again every message it may have missed (``messages_after``),
+since a drop can lose what the kernel had accepted but the client never
+read.
 
 A mailbox more than half full is *congested*: senders to it wait (see
 ``make_room``) while its writer makes progress, so a burst does not get a
@@ -30,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import trio
+
+from ..protocol._codec import message_frames
 
 __all__ = ["Batch", "Mailbox", "write_loop"]
 
@@ -64,15 +68,18 @@ class Mailbox:
         "closed",
         "discarded",
         "final",
+        "forgotten",
         "in_channel",
         "keep",
         "last_written",
+        "lost",
         "max_bytes",
         "max_frames",
         "next_seq",
         "queued_bytes",
         "queued_frames",
         "stalled",
+        "writing",
     )
 
     def __init__(self, max_frames: int, max_bytes: int, *, keep: int = 0) -> None:
@@ -97,6 +104,12 @@ class Mailbox:
         self._kept_frames = 0
         self.last_written = 0
         """The sequence number of the last frame the writer wrote."""
+        self.writing: Batch | None = None
+        """The batch the writer has taken and not written all of yet."""
+        self.forgotten = 0
+        """The highest message id no longer kept (``messages_after``)."""
+        self.lost = False
+        """A frame did not fit: what follows cannot be told in full."""
         self.stalled = False
         self.closed = False
         self.discarded = False
@@ -138,6 +151,7 @@ class Mailbox:
         be large).
         """
         if self.closed or not (force or self.fits(len(data), frames)):
+            self.lost = True
             return False
         if self._held:
             # Held presence goes first: a user sees events in order.
@@ -153,6 +167,7 @@ class Mailbox:
         cannot drain: once _HELD_FRAMES (or half the queue) are held they go
         at once."""
         if self.closed or not self.fits(len(frame), 1):
+            self.lost = True
             return False
         self._held.append(frame)
         self._held_frames += 1
@@ -188,6 +203,7 @@ class Mailbox:
             # A plain tuple: cheaper to make than a Batch, for each recipient.
             self._outbox.send_nowait((self.next_seq, data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.lost = True
             return False
         self.in_channel += 1
         self.next_seq += frames
@@ -265,35 +281,54 @@ class Mailbox:
         """The writer wrote all of *batch*."""
         self.queued_frames -= batch.frames
         self.last_written = batch.first + batch.frames - 1
+        self.writing = None
         kept = self._kept
         if kept is not None:
             kept.append(batch)
             self._kept_frames += batch.frames
             while self._kept_frames - kept[0].frames >= self.keep:
-                self._kept_frames -= kept.popleft().frames
+                gone = kept.popleft()
+                self._kept_frames -= gone.frames
+                for number, _ in message_frames(gone.data):
+                    self.forgotten = max(self.forgotten, number)
 
-    def written_since(self, seq: int) -> bytes | None:
-        """The frames written after frame *seq*, as they were written, or
-        None if some of them are no longer kept."""
-        if seq >= self.last_written:
-            return b""
-        kept = self._kept
-        if kept is None or not kept or kept[0].first > seq + 1:
+    def keep_written(self, count: int) -> None:
+        """From now on keep at least the last *count* frames written."""
+        self.keep = count
+        if self._kept is None:
+            self._kept = deque()
+
+    def messages_after(self, last_id: int) -> list[bytes] | None:
+        """Every message frame (``msg``) with an id above *last_id* that
+        this mailbox kept, is writing or holds, in order; None when it
+        cannot be sure that is all of them (one no longer kept, or one that
+        did not fit). Those it holds and has not written are taken out: the
+        caller sends them again, elsewhere."""
+        if self.lost or self.forgotten > last_id:
             return None
-        data: list[bytes] = []
-        for batch in kept:
-            last = batch.first + batch.frames - 1
-            if last <= seq:
-                continue
-            if batch.first > seq:
-                data.append(batch.data)
-                continue
-            lines = batch.data.split(b"\n")[:-1]
-            if len(lines) != batch.frames:
-                return None  # a block counted as one frame (a roster)
-            skip = seq + 1 - batch.first
-            data.append(b"".join(line + b"\n" for line in lines[skip:]))
-        return b"".join(data)
+        pieces = [batch.data for batch in self._kept or ()]
+        if self.writing is not None:
+            pieces.append(self.writing.data)
+        pieces.extend(self._take_unwritten())
+        return [
+            frame
+            for piece in pieces
+            for number, frame in message_frames(piece)
+            if number > last_id
+        ]
+
+    def _take_unwritten(self) -> list[bytes]:
+        """Take everything the writer has not taken, counted as gone."""
+        pieces = []
+        if self._held:
+            pieces.append(self._take_held()[0])
+        while self.in_channel:
+            self.in_channel -= 1
+            _, data, frames = self._inbox.receive_nowait()
+            self.queued_frames -= frames
+            self.queued_bytes -= len(data)
+            pieces.append(data)
+        return pieces
 
     def drain(self) -> bytes:
         """Everything queued, taken at once as a writer would; for code that
@@ -324,6 +359,8 @@ async def write_loop(
     while (batch := await mailbox.next_batch()) is not None:
         if mailbox.discarded:
             return
+        # Until it is all written, a resume looks for messages in it too.
+        mailbox.writing = batch
         await send(batch.data, sent)
         mailbox.written(batch)
     if mailbox.final and not mailbox.discarded:

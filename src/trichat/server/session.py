@@ -50,8 +50,10 @@ from ..protocol.messages import (
     Pong,
     Register,
     Resume,
+    Resumed,
     RoomInfo,
     RoomsListed,
+    SessionInfo,
     Talk,
     Welcome,
 )
@@ -144,6 +146,7 @@ class Session:
         "ping_deadline",
         "ping_token",
         "read",
+        "replaced",
         "stopped",
         "version",
     )
@@ -156,12 +159,15 @@ class Session:
         kick: Callable[[str], None],
         address: str,
         now: float,
+        replaced: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.hub = hub
         self.mailbox = mailbox
         self.kick = kick
         """Drop the client at once (too slow, say), giving the reason."""
+        self.replaced = replaced
+        """Let go of the session, which another connection took over."""
         self.address = address
         self._lines = LineBuffer(config.max_line)
         self._too_long: ProtocolError | None = None
@@ -327,11 +333,9 @@ class Session:
                 self.reply(
                     Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account")
                 )
-            case Resume():
+            case Resume(session=secret, last_id=last_id):
                 if self._needs_hello("resume"):
-                    self.reply(
-                        Error(ErrorCode.RESUME_FAILED, "this server keeps no sessions")
-                    )
+                    self._resume(secret, last_id)
             case History(target=target):
                 if self._needs_hello("history"):
                     self.reply(
@@ -400,16 +404,72 @@ class Session:
         member = Member(
             name, self.mailbox, self.kick, version=self.version or 1, echo=self.echo
         )
+        member.replace = self.replaced
+        if self._resumable and name not in self.hub:
+            self.hub.open_session(member, self._session_frame)
         try:
+            # A session waiting for a resume holds its name too.
             self.hub.join(member)
         except NameTaken:
             self.reply(Error(ErrorCode.NAME_TAKEN, f"{name} is already online"))
             return
+        self._logged_in(member)
+        log.info("login %s %s", self.address, name)
+
+    @property
+    def _resumable(self) -> bool:
+        """Whether this connection's session may wait for a resume."""
+        return (self.version or 1) >= 2 and self.config.resume_window > 0
+
+    def _session_frame(self, secret: str) -> bytes:
+        return encode(SessionInfo(secret, math.ceil(self.config.resume_window)))
+
+    def _logged_in(self, member: Member) -> None:
         self.member = member
         self.login_deadline = math.inf
         # The ping interval may be shorter than what was left of it.
         self.deadline_moved = True
-        log.info("login %s %s", self.address, name)
+        if self._resumable:
+            # A drop can lose what the kernel took but the client never
+            # read: keep what was written, to send it again on a resume.
+            self.mailbox.keep_written(self.config.queue_size)
+
+    def _resume(self, secret: str, last_id: int) -> None:
+        """Take back the session *secret* names, sending every message
+        after *last_id* again, or say why not (``resume-failed``)."""
+        member = self.hub.find_session(secret)
+        if member is None:
+            self.reply(
+                Error(
+                    ErrorCode.RESUME_FAILED, "no such session: it ended, or never was"
+                )
+            )
+            return
+        missed = member.mailbox.messages_after(last_id)
+        if missed is None:
+            # The session cannot be resumed whole: it ends, and its name is
+            # free for a login at once.
+            self.hub.leave(member)
+            member.kick("resume failed: messages were lost")
+            self.reply(
+                Error(
+                    ErrorCode.RESUME_FAILED,
+                    f"messages after {last_id} are no longer kept; log in and"
+                    " ask for history",
+                )
+            )
+            return
+        member.replace()  # whoever held it lets go
+        member.mailbox = self.mailbox
+        member.kick = self.kick
+        member.replace = self.replaced
+        member.version = self.version or 1
+        member.echo = self.echo
+        self._logged_in(member)
+        answer = encode(Resumed(member.name, len(missed)))
+        answer += self.hub.snapshot(member, resumed=True) + b"".join(missed)
+        self._answer(answer, force=True)
+        log.info("resume %s %s (%d missed)", self.address, member.name, len(missed))
 
     def reply(self, message: Frame) -> None:
         """Put a frame of the server's own in this client's mailbox."""
