@@ -389,13 +389,19 @@ class User:
 async def log_in_user(
     live: LiveServer, name: str, version: int = 1, options: str = ""
 ) -> User:
-    """A user logged in as *name* (its acknowledgement read, nothing else):
-    version 1 says no hello; otherwise ``hello|version[|options]`` first."""
+    """A user logged in as *name* (its acknowledgement read, and on
+    protocol 2 its ``session`` frame if the server keeps sessions, nothing
+    else): version 1 says no hello; otherwise ``hello|version[|options]``
+    first."""
     client = await live.connect()
+    settings: dict[str, str] = {}
     if version != 1 or options:
         frame = f"hello|{version}" + (f"|{options}" if options else "")
-        await say_hello(client, frame, min(version, 2))
+        settings = await say_hello(client, frame, min(version, 2))
     await client.login(name)
+    if version >= 2 and settings.get("resume", "0") != "0":
+        session = await client.read_line()
+        assert session.startswith("session|"), session
     return User(
         name, client, min(version, 2), "echo" in options.split() and version >= 2
     )
