@@ -481,3 +481,32 @@ async def test_write_loop_with_nothing_final_writes_nothing_more() -> None:
     with trio.fail_after(TIMEOUT):
         await write_loop(mailbox, socket.send)
     assert socket.writes == []
+
+
+# -- the server's own answers ----------------------------------------------------
+
+
+def test_a_forced_answer_does_not_count_against_the_byte_limit() -> None:
+    mailbox = Mailbox(10, 100)
+    roster = b"login|" + b"x" * 300 + b"\n"
+    assert mailbox.put(roster, force=True)
+    # The frames that follow still fit, and it is not congested.
+    assert mailbox.counted_bytes == 0
+    assert not mailbox.congested
+    assert mailbox.put(frames(1))
+    assert mailbox.drain() == roster + frames(1)
+    assert (mailbox.queued_bytes, mailbox.answer_bytes) == (0, 0)
+
+
+async def test_an_answer_counts_out_until_its_batch_is_written() -> None:
+    mailbox = Mailbox(10, 100)
+    mailbox.put(frames(1))
+    answer = b"room|#" + b"x" * 200 + b"|1\n"
+    mailbox.put(answer, force=True)
+    with trio.fail_after(TIMEOUT):
+        batch = await mailbox.next_batch()
+    mailbox.sent(10)  # part of it written: still being written
+    assert mailbox.answer_bytes == len(answer)
+    mailbox.sent(len(batch.data) - 10)
+    mailbox.written(batch)
+    assert (mailbox.queued_bytes, mailbox.answer_bytes) == (0, 0)

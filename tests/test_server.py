@@ -982,7 +982,10 @@ async def test_a_read_is_handled_whole_across_quiet_deadlines() -> None:
     # what is left of a read must be handled when reading goes on.
     count = 30_000
     async with running_server(rate=0, ping_interval=0.002) as live:
-        alice, bob = await users(live, "alice", "bob")
+        # Pings may come at any time, between login frames too: the lines
+        # looked at are the talk.
+        alice = await live.login("alice")
+        bob = await live.login("bob")
         got: list[str] = []
         async with trio.open_nursery() as nursery:
             # Bob reads while Alice writes: the server waits for him to
@@ -1189,3 +1192,18 @@ async def test_history_and_resume_need_hello(frame: bytes) -> None:
             await client.login("alice")
         await client.send(frame)
         await expect_error(client, "needs-hello")
+
+
+async def test_a_roster_over_the_queue_bytes_does_not_drop_the_newcomer() -> None:
+    # Hardening item: a newcomer's roster is the server's answer, as large
+    # as the number of users online makes it; it must not count as the
+    # newcomer being too slow.
+    long_names = [f"{n:02d}" + "x" * 30 for n in range(40)]  # 40 x 39 bytes
+    async with running_server(queue_bytes=1000, presence_delay=0) as live:
+        others = [await live.login(name) for name in long_names]
+        newcomer = await live.login("newcomer")
+        assert len(await newcomer.read_lines(len(long_names))) == len(long_names)
+        await others[0].send("talk|newcomer|still here?")
+        assert (
+            await newcomer.read_line() == f"talk|{long_names[0]}|newcomer|still here?"
+        )

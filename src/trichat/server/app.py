@@ -264,6 +264,12 @@ class _Connection:
         session = self.session
         turn = 0
         while True:
+            if session.pending is not None:
+                # Before anything more is read or handled: its frame's
+                # answer comes before theirs.
+                work, session.pending = session.pending, None
+                await work()
+                continue
             if session.read is None:
                 if turn >= _FRAMES_PER_TURN:
                     turn = 0
@@ -327,7 +333,7 @@ class _Connection:
         self.received(data)
         session = self.session
         self.step(_FRAMES_PER_TURN)
-        return session.read is None and not session.congested
+        return session.read is None and not session.congested and not session.pending
 
     def read_what_came(self) -> None:
         """Before a deadline is enforced: read and handle what is waiting in

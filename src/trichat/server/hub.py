@@ -45,7 +45,7 @@ from ..protocol.messages import (
     format_epoch_ms,
     name_key,
 )
-from .mailbox import Mailbox
+from .mailbox import Drainable, Mailbox
 
 __all__ = [
     "Accepted",
@@ -478,7 +478,7 @@ class Hub:
     # -- talk ------------------------------------------------------------------
 
     def route(
-        self, sender: Member, envelope: Envelope, congested: list[Mailbox]
+        self, sender: Member, envelope: Envelope, congested: list[Drainable]
     ) -> Routed:
         """Deliver *envelope* from *sender* to its target.
 
@@ -516,7 +516,7 @@ class Hub:
         envelope: Envelope,
         to: str,
         recipients: list[Member],
-        congested: list[Mailbox],
+        congested: list[Drainable],
         *,
         direct: bool = False,
     ) -> Routed:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import trio
 
 from ..protocol._codec import message_frames
 
-__all__ = ["Batch", "Mailbox", "write_loop"]
+__all__ = ["Batch", "Drainable", "Mailbox", "write_loop"]
 
 # Presence frames held back (``hold``) are sent at once when this many pile up.
 _HELD_FRAMES = 256
@@ -43,6 +43,13 @@ _HELD_FRAMES = 256
 
 # What travels in the channel: a Batch's fields.
 _Item = tuple[int, bytes, int]
+
+
+class Drainable(Protocol):
+    """What a sender may have to wait for: a recipient's mailbox (or the
+    store) more than half full."""
+
+    async def make_room(self, stall_timeout: float) -> None: ...
 
 
 class Batch(NamedTuple):
@@ -58,6 +65,7 @@ class Mailbox:
     """One user's outgoing frames, bounded in frames and bytes; see the module."""
 
     __slots__ = (
+        "_answers",
         "_held",
         "_held_frames",
         "_inbox",
@@ -65,6 +73,7 @@ class Mailbox:
         "_kept_frames",
         "_outbox",
         "_progress",
+        "answer_bytes",
         "closed",
         "discarded",
         "final",
@@ -117,14 +126,25 @@ class Mailbox:
         """Written after everything queued, whatever the limits: a closing
         error."""
         self._progress: trio.Event | None = None
+        self.answer_bytes = 0
+        """Bytes of the server's own answers put with *force* and not
+        written yet: they do not count against ``max_bytes``."""
+        self._answers: deque[tuple[int, int]] = deque()
 
     # -- for senders -----------------------------------------------------------
 
     def fits(self, size: int, frames: int) -> bool:
         return (
             self.queued_frames + frames <= self.max_frames
-            and self.queued_bytes + size <= self.max_bytes
+            and self.counted_bytes + size <= self.max_bytes
         )
+
+    @property
+    def counted_bytes(self) -> int:
+        """The bytes queued that count against ``max_bytes``: all but the
+        server's own answers (a roster, a join list), which may be large and
+        are bounded by the server's size, not by what the client asked."""
+        return self.queued_bytes - self.answer_bytes
 
     @property
     def room(self) -> tuple[int, int]:
@@ -135,11 +155,11 @@ class Mailbox:
             # Nobody waits for it any more: until it is full.
             return (
                 self.max_frames - self.queued_frames,
-                self.max_bytes - self.queued_bytes,
+                self.max_bytes - self.counted_bytes,
             )
         return (
             self.max_frames // 2 + 1 - self.queued_frames,
-            self.max_bytes // 2 + 1 - self.queued_bytes,
+            self.max_bytes // 2 + 1 - self.counted_bytes,
         )
 
     def put(self, data: bytes, frames: int = 1, *, force: bool = False) -> bool:
@@ -153,12 +173,19 @@ class Mailbox:
         if self.closed or not (force or self.fits(len(data), frames)):
             self.lost = True
             return False
+        size = len(data)
         if self._held:
             # Held presence goes first: a user sees events in order.
             held, count = self._take_held()
             data = held + data
             frames += count
-        return self._send(data, frames)
+        if not self._send(data, frames):
+            return False
+        if force:
+            # Counted out until the batch that holds it is written.
+            self.answer_bytes += size
+            self._answers.append((self.next_seq - 1, size))
+        return True
 
     def hold(self, frame: bytes) -> bool:
         """Add a presence frame that may wait for ``release``, so that the
@@ -215,7 +242,7 @@ class Mailbox:
     def congested(self) -> bool:
         return not self.stalled and (
             self.queued_frames * 2 > self.max_frames
-            or self.queued_bytes * 2 > self.max_bytes
+            or self.counted_bytes * 2 > self.max_bytes
         )
 
     async def make_room(self, stall_timeout: float) -> None:
@@ -282,6 +309,9 @@ class Mailbox:
         self.queued_frames -= batch.frames
         self.last_written = batch.first + batch.frames - 1
         self.writing = None
+        answers = self._answers
+        while answers and answers[0][0] <= self.last_written:
+            self.answer_bytes -= answers.popleft()[1]
         kept = self._kept
         if kept is not None:
             kept.append(batch)
@@ -324,9 +354,11 @@ class Mailbox:
             pieces.append(self._take_held()[0])
         while self.in_channel:
             self.in_channel -= 1
-            _, data, frames = self._inbox.receive_nowait()
+            first, data, frames = self._inbox.receive_nowait()
             self.queued_frames -= frames
             self.queued_bytes -= len(data)
+            while self._answers and self._answers[0][0] < first + frames:
+                self.answer_bytes -= self._answers.popleft()[1]
             pieces.append(data)
         return pieces
 

@@ -6,6 +6,8 @@ and what each frame does. It is fed what a read brought (``received``) and
 handles it a step at a time (``handle_ready``), routing talk through the
 hub and putting replies in the client's own mailbox. It never waits: it
 says when it has to (``congested``: recipients to let drain first;
+``pending``: blocking work, such as a password check or a look in the
+store, to await in the connection's task before anything more is handled;
 ``read``: lines left for later) and its caller, the connection's task or
 the shared reader, does the waiting. Both call the same step, so the two
 paths cannot drift. Times come in as *now* (Trio's clock, in seconds).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import count
 
 from ..protocol._codec import (
@@ -59,7 +61,7 @@ from ..protocol.messages import (
 )
 from .config import ServerConfig
 from .hub import Envelope, Hub, Member, NameTaken, RoomRefused
-from .mailbox import Mailbox
+from .mailbox import Drainable, Mailbox
 
 __all__ = ["Session", "SessionEnded", "TokenBucket"]
 
@@ -143,6 +145,7 @@ class Session:
         "login_deadline",
         "mailbox",
         "member",
+        "pending",
         "ping_deadline",
         "ping_token",
         "read",
@@ -188,9 +191,13 @@ class Session:
         answered ping): the caller should look at it again and clear this."""
         self.read: Read | None = None
         """A read not handled to its end yet."""
-        self.congested: list[Mailbox] = []
-        """Mailboxes this session filled past half: let them drain before
-        handling more."""
+        self.congested: list[Drainable] = []
+        """Mailboxes (or a store) this session filled past half: let them
+        drain before handling more."""
+        self.pending: Callable[[], Awaitable[None]] | None = None
+        """Work that must wait (in a worker thread) before the next frame is
+        handled: the caller awaits it in the connection's task, where it
+        finishes what its frame asked (answers included), in order."""
         self.stopped = False
         """Kicked or closing: handle no more frames."""
         self.version: int | None = None
@@ -237,7 +244,7 @@ class Session:
         handled = 0
         lines = read.lines
         while read.next < len(lines):
-            if handled >= most or self.stopped or self.congested:
+            if handled >= most or self.stopped or self.congested or self.pending:
                 return handled
             handled += self._handle_lines(read, most - handled, now)
         self.read = None
