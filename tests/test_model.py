@@ -1,14 +1,20 @@
 """The server against a model of who is online, on programs hypothesis writes.
 
-A ``RuleBasedStateMachine`` writes a program: clients connect, log in (names
-drawn from a small pool full of clashes), talk, broadcast, send bursts from
-several clients at once, exit, drop their connection (some with a reset) and
-reconnect. The machine only records the program; its teardown runs it
-against a fresh server over TCP in one ``trio.run``, and after each step
-checks every frame each client received against ``Model``: an accepted
-message reaches its receivers exactly once and in order per sender, or its
-sender got the error the protocol names; presence frames match who is
-online.
+A ``RuleBasedStateMachine`` writes a program: clients connect, say
+``hello`` (protocol 1, 2 or later, with or without ``echo``; or never, and
+stay on protocol 1), log in (names drawn from a small pool full of clashes),
+talk to users, to rooms and to everyone, send bursts from several clients at
+once, join and part rooms (names that clash too, under a low ``--max-rooms``),
+list the rooms, exit, drop their connection (some with a reset) and
+reconnect. Each program runs with ``--presence global`` or ``rooms``. The
+machine only records the program; its teardown runs it against a fresh
+server over TCP in one ``trio.run``, and after each step checks every frame
+each client received against ``Model``: an accepted message reaches its
+receivers exactly once and in order per sender, as ``talk`` on protocol 1
+and ``msg`` on protocol 2 (echoed to a sender that asked), or its sender
+got the error the protocol names; presence and room frames match who is
+online and in which rooms; every connection sees message ids increase, and
+all copies of one message carry one id and one time.
 
 After each step every client answers a ``ping|TOKEN`` barrier, first the
 ones that acted, then everyone, so that everything the step caused has
@@ -24,7 +30,7 @@ from collections import defaultdict
 
 import attrs
 import trio
-from helpers import STEP_TIMEOUT, LineClient, LiveServer, running_server
+from helpers import STEP_TIMEOUT, LineClient, LiveServer, Msg, running_server
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -41,6 +47,11 @@ from trichat import Role, decode, name_key
 SLOTS = 4
 # Several spellings of one name: case, a diaeresis, a full-width letter.
 NAMES = ["ann", "Ann", "bo", "Zo\u00eb", "ZO\u00cb", "\uff3ao\u00eb", "cy"]
+# Rooms that clash the same ways, and a limit low enough to reach.
+ROOMS = ["#a", "#A", "#b", "#\uff42", "#c\u00e9", "#CE\u0301"]
+MAX_ROOMS = 2
+PRESENCE = ["global", "rooms"]
+TARGETS = [*NAMES, *ROOMS, "*"]
 # A whole example must finish well within this.
 RUN_TIMEOUT = 30.0
 
@@ -54,6 +65,35 @@ class Connect:
 
 
 @attrs.frozen
+class Hello:
+    """``hello|VERSION`` or ``hello|VERSION|echo``."""
+
+    slot: int
+    version: int
+    echo: bool
+
+    def frame(self) -> str:
+        return f"hello|{self.version}" + ("|echo" if self.echo else "")
+
+
+@attrs.frozen
+class Join:
+    slot: int
+    room: str
+
+
+@attrs.frozen
+class Part:
+    slot: int
+    room: str
+
+
+@attrs.frozen
+class ListRooms:
+    slot: int
+
+
+@attrs.frozen
 class LogIn:
     slot: int
     name: str
@@ -61,7 +101,7 @@ class LogIn:
 
 @attrs.frozen
 class Say:
-    """``talk|TO|TEXT``; TO ``*`` is a broadcast."""
+    """``talk|TO|TEXT``; TO a name, a room, or ``*`` (everyone)."""
 
     slot: int
     to: str
@@ -110,39 +150,77 @@ class Reconnect:
     reset: bool
 
 
-Action = Connect | LogIn | Say | Burst | Leave | ExitOther | Drop | Reconnect
+Action = (
+    Connect
+    | Hello
+    | LogIn
+    | Say
+    | Burst
+    | Join
+    | Part
+    | ListRooms
+    | Leave
+    | ExitOther
+    | Drop
+    | Reconnect
+)
 
 
 # -- the model and the run -----------------------------------------------------
 
 
 def normalize(line: str) -> str:
-    """*line* as the model writes it: an error's detail is left out, except
-    that of ``no-such-user``, which is the name asked for."""
-    if line.startswith("error|") and not line.startswith("error|no-such-user|"):
+    """*line* as the model writes it: a ``hello`` answer without its
+    settings; a ``msg`` without its id and time (``msg|FROM|TO|TEXT``); an
+    error's detail left out, except that of ``no-such-user`` and
+    ``not-in-room``, which is the target as the sender wrote it."""
+    kind = line.partition("|")[0]
+    if kind == "hello":
+        return "|".join(line.split("|")[:2])
+    if kind == "msg":
+        msg = Msg.parse(line)
+        return f"msg|{msg.sender}|{msg.to}|{msg.text}"
+    if kind == "error" and line.split("|")[1] not in ("no-such-user", "not-in-room"):
         return "|".join(line.split("|")[:2])
     return line
 
 
 def by_source(lines: list[str]) -> dict[str, list[str]]:
-    """*lines* split by who caused them: talk by its sender, the rest by
-    the server; each list keeps its order."""
+    """*lines* (normalized) split by who caused them: a delivery by its
+    sender, the rest by the server; each list keeps its order."""
     sources: dict[str, list[str]] = defaultdict(list)
     for line in lines:
         kind, _, rest = line.partition("|")
-        sources[rest.partition("|")[0] if kind == "talk" else ""].append(line)
+        sources[rest.partition("|")[0] if kind in ("talk", "msg") else ""].append(line)
     return dict(sources)
 
 
-class Model:
-    """Who is connected and who is online, and what each step should cause."""
+@attrs.define
+class Room:
+    """A room as the model sees it: its name as its first member wrote it,
+    and its members' slots."""
 
-    def __init__(self, live: LiveServer) -> None:
+    shown: str
+    members: list[int]
+
+
+class Model:
+    """Who is connected, which version each speaks, who is online and who
+    is in which room, and what each step should cause."""
+
+    def __init__(self, live: LiveServer, presence: str) -> None:
         self.live = live
+        self.global_presence = presence == "global"
         self.clients: dict[int, LineClient] = {}
+        self.versions: dict[int, int] = {}
+        """The version a slot's connection said hello with (none: 1)."""
+        self.echo: set[int] = set()
         self.names: dict[int, str] = {}
+        self.rooms: dict[str, Room] = {}
+        self.last_id: dict[int, int] = {}
+        """The last message id each connection has seen."""
         self.tokens = itertools.count()
-        self.history: list[str] = []
+        self.history: list[str] = [f"presence {presence}"]
 
     def online(self, name: str) -> int | None:
         """The slot of the online user whose name clashes with *name*."""
@@ -151,19 +229,34 @@ class Model:
                 return slot
         return None
 
+    def version(self, slot: int) -> int:
+        return self.versions.get(slot, 1)
+
+    def rooms_of(self, slot: int) -> list[Room]:
+        return [room for room in self.rooms.values() if slot in room.members]
+
+    def delivery(self, slot: int, sender: str, to: str, text: str) -> str:
+        """A message as the model writes it for *slot*'s version."""
+        kind = "talk" if self.version(slot) == 1 else "msg"
+        return f"{kind}|{sender}|{to}|{text}"
+
     # -- driving one step ----------------------------------------------------
 
     async def step(self, action: Action) -> None:
         self.history.append(repr(action))
         expected: dict[int, list[str]] = defaultdict(list)
         actors: list[int] = []
-        roster_of: int | None = None
+        answer_of: int | None = None
         match action:
             case Connect(slot):
                 await self.connect(slot)
                 actors.append(slot)
+            case Hello(slot):
+                self.hello(action, expected)
+                await self.clients[slot].send(action.frame())
+                actors.append(slot)
             case LogIn(slot, name):
-                roster_of = self.log_in(slot, name, expected)
+                answer_of = self.log_in(slot, name, expected)
                 await self.clients[slot].send(f"login|{name}")
                 actors.append(slot)
             case Say(slot):
@@ -179,6 +272,18 @@ class Model:
                     for slot, data in frames.items():
                         nursery.start_soon(self.clients[slot].send_raw, data)
                 actors.extend(frames)
+            case Join(slot, room):
+                answer_of = self.join(slot, room, expected)
+                await self.clients[slot].send(f"join|{room}")
+                actors.append(slot)
+            case Part(slot, room):
+                self.part(slot, room, expected)
+                await self.clients[slot].send(f"part|{room}")
+                actors.append(slot)
+            case ListRooms(slot):
+                self.list_rooms(slot, expected)
+                await self.clients[slot].send("rooms")
+                actors.append(slot)
             case Leave(slot, named, variant):
                 await self.leave(slot, named, variant, expected)
             case ExitOther(slot, name):
@@ -197,16 +302,32 @@ class Model:
                 await self.connect(slot)
                 actors.append(slot)
         received = await self.barrier(actors)
-        self.check(received, expected, roster_of)
+        self.check(action, received, expected, answer_of)
 
     async def connect(self, slot: int) -> None:
         assert slot not in self.clients
         self.clients[slot] = await self.live.connect()
+        self.versions.pop(slot, None)
+        self.echo.discard(slot)
+        self.last_id.pop(slot, None)
+
+    def hello(self, hello: Hello, expected: dict[int, list[str]]) -> None:
+        slot = hello.slot
+        if slot in self.names:
+            expected[slot].append("error|already-logged-in")
+        elif slot in self.versions:
+            expected[slot].append("error|bad-frame")  # at most once
+        else:
+            version = min(hello.version, 2)
+            expected[slot].append(f"hello|{version}")
+            self.versions[slot] = version
+            if hello.echo and version == 2:
+                self.echo.add(slot)
 
     def log_in(
         self, slot: int, name: str, expected: dict[int, list[str]]
     ) -> int | None:
-        """The model's side of a login; the slot whose roster to check."""
+        """The model's side of a login; the slot whose answer to check."""
         if slot in self.names:
             expected[slot].append("error|already-logged-in")
             return None
@@ -214,9 +335,10 @@ class Model:
             expected[slot].append("error|name-taken")
             return None
         expected[slot].append(f"login|{name}")
-        for other, other_name in self.names.items():
-            expected[slot].append(f"login|{other_name}")
-            expected[other].append(f"login|{name}")
+        if self.global_presence:
+            for other, other_name in self.names.items():
+                expected[slot].append(f"login|{other_name}")
+                expected[other].append(f"login|{name}")
         self.names[slot] = name
         return slot
 
@@ -224,20 +346,95 @@ class Model:
         sender = self.names.get(say.slot)
         if sender is None:
             expected[say.slot].append("error|not-logged-in")
-        elif say.to == "*":
-            for other, _ in self.names.items():
-                if other != say.slot:
-                    expected[other].append(f"talk|{sender}|*|{say.text}")
-        elif (target := self.online(say.to)) is None:
-            expected[say.slot].append(f"error|no-such-user|{say.to}")
+            return
+        to, text = say.to, say.text
+        if to == "*":
+            if not self.global_presence:
+                expected[say.slot].append("error|not-in-room|*")
+                return
+            receivers = [slot for slot in self.names if slot != say.slot]
+        elif to.startswith("#"):
+            room = self.rooms.get(name_key(to))
+            if room is None or say.slot not in room.members:
+                expected[say.slot].append(f"error|not-in-room|{to}")
+                return
+            to = room.shown
+            receivers = [slot for slot in room.members if slot != say.slot]
         else:
-            expected[target].append(f"talk|{sender}|{self.names[target]}|{say.text}")
+            target = self.online(to)
+            if target is None:
+                expected[say.slot].append(f"error|no-such-user|{to}")
+                return
+            to = self.names[target]
+            receivers = [target]
+        if say.slot in self.echo and say.slot not in receivers:
+            receivers.append(say.slot)  # the echo (to oneself: once)
+        for slot in receivers:
+            expected[slot].append(self.delivery(slot, sender, to, text))
+
+    def join(self, slot: int, name: str, expected: dict[int, list[str]]) -> int | None:
+        """The model's side of a join; the slot whose answer to check."""
+        own = self.names.get(slot)
+        if own is None:
+            expected[slot].append("error|not-logged-in")
+            return None
+        room = self.rooms.get(name_key(name))
+        if room is not None and slot in room.members:
+            expected[slot].append("error|already-in-room")
+            return None
+        if len(self.rooms_of(slot)) >= MAX_ROOMS:
+            expected[slot].append("error|too-many-rooms")
+            return None
+        if room is None:
+            room = self.rooms[name_key(name)] = Room(name, [])
+        frame = f"join|{room.shown}|{own}"
+        expected[slot].append(frame)
+        for member in room.members:
+            expected[member].append(frame)
+            expected[slot].append(f"join|{room.shown}|{self.names[member]}")
+        room.members.append(slot)
+        return slot
+
+    def part(self, slot: int, name: str, expected: dict[int, list[str]]) -> None:
+        own = self.names.get(slot)
+        if own is None:
+            expected[slot].append("error|not-logged-in")
+            return
+        room = self.rooms.get(name_key(name))
+        if room is None or slot not in room.members:
+            expected[slot].append(f"error|not-in-room|{name}")
+            return
+        for member in room.members:
+            expected[member].append(f"part|{room.shown}|{own}")
+        room.members.remove(slot)
+        if not room.members:
+            del self.rooms[name_key(name)]
+
+    def list_rooms(self, slot: int, expected: dict[int, list[str]]) -> None:
+        if slot not in self.names:
+            expected[slot].append("error|not-logged-in")
+            return
+        for room in self.rooms.values():
+            expected[slot].append(f"room|{room.shown}|{len(room.members)}")
+        expected[slot].append(f"rooms|{len(self.rooms)}")
 
     def went_offline(self, slot: int, expected: dict[int, list[str]]) -> None:
         name = self.names.pop(slot, None)
-        if name is not None:
-            for other in self.names:
-                expected[other].append(f"exit|{name}")
+        if name is None:
+            return
+        if self.global_presence:
+            told = list(self.names)
+        else:  # once to each who shares any room with it
+            told = sorted(
+                {m for room in self.rooms_of(slot) for m in room.members} - {slot}
+            )
+        for other in told:
+            expected[other].append(f"exit|{name}")
+        for key, room in list(self.rooms.items()):
+            if slot in room.members:
+                room.members.remove(slot)
+                if not room.members:
+                    del self.rooms[key]
 
     async def leave(
         self, slot: int, named: bool, variant: bool, expected: dict[int, list[str]]
@@ -298,30 +495,50 @@ class Model:
 
     def check(
         self,
+        action: Action,
         received: dict[int, list[str]],
         expected: dict[int, list[str]],
-        roster_of: int | None,
+        answer_of: int | None,
     ) -> None:
+        stamps: set[tuple[int, str]] = set()
         for slot in sorted(set(received) | set(expected)):
+            msgs = [
+                Msg.parse(line) for line in received.get(slot, []) if line[:4] == "msg|"
+            ]
+            ids = [self.last_id.get(slot, 0), *(msg.id for msg in msgs)]
+            assert ids == sorted(set(ids)), (
+                f"slot {slot} saw ids {ids} after {self.history[-1]}:\n"
+                f"  steps: {self.history}"
+            )
+            self.last_id[slot] = ids[-1]
+            stamps.update((msg.id, msg.time) for msg in msgs)
             got = [normalize(line) for line in received.get(slot, [])]
             want = list(expected.get(slot, []))
-            if slot == roster_of:
-                # The acknowledgement first, then the roster in any order.
+            if slot == answer_of:
+                # The acknowledgement first, then the list in any order.
                 got[1:] = sorted(got[1:])
                 want[1:] = sorted(want[1:])
+            if isinstance(action, ListRooms) and slot == action.slot:
+                got[:-1] = sorted(got[:-1])
+                want[:-1] = sorted(want[:-1])
             assert by_source(got) == by_source(want), (
                 f"slot {slot} after {self.history[-1]}:\n"
                 f"  got      {got}\n  expected {want}\n"
                 f"  steps: {self.history}"
             )
+        if isinstance(action, Say):
+            # One message: one id and one time in every copy of it.
+            assert len(stamps) <= 1, (stamps, self.history)
         assert sorted(self.live.server.hub.names()) == sorted(self.names.values())
 
 
-async def run_program(actions: list[Action]) -> None:
+async def run_program(presence: str, actions: list[Action]) -> None:
     failure: AssertionError | None = None
     with trio.fail_after(RUN_TIMEOUT):
-        async with running_server(rate=0) as live:
-            model = Model(live)
+        async with running_server(
+            rate=0, presence=presence, max_rooms=MAX_ROOMS
+        ) as live:
+            model = Model(live, presence)
             try:
                 for action in actions:
                     await model.step(action)
@@ -334,11 +551,26 @@ async def run_program(actions: list[Action]) -> None:
 # -- the program's author ------------------------------------------------------
 
 
+Arrival = tuple[int | None, bool, int]
+"""How a new connection starts: the version of its hello (None: none),
+whether it asks for echo, and which name it logs in with (see
+``ChatPrograms.arrive``; the last choice: it does not log in)."""
+
+ARRIVALS: st.SearchStrategy[Arrival] = st.tuples(
+    st.sampled_from([None, 2, 1, 3]),
+    st.booleans(),
+    st.integers(0, len(NAMES)),
+)
+OWN_NAMES = ["ann", "bo", "Zo\u00eb", "cy"]
+"""Each slot's first choice of name."""
+
+
 class ChatPrograms(RuleBasedStateMachine):
     """Writes a program of client actions; its teardown runs it."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.presence = PRESENCE[0]
         self.actions: list[Action] = []
         self.connected: set[int] = set()
 
@@ -348,17 +580,44 @@ class ChatPrograms(RuleBasedStateMachine):
     def pick(self, data: st.DataObject) -> int:
         return data.draw(st.sampled_from(sorted(self.connected)), label="slot")
 
-    @initialize()
-    def two_clients(self) -> None:
-        for _ in range(2):
-            self.connect()
+    def arrive(self, slot: int, arrival: Arrival) -> None:
+        """After connecting: maybe a hello, maybe a login."""
+        version, echo, choice = arrival
+        if version is not None:
+            self.actions.append(Hello(slot, version, echo))
+        # The first choice is a name of the slot's own, clashing with no
+        # other slot's first choice: the simplest programs log everyone in.
+        own = OWN_NAMES[slot]
+        names = [own, *(name for name in NAMES if name != own), None]
+        name = names[choice]
+        if name is not None:
+            self.actions.append(LogIn(slot, name))
+
+    @initialize(
+        presence=st.sampled_from(PRESENCE),
+        arrivals=st.lists(ARRIVALS, min_size=2, max_size=2),
+    )
+    def two_clients(self, presence: str, arrivals: list[Arrival]) -> None:
+        self.presence = presence
+        for arrival in arrivals:
+            self.connect(arrival)
 
     @precondition(lambda self: len(self.connected) < SLOTS)
-    @rule()
-    def connect(self) -> None:
+    @rule(arrival=ARRIVALS)
+    def connect(self, arrival: Arrival) -> None:
         slot = self.free_slot()
         self.connected.add(slot)
         self.actions.append(Connect(slot))
+        self.arrive(slot, arrival)
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(
+        data=st.data(),
+        version=st.sampled_from([1, 2, 2, 3]),
+        echo=st.booleans(),
+    )
+    def hello(self, data: st.DataObject, version: int, echo: bool) -> None:
+        self.actions.append(Hello(self.pick(data), version, echo))
 
     @precondition(lambda self: bool(self.connected))
     @rule(data=st.data(), name=st.sampled_from(NAMES))
@@ -366,7 +625,7 @@ class ChatPrograms(RuleBasedStateMachine):
         self.actions.append(LogIn(self.pick(data), name))
 
     @precondition(lambda self: bool(self.connected))
-    @rule(data=st.data(), to=st.sampled_from([*NAMES, "*"]), text=texts(max_size=8))
+    @rule(data=st.data(), to=st.sampled_from(TARGETS), text=texts(max_size=8))
     def say(self, data: st.DataObject, to: str, text: str) -> None:
         self.actions.append(Say(self.pick(data), to, text))
 
@@ -376,11 +635,31 @@ class ChatPrograms(RuleBasedStateMachine):
         say = st.builds(
             Say,
             st.sampled_from(sorted(self.connected)),
-            st.sampled_from([*NAMES, "*"]),
+            st.sampled_from(TARGETS),
             texts(max_size=8),
         )
         says = data.draw(st.lists(say, min_size=2, max_size=12), label="says")
         self.actions.append(Burst(tuple(says)))
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(data=st.data())
+    def join(self, data: st.DataObject) -> None:
+        """One to three joins, one step each: rooms fill up."""
+        join = st.builds(
+            Join, st.sampled_from(sorted(self.connected)), st.sampled_from(ROOMS)
+        )
+        joins = data.draw(st.lists(join, min_size=1, max_size=3), label="joins")
+        self.actions.extend(joins)
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(data=st.data(), room=st.sampled_from(ROOMS))
+    def part(self, data: st.DataObject, room: str) -> None:
+        self.actions.append(Part(self.pick(data), room))
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(data=st.data())
+    def list_rooms(self, data: st.DataObject) -> None:
+        self.actions.append(ListRooms(self.pick(data)))
 
     @precondition(lambda self: bool(self.connected))
     @rule(data=st.data(), named=st.booleans(), variant=st.booleans())
@@ -402,12 +681,14 @@ class ChatPrograms(RuleBasedStateMachine):
         self.actions.append(Drop(slot, reset))
 
     @precondition(lambda self: bool(self.connected))
-    @rule(data=st.data(), reset=st.booleans())
-    def reconnect(self, data: st.DataObject, reset: bool) -> None:
-        self.actions.append(Reconnect(self.pick(data), reset))
+    @rule(data=st.data(), reset=st.booleans(), arrival=ARRIVALS)
+    def reconnect(self, data: st.DataObject, reset: bool, arrival: Arrival) -> None:
+        slot = self.pick(data)
+        self.actions.append(Reconnect(slot, reset))
+        self.arrive(slot, arrival)
 
     def teardown(self) -> None:
-        trio.run(run_program, self.actions)
+        trio.run(run_program, self.presence, self.actions)
 
 
 def test_server_matches_the_model() -> None:
