@@ -1,0 +1,1298 @@
+"""The server's memory: accounts, offline messages and history, in SQLite.
+
+One file (``--db PATH``; ``default_path()`` is the one in the user's data
+directory; ``:memory:`` keeps nothing), in WAL mode, with a schema version
+and migrations (``MIGRATIONS``) from the first release on.
+
+The event loop never waits for the disk:
+
+- ``Store.run`` (in the server's nursery) opens the file in a worker
+  thread, loads what must be known at once (``last_id``, the account
+  names, how many offline messages each account has), reports started,
+  then runs the **writer**: one thread, the only one that writes, inside a
+  task ``run`` owns (``trio.to_thread.run_sync``). It takes everything that
+  arrived while it was committing and commits it as one transaction
+  (group commit), then prunes a little, and so on until ``run`` is
+  cancelled: then it writes everything recorded so far and returns. That
+  final write is bounded by *stop_timeout* (10 s by default), enforced by
+  the writer itself; the task waiting for it cannot be cancelled sooner
+  (a thread cannot be interrupted), which shields it.
+- ``record`` (a hub observer) and ``record_offline`` are synchronous and
+  never block: they queue the message for the writer. The queue is never
+  cut short (the message was delivered already); its length is bounded
+  by the server instead: ``congested`` is True while more than half of
+  *max_backlog* messages (or *max_backlog_bytes* bytes of text) wait, and
+  senders then wait for ``make_room`` as they do for a congested
+  recipient.
+- Reads (``history``, ``offline``, ``account``, ``accounts``) run in
+  worker threads behind a ``trio.CapacityLimiter``, each on a read
+  connection of its own. What is recorded but not yet committed is added
+  to what they read, so a message is in history from the moment it is
+  recorded.
+- Account changes (``register``, ``set_password``, ``delete_account``) go
+  through the writer too, and return once committed; password hashing
+  happens in the ``Hasher``'s own threads (``passwords.py``).
+
+What is kept, per conversation: messages to a room (the conversation's key
+is the room's clash key, ``name_key("#Lunch")``), to ``*``, and direct
+messages where the sender or the recipient is an account (kept in that
+account's conversation with the other name, twice if both are accounts).
+Each conversation keeps its *history* newest messages (0: none); older
+ones are deleted in the background, in the writer, a few conversations
+between two commits, and are never shown meanwhile. Message ids are the
+hub's: ``last_id`` is the highest id the store has seen, kept across
+restarts even for messages it does not keep.
+
+Offline messages (``record_offline``): a direct message to an account that
+is offline is kept for it (and in its history), at most *offline_max* per
+account, until ``offline_delivered`` says it was delivered.
+
+Crash safety: a commit is atomic and written to the WAL before the next
+group starts (``synchronous=NORMAL``: a killed process loses no committed
+group; a power cut may lose the last commits before a checkpoint but
+leaves a consistent file). A ``kill -9`` loses what was queued and not
+yet committed: at most one group, normally the last few milliseconds,
+more while ``congested``.
+
+Another process (``trichat accounts``) may change accounts while the
+server runs: SQLite serializes the writers (each waits up to
+``BUSY_TIMEOUT`` for the other), and the writer sees such changes within
+about a second (``PRAGMA data_version``) and reloads the account names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
+
+import attrs
+import trio
+
+from ..protocol.messages import BROADCAST, name_key
+from .hub import Accepted
+from .passwords import Hasher
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Account",
+    "AccountExists",
+    "Direction",
+    "NoSuchAccount",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoredMessage",
+    "account_names",
+    "default_path",
+    "delete_account_rows",
+    "open_database",
+    "set_password_hash",
+]
+
+log = logging.getLogger("trichat.store")
+
+T = TypeVar("T")
+
+Direction: TypeAlias = Literal["latest", "before", "after"]
+
+BUSY_TIMEOUT = 5.0
+"""How long a connection waits for another process's write, in seconds."""
+
+# Between an account's clash key and the other name's in the key of their
+# conversation: no name's clash key can hold it (names hold no control
+# characters, and NFKC makes none).
+_SEP = "\x1f"
+# How often the writer looks for changes made by another process.
+_LOOK_EVERY = 1.0
+# Above every message id (SQLite's largest integer).
+_NO_ID = (1 << 63) - 1
+# Conversations pruned between two commits, at most.
+_PRUNE_STEP = 32
+
+
+@attrs.frozen
+class StoredMessage:
+    """A message as the store keeps it: its id and time (milliseconds since
+    the epoch, UTC), who sent it, to whom (a name, a room as its first
+    member wrote it, or ``*``), and its text."""
+
+    id: int
+    time_ms: int
+    sender: str
+    to: str
+    text: str
+
+
+@attrs.frozen
+class Account:
+    """An account: its name as registered, its clash key, its password's
+    hash (never shown) and when it was made (ms since the epoch)."""
+
+    name: str
+    key: str
+    password_hash: str = attrs.field(repr=False)
+    created_ms: int
+
+
+class StoreError(Exception):
+    """A store that cannot be used (a newer schema, a closed store)."""
+
+
+class StoreClosed(StoreError):
+    """The store is not running (``Store.run`` has not started or has
+    ended)."""
+
+
+class AccountExists(StoreError):
+    """``register`` of a name that is an account already
+    (``already-registered``)."""
+
+
+class NoSuchAccount(StoreError):
+    """The name is not an account (``no-such-account``)."""
+
+
+# -- the file ------------------------------------------------------------------
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first release.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE accounts (
+        key TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE conversations (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+    CREATE TABLE messages (
+        conversation INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        text BLOB NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation, id);
+    CREATE TABLE offline (
+        account TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        text BLOB NOT NULL,
+        PRIMARY KEY (account, id)
+    ) WITHOUT ROWID;
+    """,
+)
+"""The schema, as the scripts that take a file from one version to the
+next: ``MIGRATIONS[0]`` makes version 1. Only ever append."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_path() -> Path:
+    """Where the store lives unless told otherwise:
+    ``$XDG_DATA_HOME/trichat/trichat.db``, else
+    ``~/.local/share/trichat/trichat.db``."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec: a relative path there is to be ignored.
+    data = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return data / "trichat" / "trichat.db"
+
+
+def _connect(
+    path: str | os.PathLike[str], *, read_only: bool = False
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable
+    from any thread (one at a time), waiting BUSY_TIMEOUT for locks."""
+    connection = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA cache_size = -32768")  # 32 MiB
+    if read_only:
+        connection.execute("PRAGMA query_only = ON")
+    return connection
+
+
+def open_database(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open (creating it and its directory, readable by its owner only, if
+    need be) the store's file at *path*, in WAL mode and migrated to
+    ``SCHEMA_VERSION``; a connection for writing.
+
+    Raises StoreError for a file made by a newer trichat.
+    """
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Password hashes live here: only the owner may read it (SQLite
+        # gives the WAL and shared-memory files the same permissions).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    connection = _connect(path)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # Keep the WAL file from staying large after a burst.
+        connection.execute("PRAGMA journal_size_limit = 67108864")
+        _migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store's schema is version {version}, newer than this "
+                f"trichat's {SCHEMA_VERSION}: use a newer trichat"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            # executescript would commit: run the statements one by one.
+            for statement in MIGRATIONS[number - 1].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("DELETE FROM schema_version")
+            connection.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            log.info("store schema migrated to version %d", number)
+    except BaseException:
+        _roll_back(connection)
+        raise
+    connection.execute("COMMIT")
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """Roll back the transaction, if SQLite has not already."""
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def account_names(connection: sqlite3.Connection) -> list[str]:
+    """Every account's name, in clash-key order."""
+    rows = connection.execute("SELECT name FROM accounts ORDER BY key")
+    return [name for (name,) in rows]
+
+
+def _account(connection: sqlite3.Connection, key: str) -> Account | None:
+    row = connection.execute(
+        "SELECT name, key, password_hash, created_ms FROM accounts WHERE key = ?",
+        (key,),
+    ).fetchone()
+    return None if row is None else Account(*row)
+
+
+def set_password_hash(
+    connection: sqlite3.Connection, key: str, password_hash: str
+) -> bool:
+    """Give account *key* a new password hash; False if there is no such
+    account. Call it inside a transaction or alone."""
+    cursor = connection.execute(
+        "UPDATE accounts SET password_hash = ? WHERE key = ?", (password_hash, key)
+    )
+    return cursor.rowcount > 0
+
+
+def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
+    """Delete account *key*, its offline messages and its conversations
+    with others; False if there is no such account. Call it inside a
+    transaction."""
+    if connection.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount == 0:
+        return False
+    connection.execute("DELETE FROM offline WHERE account = ?", (key,))
+    low, high = key + _SEP, key + chr(ord(_SEP) + 1)
+    conversations = "SELECT id FROM conversations WHERE key >= ? AND key < ?"
+    connection.execute(
+        f"DELETE FROM messages WHERE conversation IN ({conversations})", (low, high)
+    )
+    connection.execute(
+        "DELETE FROM conversations WHERE key >= ? AND key < ?", (low, high)
+    )
+    return True
+
+
+# -- what goes to the writer ---------------------------------------------------
+
+
+class _Message:
+    """An accepted message for the writer: the conversations it is kept in
+    (by key) and the account whose offline mailbox keeps it, if any."""
+
+    __slots__ = ("accepted", "conversations", "offline", "size")
+
+    def __init__(
+        self,
+        accepted: Accepted,
+        conversations: tuple[str, ...],
+        offline: str | None,
+        size: int,
+    ) -> None:
+        self.accepted = accepted
+        self.conversations = conversations
+        self.offline = offline
+        self.size = size
+
+
+class _Change:
+    """Anything else for the writer: *write* runs in the writer thread,
+    inside the group's transaction, and its result goes to *done* on the
+    event loop once the group is committed."""
+
+    __slots__ = ("done", "write")
+
+    def __init__(
+        self,
+        write: Callable[[sqlite3.Connection], Any],
+        done: Callable[[Any], None],
+    ) -> None:
+        self.write = write
+        self.done = done
+
+
+class _Waiter:
+    """The result of a change, for a task waiting on the event loop."""
+
+    __slots__ = ("event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Any = None
+
+    def __call__(self, result: Any) -> None:
+        self.result = result
+        self.event.set()
+
+
+class _Waiting:
+    """The messages of one conversation (or offline mailbox) recorded and
+    not yet committed, oldest first, and how many texts they hold."""
+
+    __slots__ = ("count", "messages")
+
+    def __init__(self) -> None:
+        self.messages: deque[Accepted] = deque()
+        self.count = 0
+
+    def newest_first(self, most: int) -> Iterator[StoredMessage]:
+        """The newest *most* of them, newest first."""
+        for accepted in reversed(self.messages):
+            first, time_ms = accepted.first_id, accepted.time_ms
+            sender, to, texts = accepted.sender, accepted.to, accepted.texts
+            for i in range(len(texts) - 1, -1, -1):
+                if most <= 0:
+                    return
+                most -= 1
+                yield StoredMessage(first + i, time_ms, sender, to, texts[i].decode())
+
+
+class _Committed:
+    """What the writer tells the event loop after a commit."""
+
+    __slots__ = ("changes", "high_id", "messages")
+
+    def __init__(self) -> None:
+        self.messages: list[_Message] = []
+        self.changes: list[tuple[_Change, Any]] = []
+        self.high_id = 0
+
+
+_Item: TypeAlias = _Message | _Change
+
+
+# -- the store -----------------------------------------------------------------
+
+
+class Store:
+    """Accounts, offline messages and history in one SQLite file; see the
+    module's docstring. *path* is the file, or ``":memory:"`` for a store
+    that keeps nothing after ``run`` (a temporary file, deleted then).
+
+    *history* is how many messages each conversation keeps (0: none);
+    *offline_max* how many offline messages one account may have waiting;
+    the store is ``congested`` past half *max_backlog* messages or half
+    *max_backlog_bytes* bytes of text waiting for the writer. *limiter*
+    bounds the reads running at once (one read connection each); *hasher*
+    hashes passwords (tests pass a cheap one). *stop_timeout* bounds the
+    last write when ``run`` is cancelled.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        history: int = 1000,
+        offline_max: int = 1000,
+        max_backlog: int = 65536,
+        max_backlog_bytes: int = 32 << 20,
+        limiter: trio.CapacityLimiter | None = None,
+        hasher: Hasher | None = None,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if history < 0 or offline_max < 0 or max_backlog < 2 or max_backlog_bytes < 2:
+            raise ValueError("history and offline_max >= 0, backlogs >= 2")
+        self.path = path
+        self.history_size = history
+        self.offline_max = offline_max
+        self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
+        self.limiter = limiter or trio.CapacityLimiter(4)
+        self.hasher = hasher or Hasher()
+        self.stop_timeout = stop_timeout
+        self.last_id = 0
+        """The highest message id the store has seen (recorded, or stored
+        before a restart): the hub continues above it."""
+        self.committed_id = 0
+        """The highest message id written to the file (everything recorded
+        before it is there too)."""
+        self.backlog = 0
+        """Messages recorded and not yet committed."""
+        self.backlog_bytes = 0
+        """Their texts' bytes."""
+        self._file: str | None = None  # the file in use, once open
+        self._temporary: str | None = None  # the directory of a :memory: one
+        self._running = False
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._accounts: set[str] = set()
+        # Account changes queued and not yet committed: key -> exists after.
+        self._account_changes: dict[str, list[bool]] = {}
+        self._offline_count: dict[str, int] = {}
+        # Offline messages delivered (up to that id) whose deletion is queued.
+        self._delivered: dict[str, int] = {}
+        # Messages recorded and not yet committed, by conversation / account.
+        self._pending: dict[str, _Waiting] = {}
+        self._pending_offline: dict[str, _Waiting] = {}
+        self._progress = trio.Event()  # set at every commit
+        self._queue: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._writer_waiting = False
+        self._stopping = False
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._lost = 0
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, history={self.history_size})"
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the file, report started, and write until cancelled; then
+        write everything recorded (within *stop_timeout*) and close."""
+        if self._running or self._token is not None:
+            raise StoreError("a store runs once")
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            if str(self.path) == ":memory:":
+                self._temporary = tempfile.mkdtemp(prefix="trichat-")
+                self._file = os.path.join(self._temporary, "trichat.db")
+            else:
+                self._file = os.fspath(self.path)
+            started = time.monotonic()
+            writer, state = await trio.to_thread.run_sync(self._open, self._file)
+            try:
+                self.last_id = self.committed_id = state.last_id
+                self._accounts = state.accounts
+                self._offline_count = state.offline
+                self._running = True
+                log.info(
+                    "store %s open in %.2f s: %d accounts, last id %d",
+                    self.path,
+                    time.monotonic() - started,
+                    len(state.accounts),
+                    state.last_id,
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, writer, state)
+                    task_status.started()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._stop_writer()
+            finally:
+                self._running = False
+                writer.close()
+        finally:
+            self._close_readers()
+            if self._temporary is not None:
+                shutil.rmtree(self._temporary, ignore_errors=True)
+            self._progress.set()  # nobody waits for a store that is gone
+
+    def _open(self, path: str) -> tuple[sqlite3.Connection, _Loaded]:
+        connection = open_database(path)
+        try:
+            loaded = _Loaded(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection, loaded
+
+    async def _write(self, connection: sqlite3.Connection, state: _Loaded) -> None:
+        writer = _Writer(self, connection, state)
+        # A thread of its own: the default limiter's threads are for reads.
+        await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
+
+    def _stop_writer(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _close_readers(self) -> None:
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                return
+
+    # -- recording -----------------------------------------------------------------
+
+    def is_account(self, key: str) -> bool:
+        """Whether clash key *key* (``name_key(name)``) is an account."""
+        return key in self._accounts
+
+    @property
+    def congested(self) -> bool:
+        """Whether senders should wait (``make_room``) before more is
+        recorded: the writer is behind by more than half the backlog."""
+        return (
+            self.backlog > self.max_backlog >> 1
+            or self.backlog_bytes > self.max_backlog_bytes >> 1
+        )
+
+    async def make_room(self, stall_timeout: float) -> None:
+        """Wait until the store is not congested, as long as the writer
+        makes progress: after *stall_timeout* seconds without a commit,
+        return anyway (as ``Mailbox.make_room`` does)."""
+        while self.congested and self._running:
+            with trio.move_on_after(stall_timeout) as waited:
+                await self._progress.wait()
+            if waited.cancelled_caught:
+                return
+
+    def _conversations(self, accepted: Accepted) -> tuple[str, ...]:
+        to = accepted.to
+        if not self.history_size:
+            return ()
+        if to == BROADCAST:
+            return (BROADCAST,)
+        if to[:1] == "#":
+            return (name_key(to),)
+        sender, recipient = name_key(accepted.sender), name_key(to)
+        accounts = self._accounts
+        if sender in accounts:
+            if recipient in accounts and recipient != sender:
+                return (sender + _SEP + recipient, recipient + _SEP + sender)
+            return (sender + _SEP + recipient,)
+        if recipient in accounts:
+            return (recipient + _SEP + sender,)
+        return ()
+
+    def record(self, accepted: Accepted) -> None:
+        """Keep *accepted* (a hub observer): queued for the writer, never
+        waiting, never dropped. Kept: messages to rooms and ``*``, and
+        direct messages to or from an account (in that account's
+        conversation with the other); for the others, only the id."""
+        self._queue_message(accepted, self._conversations(accepted), None)
+
+    def record_offline(self, accepted: Accepted, account_key: str) -> bool:
+        """Keep *accepted*, a direct message to account *account_key* who is
+        offline, for its next login (``offline``), and in history as
+        ``record`` would (do not ``record`` it as well). False, and nothing
+        kept, if its texts would take the account past *offline_max*
+        (``mailbox-full``)."""
+        count = self._offline_count.get(account_key, 0) + len(accepted.texts)
+        if count > self.offline_max:
+            return False
+        self._offline_count[account_key] = count
+        waiting = self._pending_offline.get(account_key)
+        if waiting is None:
+            waiting = self._pending_offline[account_key] = _Waiting()
+        waiting.messages.append(accepted)
+        waiting.count += len(accepted.texts)
+        self._queue_message(accepted, self._conversations(accepted), account_key)
+        return True
+
+    def _queue_message(
+        self, accepted: Accepted, conversations: tuple[str, ...], offline: str | None
+    ) -> None:
+        texts = accepted.texts
+        size = 0
+        for text in texts:
+            size += len(text)
+        message = _Message(accepted, conversations, offline, size)
+        count = len(texts)
+        high = accepted.first_id + count - 1
+        if high > self.last_id:
+            self.last_id = high
+        pending = self._pending
+        for key in conversations:
+            waiting = pending.get(key)
+            if waiting is None:
+                waiting = pending[key] = _Waiting()
+            waiting.messages.append(accepted)
+            waiting.count += count
+        self.backlog += count
+        self.backlog_bytes += size
+        self._put(message)
+
+    def _put(self, item: _Item) -> None:
+        if not self._running and self._stopping:
+            # After run: nobody will write it.
+            self._lost += 1
+            if self._lost == 1:
+                log.error("store stopped: messages recorded from now on are lost")
+        self._queue.append(item)
+        if self._writer_waiting:
+            self._wake.set()
+
+    def offline_delivered(self, account_key: str, up_to_id: int) -> None:
+        """The offline messages of *account_key* up to id *up_to_id* were
+        delivered: they are deleted (queued for the writer)."""
+        done = max(self._delivered.get(account_key, 0), up_to_id)
+        self._delivered[account_key] = done
+
+        def write(connection: sqlite3.Connection) -> int:
+            return connection.execute(
+                "DELETE FROM offline WHERE account = ? AND id <= ?",
+                (account_key, up_to_id),
+            ).rowcount
+
+        def deleted(count: int) -> None:
+            left = self._offline_count.get(account_key, 0) - count
+            if left > 0:
+                self._offline_count[account_key] = left
+            else:
+                self._offline_count.pop(account_key, None)
+            if self._delivered.get(account_key) == done:
+                del self._delivered[account_key]
+
+        self._put(_Change(write, deleted))
+
+    # -- what the writer tells ------------------------------------------------------
+
+    def _committed(self, committed: _Committed) -> None:
+        """On the event loop: a group is in the file."""
+        pending, pending_offline = self._pending, self._pending_offline
+        messages = size = 0
+        for message in committed.messages:
+            count = len(message.accepted.texts)
+            messages += count
+            size += message.size
+            for key in message.conversations:
+                waiting = pending[key]
+                waiting.messages.popleft()
+                waiting.count -= count
+                if not waiting.count:
+                    del pending[key]
+            if message.offline is not None:
+                waiting = pending_offline[message.offline]
+                waiting.messages.popleft()
+                waiting.count -= count
+                if not waiting.count:
+                    del pending_offline[message.offline]
+        self.backlog -= messages
+        self.backlog_bytes -= size
+        if committed.high_id > self.committed_id:
+            self.committed_id = committed.high_id
+        for change, result in committed.changes:
+            change.done(result)
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _accounts_changed(self, keys: set[str]) -> None:
+        """On the event loop: another process changed the accounts."""
+        for key, after in self._account_changes.items():
+            if after[-1]:
+                keys.add(key)
+            else:
+                keys.discard(key)
+        for key in self._accounts - keys:
+            # Deleted elsewhere, and its offline messages with it.
+            self._offline_count.pop(key, None)
+        self._accounts = keys
+
+    def _tell(self, function: Callable[..., None], *args: Any) -> None:
+        """From the writer thread: call *function* on the event loop."""
+        assert self._token is not None
+        self._token.run_sync_soon(function, *args)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """*read* in a reader thread, on a read connection, in one read
+        transaction (one snapshot of the file)."""
+        if not self._running or self._file is None:
+            raise StoreClosed("the store is not running")
+        return await trio.to_thread.run_sync(
+            self._read_in_thread, self._file, read, limiter=self.limiter
+        )
+
+    def _read_in_thread(self, file: str, read: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            connection = self._readers.get_nowait()
+        except queue.Empty:
+            connection = _connect(file, read_only=True)
+        try:
+            connection.execute("BEGIN")
+            try:
+                return read(connection)
+            finally:
+                connection.execute("COMMIT")
+        finally:
+            if self._running:
+                self._readers.put(connection)
+            else:
+                connection.close()
+
+    def _conversation_key(self, target: str, account_key: str | None) -> str:
+        if target == BROADCAST:
+            return BROADCAST
+        if target[:1] == "#":
+            return name_key(target)
+        if account_key is None:
+            raise ValueError("the history of a conversation needs an account")
+        return account_key + _SEP + name_key(target)
+
+    async def history(
+        self,
+        target: str,
+        direction: Direction,
+        anchor_id: int | None,
+        n: int,
+        *,
+        account_key: str | None = None,
+    ) -> list[StoredMessage]:
+        """Up to *n* messages of *target*, oldest first: the latest, or
+        those just before or just after the id *anchor_id*.
+
+        *target* is a room (in any spelling that clashes with it), ``*``, or
+        a NAME: then the direct messages between account *account_key* and
+        NAME. Only the newest *history* messages of a conversation are ever
+        shown. Pages ``before`` the first id of a page and ``after`` the
+        last one tile the conversation, with no gap and no repeat.
+        """
+        if direction not in ("latest", "before", "after"):
+            raise ValueError(f"no such direction: {direction!r}")
+        if direction != "latest" and anchor_id is None:
+            raise ValueError(f"{direction} needs an id")
+        key = self._conversation_key(target, account_key)
+        kept = self.history_size
+        if n <= 0 or not kept:
+            return []
+        anchor = anchor_id or 0
+        waiting = self._pending.get(key)
+        if waiting is None:
+            page = _Page([], 0, _NO_ID)
+        else:
+            # What the file cannot have yet: the newest messages.
+            newest = waiting.newest_first(kept)
+            if direction == "latest":
+                part = list(itertools.islice(newest, n))
+            elif direction == "before":
+                older = itertools.dropwhile(lambda m: m.id >= anchor, newest)
+                part = list(itertools.islice(older, n))
+            else:
+                part = list(itertools.takewhile(lambda m: m.id > anchor, newest))
+                part = part[-n:]
+            part.reverse()
+            page = _Page(part, waiting.count, waiting.messages[0].first_id)
+        return await self._read(
+            lambda connection: _read_history(
+                connection, key, direction, anchor, n, page, kept
+            )
+        )
+
+    async def offline(self, account_key: str) -> list[StoredMessage]:
+        """The offline messages kept for *account_key*, in order."""
+        waiting = self._pending_offline.get(account_key)
+        newer = [] if waiting is None else list(waiting.newest_first(waiting.count))
+        newer.reverse()
+        below = newer[0].id if newer else _NO_ID
+        messages = await self._read(
+            lambda connection: _read_offline(connection, account_key, below)
+        )
+        messages.extend(newer)
+        done = self._delivered.get(account_key, 0)
+        return [message for message in messages if message.id > done]
+
+    async def account(self, key: str) -> Account | None:
+        """Account *key* (a clash key), or None."""
+        return await self._read(lambda connection: _account(connection, key))
+
+    async def accounts(self) -> list[str]:
+        """Every account's name, in clash-key order."""
+        return await self._read(account_names)
+
+    # -- changing accounts --------------------------------------------------------
+
+    async def _change(self, key: str, after: bool, write: Callable[..., Any]) -> Any:
+        """Queue *write* (a change to account *key*, which exists *after*)
+        and wait until it is committed; the result of *write*."""
+        if not self._running:
+            raise StoreClosed("the store is not running")
+        changes = self._account_changes.setdefault(key, [])
+        changes.append(after)
+        waiter = _Waiter()
+
+        def done(result: Any) -> None:
+            changes.pop(0)
+            if not changes:
+                del self._account_changes[key]
+            waiter(result)
+
+        self._put(_Change(write, done))
+        await waiter.event.wait()
+        return waiter.result
+
+    async def register(self, name: str, password: str) -> Account:
+        """Make *name* an account with *password* (hashed first; the caller
+        checks the password's rules). Raises AccountExists."""
+        key = name_key(name)
+        if key in self._accounts:
+            raise AccountExists(name)
+        password_hash = await self.hasher.hash(password)
+        if key in self._accounts:  # registered while we hashed
+            raise AccountExists(name)
+        self._accounts.add(key)
+        account = Account(name, key, password_hash, int(time.time() * 1000))
+
+        def write(connection: sqlite3.Connection) -> bool:
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO accounts (name, key, password_hash, created_ms)"
+                " VALUES (?, ?, ?, ?)",
+                attrs.astuple(account),
+            )
+            return cursor.rowcount > 0
+
+        if not await self._change(key, True, write):
+            raise AccountExists(name)  # by another process
+        return account
+
+    async def verify(self, name: str, password: str) -> bool:
+        """Whether *password* is account *name*'s (False for no account:
+        ask ``is_account`` to tell the two apart). A password whose hash
+        was made with other parameters than the hasher's is hashed again."""
+        key = name_key(name)
+        account = await self.account(key)
+        if account is None:
+            return False
+        if not await self.hasher.verify(account.password_hash, password):
+            return False
+        if self.hasher.needs_rehash(account.password_hash):
+            new_hash = await self.hasher.hash(password)
+            old_hash = account.password_hash
+
+            def write(connection: sqlite3.Connection) -> None:
+                # Unless the password changed meanwhile.
+                connection.execute(
+                    "UPDATE accounts SET password_hash = ? "
+                    "WHERE key = ? AND password_hash = ?",
+                    (new_hash, key, old_hash),
+                )
+
+            self._put(_Change(write, _ignore))
+        return True
+
+    async def set_password(self, name: str, password: str) -> None:
+        """Give account *name* a new password. Raises NoSuchAccount."""
+        key = name_key(name)
+        if key not in self._accounts:
+            raise NoSuchAccount(name)
+        password_hash = await self.hasher.hash(password)
+
+        def write(connection: sqlite3.Connection) -> bool:
+            return set_password_hash(connection, key, password_hash)
+
+        if not await self._change(key, True, write):
+            raise NoSuchAccount(name)
+
+    async def delete_account(self, name: str) -> None:
+        """Delete account *name*, its offline messages and its history.
+        Raises NoSuchAccount."""
+        key = name_key(name)
+        if key not in self._accounts:
+            raise NoSuchAccount(name)
+        self._accounts.discard(key)
+        self._offline_count.pop(key, None)
+        # Its offline messages still queued are written, then deleted.
+        done = self._delivered[key] = self.last_id
+
+        def write(connection: sqlite3.Connection) -> bool:
+            return delete_account_rows(connection, key)
+
+        deleted = await self._change(key, False, write)
+        if self._delivered.get(key) == done:
+            del self._delivered[key]
+        if not deleted:
+            raise NoSuchAccount(name)
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+# -- reads, in a reader thread -----------------------------------------------------
+
+_COLUMNS = "id, time_ms, sender, recipient, text"
+
+
+def _messages(rows: Iterable[tuple[int, int, str, str, bytes]]) -> list[StoredMessage]:
+    return [
+        StoredMessage(id, time_ms, sender, to, text.decode())
+        for id, time_ms, sender, to, text in rows
+    ]
+
+
+class _Page(NamedTuple):
+    """The part of a history page that is not in the file yet: *messages*
+    (oldest first) of the *count* messages of the conversation recorded and
+    not committed when the page was asked for, all with ids from *below*
+    on (newer than any in the file then)."""
+
+    messages: list[StoredMessage]
+    waiting: int
+    below: int
+
+
+def _read_history(
+    connection: sqlite3.Connection,
+    key: str,
+    direction: Direction,
+    anchor: int,
+    n: int,
+    waiting: _Page,
+    kept: int,
+) -> list[StoredMessage]:
+    """A page of history: read from the file, with the *waiting* part on
+    top. Only the newest *kept* messages of a conversation are shown."""
+    newer = waiting.messages
+    # Rows committed since the page was asked for are among the waiting.
+    below = waiting.below
+    # How many of the file's newest rows (below `below`) may be shown, and
+    # how many this page wants from the file.
+    shown = kept - waiting.waiting
+    need = n - len(newer) if direction != "after" else n
+    row = connection.execute(
+        "SELECT id FROM conversations WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None or shown <= 0 or need <= 0:
+        return newer
+    (conversation,) = row
+    select = f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND "
+    if direction == "latest":
+        rows = connection.execute(
+            select + "id < ? ORDER BY id DESC LIMIT ?",
+            (conversation, below, min(need, shown)),
+        ).fetchall()
+        rows.reverse()
+        return _messages(rows) + newer
+    # Before or after: the oldest row shown bounds the read.
+    row = connection.execute(
+        "SELECT id FROM messages WHERE conversation = ? AND id < ? "
+        "ORDER BY id DESC LIMIT 1 OFFSET ?",
+        (conversation, below, shown - 1),
+    ).fetchone()
+    oldest = 0 if row is None else row[0]
+    if direction == "before":
+        rows = connection.execute(
+            select + "id >= ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (conversation, oldest, min(anchor, below), need),
+        ).fetchall()
+        rows.reverse()
+        return _messages(rows) + newer
+    rows = connection.execute(
+        select + "id > ? AND id >= ? AND id < ? ORDER BY id LIMIT ?",
+        (conversation, anchor, oldest, below, n),
+    ).fetchall()
+    # The page goes on among the waiting, all newer than the file's rows.
+    return (_messages(rows) + newer)[:n]
+
+
+def _read_offline(
+    connection: sqlite3.Connection, account: str, below: int | None
+) -> list[StoredMessage]:
+    rows = connection.execute(
+        f"SELECT {_COLUMNS} FROM offline WHERE account = ? AND id < ? ORDER BY id",
+        (account, _NO_ID if below is None else below),
+    )
+    return _messages(rows)
+
+
+# -- the writer ----------------------------------------------------------------------
+
+
+class _Loaded:
+    """What the store must know before it starts, read from the file."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        row = connection.execute(
+            "SELECT value FROM meta WHERE key = 'last_id'"
+        ).fetchone()
+        self.last_id: int = 0 if row is None else int(row[0])
+        self.accounts = {
+            key for (key,) in connection.execute("SELECT key FROM accounts")
+        }
+        self.offline: dict[str, int] = dict(
+            connection.execute("SELECT account, count(*) FROM offline GROUP BY account")
+        )
+        row = connection.execute(
+            "SELECT value FROM meta WHERE key = 'history'"
+        ).fetchone()
+        self.history: int | None = None if row is None else int(row[0])
+        """The *history* the store last ran with."""
+        self.conversations: dict[str, int] = {
+            key: id
+            for id, key in connection.execute("SELECT id, key FROM conversations")
+        }
+
+
+_INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_OFFLINE = "INSERT OR IGNORE INTO offline VALUES (?, ?, ?, ?, ?, ?)"
+
+
+class _Writer:
+    """The writer thread's state and loop (everything here runs in it)."""
+
+    def __init__(
+        self, store: Store, connection: sqlite3.Connection, state: _Loaded
+    ) -> None:
+        self.store = store
+        self.connection = connection
+        self.conversations = state.conversations
+        self.last_history = state.history
+        self.high_id = store.last_id
+        # Appends per conversation since it was last pruned, and those due.
+        self.appended: dict[int, int] = {}
+        self.to_prune: dict[int, None] = {}
+        self.slack = max(1, store.history_size // 4)
+        self.data_version = self._data_version()
+        self.looked_at = time.monotonic()
+
+    def run(self) -> None:
+        store = self.store
+        self._find_overfull()
+        carried: list[_Item] = []
+        stop_by: float | None = None
+        while True:
+            batch = carried + self._take(wait=not carried)
+            carried = []
+            if store._stopping and stop_by is None:
+                stop_by = time.monotonic() + store.stop_timeout
+            if batch:
+                try:
+                    self._commit(batch)
+                except sqlite3.OperationalError as error:
+                    # Locked too long by another process, or a full disk:
+                    # try again (with what came meanwhile) after a pause.
+                    log.warning("store write failed, will retry: %s", error)
+                    carried = batch
+                    if stop_by is not None and time.monotonic() > stop_by:
+                        log.error("store stopped: %d changes lost", len(carried))
+                        return
+                    store._wake.wait(0.5 if stop_by is None else 0.1)
+                    continue
+            elif store._stopping:
+                return
+            if stop_by is None:
+                self._prune_some()
+                self._look_for_changes()
+            elif time.monotonic() > stop_by:
+                left = len(store._queue)
+                if left:
+                    log.error("store stopped with %d changes unwritten", left)
+                return
+
+    def _take(self, *, wait: bool) -> list[_Item]:
+        """Everything queued; if *wait*, waits for something first (or a
+        second, or the stop)."""
+        store = self.store
+        queued = store._queue
+        if wait and not queued and not store._stopping:
+            store._writer_waiting = True
+            if not queued and not store._stopping:
+                store._wake.wait(_LOOK_EVERY if not self.to_prune else 0)
+            store._writer_waiting = False
+            store._wake.clear()
+        popleft = queued.popleft
+        return [popleft() for _ in range(len(queued))]
+
+    def _commit(self, batch: list[_Item]) -> None:
+        connection = self.connection
+        conversations = self.conversations
+        new: list[str] = []
+        committed = _Committed()
+        rows: list[tuple[int, int, int, str, str, bytes]] = []
+        offline: list[tuple[str, int, int, str, str, bytes]] = []
+        appended = self.appended
+        high = self.high_id
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for item in batch:
+                if type(item) is _Message:
+                    accepted = item.accepted
+                    first, time_ms = accepted.first_id, accepted.time_ms
+                    sender, to = accepted.sender, accepted.to
+                    texts = accepted.texts
+                    for key in item.conversations:
+                        conversation = conversations.get(key)
+                        if conversation is None:
+                            conversation = self._new_conversation(key)
+                            new.append(key)
+                        rows.extend(
+                            [
+                                (conversation, first + i, time_ms, sender, to, text)
+                                for i, text in enumerate(texts)
+                            ]
+                        )
+                        appended[conversation] = appended.get(conversation, 0) + len(
+                            texts
+                        )
+                    if item.offline is not None:
+                        account = item.offline
+                        offline.extend(
+                            [
+                                (account, first + i, time_ms, sender, to, text)
+                                for i, text in enumerate(texts)
+                            ]
+                        )
+                    last = first + len(texts) - 1
+                    if last > high:
+                        high = last
+                    committed.messages.append(item)
+                else:
+                    assert isinstance(item, _Change)
+                    # In order: what came before it is written first.
+                    self._insert(rows, offline)
+                    committed.changes.append((item, item.write(connection)))
+            self._insert(rows, offline)
+            if high > self.high_id:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (high,)
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            _roll_back(connection)
+            for key in new:
+                del conversations[key]
+            raise
+        self.high_id = committed.high_id = high
+        slack = self.slack
+        for conversation, count in appended.items():
+            if count >= slack:
+                self.to_prune[conversation] = None
+        self.store._tell(self.store._committed, committed)
+
+    def _insert(
+        self,
+        rows: list[tuple[int, int, int, str, str, bytes]],
+        offline: list[tuple[str, int, int, str, str, bytes]],
+    ) -> None:
+        if rows:
+            self.connection.executemany(_INSERT, rows)
+            rows.clear()
+        if offline:
+            self.connection.executemany(_INSERT_OFFLINE, offline)
+            offline.clear()
+
+    def _new_conversation(self, key: str) -> int:
+        cursor = self.connection.execute(
+            "INSERT INTO conversations (key) VALUES (?)", (key,)
+        )
+        conversation = cursor.lastrowid
+        assert conversation is not None
+        self.conversations[key] = conversation
+        return conversation
+
+    def _find_overfull(self) -> None:
+        """At the start, after a restart with a smaller *history*: the
+        conversations with more than *history* messages are due a pruning."""
+        keep = self.store.history_size
+        if self.last_history == keep:
+            return
+        self.connection.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('history', ?)", (keep,)
+        )
+        if self.last_history is not None and self.last_history < keep:
+            return
+        rows = self.connection.execute(
+            "SELECT conversation FROM messages GROUP BY conversation "
+            "HAVING count(*) > ?",
+            (self.store.history_size,),
+        )
+        for (conversation,) in rows:
+            self.to_prune[conversation] = None
+
+    def _prune_some(self) -> None:
+        """Delete what is beyond *history* in a few conversations, in a
+        transaction of its own."""
+        if not self.to_prune:
+            return
+        some = list(self.to_prune)[:_PRUNE_STEP]
+        keep = self.store.history_size
+        connection = self.connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for conversation in some:
+                if keep:
+                    row = connection.execute(
+                        "SELECT id FROM messages WHERE conversation = ? "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?",
+                        (conversation, keep - 1),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    connection.execute(
+                        "DELETE FROM messages WHERE conversation = ? AND id < ?",
+                        (conversation, row[0]),
+                    )
+                else:
+                    connection.execute(
+                        "DELETE FROM messages WHERE conversation = ?", (conversation,)
+                    )
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            _roll_back(connection)
+            log.warning("store pruning failed, will retry: %s", error)
+            return
+        except BaseException:
+            _roll_back(connection)
+            raise
+        for conversation in some:
+            del self.to_prune[conversation]
+            self.appended.pop(conversation, None)
+
+    def _data_version(self) -> int:
+        row = self.connection.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def _look_for_changes(self) -> None:
+        """Once a second: if another process changed the file (the
+        ``accounts`` command), tell the event loop the accounts now."""
+        now = time.monotonic()
+        if now - self.looked_at < _LOOK_EVERY:
+            return
+        self.looked_at = now
+        version = self._data_version()
+        if version == self.data_version:
+            return
+        self.data_version = version
+        keys = {key for (key,) in self.connection.execute("SELECT key FROM accounts")}
+        self.store._tell(self.store._accounts_changed, keys)
