@@ -440,3 +440,14 @@ async def join_room(
     assert sorted(listed) == sorted(f"join|{shown}|{m.name}" for m in members)
     for member in members:
         await member.expect(f"join|{shown}|{joiner.name}")
+
+
+def running_server_without_sessions(
+    **config: Any,
+) -> contextlib.AbstractAsyncContextManager[LiveServer]:
+    """``running_server`` with ``resume_window=0`` unless *config* gives one:
+    a server that keeps no sessions (protocol.md section 7), so a protocol-2
+    login gets no ``session`` frame and a dropped connection goes offline
+    at once, as in the first part of protocol 2."""
+    config.setdefault("resume_window", 0)
+    return running_server(**config)

@@ -535,8 +535,10 @@ class Model:
 async def run_program(presence: str, actions: list[Action]) -> None:
     failure: AssertionError | None = None
     with trio.fail_after(RUN_TIMEOUT):
+        # Sessions (protocol.md section 7) are not modelled: a dropped
+        # connection goes offline at once.
         async with running_server(
-            rate=0, presence=presence, max_rooms=MAX_ROOMS
+            rate=0, presence=presence, max_rooms=MAX_ROOMS, resume_window=0
         ) as live:
             model = Model(live, presence)
             try:

@@ -2,10 +2,13 @@
 
 Written from the contract (the shared protocol.md, version 2, sections 1-5
 and 8, and the project's docs/protocol.md, which must agree with it), not
-from the server's code. Every test runs a real server on 127.0.0.1 and
-drives it with bare line clients, as ``nc`` would. To know that the server
-has handled what a client sent, a test sends ``ping|TOKEN`` and waits for
-``pong|TOKEN``. Rooms and presence are in test_protocol2_rooms.py.
+from the server's code. Sessions (section 7) are tested elsewhere: these
+servers keep none unless a test says so, so a protocol-2 login gets no
+``session`` frame and a dropped connection goes offline at once. Every test
+runs a real server on 127.0.0.1 and drives it with bare line clients, as
+``nc`` would. To know that the server has handled what a client sent, a
+test sends ``ping|TOKEN`` and waits for ``pong|TOKEN``. Rooms and presence
+are in test_protocol2_rooms.py.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from helpers import (
     expect_quiet,
     join_room,
     running_server,
+    running_server_without_sessions,
     say_hello,
     users_online,
 )
@@ -79,11 +83,16 @@ async def test_hello_2_is_answered_with_version_2_and_every_setting() -> None:
         assert float(settings["ping"]) == 60
         assert (settings["burst"], settings["rooms"]) == ("200", "50")
         assert settings["presence"] == "global"
-        # Nothing is kept and nothing resumes yet: both are off, so a login
-        # gets no session frame (section 4: not sent when resume is off).
-        assert (settings["history"], settings["resume"]) == ("0", "0")
+        # Nothing is kept yet; sessions wait 120 s by default (section 7).
+        assert (settings["history"], settings["resume"]) == ("0", "120")
+
+
+async def test_with_resume_off_a_login_gets_no_session_frame() -> None:
+    async with running_server_without_sessions() as live:
+        client = await live.connect()
+        assert (await say_hello(client, "hello|2"))["resume"] == "0"
         await client.login("alice")
-        await expect_quiet(client)
+        await expect_quiet(client)  # section 4: not sent when resume is off
 
 
 @pytest.mark.parametrize(
@@ -97,6 +106,7 @@ async def test_hello_2_is_answered_with_version_2_and_every_setting() -> None:
                 "ping_interval": 0.0,
                 "max_rooms": 3,
                 "presence": "rooms",
+                "resume_window": 0.0,
             },
             id="small",
         ),
@@ -108,13 +118,14 @@ async def test_hello_2_is_answered_with_version_2_and_every_setting() -> None:
                 "ping_interval": 12.5,
                 "max_rooms": 0,
                 "presence": "global",
+                "resume_window": 45.5,
             },
             id="large-and-off",
         ),
     ],
 )
 async def test_settings_are_the_servers_own(config: dict[str, object]) -> None:
-    async with running_server(**config) as live:
+    async with running_server_without_sessions(**config) as live:
         settings = await say_hello(await live.connect(), "hello|2")
         assert settings.keys() >= REQUIRED_SETTINGS
         assert settings["max-line"] == str(config["max_line"])
@@ -123,12 +134,13 @@ async def test_settings_are_the_servers_own(config: dict[str, object]) -> None:
         assert float(settings["ping"]) == config["ping_interval"]
         assert settings["rooms"] == str(config["max_rooms"])
         assert settings["presence"] == config["presence"]
+        assert float(settings["resume"]) == config["resume_window"]
         # hello|1 is answered with the same settings.
         assert await say_hello(await live.connect(), "hello|1", 1) == settings
 
 
 async def test_max_line_in_hello_is_the_limit_enforced() -> None:
-    async with running_server(max_line=512) as live:
+    async with running_server_without_sessions(max_line=512) as live:
         client = await live.connect()
         limit = int((await say_hello(client, "hello|2"))["max-line"])
         assert limit == 512
@@ -144,7 +156,7 @@ async def test_max_line_in_hello_is_the_limit_enforced() -> None:
 
 
 async def test_burst_in_hello_is_the_limit_enforced() -> None:
-    async with running_server(rate=0.01, burst=5) as live:
+    async with running_server_without_sessions(rate=0.01, burst=5) as live:
         client = await live.connect()
         burst = int((await say_hello(client, "hello|2"))["burst"])
         assert burst == 5
@@ -156,7 +168,7 @@ async def test_burst_in_hello_is_the_limit_enforced() -> None:
 
 
 async def test_hello_1_is_answered_and_the_connection_stays_version_1() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (alice,) = await users_online(live, ("alice", 2, "echo"))
         client = await live.connect()
         settings = await say_hello(client, "hello|1", 1)
@@ -173,7 +185,7 @@ async def test_hello_1_is_answered_and_the_connection_stays_version_1() -> None:
 
 
 async def test_hello_1_with_echo_echoes_nothing() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await say_hello(client, "hello|1|echo", 1)
@@ -191,7 +203,7 @@ async def test_hello_1_with_echo_echoes_nothing() -> None:
 
 @pytest.mark.parametrize("frame", ["hello|3", "hello|10", "hello|1000|echo"])
 async def test_a_later_version_gets_version_2(frame: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         client = await live.connect()
         settings = await say_hello(client, frame, 2)
         assert settings.keys() >= REQUIRED_SETTINGS
@@ -220,7 +232,7 @@ async def test_a_later_version_gets_version_2(frame: str) -> None:
 async def test_a_bad_hello_is_a_bad_frame_and_a_good_one_may_follow(
     frame: str,
 ) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         client = await live.connect()
         await client.send(frame)
         await expect_error_frame(client, "bad-frame")
@@ -234,7 +246,7 @@ async def test_a_bad_hello_is_a_bad_frame_and_a_good_one_may_follow(
     [("fancy echo zip", True), ("echo", True), ("fancy", False)],
 )
 async def test_unknown_options_are_ignored(options: str, echoed: bool) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         bob, alice = await users_online(live, "bob", ("alice", 2, options))
         await alice.send("talk|bob|hi")
         await bob.expect("talk|alice|bob|hi")
@@ -255,7 +267,7 @@ async def test_unknown_options_are_ignored(options: str, echoed: bool) -> None:
 async def test_a_second_hello_is_refused_and_the_first_stands(
     first: str, second: str, version: int
 ) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await say_hello(client, first, version)
@@ -280,7 +292,7 @@ async def test_a_second_hello_is_refused_and_the_first_stands(
 async def test_hello_after_login_is_already_logged_in(
     version: int, options: str, frame: str
 ) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (alice,) = await users_online(live, ("alice", version, options))
         await alice.send(frame)
         await expect_error_frame(alice, "already-logged-in")
@@ -294,7 +306,7 @@ async def test_hello_after_login_is_already_logged_in(
 
 
 async def test_hello_may_follow_a_ping_and_a_refused_login() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await client.send("ping|first")
@@ -316,7 +328,7 @@ async def test_hello_may_follow_a_ping_and_a_refused_login() -> None:
     "frame", ["talk|bob|hi", "talk|*|hi", "join|#r", "part|#r", "rooms", "exit|bob"]
 )
 async def test_a_hello_is_not_a_login(frame: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await say_hello(client, "hello|2")
@@ -326,7 +338,7 @@ async def test_a_hello_is_not_a_login(frame: str) -> None:
 
 
 async def test_a_hello_does_not_stop_the_login_timeout() -> None:
-    async with running_server(login_timeout=0.3) as live:
+    async with running_server_without_sessions(login_timeout=0.3) as live:
         client = await live.connect()
         await say_hello(client, "hello|2")
         lines = await client.read_until_closed()
@@ -334,7 +346,7 @@ async def test_a_hello_does_not_stop_the_login_timeout() -> None:
 
 
 async def test_bare_exit_after_hello_just_closes() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await say_hello(client, "hello|2")
@@ -344,7 +356,7 @@ async def test_bare_exit_after_hello_just_closes() -> None:
 
 
 async def test_logins_and_exits_look_the_same_to_both_versions() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol = await users_online(
             live, ("alice", 2, "echo"), "bob", ("carol", 2, "")
         )
@@ -357,7 +369,7 @@ async def test_logins_and_exits_look_the_same_to_both_versions() -> None:
 
 
 async def test_hello_login_and_talk_in_one_write_are_answered_in_order() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         client = await live.connect()
         await client.send_raw(b"hello|2|echo\nlogin|alice\ntalk|bob|hi\nping|p\n")
@@ -372,7 +384,7 @@ async def test_hello_login_and_talk_in_one_write_are_answered_in_order() -> None
 
 
 async def test_a_talk_right_before_exit_arrives_before_the_exit() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, ""), "bob")
         await join_room(alice, "#r", [])
         await join_room(bob, "#r", [alice])
@@ -387,7 +399,7 @@ async def test_a_talk_right_before_exit_arrives_before_the_exit() -> None:
 
 
 async def test_protocol_1_connections_never_get_a_protocol_2_kind() -> None:
-    async with running_server(rate=0) as live:
+    async with running_server_without_sessions(rate=0) as live:
         alice, bob, dave, carol = await users_online(
             live, ("alice", 2, "echo"), "bob", ("dave", 2, ""), ("carol", 1, "echo")
         )
@@ -434,7 +446,7 @@ async def test_protocol_1_connections_never_get_a_protocol_2_kind() -> None:
 
 async def test_protocol_1_session_as_version_1_wrote_it() -> None:
     # docs/protocol.md, "A session": dave and erin, neither says hello.
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         dave = await live.connect()
         await dave.send("login|dave")
         await dave.expect("login|dave")
@@ -459,7 +471,7 @@ async def test_protocol_1_session_as_version_1_wrote_it() -> None:
 
 
 async def test_protocol_1_rooms_answer_in_version_1_frames() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         bob, carol = await users_online(live, "bob", "carol")
         await join_room(bob, "#r", [])
         await join_room(carol, "#r", [bob])
@@ -479,7 +491,7 @@ async def test_protocol_1_rooms_answer_in_version_1_frames() -> None:
 async def test_ids_strictly_increase_as_each_connection_sees_them() -> None:
     names = ["ann", "bob", "cy", "dee"]
     per_sender = 30
-    async with running_server(rate=0) as live:
+    async with running_server_without_sessions(rate=0) as live:
         users = await users_online(live, *((n, 2, "echo") for n in names))
         for i, user in enumerate(users):
             await join_room(user, "#r", users[:i])
@@ -537,7 +549,9 @@ async def test_ids_strictly_increase_as_each_connection_sees_them() -> None:
 async def test_ids_stay_in_order_through_a_burst_to_a_slow_reader() -> None:
     burst, direct = 3000, 600
     # A short queue, so that bob's fills and the senders wait for him.
-    async with running_server(rate=0, presence="rooms", queue_size=64) as live:
+    async with running_server_without_sessions(
+        rate=0, presence="rooms", queue_size=64
+    ) as live:
         sock = trio.socket.socket()
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 1)
         await sock.connect(("127.0.0.1", live.port))
@@ -600,7 +614,7 @@ async def test_ids_stay_in_order_through_a_burst_to_a_slow_reader() -> None:
 async def test_ids_increase_across_restarts() -> None:
     last = 0
     for run in range(2):
-        async with running_server() as live:
+        async with running_server_without_sessions() as live:
             (alice,) = await users_online(live, ("alice", 2, ""))
             first = Msg.parse(await own_message(alice, f"run {run}")).id
             second = Msg.parse(await own_message(alice, "again")).id
@@ -610,7 +624,7 @@ async def test_ids_increase_across_restarts() -> None:
 
 async def test_time_is_utc_to_the_millisecond_when_the_server_accepted() -> None:
     slack = datetime.timedelta(milliseconds=250)
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, "echo"), ("bob", 2, ""))
         for _ in range(3):
             before = datetime.datetime.now(datetime.UTC)
@@ -635,7 +649,7 @@ async def test_time_is_utc_to_the_millisecond_when_the_server_accepted() -> None
 async def test_echo_has_the_recipients_id_and_time_and_names_the_recipient(
     to: str,
 ) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, "echo"), ("Bob", 2, ""))
         await alice.send(f"talk|{to}|hi | there")
         copy = await bob.delivery("alice", "Bob", "hi | there")
@@ -645,7 +659,7 @@ async def test_echo_has_the_recipients_id_and_time_and_names_the_recipient(
 
 
 async def test_echo_of_a_room_message_names_the_room_as_the_server_knows_it() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         bob, alice, carol = await users_online(
             live, ("bob", 2, ""), ("alice", 2, "echo"), "carol"
         )
@@ -659,7 +673,7 @@ async def test_echo_of_a_room_message_names_the_room_as_the_server_knows_it() ->
 
 
 async def test_echo_of_a_broadcast_has_the_id_everyone_else_got() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol = await users_online(
             live, ("alice", 2, "echo"), "bob", ("carol", 2, "")
         )
@@ -672,7 +686,7 @@ async def test_echo_of_a_broadcast_has_the_id_everyone_else_got() -> None:
 
 
 async def test_echo_of_a_broadcast_with_nobody_else_online() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (alice,) = await users_online(live, ("alice", 2, "echo"))
         await alice.send("talk|*|anyone?")
         await alice.delivery("alice", "*", "anyone?")
@@ -690,7 +704,7 @@ async def test_echo_of_a_broadcast_with_nobody_else_online() -> None:
     ],
 )
 async def test_a_refused_message_is_not_echoed(frame: str, code: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, "echo"), ("bob", 2, ""))
         await join_room(bob, "#elsewhere", [])
         await alice.send(frame)
@@ -701,7 +715,7 @@ async def test_a_refused_message_is_not_echoed(frame: str, code: str) -> None:
 @pytest.mark.parametrize("options", ["echo", ""])
 @pytest.mark.parametrize("to", ["alice", "ALICE"])
 async def test_a_message_to_oneself_arrives_once(options: str, to: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (alice,) = await users_online(live, ("alice", 2, options))
         await alice.send(f"talk|{to}|note to self")
         await alice.delivery("alice", "alice", "note to self")
@@ -709,7 +723,7 @@ async def test_a_message_to_oneself_arrives_once(options: str, to: str) -> None:
 
 
 async def test_without_echo_the_sender_gets_nothing_back() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, ""), ("bob", 2, ""))
         await join_room(alice, "#r", [])
         await join_room(bob, "#r", [alice])
@@ -723,7 +737,7 @@ async def test_without_echo_the_sender_gets_nothing_back() -> None:
 
 
 async def test_errors_that_keep_a_protocol_2_connection_open() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, ("bob", 2, ""))
         client = await live.connect()
         await say_hello(client, "hello|2|echo")
@@ -755,7 +769,7 @@ async def test_errors_that_keep_a_protocol_2_connection_open() -> None:
 
 
 async def test_shutting_down_reaches_a_protocol_2_connection() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (alice,) = await users_online(live, ("alice", 2, "echo"))
         live.server.shutdown()
         lines = await alice.client.read_until_closed()

@@ -4,7 +4,9 @@ Written from the contract (the shared protocol.md, version 2, sections 2-5
 and 8, and the project's docs/protocol.md), not from the server's code:
 ``join``, ``part``, ``talk`` to a room, ``rooms``, the clash rules for room
 names, ``--max-rooms``, ``--presence global|rooms``, and section 4's rule
-that an answer arrives whole. Every test runs a real server on 127.0.0.1;
+that an answer arrives whole. The servers keep no sessions (section 7 is
+tested elsewhere): a dropped protocol-2 connection goes offline at once.
+Every test runs a real server on 127.0.0.1;
 ``ping|TOKEN`` / ``pong|TOKEN`` tells a test that what a client sent has
 been handled.
 """
@@ -24,7 +26,7 @@ from helpers import (
     join_room,
     log_in_user,
     reset_on_close,
-    running_server,
+    running_server_without_sessions,
     say_hello,
     users_online,
 )
@@ -72,7 +74,7 @@ async def listing(user: User) -> list[str]:
 
 
 async def test_join_answers_own_name_first_then_every_member() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol, dave = await users_online(
             live, "alice", ("bob", 2, ""), ("carol", 2, "echo"), "dave"
         )
@@ -83,7 +85,7 @@ async def test_join_answers_own_name_first_then_every_member() -> None:
 
 
 async def test_part_is_told_to_the_members_and_to_the_user_who_left() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol, dave = await users_online(
             live, "alice", ("bob", 2, ""), ("carol", 2, "echo"), "dave"
         )
@@ -105,7 +107,7 @@ async def test_part_is_told_to_the_members_and_to_the_user_who_left() -> None:
 
 
 async def test_room_talk_reaches_every_other_member_in_its_version() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol, dave, erin = await users_online(
             live,
             ("alice", 2, "echo"),
@@ -128,7 +130,7 @@ async def test_room_talk_reaches_every_other_member_in_its_version() -> None:
 
 
 async def test_a_version_1_and_a_version_2_member_get_the_same_message() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, ""), "bob")
         await join_room(bob, "#lunch", [])
         await join_room(alice, "#lunch", [bob])
@@ -156,7 +158,7 @@ async def test_a_version_1_and_a_version_2_member_get_the_same_message() -> None
     ],
 )
 async def test_room_names_clash_after_nfkc_and_casefold(first: str, other: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", ("bob", 2, "echo"))
         await join_room(alice, first, [])
         await join_room(bob, other, [alice], shown=first)
@@ -173,7 +175,7 @@ async def test_room_names_clash_after_nfkc_and_casefold(first: str, other: str) 
 
 
 async def test_a_room_is_shown_as_its_first_member_wrote_it_while_it_lives() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol, dave = await users_online(
             live, "alice", "bob", ("carol", 2, ""), "dave"
         )
@@ -199,7 +201,7 @@ async def test_a_room_is_shown_as_its_first_member_wrote_it_while_it_lives() -> 
 
 @pytest.mark.parametrize("how", ["part", *OFFLINE])
 async def test_a_room_whose_last_member_leaves_is_gone(how: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", ("bob", 2, ""))
         await join_room(bob, "#Solo", [])
         await join_room(alice, "#other", [])
@@ -230,7 +232,7 @@ VALID_ROOMS = [
 
 
 async def test_every_kind_of_valid_room_name_is_joined_as_written() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", ("bob", 2, ""))
         for room in VALID_ROOMS:
             await join_room(alice, room, [])
@@ -261,7 +263,7 @@ BAD_ROOMS = [
 @pytest.mark.parametrize("kind", ["join", "part"])
 @pytest.mark.parametrize("room", BAD_ROOMS)
 async def test_a_bad_room_name_is_bad_name(kind: str, room: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", "bob")
         await join_room(bob, "#a", [])
         await alice.send(f"{kind}|{room}")
@@ -272,7 +274,7 @@ async def test_a_bad_room_name_is_bad_name(kind: str, room: str) -> None:
 
 @pytest.mark.parametrize("presence", ["global", "rooms"])
 async def test_everyone_cannot_be_joined(presence: str) -> None:
-    async with running_server(presence=presence) as live:
+    async with running_server_without_sessions(presence=presence) as live:
         (alice,) = await users_online(live, "alice", rooms_presence=True)
         await alice.send("join|*")
         await expect_error_frame(alice, "bad-name")
@@ -281,7 +283,7 @@ async def test_everyone_cannot_be_joined(presence: str) -> None:
 
 
 async def test_everyone_cannot_be_parted() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", "bob")
         await alice.send("part|*")
         await expect_error_frame(alice, "bad-name")
@@ -295,7 +297,7 @@ async def test_everyone_cannot_be_parted() -> None:
 
 @pytest.mark.parametrize("spelling", ["#r", "#R", "#\uff32"])
 async def test_joining_a_room_one_is_in_is_already_in_room(spelling: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", ("bob", 2, ""))
         await join_room(alice, "#r", [])
         await join_room(bob, "#r", [alice])
@@ -312,7 +314,7 @@ async def test_joining_a_room_one_is_in_is_already_in_room(spelling: str) -> Non
 @pytest.mark.parametrize("kind", ["talk", "part"])
 @pytest.mark.parametrize("room", ["#elsewhere", "#ELSEWHERE", "#nowhere"])
 async def test_a_room_one_is_not_in_is_not_in_room(kind: str, room: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, ("alice", 2, "echo"), "bob")
         await join_room(bob, "#elsewhere", [])
         await alice.send(f"{kind}|{room}" + ("|hello?" if kind == "talk" else ""))
@@ -322,7 +324,7 @@ async def test_a_room_one_is_not_in_is_not_in_room(kind: str, room: str) -> None
 
 
 async def test_too_many_rooms_is_the_limit_in_hello() -> None:
-    async with running_server(max_rooms=3) as live:
+    async with running_server_without_sessions(max_rooms=3) as live:
         client = await live.connect()
         limit = int((await say_hello(client, "hello|2"))["rooms"])
         assert limit == 3
@@ -351,7 +353,7 @@ async def test_too_many_rooms_is_the_limit_in_hello() -> None:
 
 
 async def test_the_default_limit_is_50_rooms() -> None:
-    async with running_server(rate=0) as live:
+    async with running_server_without_sessions(rate=0) as live:
         client = await live.connect()
         assert (await say_hello(client, "hello|2"))["rooms"] == "50"
         await client.login("alice")
@@ -363,7 +365,7 @@ async def test_the_default_limit_is_50_rooms() -> None:
 
 
 async def test_max_rooms_0_is_no_limit() -> None:
-    async with running_server(rate=0, max_rooms=0) as live:
+    async with running_server_without_sessions(rate=0, max_rooms=0) as live:
         client = await live.connect()
         assert (await say_hello(client, "hello|2"))["rooms"] == "0"
         await client.login("alice")
@@ -376,7 +378,7 @@ async def test_max_rooms_0_is_no_limit() -> None:
 @pytest.mark.parametrize("hello", ["", "hello|2", "hello|1"])
 @pytest.mark.parametrize("frame", ["join|#r", "part|#r", "rooms", "talk|#r|hi"])
 async def test_rooms_before_login_are_not_logged_in(hello: str, frame: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         (bob,) = await users_online(live, "bob")
         await join_room(bob, "#r", [])
         client = await live.connect()
@@ -391,7 +393,7 @@ async def test_rooms_before_login_are_not_logged_in(hello: str, frame: str) -> N
 
 
 async def test_rooms_lists_every_room_with_its_members() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol, dave, erin = await users_online(
             live, "alice", "bob", ("carol", 2, ""), ("dave", 2, "echo"), "erin"
         )
@@ -413,7 +415,7 @@ async def test_rooms_lists_every_room_with_its_members() -> None:
 
 @pytest.mark.parametrize("how", OFFLINE)
 async def test_a_member_going_offline_is_an_exit_not_a_part(how: str) -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob, carol = await users_online(live, ("alice", 2, ""), "bob", "carol")
         await join_room(alice, "#r", [])
         await join_room(bob, "#r", [alice])
@@ -431,7 +433,7 @@ async def test_a_member_going_offline_is_an_exit_not_a_part(how: str) -> None:
 
 
 async def test_presence_rooms_login_is_acknowledged_with_own_login_only() -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         users = await users_online(
             live, "alice", ("bob", 2, ""), ("carol", 2, "echo"), rooms_presence=True
         )
@@ -442,7 +444,7 @@ async def test_presence_rooms_login_is_acknowledged_with_own_login_only() -> Non
 
 @pytest.mark.parametrize(("version", "options"), [(1, ""), (2, ""), (2, "echo")])
 async def test_presence_rooms_has_no_everyone(version: int, options: str) -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         alice, bob = await users_online(
             live, ("alice", version, options), "bob", rooms_presence=True
         )
@@ -460,14 +462,14 @@ async def test_presence_rooms_has_no_everyone(version: int, options: str) -> Non
     " not-in-room for talk/part/history to * under --presence rooms",
 )
 async def test_presence_rooms_parting_everyone_is_not_in_room() -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         (alice,) = await users_online(live, "alice", rooms_presence=True)
         await alice.send("part|*")
         await expect_error_frame(alice, "not-in-room", "*")
 
 
 async def test_presence_rooms_direct_messages_still_work() -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         alice, bob, carol = await users_online(
             live, ("alice", 2, "echo"), "bob", ("carol", 2, ""), rooms_presence=True
         )
@@ -485,7 +487,7 @@ async def test_presence_rooms_direct_messages_still_work() -> None:
 
 
 async def test_presence_rooms_joins_and_parts_are_the_presence() -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         alice, bob, carol = await users_online(
             live, "alice", ("bob", 2, ""), "carol", rooms_presence=True
         )
@@ -504,7 +506,7 @@ async def test_presence_rooms_joins_and_parts_are_the_presence() -> None:
 async def test_presence_rooms_exactly_one_exit_per_user_who_shared_a_room(
     how: str,
 ) -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         bob, alice, carol, dave, erin, frank = await users_online(
             live,
             ("bob", 2, "echo"),
@@ -552,7 +554,7 @@ async def test_presence_rooms_exactly_one_exit_per_user_who_shared_a_room(
 
 
 async def test_presence_rooms_a_newcomer_in_a_room_hears_of_its_exit() -> None:
-    async with running_server(presence="rooms") as live:
+    async with running_server_without_sessions(presence="rooms") as live:
         alice, bob = await users_online(live, "alice", "bob", rooms_presence=True)
         await join_room(alice, "#r", [])
         await join_room(bob, "#r", [alice])
@@ -563,7 +565,7 @@ async def test_presence_rooms_a_newcomer_in_a_room_hears_of_its_exit() -> None:
 
 @pytest.mark.parametrize("presence", ["global", "rooms"])
 async def test_one_exit_for_a_room_member_dropped_as_too_slow(presence: str) -> None:
-    async with running_server(
+    async with running_server_without_sessions(
         rate=0, presence=presence, queue_size=32, stall_timeout=0.2
     ) as live:
         alice, carol = await users_online(
@@ -603,7 +605,7 @@ async def test_one_exit_for_a_room_member_dropped_as_too_slow(presence: str) -> 
 
 
 async def test_a_room_made_by_two_at_once_has_one_name() -> None:
-    async with running_server() as live:
+    async with running_server_without_sessions() as live:
         alice, bob = await users_online(live, "alice", "bob")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(alice.send, "join|#Race")
@@ -647,7 +649,7 @@ ROUNDS = 5
 
 
 async def test_a_join_list_arrives_whole_while_the_room_is_busy() -> None:
-    async with running_server(rate=0, presence="rooms") as live:
+    async with running_server_without_sessions(rate=0, presence="rooms") as live:
         crowd = await users_online(
             live, *(f"m{i}" for i in range(CROWD)), rooms_presence=True
         )
@@ -674,7 +676,7 @@ async def test_a_join_list_arrives_whole_while_the_room_is_busy() -> None:
 
 
 async def test_a_login_list_arrives_whole_while_everyone_is_talking() -> None:
-    async with running_server(rate=0) as live:
+    async with running_server_without_sessions(rate=0) as live:
         crowd = await users_online(live, *(f"m{i}" for i in range(CROWD)))
         roster = sorted(f"login|{user.name}" for user in crowd)
         with trio.fail_after(4 * STEP_TIMEOUT):
@@ -696,7 +698,7 @@ async def test_a_login_list_arrives_whole_while_everyone_is_talking() -> None:
 
 async def test_a_rooms_listing_arrives_whole_while_a_room_is_busy() -> None:
     rooms = 30
-    async with running_server(rate=0) as live:
+    async with running_server_without_sessions(rate=0) as live:
         sender, asker, filler = await users_online(
             live, "sender", ("asker", 2, ""), "filler"
         )
