@@ -398,8 +398,16 @@ async def test_a_talk_right_before_exit_arrives_before_the_exit() -> None:
 # -- protocol 1 connections ------------------------------------------------------
 
 
-async def test_protocol_1_connections_never_get_a_protocol_2_kind() -> None:
-    async with running_server_without_sessions(rate=0) as live:
+@pytest.mark.parametrize(
+    "resume_window",
+    [pytest.param(0.0, id="no-sessions"), pytest.param(120.0, id="sessions")],
+)
+async def test_protocol_1_connections_never_get_a_protocol_2_kind(
+    resume_window: float,
+) -> None:
+    # With sessions on, protocol 2 logins get a session frame: protocol 1
+    # ones (no hello, or hello|1) must not.
+    async with running_server(rate=0, resume_window=resume_window) as live:
         alice, bob, dave, carol = await users_online(
             live, ("alice", 2, "echo"), "bob", ("dave", 2, ""), ("carol", 1, "echo")
         )
