@@ -333,23 +333,10 @@ def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
 # -- what goes to the writer ---------------------------------------------------
 
 
-class _Message:
-    """An accepted message for the writer: the conversations it is kept in
-    (by key) and the account whose offline mailbox keeps it, if any."""
-
-    __slots__ = ("accepted", "conversations", "offline", "size")
-
-    def __init__(
-        self,
-        accepted: Accepted,
-        conversations: tuple[str, ...],
-        offline: str | None,
-        size: int,
-    ) -> None:
-        self.accepted = accepted
-        self.conversations = conversations
-        self.offline = offline
-        self.size = size
+_Message: TypeAlias = tuple[Accepted, tuple[str, ...], str | None, int]
+"""An accepted message for the writer: the record, the keys of the
+conversations that keep it, the account whose offline mailbox keeps it
+(if any), and its texts' size in bytes. A tuple: the hot path."""
 
 
 class _Change:
@@ -548,8 +535,11 @@ class Store:
 
     async def _write(self, connection: sqlite3.Connection, state: _Loaded) -> None:
         writer = _Writer(self, connection, state)
-        # A thread of its own: the default limiter's threads are for reads.
-        await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
+        # Shielded: cancelled, it must still write what is queued, and it
+        # ends by itself once told to stop (within stop_timeout). A thread
+        # of its own: the default limiter's threads are for reads.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
 
     def _stop_writer(self) -> None:
         self._stopping = True
@@ -610,7 +600,12 @@ class Store:
         waiting, never dropped. Kept: messages to rooms and ``*``, and
         direct messages to or from an account (in that account's
         conversation with the other); for the others, only the id."""
-        self._queue_message(accepted, self._conversations(accepted), None)
+        to = accepted.to
+        if to[:1] == "#" and self.history_size:  # the hot path
+            conversations: tuple[str, ...] = (name_key(to),)
+        else:
+            conversations = self._conversations(accepted)
+        self._queue_message(accepted, conversations, None)
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool:
         """Keep *accepted*, a direct message to account *account_key* who is
@@ -634,11 +629,8 @@ class Store:
         self, accepted: Accepted, conversations: tuple[str, ...], offline: str | None
     ) -> None:
         texts = accepted.texts
-        size = 0
-        for text in texts:
-            size += len(text)
-        message = _Message(accepted, conversations, offline, size)
         count = len(texts)
+        size = len(texts[0]) if count == 1 else sum(map(len, texts))
         high = accepted.first_id + count - 1
         if high > self.last_id:
             self.last_id = high
@@ -651,10 +643,10 @@ class Store:
             waiting.count += count
         self.backlog += count
         self.backlog_bytes += size
-        self._put(message)
+        self._put((accepted, conversations, offline, size))
 
     def _put(self, item: _Item) -> None:
-        if not self._running and self._stopping:
+        if self._stopping and not self._running:
             # After run: nobody will write it.
             self._lost += 1
             if self._lost == 1:
@@ -662,6 +654,14 @@ class Store:
         self._queue.append(item)
         if self._writer_waiting:
             self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is committed."""
+        if not self._running:
+            raise StoreClosed("the store is not running")
+        waiter = _Waiter()
+        self._put(_Change(_nothing, waiter))
+        await waiter.event.wait()
 
     def offline_delivered(self, account_key: str, up_to_id: int) -> None:
         """The offline messages of *account_key* up to id *up_to_id* were
@@ -692,22 +692,22 @@ class Store:
         """On the event loop: a group is in the file."""
         pending, pending_offline = self._pending, self._pending_offline
         messages = size = 0
-        for message in committed.messages:
-            count = len(message.accepted.texts)
+        for accepted, conversations, offline, message_size in committed.messages:
+            count = len(accepted.texts)
             messages += count
-            size += message.size
-            for key in message.conversations:
+            size += message_size
+            for key in conversations:
                 waiting = pending[key]
                 waiting.messages.popleft()
                 waiting.count -= count
                 if not waiting.count:
                     del pending[key]
-            if message.offline is not None:
-                waiting = pending_offline[message.offline]
+            if offline is not None:
+                waiting = pending_offline[offline]
                 waiting.messages.popleft()
                 waiting.count -= count
                 if not waiting.count:
-                    del pending_offline[message.offline]
+                    del pending_offline[offline]
         self.backlog -= messages
         self.backlog_bytes -= size
         if committed.high_id > self.committed_id:
@@ -822,6 +822,9 @@ class Store:
 
     async def offline(self, account_key: str) -> list[StoredMessage]:
         """The offline messages kept for *account_key*, in order."""
+        # Those delivered whose deletion is not written yet are left out: as
+        # of now, before the read (it may be written meanwhile).
+        done = self._delivered.get(account_key, 0)
         waiting = self._pending_offline.get(account_key)
         newer = [] if waiting is None else list(waiting.newest_first(waiting.count))
         newer.reverse()
@@ -830,7 +833,6 @@ class Store:
             lambda connection: _read_offline(connection, account_key, below)
         )
         messages.extend(newer)
-        done = self._delivered.get(account_key, 0)
         return [message for message in messages if message.id > done]
 
     async def account(self, key: str) -> Account | None:
@@ -946,6 +948,10 @@ class Store:
 
 
 def _ignore(_: object) -> None:
+    pass
+
+
+def _nothing(_: sqlite3.Connection) -> None:
     pass
 
 
@@ -1078,7 +1084,7 @@ class _Writer:
         self.connection = connection
         self.conversations = state.conversations
         self.last_history = state.history
-        self.high_id = store.last_id
+        self.high_id = state.last_id
         # Appends per conversation since it was last pruned, and those due.
         self.appended: dict[int, int] = {}
         self.to_prune: dict[int, None] = {}
@@ -1146,12 +1152,12 @@ class _Writer:
         connection.execute("BEGIN IMMEDIATE")
         try:
             for item in batch:
-                if type(item) is _Message:
-                    accepted = item.accepted
+                if type(item) is tuple:
+                    accepted, keys, account, _ = item
                     first, time_ms = accepted.first_id, accepted.time_ms
                     sender, to = accepted.sender, accepted.to
                     texts = accepted.texts
-                    for key in item.conversations:
+                    for key in keys:
                         conversation = conversations.get(key)
                         if conversation is None:
                             conversation = self._new_conversation(key)
@@ -1165,8 +1171,7 @@ class _Writer:
                         appended[conversation] = appended.get(conversation, 0) + len(
                             texts
                         )
-                    if item.offline is not None:
-                        account = item.offline
+                    if account is not None:
                         offline.extend(
                             [
                                 (account, first + i, time_ms, sender, to, text)

@@ -1,0 +1,609 @@
+"""The store: history, offline messages and accounts in an SQLite file,
+written by one thread in groups while the event loop goes on.
+
+Every store here lives in pytest's tmp_path (or is ``:memory:``), never in
+the user's data directory. Passwords are hashed with cheap parameters
+except where the parameters are what is tested (test_passwords.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trichat.server.hub import Accepted
+from trichat.server.passwords import Hasher
+from trichat.server.store import (
+    SCHEMA_VERSION,
+    AccountExists,
+    NoSuchAccount,
+    Store,
+    StoreClosed,
+    StoredMessage,
+    StoreError,
+    default_path,
+)
+
+# No step of these tests should take anywhere near this long.
+STEP = 10.0
+
+
+def cheap_hasher() -> Hasher:
+    return Hasher(memory_kib=8, time_cost=1)
+
+
+@asynccontextmanager
+async def running(path: str | Path, **options: Any) -> AsyncIterator[Store]:
+    """A running store on *path*, stopped (cleanly) at the end."""
+    store = Store(path, hasher=cheap_hasher(), **options)
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            yield store
+            nursery.cancel_scope.cancel()
+
+
+def talk(
+    sender: str, to: str, first_id: int, *texts: str, time_ms: int = 1000
+) -> Accepted:
+    """What the hub tells its observers of messages it accepted."""
+    return Accepted(sender, to, [text.encode() for text in texts], first_id, time_ms)
+
+
+def ids(messages: list[StoredMessage]) -> list[int]:
+    return [message.id for message in messages]
+
+
+@contextmanager
+def writer_held(path: Path) -> Iterator[None]:
+    """Hold the file's write lock from another connection, as a slow disk
+    (or another process) would: the store's writer waits for it."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+def congested(store: Store) -> bool:
+    return store.congested
+
+
+def rows(path: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(sql, args).fetchall()
+    finally:
+        connection.close()
+
+
+# -- history ------------------------------------------------------------------
+
+
+async def test_room_history_in_three_directions(tmp_path: Path) -> None:
+    async with running(tmp_path / "t.db") as store:
+        for i in range(1, 11):
+            store.record(talk("alice", "#Lunch", i, f"text {i}", time_ms=1000 + i))
+        await store.flush()
+        latest = await store.history("#lunch", "latest", None, 3)
+        assert latest == [
+            StoredMessage(8, 1008, "alice", "#Lunch", "text 8"),
+            StoredMessage(9, 1009, "alice", "#Lunch", "text 9"),
+            StoredMessage(10, 1010, "alice", "#Lunch", "text 10"),
+        ]
+        # A room is found under any spelling that clashes with it.
+        assert await store.history("#LUNCH", "latest", None, 3) == latest
+        assert ids(await store.history("#lunch", "before", 8, 3)) == [5, 6, 7]
+        assert ids(await store.history("#lunch", "before", 3, 5)) == [1, 2]
+        assert ids(await store.history("#lunch", "after", 8, 5)) == [9, 10]
+        assert ids(await store.history("#lunch", "after", 0, 2)) == [1, 2]
+        assert await store.history("#lunch", "after", 10, 5) == []
+        assert await store.history("#dinner", "latest", None, 5) == []
+
+
+async def test_history_shows_what_is_not_written_yet(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path) as store:
+        store.record(talk("alice", "#r", 1, "one", "two"))
+        await store.flush()
+        with writer_held(path):
+            # The writer waits: these are in memory only, and shown anyway.
+            store.record(talk("bob", "#r", 3, "three"))
+            store.record(talk("alice", "#r", 4, "four", "five"))
+            assert store.committed_id == 2
+            assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 3, 4, 5]
+            assert ids(await store.history("#r", "latest", None, 2)) == [4, 5]
+            assert ids(await store.history("#r", "before", 5, 3)) == [2, 3, 4]
+            assert ids(await store.history("#r", "after", 1, 3)) == [2, 3, 4]
+            assert ids(await store.history("#r", "after", 3, 3)) == [4, 5]
+        await store.flush()
+        assert store.committed_id == 5
+        assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 3, 4, 5]
+
+
+async def test_what_is_kept_of_everyone_and_direct_messages(tmp_path: Path) -> None:
+    async with running(tmp_path / "t.db") as store:
+        await store.register("Alice", "password1")
+        await store.register("carol", "password3")
+        store.record(talk("bob", "*", 1, "hello all"))
+        store.record(talk("bob", "dave", 2, "between guests"))
+        store.record(talk("bob", "Alice", 3, "guest to account"))
+        store.record(talk("Alice", "bob", 4, "account to guest"))
+        store.record(talk("Alice", "carol", 5, "account to account"))
+        await store.flush()
+        assert ids(await store.history("*", "latest", None, 10)) == [1]
+        # Alice's conversation with bob, whoever sent what, under any spelling.
+        with_bob = await store.history("BOB", "latest", None, 10, account_key="alice")
+        assert [(m.id, m.sender, m.to) for m in with_bob] == [
+            (3, "bob", "Alice"),
+            (4, "Alice", "bob"),
+        ]
+        # Kept for each of two accounts.
+        assert ids(
+            await store.history("carol", "latest", None, 9, account_key="alice")
+        ) == [5]
+        assert ids(
+            await store.history("alice", "latest", None, 9, account_key="carol")
+        ) == [5]
+        # Nothing between guests; nothing of Alice's for anyone else.
+        assert await store.history("dave", "latest", None, 9, account_key="bob") == []
+        assert await store.history("bob", "latest", None, 9, account_key="carol") == []
+        with pytest.raises(ValueError, match="account"):
+            await store.history("bob", "latest", None, 9)
+        assert store.last_id == 5
+
+
+async def test_only_the_newest_are_kept_and_the_rest_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path, history=3) as store:
+        for i in range(1, 11):
+            store.record(talk("alice", "#r", i, f"{i}"))
+        store.record(talk("alice", "#other", 11, "elsewhere"))
+        # Shown at once, written or not.
+        assert ids(await store.history("#r", "latest", None, 10)) == [8, 9, 10]
+        assert ids(await store.history("#r", "after", 0, 10)) == [8, 9, 10]
+        assert ids(await store.history("#r", "before", 9, 10)) == [8]
+        await store.flush()
+        assert ids(await store.history("#r", "after", 0, 10)) == [8, 9, 10]
+        assert ids(await store.history("#r", "before", 10, 10)) == [8, 9]
+        # The writer deletes the others in the background.
+        with trio.fail_after(STEP):
+            while len(rows(path, "SELECT id FROM messages")) > 4:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert rows(path, "SELECT id FROM messages ORDER BY id") == [
+            (8,),
+            (9,),
+            (10,),
+            (11,),
+        ]
+
+
+async def test_history_zero_keeps_no_message_but_the_last_id(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path, history=0) as store:
+        store.record(talk("alice", "#r", 41, "one", "two"))
+        assert await store.history("#r", "latest", None, 10) == []
+        await store.flush()
+    assert rows(path, "SELECT count(*) FROM messages") == [(0,)]
+    async with running(path, history=0) as store:
+        assert store.last_id == 42
+
+
+async def test_a_restart_keeps_history_ids_and_accounts(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path) as store:
+        assert store.last_id == 0
+        await store.register("alice", "password1")
+        store.record(talk("bob", "#r", 100, "before", "the restart"))
+        store.record(talk("bob", "alice", 102, "psst"))
+        # Not kept (between guests), but its id counts.
+        store.record(talk("bob", "dave", 103, "hi"))
+    async with running(path) as store:
+        assert store.last_id == store.committed_id == 103
+        assert store.is_account("alice")
+        assert await store.verify("alice", "password1")
+        history = await store.history("#r", "latest", None, 10)
+        assert [m.text for m in history] == ["before", "the restart"]
+        assert ids(
+            await store.history("bob", "latest", None, 5, account_key="alice")
+        ) == [102]
+        store.record(talk("bob", "#r", 104, "after"))
+        assert ids(await store.history("#r", "latest", None, 10)) == [100, 101, 104]
+
+
+async def test_a_restart_with_a_smaller_history_deletes_the_oldest(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    async with running(path, history=10) as store:
+        for i in range(1, 9):
+            store.record(talk("alice", "#r", i, "x"))
+    async with running(path, history=2) as store:
+        assert ids(await store.history("#r", "latest", None, 10)) == [7, 8]
+        with trio.fail_after(STEP):
+            while len(rows(path, "SELECT id FROM messages")) > 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+
+
+# -- offline messages ---------------------------------------------------------
+
+
+async def test_offline_messages_in_order_until_delivered(tmp_path: Path) -> None:
+    async with running(tmp_path / "t.db", offline_max=4) as store:
+        await store.register("Bob", "password2")
+        assert store.record_offline(talk("alice", "Bob", 1, "one"), "bob")
+        assert store.record_offline(talk("carol", "Bob", 2, "two", "three"), "bob")
+        waiting = await store.offline("bob")
+        assert [(m.id, m.sender, m.text) for m in waiting] == [
+            (1, "alice", "one"),
+            (2, "carol", "two"),
+            (3, "carol", "three"),
+        ]
+        # Room for one more, not for two.
+        assert not store.record_offline(talk("alice", "Bob", 4, "four", "five"), "bob")
+        assert store.record_offline(talk("alice", "Bob", 6, "six"), "bob")
+        assert not store.record_offline(talk("alice", "Bob", 7, "seven"), "bob")
+        await store.flush()
+        assert ids(await store.offline("bob")) == [1, 2, 3, 6]
+        # They are in Bob's history too (the refused ones are not).
+        assert ids(
+            await store.history("alice", "latest", None, 9, account_key="bob")
+        ) == [
+            1,
+            6,
+        ]
+        store.offline_delivered("bob", 3)
+        # Gone at once for a second login, written or not.
+        assert ids(await store.offline("bob")) == [6]
+        await store.flush()
+        assert ids(await store.offline("bob")) == [6]
+        assert store.record_offline(talk("alice", "Bob", 8, "eight"), "bob")
+        assert store.record_offline(talk("alice", "Bob", 9, "nine", "ten"), "bob")
+        assert not store.record_offline(talk("alice", "Bob", 11, "eleven"), "bob")
+        assert await store.offline("alice") == []
+
+
+async def test_offline_messages_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path, offline_max=3) as store:
+        await store.register("bob", "password2")
+        assert store.record_offline(talk("alice", "bob", 1, "one", "two"), "bob")
+        assert store.record_offline(talk("alice", "bob", 3, "three"), "bob")
+    async with running(path, offline_max=3) as store:
+        assert ids(await store.offline("bob")) == [1, 2, 3]
+        assert not store.record_offline(talk("alice", "bob", 4, "four"), "bob")
+        store.offline_delivered("bob", 3)
+    async with running(path, offline_max=3) as store:
+        assert await store.offline("bob") == []
+        assert store.record_offline(talk("alice", "bob", 5, "five"), "bob")
+
+
+# -- accounts -----------------------------------------------------------------
+
+
+async def test_accounts_register_verify_change_delete(tmp_path: Path) -> None:
+    async with running(tmp_path / "t.db") as store:
+        assert not store.is_account("alice")
+        account = await store.register("Alice", "password1")
+        assert (account.name, account.key) == ("Alice", "alice")
+        assert "password1" not in repr(account)
+        assert account.password_hash not in repr(account)
+        assert store.is_account("alice")
+        with pytest.raises(AccountExists):
+            await store.register("ALICE", "password9")
+        assert await store.verify("alice", "password1")
+        assert not await store.verify("alice", "password2")
+        assert not await store.verify("nobody", "password1")
+        await store.set_password("alice", "password2")
+        assert await store.verify("Alice", "password2")
+        assert not await store.verify("Alice", "password1")
+        await store.register("bob", "password3")
+        assert await store.accounts() == ["Alice", "bob"]
+        stored = await store.account("alice")
+        assert stored is not None
+        assert stored.name == "Alice"
+        assert stored.password_hash.startswith("$argon2id$")
+
+        store.record(talk("Alice", "carol", 1, "mine"))
+        assert store.record_offline(talk("carol", "Alice", 2, "for me"), "alice")
+        await store.delete_account("alice")
+        assert not store.is_account("alice")
+        assert await store.account("alice") is None
+        assert await store.accounts() == ["bob"]
+        assert await store.offline("alice") == []
+        assert (
+            await store.history("carol", "latest", None, 5, account_key="alice") == []
+        )
+        with pytest.raises(NoSuchAccount):
+            await store.delete_account("alice")
+        with pytest.raises(NoSuchAccount):
+            await store.set_password("alice", "password4")
+        # The name is free again, with no past.
+        await store.register("alice", "password5")
+        assert await store.offline("alice") == []
+        assert (
+            await store.history("carol", "latest", None, 5, account_key="alice") == []
+        )
+
+
+async def test_a_login_rehashes_a_password_hashed_with_other_parameters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    async with running(path) as store:
+        await store.register("alice", "password1")
+    store = Store(path, hasher=Hasher(memory_kib=16, time_cost=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        before = await store.account("alice")
+        assert before is not None
+        assert "m=8," in before.password_hash
+        assert not await store.verify("alice", "wrong password")
+        assert await store.verify("alice", "password1")
+        await store.flush()
+        after = await store.account("alice")
+        assert after is not None
+        assert "m=16," in after.password_hash
+        assert await store.verify("alice", "password1")
+        nursery.cancel_scope.cancel()
+
+
+# -- the writer: backpressure, stopping, crashing -----------------------------
+
+
+async def test_a_slow_writer_congests_the_store_but_never_blocks_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    async with running(path, max_backlog=100) as store:
+        await store.flush()
+        with writer_held(path):
+            for i in range(1, 51):
+                store.record(talk("alice", "#r", i, "x"))
+            assert store.backlog == 50
+            assert not congested(store)
+            store.record(talk("alice", "#r", 51, "x"))
+            assert congested(store)
+            # Others go on meanwhile: the loop is not blocked...
+            await trio.testing.wait_all_tasks_blocked()
+            # ... and a sender that waits gives up when nothing moves.
+            with trio.fail_after(STEP):
+                await store.make_room(0.05)
+            assert congested(store)
+            # Reads go on too, from what is in memory.
+            assert len(await store.history("#r", "latest", None, 100)) == 51
+            for i in range(52, 201):
+                store.record(talk("alice", "#r", i, "x"))  # never refused
+        with trio.fail_after(STEP):
+            await store.make_room(STEP)
+        assert not store.congested
+        await store.flush()
+        assert store.backlog == 0
+        assert store.committed_id == 200
+    assert rows(path, "SELECT count(*), min(id), max(id) FROM messages") == [
+        (200, 1, 200)
+    ]
+
+
+async def test_a_clean_stop_writes_everything_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path) as store:
+        await store.register("bob", "password2")
+        for i in range(1, 2001):
+            store.record(talk("alice", f"#room{i % 7}", i, f"text {i}"))
+        assert store.record_offline(talk("alice", "bob", 2001, "later"), "bob")
+        # Stopped at once, with (nearly) all of it still queued.
+    # 2000 to rooms, and the offline one in bob's history.
+    assert rows(path, "SELECT count(*), max(id) FROM messages") == [(2001, 2001)]
+    assert rows(path, "SELECT id FROM offline") == [(2001,)]
+    with pytest.raises(StoreClosed):
+        await store.history("#room1", "latest", None, 1)
+
+
+CHILD = """
+    import sys
+    import trio
+    from trichat.server.hub import Accepted
+    from trichat.server.store import Store
+
+    async def main():
+        store = Store(sys.argv[1], history=10**9)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            next_id, told = 1, 0
+            while True:
+                for _ in range(50):
+                    store.record(Accepted("alice", "#r", [b"x"], next_id, 0))
+                    next_id += 1
+                await trio.sleep(0)
+                if store.committed_id != told:
+                    told = store.committed_id
+                    print(told, flush=True)
+
+    trio.run(main)
+"""
+
+
+def test_kill_9_loses_at_most_the_last_commit_group(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD))
+    with subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            committed = 0
+            while committed < 5000:  # written in several groups by now
+                line = child.stdout.readline()
+                assert line, "the child ended"
+                committed = int(line)
+        finally:
+            child.kill()  # SIGKILL: no clean stop
+            child.wait(STEP)
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    [(count, low, high)] = rows(path, "SELECT count(*), min(id), max(id) FROM messages")
+    # Every group the child saw committed is there, and nothing in between
+    # is missing: groups are whole or absent.
+    assert isinstance(high, int)
+    assert high >= committed
+    assert (count, low) == (high, 1)
+
+    async def reopen() -> None:
+        async with running(path, history=10**9) as store:
+            assert store.last_id == high
+            assert ids(await store.history("#r", "latest", None, 1)) == [high]
+
+    trio.run(reopen)
+
+
+# -- the file -----------------------------------------------------------------
+
+
+async def test_a_memory_store_keeps_nothing() -> None:
+    async with running(":memory:") as store:
+        store.record(talk("alice", "#r", 1, "x"))
+        await store.flush()
+        assert ids(await store.history("#r", "latest", None, 1)) == [1]
+        assert store._file is not None
+        file = trio.Path(store._file)
+        assert await file.exists()
+    assert not await file.exists()
+    async with running(":memory:") as store:
+        assert store.last_id == 0
+
+
+async def test_the_file_has_a_schema_version_and_a_newer_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "dir" / "t.db"
+    async with running(path):
+        pass
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert rows(path, "PRAGMA journal_mode") == [("wal",)]
+    assert path.stat().st_mode & 0o777 == 0o600
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE schema_version SET version = 99")
+    connection.commit()
+    connection.close()
+    with pytest.raises(StoreError, match="newer"):
+        await Store(path).run()
+
+
+def test_the_default_file_is_in_the_users_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_path() == tmp_path / "data" / "trichat" / "trichat.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/is/ignored")
+    assert default_path() == tmp_path / ".local" / "share" / "trichat" / "trichat.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_path() == tmp_path / ".local" / "share" / "trichat" / "trichat.db"
+
+
+async def test_a_store_not_running_refuses_reads_and_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db", hasher=cheap_hasher())
+    with pytest.raises(StoreClosed):
+        await store.history("#r", "latest", None, 5)
+    with pytest.raises(StoreClosed):
+        await store.flush()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        with pytest.raises(StoreError, match="once"):
+            await nursery.start(store.run)
+        nursery.cancel_scope.cancel()
+
+
+# -- paging -------------------------------------------------------------------
+
+
+async def _walk(store: Store, page: int) -> tuple[list[int], list[int]]:
+    """The ids of #r read backwards from the latest page and forwards from
+    the oldest, a page at a time."""
+    backwards = ids(await store.history("#r", "latest", None, page))
+    while True:
+        if not backwards:
+            break
+        older = ids(await store.history("#r", "before", backwards[0], page))
+        backwards[:0] = older
+        if len(older) < page:
+            break
+    forwards: list[int] = []
+    while True:
+        newer = ids(
+            await store.history("#r", "after", forwards[-1] if forwards else 0, page)
+        )
+        forwards += newer
+        if len(newer) < page:
+            break
+    return backwards, forwards
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    written=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=12),
+    waiting=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=12),
+    kept=st.integers(1, 30),
+    page=st.integers(1, 7),
+)
+def test_pages_before_and_after_tile_a_conversation(
+    written: list[tuple[int, int]],
+    waiting: list[tuple[int, int]],
+    kept: int,
+    page: int,
+    tmp_path: Path,
+) -> None:
+    """Messages to #r come in runs of 1-4 texts with others' ids between
+    them; some are written, some wait for a writer held up. Pages in
+    either direction give the newest *kept*, each once, in order."""
+
+    async def check() -> None:
+        path = tmp_path / f"paging-{os.getpid()}-{id(written)}.db"
+        expected: list[int] = []
+        async with running(path, history=kept) as store:
+            next_id = 1
+
+            def record(runs: list[tuple[int, int]]) -> None:
+                nonlocal next_id
+                for texts, others in runs:
+                    store.record(talk("a", "#r", next_id, *["x"] * texts))
+                    expected.extend(range(next_id, next_id + texts))
+                    next_id += texts
+                    if others:
+                        store.record(talk("a", "#s", next_id, *["y"] * others))
+                        next_id += others
+
+            record(written)
+            await store.flush()
+            with writer_held(path):
+                record(waiting)
+                newest = expected[-kept:]
+                backwards, forwards = await _walk(store, page)
+                assert backwards == forwards == newest
+                latest = ids(await store.history("#r", "latest", None, page))
+                assert latest == newest[-page:]
+            await store.flush()
+            assert await _walk(store, page) == (newest, newest)
+        path.unlink()
+
+    trio.run(check)
