@@ -1,4 +1,4 @@
-"""The ``trichat`` command: ``serve``, ``connect`` and ``bench``."""
+"""The ``trichat`` command: ``serve``, ``connect``, ``bench`` and ``accounts``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     # generator only when ``trichat bench`` runs.
     from .bench import cli as bench
     from .client import terminal
+    from .server import accounts_cli
     from .server import cli as serve_cli
 
     parser = argparse.ArgumentParser(
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", serve_cli, "run a chat server"),
         ("connect", terminal, "log in and chat from the terminal"),
         ("bench", bench, "load-test a trichat server"),
+        ("accounts", accounts_cli, "list, delete or set the password of accounts"),
     ):
         command = commands.add_parser(name, help=summary, description=summary)
         module.add_arguments(command)

@@ -73,6 +73,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
@@ -318,16 +319,20 @@ def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
     transaction."""
     if connection.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount == 0:
         return False
+    _delete_account_data(connection, key)
+    return True
+
+
+def _delete_account_data(connection: sqlite3.Connection, key: str) -> None:
+    """Delete the offline messages of account *key* and the messages of
+    its conversations. (The conversations' ids stay: a running writer
+    knows them by heart.)"""
     connection.execute("DELETE FROM offline WHERE account = ?", (key,))
     low, high = key + _SEP, key + chr(ord(_SEP) + 1)
     conversations = "SELECT id FROM conversations WHERE key >= ? AND key < ?"
     connection.execute(
         f"DELETE FROM messages WHERE conversation IN ({conversations})", (low, high)
     )
-    connection.execute(
-        "DELETE FROM conversations WHERE key >= ? AND key < ?", (low, high)
-    )
-    return True
 
 
 # -- what goes to the writer ---------------------------------------------------
@@ -725,8 +730,11 @@ class Store:
             else:
                 keys.discard(key)
         for key in self._accounts - keys:
-            # Deleted elsewhere, and its offline messages with it.
+            # Deleted by another process, with its offline messages and its
+            # history; and what was queued for it since is deleted too.
             self._offline_count.pop(key, None)
+            self._delivered[key] = self.last_id
+            self._put(_Change(partial(_delete_account_data, key=key), _ignore))
         self._accounts = keys
 
     def _tell(self, function: Callable[..., None], *args: Any) -> None:

@@ -1,0 +1,169 @@
+"""``trichat accounts``: list, delete and set-password on a store file, also
+while a server's store has it open. Every file is in tmp_path."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from trichat.cli import main
+from trichat.server.hub import Accepted
+from trichat.server.passwords import Hasher
+from trichat.server.store import Store
+
+STEP = 10.0
+
+
+@asynccontextmanager
+async def running(path: Path) -> AsyncIterator[Store]:
+    store = Store(path, hasher=Hasher(memory_kib=8, time_cost=1))
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            yield store
+            nursery.cancel_scope.cancel()
+
+
+async def make_accounts(path: Path, *names: str) -> None:
+    async with running(path) as store:
+        for name in names:
+            await store.register(name, "password0")
+
+
+def accounts(*argv: str) -> int:
+    return main(["accounts", *argv])
+
+
+async def test_list_delete_and_set_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "t.db"
+    await make_accounts(db, "bob", "Alice", "carol")
+    assert accounts("list", "--db", str(db)) == 0
+    assert capsys.readouterr().out == "Alice\nbob\ncarol\n"
+
+    assert accounts("--db", str(db), "delete", "BOB") == 0
+    assert capsys.readouterr().out == "deleted BOB\n"
+    password_file = tmp_path / "password"
+    password_file.write_text("new password\n")
+    assert (
+        accounts(
+            "set-password",
+            "alice",
+            "--password-file",
+            str(password_file),
+            "--db",
+            str(db),
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out == "password set for alice\n"
+    async with running(db) as store:
+        assert await store.accounts() == ["Alice", "carol"]
+        assert await store.verify("Alice", "new password")
+        assert not await store.verify("Alice", "password0")
+
+
+async def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "t.db"
+    await make_accounts(db, "alice")
+    password_file = tmp_path / "password"
+    password_file.write_text("short\n")
+    assert accounts("delete", "nobody", "--db", str(db)) == 1
+    assert "no such account: nobody" in capsys.readouterr().err
+    assert accounts("set-password", "nobody", "--db", str(db)) == 1
+    assert "no such account: nobody" in capsys.readouterr().err
+    assert (
+        accounts(
+            "set-password",
+            "alice",
+            "--db",
+            str(db),
+            "--password-file",
+            str(password_file),
+        )
+        == 1
+    )
+    error = capsys.readouterr().err
+    assert "8 to 256 characters" in error
+    assert "short" not in error
+    missing = str(tmp_path / "missing")
+    assert (
+        accounts("set-password", "alice", "--db", str(db), "--password-file", missing)
+        == 1
+    )
+    assert "No such file" in capsys.readouterr().err
+    async with running(db) as store:
+        assert await store.verify("alice", "password0")
+
+
+async def test_the_password_from_a_prompt_that_does_not_echo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "t.db"
+    await make_accounts(db, "alice")
+    answers = iter(["typed password", "typed password", "once more", "not the same"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    assert accounts("set-password", "alice", "--db", str(db)) == 0
+    assert prompts == ["New password: ", "Again: "]
+    assert accounts("set-password", "alice", "--db", str(db)) == 1
+    assert "differ" in capsys.readouterr().err
+    async with running(db) as store:
+        assert await store.verify("alice", "typed password")
+
+
+async def test_the_default_file_is_made_in_the_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert accounts("list") == 0
+    assert capsys.readouterr().out == ""
+    assert await trio.Path(tmp_path / "data" / "trichat" / "trichat.db").exists()
+
+
+async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    password_file = tmp_path / "password"
+    password_file.write_text("changed password\n")
+    async with running(db) as store:
+        await store.register("alice", "password0")
+        await store.register("bob", "password0")
+        for i in range(1, 101):
+            assert store.record_offline(Accepted("carol", "bob", [b"hi"], i, 0), "bob")
+        await store.flush()
+        assert (
+            await trio.to_thread.run_sync(
+                accounts,
+                "set-password",
+                "alice",
+                "--db",
+                str(db),
+                "--password-file",
+                str(password_file),
+            )
+            == 0
+        )
+        assert (
+            await trio.to_thread.run_sync(accounts, "delete", "bob", "--db", str(db))
+            == 0
+        )
+        assert await store.verify("alice", "changed password")
+        # The server hears of the deletion within about a second.
+        with trio.fail_after(STEP):
+            while store.is_account("bob"):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert store.is_account("alice")
+        assert await store.accounts() == ["alice"]
+        assert await store.offline("bob") == []
