@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each command's options, and nothing more: bench.cli imports the load
     # generator only when ``trichat bench`` runs.
     from .bench import cli as bench
-    from .client import terminal
+    from .client import fullscreen
     from .server import accounts_cli
     from .server import cli as serve_cli
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, summary in (
         ("serve", serve_cli, "run a chat server"),
-        ("connect", terminal, "log in and chat from the terminal"),
+        ("connect", fullscreen, "log in and chat from the terminal"),
         ("bench", bench, "load-test a trichat server"),
         ("accounts", accounts_cli, "list, delete or set the password of accounts"),
     ):

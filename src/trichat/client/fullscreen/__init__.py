@@ -1,0 +1,161 @@
+"""``trichat connect NAME`` on a terminal: a full-screen chat on urwid.
+
+One window per conversation (``*``, each room, each direct peer), a
+scrolling message pane, an input line with history and completion, and a
+status line that says where Enter sends. With a pipe, or ``--plain``,
+``trichat connect`` stays the line client of ``terminal``.
+
+The state and rules are plain Python (``_model``, ``_text``); the urwid
+widgets (``_widgets``) only draw them, and ``_app.FullScreen`` runs the
+client's tasks and urwid's main loop in one Trio nursery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import ssl
+import sys
+import termios
+from functools import partial
+
+import trio
+
+from ..._process import until_interrupted
+from ...protocol.messages import PROTOCOL_VERSION, ErrorCode
+from .. import terminal
+from ..library import BadServerFrame, Client, ConnectionLost, LoginRefused, connect
+from ..terminal import (
+    CONNECT_TIMEOUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    describe_error,
+    escape,
+)
+from ._model import HELP
+
+__all__ = ["HELP", "add_arguments", "main"]
+
+_EPILOG = f"""\
+On a terminal, a full-screen client (with a pipe, or --plain, the line
+client that scripts use). In it:
+
+{HELP}"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``connect``'s arguments to *parser*: the line client's, and
+    those of the full-screen client."""
+    terminal.add_arguments(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    known = parser._option_string_actions  # another front end may add them too
+    if "--plain" not in known:
+        parser.add_argument(
+            "--plain",
+            action="store_true",
+            help="the line client even on a terminal",
+        )
+    if "--no-bell" not in known:
+        parser.add_argument(
+            "--no-bell",
+            action="store_true",
+            help="no terminal bell on a direct message or a mention",
+        )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``trichat connect``: full-screen on a terminal, else the line
+    client; returns the exit status."""
+    if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return terminal.main(args)
+    try:
+        status = trio.run(until_interrupted, partial(_connect_and_chat, args))
+    except KeyboardInterrupt:  # before the signal handler was in place
+        status = None
+    except BaseExceptionGroup as group:
+        interrupts, rest = group.split(KeyboardInterrupt)
+        if interrupts is None or rest is not None:
+            raise
+        status = None
+    finally:
+        _discard_typed_input()
+    return EXIT_INTERRUPTED if status is None else status
+
+
+def _discard_typed_input() -> None:
+    """Drop what was typed but not read, so it does not reach the shell."""
+    with contextlib.suppress(termios.error, OSError, ValueError):
+        termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+
+
+def _fail(problem: str, status: int = EXIT_FAILURE) -> int:
+    print(f"trichat: {problem}", file=sys.stderr, flush=True)
+    return status
+
+
+async def _connect(args: argparse.Namespace) -> Client | int:
+    """The logged-in client, or the exit status of a failure (said)."""
+    ssl_context = None
+    if args.tls or args.ca is not None or args.server_name is not None:
+        try:
+            ssl_context = ssl.create_default_context(cafile=args.ca)
+        except (OSError, ssl.SSLError) as error:
+            return _fail(f"cannot use the CA file {args.ca}: {error}", EXIT_REFUSED)
+    where = f"{args.host}:{args.port}"
+    shown_name = escape(args.name)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            return await connect(
+                args.name,
+                args.host,
+                args.port,
+                ssl_context=ssl_context,
+                server_hostname=args.server_name,
+                # The line client's --protocol, where it has one.
+                version=getattr(args, "protocol", None) or PROTOCOL_VERSION,
+            )
+    except ValueError as invalid:
+        return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
+    except LoginRefused as refused:
+        code = refused.error.code
+        name_refused = code in {ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN}
+        return _fail(
+            f"cannot log in as {shown_name}: {describe_error(refused.error)}",
+            EXIT_REFUSED if name_refused else EXIT_FAILURE,
+        )
+    except (ConnectionLost, BadServerFrame) as failure:
+        return _fail(f"cannot connect to {where}: {escape(str(failure))}")
+    except trio.TooSlowError:
+        return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
+    except OSError as error:
+        return _fail(f"cannot connect to {where}: {error.strerror or error}")
+
+
+async def _connect_and_chat(args: argparse.Namespace) -> int:
+    # urwid is imported only here: ``trichat serve`` has no use for it.
+    import urwid
+
+    from ._app import FullScreen
+
+    client = await _connect(args)
+    if isinstance(client, int):
+        return client
+    screen = urwid.display.raw.Screen(bracketed_paste_mode=True)
+    if "NO_COLOR" in os.environ:
+        screen.set_terminal_properties(colors=1)
+
+    def ring() -> None:
+        screen.write("\a")
+        screen.flush()
+
+    app = FullScreen(
+        client,
+        bell=not args.no_bell,
+        ping_interval=args.ping_interval,
+        on_bell=ring,
+    )
+    async with client:
+        return await app.run(screen)

@@ -1,0 +1,244 @@
+"""The full-screen client at work: the client's frames into the model, the
+model's outbox to the server at a pace the server allows, and urwid's
+input, all tasks of one Trio nursery."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+from typing import Final
+
+import trio
+import urwid
+
+from ...protocol.messages import (
+    Delivery,
+    Error,
+    Exit,
+    Joined,
+    Login,
+    Message,
+    Parted,
+    Ping,
+    Pong,
+)
+from ..library import BadServerFrame, Client, ConnectionLost, Event, RoomList
+from ..terminal import EXIT_FAILURE, EXIT_OK, describe_error, escape
+from ._model import ChatModel, Link, Outgoing
+from ._widgets import PALETTE, ChatView
+
+__all__ = ["FullScreen"]
+
+_LAG_TOKEN: Final = "lag-"
+
+
+class FullScreen:
+    """One full-screen session over a logged-in *client*.
+
+    ``run`` drives it: with a urwid *screen* it draws there and reads the
+    keys from it; without one (tests) ``view`` takes keys by hand
+    (``view.keypress``) and renders on demand (``view.render``).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        bell: bool = True,
+        ping_interval: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        zone: tzinfo | None = None,
+        on_bell: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.ping_interval = ping_interval
+        self.model = ChatModel(
+            client.name,
+            version=client.version,
+            echo=client.echo,
+            settings=client.settings,
+            max_text=client.max_text,
+            max_frame=client.max_frame,
+            online=client.online,
+            clock=clock,
+            bell=bell,
+        )
+        self.view = ChatView(
+            self.model,
+            on_quit=self.quit,
+            on_bell=on_bell or (lambda: None),
+            zone=zone,
+        )
+        self.status: int | None = None
+        self._scope = trio.CancelScope()
+        self._wake = trio.Event()
+        self._pings: dict[str, float] = {}
+        self._closing: str | None = None
+        self.model.wake_sender = self._wake_sender
+        self.model.info(f"logged in as {escape(client.name)}; /help lists the commands")
+        self.view.refresh()
+
+    # -- running --------------------------------------------------------------------
+
+    async def run(self, screen: urwid.BaseScreen | None = None) -> int:
+        """Chat until ``/quit`` (EXIT_OK; EXIT_FAILURE after the connection
+        was lost); the client is closed at the end."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive)
+                    nursery.start_soon(self._send)
+                    if self.ping_interval > 0:
+                        nursery.start_soon(self._measure_lag)
+                    if screen is None:
+                        await trio.sleep_forever()
+                    event_loop = urwid.TrioEventLoop()
+                    loop = urwid.MainLoop(
+                        self.view,
+                        PALETTE,
+                        screen=screen,
+                        event_loop=event_loop,
+                        handle_mouse=True,
+                    )
+                    with loop.start():
+                        await event_loop.run_async()
+            if self.status == EXIT_OK and self.model.link is not Link.DISCONNECTED:
+                await self.client.exit()
+        finally:
+            await self.client.aclose()
+        return EXIT_OK if self.status is None else self.status
+
+    def quit(self) -> None:
+        """Leave: what ``/quit`` does once nothing is left to send."""
+        failed = self.model.link is Link.DISCONNECTED
+        self.status = EXIT_FAILURE if failed else EXIT_OK
+        self._scope.cancel()
+
+    def _changed(self) -> None:
+        # The main loop redraws when the tasks that called this are done.
+        self.view.refresh()
+
+    # -- what arrives ---------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        model = self.model
+        while True:
+            try:
+                batch = await self.client.receive_batch()
+            except BadServerFrame as bad:
+                if not bad.fatal:
+                    model.problem(f"ignored a frame: {escape(str(bad))}")
+                    self._changed()
+                    continue
+                self._lost(escape(str(bad)))
+                return
+            except ConnectionLost as lost:
+                self._lost(escape(str(lost)))
+                return
+            if not batch:
+                self._lost(self._closing or "the server closed the connection")
+                return
+            for message in batch:
+                self.handle(message)
+            # A join's answer (who is in the room) arrives whole, in one
+            # read as a rule: the members listed after it have just come.
+            model.end_of_batch()
+            self._changed()
+
+    def _lost(self, why: str) -> None:
+        self.model.lost(why)
+        self._changed()
+
+    def handle(self, message: Event) -> None:
+        """Bring the model up to date with one frame from the server."""
+        model = self.model
+        if model.link is Link.SILENT:
+            model.link = Link.CONNECTED
+        match message:
+            case Message(id, time, sender, to, text):
+                model.delivered(sender, to, text, id=id, time=time)
+            case Delivery(sender, to, text):
+                model.delivered(sender, to, text)
+            case Login(name):
+                model.logged_in(name)
+            case Exit(str(name)):
+                model.exited(name)
+            case Joined(room, name):
+                model.joined(room, name)
+            case Parted(room, name):
+                model.parted(room, name)
+            case RoomList(rooms):
+                model.room_list([(info.room, info.members) for info in rooms])
+            case Error(code):
+                words = describe_error(message)
+                if code.closes:
+                    self._closing = words
+                model.refused(code.value, message.detail, words)
+            case Pong(token) if token in self._pings:
+                sent = self._pings.pop(token)
+                model.lag = trio.current_time() - sent
+            case Exit() | Ping() | Pong():
+                pass
+
+    async def _measure_lag(self) -> None:
+        """Ping every ``ping_interval`` seconds: the answer's delay is the
+        lag in the status line; no answer at all makes it "not answering"."""
+        for number in itertools.count(1):
+            token = f"{_LAG_TOKEN}{number}"
+            sent = trio.current_time()
+            self._pings = {token: sent}
+            try:
+                await self.client.ping(token)
+            except ConnectionLost:
+                return
+            await trio.sleep(self.ping_interval)
+            unanswered = token in self._pings and self.client.last_heard < sent
+            if unanswered and self.model.link is Link.CONNECTED:
+                self.model.link = Link.SILENT
+                self.model.lag = None
+                self._changed()
+
+    # -- what goes out --------------------------------------------------------------
+
+    def _wake_sender(self) -> None:
+        self._wake.set()
+
+    async def _send(self) -> None:
+        """Send what the outbox holds, in order, under the server's rate."""
+        model = self.model
+        pacer = model.pacer(trio.current_time())
+        while True:
+            item = model.next_outgoing()
+            if item is None:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            delay = pacer.delay(trio.current_time())
+            if delay > 0:
+                await trio.sleep(delay)
+                continue
+            model.take_outgoing()
+            try:
+                await self._write(item)
+            except ValueError as invalid:
+                model.not_sent(item, escape(str(invalid)))
+            except ConnectionLost as lost:
+                self._lost(escape(str(lost)))
+                return
+            else:
+                pacer.spend(trio.current_time())
+                model.sent(item)
+            self._changed()
+
+    async def _write(self, item: Outgoing) -> None:
+        client = self.client
+        match item.kind:
+            case "talk":
+                await client.talk(item.target, item.text)
+            case "join":
+                await client.join(item.target)
+            case "part":
+                await client.part(item.target)
+            case "rooms":
+                await client.list_rooms()

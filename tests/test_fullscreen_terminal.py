@@ -1,0 +1,127 @@
+"""``trichat connect`` on a pseudo-terminal: full-screen there, the line
+client with ``--plain``, and the terminal given back as it was, whether
+the user quits or presses Ctrl-C."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+import sys
+import termios
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from helpers import STEP_TIMEOUT, running_server
+
+ALTERNATE_SCREEN = b"\x1b[?1049h"
+NORMAL_SCREEN = b"\x1b[?1049l"
+
+
+class Terminal:
+    """A process on a pseudo-terminal of 80 x 24, and what it wrote."""
+
+    def __init__(self, process: trio.Process, master: trio.lowlevel.FdStream) -> None:
+        self.process = process
+        self.master = master
+        self.output = bytearray()
+
+    async def expect(self, text: bytes) -> None:
+        """Read until *text* has been written (bounded)."""
+        with trio.fail_after(STEP_TIMEOUT):
+            while text not in self.output:
+                data = await self.master.receive_some(65536)
+                if not data:
+                    raise AssertionError(f"no {text!r} in {bytes(self.output)!r}")
+                self.output += data
+
+    async def type(self, text: str) -> None:
+        await self.master.send_all(text.encode())
+
+    async def exit_status(self) -> int:
+        """Wait for the process to end, reading what it writes meanwhile."""
+        with trio.fail_after(STEP_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+
+                async def read_all() -> None:
+                    try:
+                        while data := await self.master.receive_some(65536):
+                            self.output += data
+                    except trio.BrokenResourceError:
+                        pass  # EIO: every end of the terminal is closed
+
+                nursery.start_soon(read_all)
+                status = await self.process.wait()
+        return status
+
+
+@asynccontextmanager
+async def on_a_terminal(*args: str) -> AsyncIterator[Terminal]:
+    """``trichat connect`` with *args*, its input and output a terminal."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    command = [sys.executable, "-m", "trichat", "connect", *args]
+    process = await trio.lowlevel.open_process(
+        command, stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    stream = trio.lowlevel.FdStream(master)
+    try:
+        yield Terminal(process, stream)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await stream.aclose()
+
+
+async def test_on_a_terminal_it_is_full_screen_and_quit_restores_it() -> None:
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            assert ALTERNATE_SCREEN in terminal.output
+            await bob.send("talk|alice|are you there?")
+            # A window of its own, with one unread message; then shown.
+            await terminal.expect(b"bob(1)")
+            await terminal.type("\x1b2")  # Alt-2
+            await terminal.expect(b"are you there?")
+            await terminal.type("/quit\r")
+            assert await terminal.exit_status() == 0
+            # The terminal is back on its normal screen, with no traceback.
+            assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
+                ALTERNATE_SCREEN
+            )
+            assert b"Traceback" not in terminal.output
+        await bob.expect("login|alice", "exit|alice")
+
+
+async def test_ctrl_c_leaves_with_no_traceback() -> None:
+    async with (
+        running_server() as live,
+        on_a_terminal("alice", "--port", str(live.port)) as terminal,
+    ):
+        await terminal.expect(b"/help lists the commands")
+        await terminal.type("typed but not sent")
+        await terminal.expect(b"typed but not sent")
+        terminal.process.send_signal(signal.SIGINT)
+        assert await terminal.exit_status() == 130
+        assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
+            ALTERNATE_SCREEN
+        )
+        assert b"Traceback" not in terminal.output
+
+
+async def test_plain_keeps_the_line_client_on_a_terminal() -> None:
+    async with (
+        running_server() as live,
+        on_a_terminal("alice", "--plain", "--port", str(live.port)) as terminal,
+    ):
+        await terminal.expect(b"logged in as alice")
+        await terminal.type("/quit\n")
+        assert await terminal.exit_status() == 0
+        assert ALTERNATE_SCREEN not in terminal.output
