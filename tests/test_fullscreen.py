@@ -400,3 +400,32 @@ async def test_errors_from_the_server_reach_the_screen(
         press(alice, "enter")
         await settle()
         assert "! not in room: #nowhere" in shown(alice)
+
+
+async def test_scrolling_back_stays_put_while_messages_arrive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat() as world:
+        alice = await world.app("alice")
+        bob = await world.client("bob")
+        for number in range(60):
+            await bob.talk("*", f"message {number}")
+        await settle()
+        assert "message 59" in screen(alice)[-3]
+        press(alice, "page up", "page up")
+        rows = screen(alice)
+        assert "scrolled back" in rows[-2]
+        assert not any("message 59" in row for row in rows)
+        before = rows[1:-2]
+        await bob.talk("*", "one more")
+        await settle()
+        # What arrives while scrolled back does not move the pane.
+        assert screen(alice)[1:-2] == before
+        press(alice, "page down", "page down", "page down")
+        rows = screen(alice)
+        assert "one more" in rows[-3]
+        assert "scrolled back" not in rows[-2]
+        # The mouse wheel scrolls too.
+        for _ in range(5):
+            alice.view.mouse_event(SIZE, "mouse press", 4, 10, 10, True)
+        assert "scrolled back" in screen(alice)[-2]

@@ -260,8 +260,16 @@ def test_quit_asks_first_while_lines_wait() -> None:
     chat = model()
     chat.paste("one\ntwo\n")
     assert chat.submit("/quit")  # asked, not left
-    assert "2 lines are not sent yet" in chat.current.entries[-1].text
+    assert "2 pasted lines are not sent yet" in chat.current.entries[-1].text
     assert not chat.submit("/quit")
+
+
+def test_quit_does_not_ask_for_what_was_typed() -> None:
+    chat = model()
+    chat.submit("typed, not yet sent")
+    # Sent on the way out: nothing to ask.
+    assert not chat.submit("/quit")
+    assert [item.text for item in chat.outbox] == ["typed, not yet sent"]
 
 
 def test_a_lost_connection_marks_what_was_not_sent() -> None:

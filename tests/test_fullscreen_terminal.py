@@ -125,3 +125,26 @@ async def test_plain_keeps_the_line_client_on_a_terminal() -> None:
         await terminal.type("/quit\n")
         assert await terminal.exit_status() == 0
         assert ALTERNATE_SCREEN not in terminal.output
+
+
+async def test_keys_typed_while_connecting_are_kept() -> None:
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            # Typed at once, long before the screen is up.
+            await terminal.type("@bob typed early\r/quit\r")
+            assert await terminal.exit_status() == 0
+        await bob.expect("login|alice", "talk|alice|bob|typed early", "exit|alice")
+
+
+async def test_a_closed_terminal_says_exit() -> None:
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            await terminal.master.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                status = await terminal.process.wait()
+            assert status == 128 + signal.SIGHUP
+        # Said goodbye: the name is free at once.
+        await bob.expect("login|alice", "exit|alice")

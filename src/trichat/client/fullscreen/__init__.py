@@ -134,6 +134,39 @@ async def _connect(args: argparse.Namespace) -> Client | int:
         return _fail(f"cannot connect to {where}: {error.strerror or error}")
 
 
+_TYPED_KEYS = {"\n": "enter", "\r": "enter", "\t": "tab", "\x7f": "backspace"}
+
+
+def _take_typeahead(fd: int) -> list[str]:
+    """The keys typed before the screen starts (while connecting), which
+    starting it would discard: as urwid names them."""
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        return []
+    reading = list(saved)
+    reading[3] = saved[3] & ~(termios.ICANON | termios.ECHO)
+    reading[6] = list(saved[6])
+    reading[6][termios.VMIN] = 0
+    reading[6][termios.VTIME] = 0
+    data = bytearray()
+    termios.tcsetattr(fd, termios.TCSANOW, reading)
+    try:
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+    keys: list[str] = []
+    for char in data.decode(errors="replace"):
+        if char in _TYPED_KEYS:
+            keys.append(_TYPED_KEYS[char])
+        elif char.isprintable():
+            keys.append(char)
+    return keys
+
+
 async def _connect_and_chat(args: argparse.Namespace) -> int:
     # urwid is imported only here: ``trichat serve`` has no use for it.
     import urwid
@@ -158,4 +191,4 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
         on_bell=ring,
     )
     async with client:
-        return await app.run(screen)
+        return await app.run(screen, _take_typeahead(sys.stdin.fileno()))

@@ -5,12 +5,14 @@ input, all tasks of one Trio nursery."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Final
 
 import trio
 import urwid
+from urwid.display.common import InputClosedError
 
 from ...protocol.messages import (
     Delivery,
@@ -25,12 +27,18 @@ from ...protocol.messages import (
 )
 from ..library import BadServerFrame, Client, ConnectionLost, Event, RoomList
 from ..terminal import EXIT_FAILURE, EXIT_OK, describe_error, escape
-from ._model import ChatModel, Link, Outgoing
+from ._model import ChatModel, Link, Outgoing, Pacer
 from ._widgets import PALETTE, ChatView
 
 __all__ = ["FullScreen"]
 
 _LAG_TOKEN: Final = "lag-"
+# How long one write may take before the connection counts as lost.
+_WRITE_GRACE: Final = 10.0
+# How long leaving may take to send what was typed before /quit.
+_FLUSH_GRACE: Final = 5.0
+EXIT_HANGUP: Final = 128 + signal.SIGHUP
+"""The terminal hung up, as a shell reports a SIGHUP."""
 
 
 class FullScreen:
@@ -73,6 +81,7 @@ class FullScreen:
         self.status: int | None = None
         self._scope = trio.CancelScope()
         self._wake = trio.Event()
+        self._pacer = Pacer(0, 1)
         self._pings: dict[str, float] = {}
         self._closing: str | None = None
         self.model.wake_sender = self._wake_sender
@@ -81,9 +90,13 @@ class FullScreen:
 
     # -- running --------------------------------------------------------------------
 
-    async def run(self, screen: urwid.BaseScreen | None = None) -> int:
+    async def run(
+        self, screen: urwid.BaseScreen | None = None, typed: Sequence[str] = ()
+    ) -> int:
         """Chat until ``/quit`` (EXIT_OK; EXIT_FAILURE after the connection
-        was lost); the client is closed at the end."""
+        was lost); the client is closed at the end. *typed*: keys typed
+        before the screen started, taken as if typed on it."""
+        self._pacer = self.model.pacer(trio.current_time())
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -93,6 +106,7 @@ class FullScreen:
                         nursery.start_soon(self._measure_lag)
                     if screen is None:
                         await trio.sleep_forever()
+                    nursery.start_soon(self._leave_on_hangup)
                     event_loop = urwid.TrioEventLoop()
                     loop = urwid.MainLoop(
                         self.view,
@@ -102,12 +116,32 @@ class FullScreen:
                         handle_mouse=True,
                     )
                     with loop.start():
-                        await event_loop.run_async()
-            if self.status == EXIT_OK and self.model.link is not Link.DISCONNECTED:
+                        loop.process_input(typed)
+                        try:
+                            await event_loop.run_async()
+                        except InputClosedError:
+                            # The terminal hung up: nobody is left to type.
+                            self.quit()
+                            self.status = EXIT_HANGUP
+            leaving = self.status != EXIT_FAILURE
+            if leaving and self.model.link is not Link.DISCONNECTED:
+                # What was typed before /quit still goes, then goodbye.
+                with trio.move_on_after(_FLUSH_GRACE):
+                    while self.model.outbox and await self._send_next():
+                        pass
                 await self.client.exit()
         finally:
             await self.client.aclose()
         return EXIT_OK if self.status is None else self.status
+
+    async def _leave_on_hangup(self) -> None:
+        """The terminal closed (SIGHUP) or we are told to stop (SIGTERM):
+        say ``exit`` like ``/quit``, so the name is free at once."""
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM) as signals:
+            async for number in signals:
+                self.quit()
+                self.status = 128 + number
+                return
 
     def quit(self) -> None:
         """Leave: what ``/quit`` does once nothing is left to send."""
@@ -206,30 +240,39 @@ class FullScreen:
 
     async def _send(self) -> None:
         """Send what the outbox holds, in order, under the server's rate."""
-        model = self.model
-        pacer = model.pacer(trio.current_time())
         while True:
-            item = model.next_outgoing()
-            if item is None:
+            if not self.model.outbox:
                 self._wake = trio.Event()
                 await self._wake.wait()
-                continue
-            delay = pacer.delay(trio.current_time())
-            if delay > 0:
-                await trio.sleep(delay)
-                continue
-            model.take_outgoing()
-            try:
-                await self._write(item)
-            except ValueError as invalid:
-                model.not_sent(item, escape(str(invalid)))
-            except ConnectionLost as lost:
-                self._lost(escape(str(lost)))
+            elif not await self._send_next():
                 return
-            else:
-                pacer.spend(trio.current_time())
-                model.sent(item)
-            self._changed()
+
+    async def _send_next(self) -> bool:
+        """Send the first frame of the outbox once the pacer lets it go;
+        False when the connection is lost."""
+        model = self.model
+        delay = self._pacer.delay(trio.current_time())
+        if delay > 0:
+            await trio.sleep(delay)
+        if not model.outbox:  # dropped meanwhile
+            return model.link is not Link.DISCONNECTED
+        item = model.take_outgoing()
+        try:
+            # A write cancelled halfway would leave the stream unusable,
+            # even for saying exit: quitting waits for it (not for long).
+            with trio.CancelScope(shield=True) as scope:
+                scope.relative_deadline = _WRITE_GRACE
+                await self._write(item)
+        except ValueError as invalid:
+            model.not_sent(item, escape(str(invalid)))
+        except ConnectionLost as lost:
+            self._lost(escape(str(lost)))
+            return False
+        else:
+            self._pacer.spend(trio.current_time())
+            model.sent(item)
+        self._changed()
+        return True
 
     async def _write(self, item: Outgoing) -> None:
         client = self.client

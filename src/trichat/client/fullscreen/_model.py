@@ -864,15 +864,16 @@ class ChatModel:
         return rest
 
     def want_quit(self) -> bool:
-        """Whether leaving now loses nothing; if it would, say so (the
-        next ``/quit`` leaves all the same)."""
-        waiting = len(self.outbox)
+        """Whether leaving now loses nothing; if pasted lines wait to be
+        sent, say so (the next ``/quit`` leaves without them). What was
+        typed is sent on the way out."""
+        waiting = self.pasted_waiting
         if not waiting or self.link is Link.DISCONNECTED:
             return True
         self._quit_asked = True
         self.problem(
-            f"{waiting} lines are not sent yet: /quit again to leave without"
-            " them, or wait"
+            f"{waiting} pasted lines are not sent yet: /quit again to leave"
+            " without them, or wait"
         )
         return False
 
@@ -881,7 +882,10 @@ class ChatModel:
         assert match is not None  # any line that starts with "/" matches
         name, rest = match[1].lower(), (match[2] or "").strip()
         if name in {"quit", "exit"}:
-            return not (quit_asked or self.want_quit())
+            if quit_asked:
+                self._drop_outbox("not sent: you left")
+                return False
+            return not self.want_quit()
         if name == "msg":
             self.targeted(rest, "/msg NAME TEXT")
         elif name in {"query", "q"}:
