@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from trichat.bench.cli import Settings, add_arguments, main
 from trichat.bench.latency import parse_stamp, percentile, stamp, summarize_latencies
+from trichat.bench.reader import FedStream, SharedReader, available
 from trichat.bench.report import format_report
 from trichat.bench.runner import run_bench
-from trichat.bench.traffic import Progress
+from trichat.bench.traffic import Handler, Progress, Run
 from trichat.bench.usage import (
     Usage,
     loop_note,
@@ -31,8 +32,15 @@ from trichat.bench.usage import (
     process_rss_kb,
     usage_summary,
 )
-from trichat.client import DEFAULT_PORT
-from trichat.protocol.messages import MAX_TEXT, check_text
+from trichat.client import DEFAULT_PORT, Client
+from trichat.protocol.messages import (
+    MAX_TEXT,
+    Delivery,
+    Error,
+    Message,
+    check_room,
+    check_text,
+)
 
 # An end-to-end run takes well under a second; this only stops a hang.
 RUN_TIMEOUT = 20.0
@@ -179,6 +187,57 @@ def test_scenario_flags() -> None:
     assert (rate.scenario, rate.pairs, rate.rate, rate.sockets) == ("rate", 4, 1e3, 8)
     idle = Settings.from_args(parse("-s", "idle", "-C", "30", "-K", "2"))
     assert (idle.connections, idle.broadcasts, idle.sockets) == (30, 2, 30)
+    rooms = Settings.from_args(
+        parse("-s", "rooms", "--users", "90", "--rooms", "9", "--rooms-each", "4")
+    )
+    assert (rooms.users, rooms.rooms, rooms.rooms_each) == (90, 9, 4)
+    assert rooms.sockets == 90
+    assert rooms.shared_reader
+    assert not Settings.from_args(parse("--no-shared-reader")).shared_reader
+
+
+def test_the_rate_offered_depends_on_the_scenario() -> None:
+    assert Settings.from_args(parse("-s", "rate")).offered == 20000
+    assert Settings.from_args(parse("-s", "rooms")).offered == 200
+    assert Settings.from_args(parse("-s", "rooms", "-R", "50")).offered == 50
+    assert Settings(scenario="rooms").rate is None
+
+
+def test_protocol_option() -> None:
+    assert Settings.from_args(parse()).protocol == 2
+    assert Settings.from_args(parse("--protocol", "1")).protocol == 1
+    with pytest.raises(SystemExit):
+        parse("--protocol", "3")
+    with pytest.raises(ValueError, match="protocol"):
+        Settings(protocol=3)
+
+
+@pytest.mark.parametrize(
+    ("users", "rooms", "each"),
+    [(200, 20, 3), (10_000, 1_000, 5), (7, 3, 3), (5, 10, 2), (13, 4, 1)],
+)
+def test_rooms_are_dealt_out_evenly(users: int, rooms: int, each: int) -> None:
+    settings = Settings(scenario="rooms", users=users, rooms=rooms, rooms_each=each)
+    sizes = [0] * rooms
+    for user in range(users):
+        mine = settings.rooms_of(user)
+        assert len(set(mine)) == each  # all different
+        for room in mine:
+            sizes[room] += 1
+    assert sum(sizes) == users * each
+    # Each of a user's slots deals the users out to the rooms in turn.
+    assert max(sizes) - min(sizes) <= each
+    if users % rooms == 0:
+        assert set(sizes) == {users * each // rooms}
+
+
+def test_room_names() -> None:
+    settings = Settings(scenario="rooms", prefix="zq", rooms=1000)
+    assert settings.room(0) == "#zq0"
+    assert settings.room(999) == "#zq999"
+    check_room(settings.room(999))
+    with pytest.raises(ValueError, match="room name"):
+        Settings(scenario="rooms", prefix="p" * 27, rooms=10**6)
 
 
 def test_unknown_scenario_is_a_usage_error() -> None:
@@ -207,6 +266,14 @@ def test_durations_take_units(capsys: pytest.CaptureFixture[str]) -> None:
         ({"prefix": "#b"}, "name"),
         ({"pid": 0}, "pid"),
         ({"port": 70000}, "port"),
+        ({"users": 0}, "users"),
+        ({"rooms": 0}, "rooms"),
+        ({"rooms_each": 0}, "rooms_each"),
+        (
+            {"scenario": "rooms", "rooms": 2, "rooms_each": 3},
+            "rooms_each must not be more than rooms",
+        ),
+        ({"scenario": "rooms", "rate": -1.0}, "rate"),
     ],
 )
 def test_settings_refuse_unusable_values(changes: dict[str, Any], message: str) -> None:
@@ -359,6 +426,42 @@ def test_report_table() -> None:
     assert rows["latency max"].split()[2:] == ["40", "ms"]
     assert rows["generator CPU"].endswith("96 % of one core (9.6 s CPU)")
     assert lines[-1] == "warning: the generator used 96% of one core: ..."
+
+
+def test_report_of_a_rooms_run() -> None:
+    result = {
+        "scenario": "rooms",
+        "addr": "h:1",
+        "users": 10000,
+        "rooms": 1000,
+        "rooms_each": 5,
+        "R": 2000.0,
+        "protocol": 1,
+        "size": 64,
+        "D_s": 10.0,
+        "warmup_s": 1.0,
+        "ok": True,
+        "join_s": 12.5,
+        "joins_settled_s": 0.25,
+        "rss_per_user_kb": 15.25,
+        "msgs_incomplete": 0,
+        "misrouted": 3,
+        "warnings": ["3 deliveries named a room their receiver is not in"],
+    }
+    lines = format_report(result).splitlines()
+    assert lines[0] == (
+        "trichat bench rooms against h:1: 10000 users in 1000 rooms, 5 each, "
+        "2,000 msg/s offered, protocol 1, 64-character messages, 10 s window "
+        "after 1 s warmup"
+    )
+    rows = [line.split("  ")[1].strip() for line in lines[1:-1]]
+    assert rows == [
+        "incomplete",
+        "misrouted",
+        "all joined",
+        "join lists settled",
+        "RSS per user",
+    ]
 
 
 def test_report_of_a_failed_run() -> None:
@@ -535,3 +638,125 @@ async def test_a_taken_name_fails_the_run() -> None:
             result = await run_bench(tiny(live.port, "dm"))
     assert not result["ok"]
     assert "tr0 could not log in: error|name-taken|" in result["error"]
+
+
+def assert_rooms_clean(result: dict[str, Any], users: int) -> None:
+    assert_clean(result)
+    assert result["logged_in"] == users
+    assert result["misrouted"] == result["msgs_incomplete"] == 0
+    assert result["join_frames"] == result["join_frames_expected"]
+    assert "joins_settled_s" in result
+    assert result["delivered"] > 0
+    assert result["latency_samples"] > 0
+
+
+@pytest.mark.parametrize("presence", ["global", "rooms"])
+@pytest.mark.parametrize("shared_reader", [True, False])
+async def test_rooms_end_to_end(presence: str, shared_reader: bool) -> None:
+    with trio.fail_after(RUN_TIMEOUT):
+        async with running_server(rate=0, presence=presence) as live:
+            settings = tiny(
+                live.port,
+                "rooms",
+                users=7,
+                rooms=3,
+                rooms_each=2,
+                shared_reader=shared_reader,
+                pid=os.getpid(),
+            )
+            result = await run_bench(settings)
+    assert_rooms_clean(result, 7)
+    assert result["shared_reader"] is (shared_reader and available())
+    # 7 users x 2 rooms over 3 rooms: 5, 5 and 4 members.
+    assert (result["members_min"], result["members_max"]) == (4, 5)
+    assert result["join_frames_expected"] == 5 * 4 + 5 * 4 + 4 * 3
+    # 200 msgs/s for 0.4 s: the schedule fixes the count; each reaches the
+    # room's other members.
+    assert result["sent"] == 80
+    assert 3 * 80 <= result["delivered"] <= 4 * 80
+    assert result["rss_per_user_kb"] is not None
+    assert result["srv_us_per_delivery"] > 0
+    assert result["gen_us_per_delivery"] > 0
+    # Global presence tells everyone of every login; rooms only the owner.
+    assert result["exits_seen"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["rooms", "dm", "fanout"])
+async def test_protocol_1_end_to_end(scenario: str) -> None:
+    with trio.fail_after(RUN_TIMEOUT):
+        async with running_server(rate=0) as live:
+            settings = tiny(
+                live.port, scenario, protocol=1, users=5, rooms=2, rooms_each=2
+            )
+            result = await run_bench(settings)
+    assert_clean(result)
+    assert result["protocol"] == 1
+    assert result["delivered" if scenario != "fanout" else "deliveries"] > 0
+
+
+async def test_rooms_refused_join_fails_the_run() -> None:
+    with trio.fail_after(RUN_TIMEOUT):
+        async with running_server(rate=0, max_rooms=2) as live:
+            settings = tiny(live.port, "rooms", users=3, rooms=3, rooms_each=3)
+            result = await run_bench(settings)
+    assert not result["ok"]
+    assert "could not join its rooms: error|too-many-rooms|" in result["error"]
+
+
+# -- the shared reader -------------------------------------------------------------
+
+
+class Recorder(Handler):
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self.texts: list[str] = []
+        self.batches = 0
+
+    def talk(self, delivery: Delivery | Message, now: int) -> None:
+        self.texts.append(delivery.text)
+
+    def error(self, error: Error) -> None:
+        self.texts.append(f"error {error.code}")
+
+    def batch_done(self) -> None:
+        self.batches += 1
+
+
+MSG = b"msg|7|2026-12-03T09:15:02.125Z|b|a|"
+
+
+@pytest.mark.skipif(not available(), reason="needs epoll")
+async def test_the_shared_reader_feeds_the_client_what_arrives() -> None:
+    # The server's side is scripted: what it sends arrives in pieces, frames
+    # split across reads, a bad frame among good ones, then the end.
+    settings = tiny(0, "rooms")
+    run = Run(settings, Progress())
+    a, b = trio.socket.socketpair()
+    server = trio.SocketStream(b)
+    stream = FedStream(trio.SocketStream(a))
+    recorder = Recorder(run)
+    with trio.fail_after(RUN_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            reader = SharedReader(run)
+            nursery.start_soon(reader.run)
+            await server.send_all(b"hello|2|server=x\nlogin|a\n" + MSG + b"early\n")
+            client = await Client.login(stream, "a", echo=False)
+            assert await server.receive_some() == b"hello|2\nlogin|a\n"
+            await reader.add(client, stream, recorder)
+            assert recorder.texts == ["early"]  # came with the acknowledgement
+            assert len(reader) == 1
+            for piece in (MSG + b"one\n" + MSG[:9], MSG[9:] + b"two", b"\n"):
+                await server.send_all(piece)
+                await trio.testing.wait_all_tasks_blocked()
+            await server.send_all(b"nonsense\nmsg|1|2\n" + MSG + b"three\n")
+            await trio.testing.wait_all_tasks_blocked()
+            assert recorder.texts == ["early", "one", "two", "three"]
+            assert run.errors == 1  # the bad frame; an unknown kind is skipped
+            await server.send_all(b"error|shutting-down|bye\n")
+            await server.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert recorder.texts[-1] == "error shutting-down"
+            assert len(reader) == 0  # the end: no longer read
+            assert run.conns_lost == 1
+            await client.aclose()
+            nursery.cancel_scope.cancel()

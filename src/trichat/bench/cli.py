@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .._units import duration
-from .settings import SCENARIOS, Settings
+from .settings import DEFAULT_RATES, PROTOCOLS, SCENARIOS, Settings
 
 __all__ = ["SCENARIOS", "Settings", "add_arguments", "main"]
 
@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCENARIOS,
         default=d.scenario,
         help="dm: pairs in a closed loop; fanout: one sender broadcasting to -N; "
-        "rate: open loop at -R msgs/s; idle: -C connections log in "
-        "(%(default)s)",
+        "rate: open loop at -R msgs/s; idle: -C connections log in; rooms: "
+        "--users in --rooms, --rooms-each rooms each, talking to them at -R "
+        "msgs/s (%(default)s)",
     )
     load.add_argument(
         "-P",
@@ -83,11 +84,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="idle: broadcasts timed after the logins (%(default)s)",
     )
     load.add_argument(
+        "--users",
+        type=int,
+        default=d.users,
+        help="rooms: users, each in --rooms-each rooms (%(default)s)",
+    )
+    load.add_argument(
+        "--rooms",
+        type=int,
+        default=d.rooms,
+        help="rooms: rooms, the users dealt out to them evenly (%(default)s)",
+    )
+    load.add_argument(
+        "--rooms-each",
+        type=int,
+        default=d.rooms_each,
+        help="rooms: rooms each user joins and talks to in turn (%(default)s)",
+    )
+    rates = ", ".join(f"{name}: {rate:g}" for name, rate in DEFAULT_RATES.items())
+    load.add_argument(
         "-R",
         "--rate",
         type=float,
-        default=d.rate,
-        help="rate: messages/s offered in all (%(default)g)",
+        default=None,
+        help="rate, rooms: messages/s offered in all, each sent on a fixed "
+        f"schedule ({rates}; otherwise {Settings(scenario='rate').offered:g})",
     )
     load.add_argument(
         "--size",
@@ -100,6 +121,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.conc,
         help="logins in flight at a time (%(default)s)",
+    )
+    load.add_argument(
+        "--protocol",
+        type=int,
+        choices=PROTOCOLS,
+        default=d.protocol,
+        help="the protocol the users speak: 2 says hello|2 (without echo) "
+        "before logging in, 1 logs in as a 1.0 client (%(default)s)",
+    )
+    load.add_argument(
+        "--no-shared-reader",
+        dest="shared_reader",
+        action="store_false",
+        help="rooms: a reader task per connection, as the other scenarios "
+        "have, instead of one task reading them all (Linux's epoll)",
     )
     load.add_argument(
         "--prefix",
@@ -130,19 +166,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--settle",
         type=duration,
         default=d.settle,
-        help="idle: longest wait for the presence frames (%(default)gs)",
+        help="idle, rooms: longest wait for the presence (idle) or join "
+        "(rooms) frames (%(default)gs)",
     )
     timing.add_argument(
         "--login-timeout",
         type=duration,
         default=d.login_timeout,
-        help="longest wait for one login (%(default)gs)",
+        help="longest wait for one login (rooms: and its joins) (%(default)gs)",
     )
     timing.add_argument(
         "--deadline",
         type=duration,
         default=d.deadline,
-        help="idle: longest time for all the logins (%(default)gs)",
+        help="idle, rooms: longest time for all the logins (and joins) (%(default)gs)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(

@@ -30,6 +30,7 @@ def begin_result(settings: Settings) -> dict[str, Any]:
         "D_s": settings.duration,
         "warmup_s": settings.warmup,
         "prefix": settings.prefix,
+        "protocol": settings.protocol,
         **_parameters(settings),
         "ok": True,
         "warnings": [],
@@ -41,9 +42,17 @@ def _parameters(settings: Settings) -> dict[str, Any]:
     if settings.scenario == "dm":
         return {"P": settings.pairs, "W": settings.in_flight}
     if settings.scenario == "rate":
-        return {"P": settings.pairs, "R": settings.rate}
+        return {"P": settings.pairs, "R": settings.offered}
     if settings.scenario == "fanout":
         return {"N": settings.receivers, "W": settings.in_flight}
+    if settings.scenario == "rooms":
+        return {
+            "users": settings.users,
+            "rooms": settings.rooms,
+            "rooms_each": settings.rooms_each,
+            "R": settings.offered,
+            "conc": settings.conc,
+        }
     return {"C": settings.connections, "K": settings.broadcasts, "conc": settings.conc}
 
 
@@ -100,6 +109,11 @@ def finish_result(run: Run, result: dict[str, Any]) -> None:
             f"{result['gen_late_max_ms']:g} ms late): that delay is in the "
             "latencies; offer less (-R) or use more generators."
         )
+    misrouted = result.get("misrouted", 0)
+    if misrouted:
+        warnings.append(
+            f"{misrouted:,} deliveries named a room their receiver is not in"
+        )
     if run.bad_stamps:
         warnings.append(
             f"{run.bad_stamps:,} messages from bench senders had no valid stamp, "
@@ -119,7 +133,13 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "deliveries", ""),
     ("lost", "lost", ""),
     ("refused", "refused", ""),
+    ("msgs_incomplete", "incomplete", "messages"),
+    ("misrouted", "misrouted", ""),
     ("login_s", "all logged in", "s"),
+    ("join_s", "all joined", "s"),
+    ("joins_per_s", "join rate", "joins/s"),
+    ("joins_settled_s", "join lists settled", "s after"),
+    ("join_frames", "join frames", ""),
     ("logins_per_s", "login rate", "logins/s"),
     ("settle_s", "presence settled", "s after"),
     ("presence_frames", "presence frames", ""),
@@ -139,6 +159,9 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("rss0_kb", "server RSS before", "KiB"),
     ("rss_kb", "server RSS", "KiB"),
     ("rss_per_conn_kb", "RSS per connection", "KiB"),
+    ("rss_per_user_kb", "RSS per user", "KiB"),
+    ("gen_us_per_delivery", "generator CPU", "us per delivery"),
+    ("srv_us_per_delivery", "server CPU", "us per delivery"),
 )
 
 
@@ -162,9 +185,17 @@ def _describe(result: dict[str, Any]) -> str:
         load = f"{result.get('P')} pairs, {_number(result.get('R'))} msg/s offered"
     elif scenario == "fanout":
         load = f"{result.get('N')} receivers, {result.get('W')} broadcasts in flight"
+    elif scenario == "rooms":
+        load = (
+            f"{result.get('users')} users in {result.get('rooms')} rooms, "
+            f"{result.get('rooms_each')} each, {_number(result.get('R'))} msg/s "
+            "offered"
+        )
     else:
         load = f"{result.get('C')} connections, {result.get('conc')} logging in at once"
     text = f"trichat bench {scenario} against {result['addr']}: {load}"
+    if result.get("protocol", 2) != 2:
+        text += f", protocol {result['protocol']}"
     if scenario != "idle":
         text += (
             f", {result['size']}-character messages, {result['D_s']:g} s window "

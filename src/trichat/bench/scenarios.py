@@ -1,4 +1,4 @@
-"""The four loads ``trichat bench`` offers, after the Go load generator in
+"""The five loads ``trichat bench`` offers, after the Go load generator in
 ``shared/bench/loadgen``.
 
 ``dm``
@@ -17,6 +17,10 @@
     ``-C`` connections log in, ``--conc`` at a time; the time until all are
     logged in and all presence frames have arrived, then ``-K`` broadcasts
     timed one after another.
+``rooms``
+    ``--users`` users join ``--rooms-each`` of ``--rooms`` rooms each and
+    talk to them at ``-R`` messages a second in all, open loop (in
+    ``rooms``).
 
 ``run_scenario`` runs the one the settings name.
 """
@@ -33,6 +37,7 @@ import trio
 from ..client.library import Client
 from ..protocol.messages import BROADCAST, Delivery, Error, ErrorCode, Message
 from .latency import parse_stamp, percentile, stamp
+from .rooms import run_rooms
 from .traffic import (
     NS,
     BenchError,
@@ -116,7 +121,7 @@ async def _rate_sender(run: Run, pair: _Pair, client: Client, index: int) -> Non
     size = settings.size
     to = pair.receiver_name
     # Sender i sends at R/P msgs/s, shifted by i/P of its interval.
-    interval = settings.pairs * NS / settings.rate
+    interval = settings.pairs * NS / settings.offered
     base = run.traffic_start + interval * index / settings.pairs
     end = run.window_end
     seq = 0
@@ -377,6 +382,7 @@ _RUNS: dict[str, Callable[[Run, trio.Nursery, dict[str, Any]], Awaitable[None]]]
     "rate": _pairs,
     "fanout": _fanout,
     "idle": _idle,
+    "rooms": run_rooms,
 }
 
 

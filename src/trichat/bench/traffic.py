@@ -20,7 +20,8 @@ from typing import TextIO
 import trio
 
 from ..client.library import BadServerFrame, Client, ConnectionLost, LoginRefused
-from ..protocol.messages import Delivery, Error, ErrorCode, Exit, Login, Message
+from ..protocol.messages import Delivery, Error, ErrorCode, Message
+from .reader import FedStream, SharedReader, dispatch
 from .settings import Settings
 from .usage import Usage
 
@@ -91,6 +92,14 @@ class Progress:
                     f"  logged in {run.logged_in:,}/{run.settings.connections:,}"
                     f"  presence {run.presence:,}"
                 )
+            elif run.settings.scenario == "rooms" and run.phase in (
+                "logging in",
+                "settling",
+            ):
+                line += (
+                    f"  logged in {run.logged_in:,}/{run.settings.sockets:,}"
+                    f"  joined {run.joined:,}"
+                )
             else:
                 line += (
                     f"  {rate:,.0f} msg/s  sent {run.sent:,}"
@@ -124,6 +133,8 @@ class Run:
         self.window_start = 0
         self.window_end = 0
         self.stopping = False
+        self.sent_all = False
+        """Every sender has returned: ``expected`` is final."""
         self.live = True
         self.drained = trio.Event()
         self.usage_start: Usage | None = None
@@ -144,7 +155,12 @@ class Run:
         self.conns_lost = 0
         self._lost: set[str] = set()
         self.exits_seen = 0
+        self.reader: SharedReader | None = None
+        """The task that reads every connection, if the scenario uses one
+        (else each has its own)."""
         self.logged_in = 0
+        self.joined = 0
+        """Users that are in all their rooms (the rooms scenario)."""
         self.presence = 0
 
     def set_phase(self, text: str) -> None:
@@ -159,7 +175,9 @@ class Run:
             self.latencies.append(now - sent_ns)
 
     def check_drained(self) -> None:
-        if self.stopping and self.delivered + self.refused >= self.expected:
+        # Not before every sender is done: one woken just before the end
+        # of the window may still be sending when the clock stops it.
+        if self.sent_all and self.delivered + self.refused >= self.expected:
             self.drained.set()
 
     def server_error(self, error: Error) -> None:
@@ -222,7 +240,6 @@ class Run:
         self.set_phase("draining")
         for lot in wake:
             lot.unpark_all()
-        self.check_drained()
 
     def start_window(self) -> None:
         """Start the traffic now: the warmup, then the measured window."""
@@ -245,6 +262,9 @@ class Handler:
 
     def login(self, name: str) -> None:
         """*name* came online."""
+
+    def joined(self, room: str, name: str) -> None:
+        """*name* is in *room*: a join list's or a newcomer's ``join``."""
 
     def error(self, error: Error) -> None:
         self.run.server_error(error)
@@ -269,15 +289,22 @@ class Flow(Handler):
             self.run.check_drained()
 
 
-async def _log_in(run: Run, name: str) -> Client:
-    """Connect and log in as *name*; BenchError if that fails."""
-    stream = await run.open_socket()
+async def _log_in(run: Run, name: str) -> tuple[Client, FedStream | None]:
+    """Connect and log in as *name*; BenchError if that fails. With the
+    run's shared reader, the client's stream is a FedStream (also
+    returned), for that reader to feed."""
+    socket_stream = await run.open_socket()
+    fed = None if run.reader is None else FedStream(socket_stream)
+    stream: trio.abc.Stream = socket_stream if fed is None else fed
     timeout = run.settings.login_timeout
     try:
         with trio.fail_after(timeout):
-            # Protocol 2 (msg frames, as users get them), without our own
-            # messages back: the counts are of deliveries to others.
-            client = await Client.login(stream, name, echo=False)
+            # Protocol 2 (msg frames, as users get them) unless told 1,
+            # without our own messages back: the counts are of deliveries
+            # to others.
+            client = await Client.login(
+                stream, name, version=run.settings.protocol, echo=False
+            )
     except trio.TooSlowError:
         raise BenchError(
             f"{name}: no login acknowledgement within {timeout:g} s"
@@ -296,7 +323,7 @@ async def _log_in(run: Run, name: str) -> Client:
         raise BenchError(f"{name} could not log in: {error}") from None
     run.logged_in += 1
     run.presence += 1
-    return client
+    return client, fed
 
 
 async def _read(run: Run, client: Client, handler: Handler) -> None:
@@ -312,17 +339,7 @@ async def _read(run: Run, client: Client, handler: Handler) -> None:
             break
         if not messages:
             break
-        now = time.perf_counter_ns()
-        for message in messages:
-            if isinstance(message, Message | Delivery):
-                handler.talk(message, now)
-            elif isinstance(message, Login):
-                handler.login(message.name)
-            elif isinstance(message, Error):
-                handler.error(message)
-            elif isinstance(message, Exit):
-                run.exits_seen += 1
-        handler.batch_done()
+        dispatch(run, handler, messages, time.perf_counter_ns())
     run.connection_lost(client)
 
 
@@ -331,17 +348,27 @@ async def log_in_all(
     nursery: trio.Nursery,
     names: Sequence[str],
     handlers: Sequence[Handler],
+    then: Callable[[int, Client], Awaitable[None]] | None = None,
 ) -> list[Client]:
     """Log in as each of *names*, ``--conc`` at a time, in that order; each
-    connection's reader starts (in *nursery*) as soon as it is logged in."""
+    connection's reader starts (in *nursery*) as soon as it is logged in,
+    or the run's shared reader (``Run.reader``) takes it over.
+    *then*, if given, is awaited with each one's index and client after
+    that, still counted among the ``--conc`` in flight (the rooms
+    scenario joins its rooms there)."""
     clients: list[Client | None] = [None] * len(names)
     limiter = trio.CapacityLimiter(run.settings.conc)
 
     async def one(index: int) -> None:
         async with limiter:
-            client = await _log_in(run, names[index])
-        clients[index] = client
-        nursery.start_soon(_read, run, client, handlers[index])
+            client, fed = await _log_in(run, names[index])
+            clients[index] = client
+            if run.reader is None or fed is None:
+                nursery.start_soon(_read, run, client, handlers[index])
+            else:
+                await run.reader.add(client, fed, handlers[index])
+            if then is not None:
+                await then(index, client)
 
     async with trio.open_nursery() as logins:
         for index in range(len(names)):
@@ -362,4 +389,6 @@ async def run_window(
             traffic.start_soon(run.clock, lots)
             for sender in senders:
                 traffic.start_soon(sender)
+        run.sent_all = True
+        run.check_drained()
         await run.drained.wait()
