@@ -429,3 +429,7 @@ async def test_scrolling_back_stays_put_while_messages_arrive(
         for _ in range(5):
             alice.view.mouse_event(SIZE, "mouse press", 4, 10, 10, True)
         assert "scrolled back" in screen(alice)[-2]
+        # A click in the pane leaves the keys to the input line.
+        alice.view.mouse_event(SIZE, "mouse press", 1, 10, 10, True)
+        type_text(alice, "still here")
+        assert screen(alice)[-1] == "*> still here"

@@ -106,23 +106,10 @@ class FullScreen:
                         nursery.start_soon(self._measure_lag)
                     if screen is None:
                         await trio.sleep_forever()
-                    nursery.start_soon(self._leave_on_hangup)
-                    event_loop = urwid.TrioEventLoop()
-                    loop = urwid.MainLoop(
-                        self.view,
-                        PALETTE,
-                        screen=screen,
-                        event_loop=event_loop,
-                        handle_mouse=True,
-                    )
-                    with loop.start():
-                        loop.process_input(typed)
-                        try:
-                            await event_loop.run_async()
-                        except InputClosedError:
-                            # The terminal hung up: nobody is left to type.
-                            self.quit()
-                            self.status = EXIT_HANGUP
+                    else:
+                        nursery.start_soon(self._leave_on_hangup)
+                        await self._show(screen, typed)
+                        self._scope.cancel()
             leaving = self.status != EXIT_FAILURE
             if leaving and self.model.link is not Link.DISCONNECTED:
                 # What was typed before /quit still goes, then goodbye.
@@ -133,6 +120,22 @@ class FullScreen:
         finally:
             await self.client.aclose()
         return EXIT_OK if self.status is None else self.status
+
+    async def _show(self, screen: urwid.BaseScreen, typed: Sequence[str]) -> None:
+        """Run urwid's main loop on *screen* until the session ends; the
+        screen is given back as it was found."""
+        event_loop = urwid.TrioEventLoop()
+        loop = urwid.MainLoop(
+            self.view, PALETTE, screen=screen, event_loop=event_loop, handle_mouse=True
+        )
+        with loop.start():
+            loop.process_input(typed)
+            try:
+                await event_loop.run_async()
+            except InputClosedError:
+                # The terminal hung up: nobody is left to type.
+                self.quit()
+                self.status = EXIT_HANGUP
 
     async def _leave_on_hangup(self) -> None:
         """The terminal closed (SIGHUP) or we are told to stop (SIGTERM):

@@ -185,7 +185,7 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         self.zone = zone
         self.on_quit = on_quit
         self.on_bell = on_bell
-        self._panes: dict[int, _Pane] = {}
+        self._panes: dict[Window, _Pane] = {}
         self._pasting: list[str] | None = None
         self.bar = urwid.Text("", wrap="clip")
         self.status = urwid.Text("", wrap="clip")
@@ -206,25 +206,22 @@ class ChatView(urwid.WidgetWrap[_Frame]):
     # -- the model's listener -------------------------------------------------------
 
     def _pane(self, window: Window) -> _Pane:
-        pane = self._panes.get(id(window))
-        if pane is None or pane.window is not window:
-            pane = _Pane(self, window)
-            self._panes[id(window)] = pane
+        """The pane of *window*, made when it is first shown."""
+        pane = self._panes.get(window)
+        if pane is None:
+            pane = self._panes[window] = _Pane(self, window)
         return pane
 
     def entry_added(self, window: Window, entry: Entry) -> None:
-        pane = self._panes.get(id(window))
-        if pane is not None and pane.window is window:
+        if (pane := self._panes.get(window)) is not None:
             pane.added(entry)
 
     def entry_changed(self, window: Window, entry: Entry) -> None:
-        pane = self._panes.get(id(window))
-        if pane is not None and pane.window is window:
+        if (pane := self._panes.get(window)) is not None:
             pane.changed(entry)
 
     def entries_replaced(self, window: Window) -> None:
-        pane = self._panes.get(id(window))
-        if pane is not None and pane.window is window:
+        if (pane := self._panes.get(window)) is not None:
             pane.rebuild()
 
     def bell(self) -> None:
@@ -235,9 +232,8 @@ class ChatView(urwid.WidgetWrap[_Frame]):
     def refresh(self) -> None:
         """Bring the bar, status line, prompt and message pane up to date."""
         model = self.model
-        live = {id(window) for window in model.windows}
-        for key in [key for key in self._panes if key not in live]:
-            del self._panes[key]
+        for closed in self._panes.keys() - set(model.windows):
+            del self._panes[closed]
         self.frame.body = self._pane(model.current).listbox
         self.bar.set_text(self._bar_markup())
         self.status.set_text(self._status_markup())
@@ -283,7 +279,7 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         if sending is not None:
             done, total = sending
             markup.append(("status.bad", f" | sending {done}/{total}"))
-        pane = self._panes.get(id(window))
+        pane = self._panes.get(window)
         if pane is not None and not pane.at_bottom:
             markup.append(("status.bad", " | scrolled back (PageDown)"))
         return markup
@@ -391,5 +387,7 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         focus: bool,
     ) -> bool | None:
         handled = super().mouse_event(size, event, button, col, row, focus)
+        # A click must not take the keys away from the input line.
+        self.frame.focus_position = "footer"
         self.refresh()
         return handled
