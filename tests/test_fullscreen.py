@@ -288,7 +288,11 @@ async def test_a_mention_rings_and_a_look_alike_is_flagged(
         assert world.rings["alice"] == 1
         impostor = await world.client("b\u043eb")  # a Cyrillic o
         await settle()
-        assert "looks like bob" in shown(alice)
+        wide = "\n".join(screen(alice, (120, 24)))
+        assert (
+            "b\u043eb is online (looks like bob,"
+            " but has U+043E CYRILLIC SMALL LETTER O)" in wide
+        )
         await impostor.talk("alice", "it's me, bob")
         await settle()
         press(alice, "meta 2")

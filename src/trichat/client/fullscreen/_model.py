@@ -22,7 +22,7 @@ from ...protocol.messages import (
     is_room,
     name_key,
 )
-from ._text import confusables, display_text, mentions
+from ._text import confusables, display_text, mentions, unusual_letters
 
 __all__ = [
     "COMMANDS",
@@ -566,6 +566,9 @@ class ChatModel:
         if not others:
             return ""
         shown = ", ".join(display_text(other) for other in others)
+        letters = unusual_letters(name)
+        if letters:
+            return f" (looks like {shown}, but has {', '.join(letters)})"
         return f" (looks like {shown}: not the same name!)"
 
     # -- what arrives ---------------------------------------------------------------

@@ -19,6 +19,7 @@ __all__ = [
     "display_text",
     "mentions",
     "skeleton",
+    "unusual_letters",
 ]
 
 NAME_COLOURS: Final = 10
@@ -177,6 +178,16 @@ def confusables(names: Iterable[str]) -> dict[str, list[str]]:
         for key, name in group.items():
             found[name] = [other for k, other in group.items() if k != key]
     return found
+
+
+def unusual_letters(name: str) -> list[str]:
+    """The characters of *name* that a look-alike may hide behind: those
+    that are not ASCII, each as ``U+0435 CYRILLIC SMALL LETTER IE``."""
+    return [
+        f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed')}"
+        for char in dict.fromkeys(name)
+        if not char.isascii()
+    ]
 
 
 @lru_cache(maxsize=64)
