@@ -2,7 +2,25 @@
 
 One file (``--db PATH``; ``default_path()`` is the one in the user's data
 directory; ``:memory:`` keeps nothing), in WAL mode, with a schema version
-and migrations (``MIGRATIONS``) from the first release on.
+and migrations (``MIGRATIONS``) from the first release on. In brief::
+
+    store = Store(path, history=1000, offline_max=1000)
+    await nursery.start(store.run)    # then store.last_id: ids go on above it
+    hub.observe(store.record)         # every accepted message; never blocks
+    store.congested                   # as a Mailbox: senders then wait for
+    await store.make_room(stall_timeout)  # ... the writer to catch up
+    store.is_account(name_key(name))  # in memory
+    store.record_offline(accepted, key)   # False: mailbox-full (not recorded)
+    await store.offline(key)          # at login, then:
+    store.offline_delivered(key, last_id_delivered)
+    await store.history(target, "latest" | "before" | "after", anchor_id, n,
+                        account_key=key)  # key: for a NAME target
+    await store.register(name, password)  # AccountExists
+    await store.verify(name, password)    # bool; rehashes if need be
+    await store.set_password(name, password)  # NoSuchAccount
+    await store.delete_account(name)      # NoSuchAccount
+    await store.accounts(); await store.account(key)
+    await store.flush()               # everything recorded so far is written
 
 The event loop never waits for the disk:
 
@@ -51,8 +69,9 @@ Crash safety: a commit is atomic and written to the WAL before the next
 group starts (``synchronous=NORMAL``: a killed process loses no committed
 group; a power cut may lose the last commits before a checkpoint but
 leaves a consistent file). A ``kill -9`` loses what was queued and not
-yet committed: at most one group, normally the last few milliseconds,
-more while ``congested``.
+yet committed: the group being written and what came since, normally the
+last few milliseconds, up to half *max_backlog* messages while the
+writer is behind (``congested``).
 
 Another process (``trichat accounts``) may change accounts while the
 server runs: SQLite serializes the writers (each waits up to
@@ -1170,12 +1189,17 @@ class _Writer:
                         if conversation is None:
                             conversation = self._new_conversation(key)
                             new.append(key)
-                        rows.extend(
-                            [
-                                (conversation, first + i, time_ms, sender, to, text)
-                                for i, text in enumerate(texts)
-                            ]
-                        )
+                        if len(texts) == 1:
+                            rows.append(
+                                (conversation, first, time_ms, sender, to, texts[0])
+                            )
+                        else:
+                            rows.extend(
+                                [
+                                    (conversation, first + i, time_ms, sender, to, t)
+                                    for i, t in enumerate(texts)
+                                ]
+                            )
                         appended[conversation] = appended.get(conversation, 0) + len(
                             texts
                         )
