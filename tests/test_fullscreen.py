@@ -437,3 +437,15 @@ async def test_scrolling_back_stays_put_while_messages_arrive(
         alice.view.mouse_event(SIZE, "mouse press", 1, 10, 10, True)
         type_text(alice, "still here")
         assert screen(alice)[-1] == "*> still here"
+
+
+async def test_without_global_presence_the_star_window_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat(presence="rooms") as world:
+        alice = await world.app("alice")
+        assert "rooms only" in screen(alice)[-2]
+        type_text(alice, "anyone?")
+        press(alice, "enter")
+        await settle()
+        assert "anyone?  [not in room: *]" in shown(alice)

@@ -260,7 +260,9 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         model = self.model
         window = model.current
         where = display_text(window.target)
-        if window.is_everyone:
+        if window.is_everyone and model.settings.get("presence") == "rooms":
+            where = "* (everyone: not on this server; rooms only)"
+        elif window.is_everyone:
             where = f"* (everyone: {len(model.online) + 1} online)"
         elif window.is_room:
             where += (
