@@ -142,6 +142,8 @@ async def test_enter_goes_to_the_shown_target_whatever_arrives(
         await carol.talk("alice", "psst, it's carol")
         await carol.talk("*", "hello all")
         await settle()
+        # Told where it is, without being taken there.
+        assert "* carol (window 3, Alt-3): psst, it's carol" in shown(alice)
         # Nothing that arrived moved alice: her text still goes to bob.
         assert screen(alice)[-1] == "bob>"
         assert "to bob" in screen(alice)[-2]

@@ -613,6 +613,13 @@ class ChatModel:
         self.add(window, entry, counts=not own)
         if (direct or mention) and window is not self.current:
             window.alert = True
+        if direct and window is not self.current:
+            # Where it is, without taking you there.
+            number = self.number(window)
+            keys = f", Alt-{number}" if number < 10 else ""
+            self.info(
+                f"{display_text(sender)} (window {number}{keys}): {display_text(text)}"
+            )
         if (direct or mention) and self.ring_bell:
             self.listener.bell()
 
