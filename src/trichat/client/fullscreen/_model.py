@@ -10,7 +10,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import attrs
 
@@ -196,8 +196,7 @@ class Link(enum.Enum):
 class Outgoing:
     """A frame the outbox holds until the pacer lets it go."""
 
-    kind: str
-    """``talk``, ``join``, ``part`` or ``rooms``."""
+    kind: Literal["talk", "join", "part", "rooms"]
     target: str = ""
     text: str = ""
     entry: Entry | None = None
