@@ -7,6 +7,7 @@ import datetime
 import functools
 import io
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -22,6 +23,8 @@ import trio
 import trio.testing
 import trustme
 from fakeserver import (
+    OLD_SERVER,
+    SETTINGS,
     FakeServer,
     ResetStream,
     fail_after,
@@ -29,8 +32,9 @@ from fakeserver import (
     logged_in,
     serve_fake,
 )
+from helpers import STEP_TIMEOUT, running_server
 
-from trichat.client import Client
+from trichat.client import Client, connect, open_client
 from trichat.client.terminal import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -48,7 +52,12 @@ from trichat.protocol.messages import (
     Error,
     ErrorCode,
     Exit,
+    Hello,
+    Join,
+    ListRooms,
     Login,
+    Message,
+    Part,
     Ping,
     Pong,
     Talk,
@@ -104,10 +113,20 @@ class Chat:
 
 @asynccontextmanager
 async def chatting(
-    name: str = "alice", online: Iterable[str] = (), **options: Any
+    name: str = "alice",
+    online: Iterable[str] = (),
+    *,
+    version: int = 1,
+    echo: bool = True,
+    settings: str = SETTINGS,
+    **options: Any,
 ) -> AsyncIterator[Chat]:
-    """Log in over a memory stream and run a session; the block ends it."""
-    client, server = await logged_in(name, online)
+    """Log in over a memory stream with protocol *version* and *echo* (the
+    server answering hello with *settings*) and run a session with
+    *options*; the block ends it."""
+    client, server = await logged_in(
+        name, online, version=version, echo=echo, settings=settings
+    )
     chat = Chat(client, server)
     options.setdefault("ping_interval", 0)
     async with trio.open_nursery() as nursery:
@@ -258,7 +277,17 @@ async def test_help() -> None:
         await chat.type("/help")
         shown = chat.new_output()
         await chat.end_input()
-    for command in ("@NAME TEXT", "/msg NAME TEXT", "/all TEXT", "/who", "/quit"):
+    for command in (
+        "@NAME TEXT",
+        "/msg NAME TEXT",
+        "#ROOM TEXT",
+        "/all TEXT",
+        "/join #ROOM",
+        "/part [#ROOM]",
+        "/rooms",
+        "/who",
+        "/quit",
+    ):
         assert any(line.startswith(command) for line in shown), command
 
 
@@ -551,6 +580,387 @@ async def test_keepalive_stays_quiet_while_the_server_talks(
         await chat.end_input()
 
 
+# Protocol 2 and rooms
+
+SAME_DAY = "2024-05-17T11:59:58.500Z"
+"""A server's time on the day of NOW, in UTC (the zone these tests show)."""
+
+
+@asynccontextmanager
+async def chatting_v2(
+    name: str = "alice", online: Iterable[str] = (), **options: Any
+) -> AsyncIterator[Chat]:
+    """``chatting`` with protocol 2, the server's times shown in UTC."""
+    async with chatting(
+        name, online, version=2, timezone=datetime.UTC, **options
+    ) as chat:
+        yield chat
+
+
+@fail_after(5)
+async def test_protocol_2_messages_are_stamped_with_the_servers_time() -> None:
+    async with chatting_v2("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear(
+            f"msg|7|{SAME_DAY}|bob|alice|hi | how are you?",
+            f"msg|8|{SAME_DAY}|bob|*|lunch?",
+            "join|#lunch|alice",
+            f"msg|9|{SAME_DAY}|bob|#lunch|pizza?",
+            # Not today: the date too.
+            "msg|10|2024-05-16T23:30:00.000Z|carol|alice|late",
+        )
+        assert chat.new_output() == [
+            "11:59:58 bob: hi | how are you?",
+            "11:59:58 bob (to all): lunch?",
+            "12:00:01 * you joined #lunch",
+            "11:59:58 bob (#lunch): pizza?",
+            "2024-05-16 23:30:00 carol: late",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_the_servers_time_is_shown_in_the_local_zone() -> None:
+    east = datetime.timezone(datetime.timedelta(hours=2))
+    async with chatting("alice", version=2, timezone=east) as chat:
+        chat.new_output()
+        await chat.hear(f"msg|7|{SAME_DAY}|bob|alice|hi")
+        assert chat.new_output() == ["13:59:58 bob: hi"]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_a_room_message_over_protocol_1() -> None:
+    async with chatting("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.hear("talk|bob|#lunch|pizza?")
+        assert chat.new_output() == ["12:00:01 bob (#lunch): pizza?"]
+        # A message in a room makes nobody the current peer.
+        await chat.type("hi")
+        assert chat.new_output() == []
+        assert await chat.server.receive() == Talk("bob", "hi")
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_hash_room_sends_to_the_room_which_becomes_the_target() -> None:
+    async with chatting_v2("alice", online=["bob", "carol"]) as chat:
+        await chat.type("#lunch pizza | at 12?", "and dessert")
+        # A direct message does not take the target away from a room.
+        await chat.hear(f"msg|3|{SAME_DAY}|bob|alice|psst")
+        await chat.type("still the room", "@bob ok", "to bob")
+        assert await sent(chat.server, 5) == [
+            Talk("#lunch", "pizza | at 12?"),
+            Talk("#lunch", "and dessert"),
+            Talk("#lunch", "still the room"),
+            Talk("bob", "ok"),
+            Talk("bob", "to bob"),
+        ]
+        await chat.end_input()
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("#lunch", "usage: #ROOM TEXT"),
+        ("#lunch   ", "usage: #ROOM TEXT"),
+        ("#lu!nch hi", "not sent: a room name may not contain '!'"),
+        ("# hi", "not sent: a room name has 1 to 32 characters"),
+        ("/join", "usage: /join #ROOM"),
+        ("/join lunch", "not sent: a room name starts with '#'"),
+        ("/join #a #b", "usage: /join #ROOM"),
+        ("/part", "usage: /part #ROOM (the current target is no room)"),
+        ("/part #", "not sent: a room name has 1 to 32 characters"),
+    ],
+)
+@fail_after(5)
+async def test_room_input_that_is_not_sent_gets_a_hint(line: str, hint: str) -> None:
+    async with chatting_v2("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.type(line)
+        assert chat.new_output() == [f"12:00:01 ! {hint}"]
+        await chat.end_input()
+    assert await chat.server.receive_all() == [Exit()]
+
+
+@fail_after(5)
+async def test_join_and_the_lines_it_brings() -> None:
+    async with chatting_v2("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.type("/join #lunch")
+        assert await chat.server.receive() == Join("#lunch")
+        # Our own join, then those already there, then what happens later.
+        await chat.hear("join|#lunch|alice", "join|#lunch|bob", "join|#lunch|carol")
+        await chat.hear(f"msg|4|{SAME_DAY}|bob|#lunch|hi alice", "join|#lunch|dave")
+        await chat.hear("part|#lunch|carol", "exit|dave")
+        assert chat.new_output() == [
+            "12:00:01 * you joined #lunch",
+            "12:00:01 * bob is in #lunch",
+            "12:00:01 * carol is in #lunch",
+            "11:59:58 bob (#lunch): hi alice",
+            "12:00:01 * dave joined #lunch",
+            "12:00:01 * carol left #lunch",
+            "12:00:01 * dave left",
+        ]
+        # The room is the current target.
+        await chat.type("hello room")
+        assert await chat.server.receive() == Talk("#lunch", "hello room")
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_the_prompt_shows_the_current_target() -> None:
+    async with chatting_v2("alice", online=["bob"], tty=True, colour=False) as chat:
+        assert chat.out.getvalue().endswith("\n> ")
+        await chat.type("@bob hi")
+        assert chat.out.getvalue().endswith("bob> ")
+        await chat.hear("join|#lunch|alice")
+        assert chat.out.getvalue().endswith("#lunch> ")
+        await chat.hear("part|#lunch|alice")
+        assert chat.out.getvalue().endswith("\n> ")
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_part() -> None:
+    async with chatting_v2("alice", online=["bob"]) as chat:
+        await chat.hear("join|#lunch|alice", "join|#ops|alice", "join|#ops|bob")
+        chat.new_output()
+        # The current target's room, then one named.
+        await chat.type("/part", "/part #lunch")
+        assert await sent(chat.server, 2) == [Part("#ops"), Part("#lunch")]
+        await chat.hear("part|#ops|alice", "part|#lunch|alice")
+        assert chat.new_output() == [
+            "12:00:01 * you left #ops",
+            "12:00:01 * you left #lunch",
+        ]
+        # No current target now: plain text goes to the only other user.
+        await chat.type("hi bob")
+        assert await chat.server.receive() == Talk("bob", "hi bob")
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_rooms_lists_the_rooms() -> None:
+    async with chatting_v2("alice") as chat:
+        await chat.hear("join|#lunch|alice")
+        chat.new_output()
+        await chat.type("/rooms")
+        assert await chat.server.receive() == ListRooms()
+        await chat.hear("room|#lunch|2", "room|#ops|1", "rooms|2")
+        await chat.type("/rooms")
+        await chat.hear("rooms|0")
+        assert chat.new_output() == [
+            "12:00:01 * 2 rooms:",
+            "12:00:01 *   #lunch: 2 members, you among them",
+            "12:00:01 *   #ops: 1 member",
+            "12:00:01 * no rooms",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_who_with_rooms() -> None:
+    async with chatting_v2("alice", online=["bob", "carol"]) as chat:
+        await chat.hear("join|#lunch|alice", "join|#lunch|bob", "join|#ops|alice")
+        chat.new_output()
+        await chat.type("#lunch hi", "/who", "/who #LUNCH", "/who #tea")
+        assert chat.new_output() == [
+            "12:00:01 * online: bob, carol",
+            "12:00:01 * in #lunch: alice, bob",
+            "12:00:01 * in #ops: alice",
+            "12:00:01 * current room: #lunch",
+            "12:00:01 * in #LUNCH: alice, bob",
+            "12:00:01 * you are not in #tea",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_presence_by_rooms() -> None:
+    settings = SETTINGS.replace("presence=global", "presence=rooms")
+    async with chatting_v2("alice", settings=settings) as chat:
+        chat.new_output()
+        await chat.type("hello?", "/who")
+        assert chat.new_output() == [
+            "12:00:01 ! no current target: write @NAME TEXT or #ROOM TEXT,"
+            " or /join #ROOM",
+            "12:00:01 * this server tells who is online only through rooms",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_an_error_about_rooms() -> None:
+    async with chatting_v2("alice") as chat:
+        chat.new_output()
+        await chat.hear("error|not-in-room|#lunch", "error|too-many-rooms|at most 5")
+        assert chat.new_output() == [
+            "12:00:01 ! not in room: #lunch",
+            "12:00:01 ! too many rooms: at most 5",
+        ]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_a_message_over_the_servers_limit_is_not_sent() -> None:
+    # What a server started with --max-line 512 would close the connection for.
+    settings = SETTINGS.replace("max-line=4096", "max-line=512")
+    async with chatting_v2("alice", online=["bob"], settings=settings) as chat:
+        chat.new_output()
+        await chat.type("@bob " + "x" * 600, "@bob short")
+        assert chat.new_output() == [
+            "12:00:01 ! not sent: the frame has 610 bytes; the server takes at most 512"
+        ]
+        assert await chat.server.receive() == Talk("bob", "short")
+        await chat.end_input()
+    assert chat.status == EXIT_OK
+
+
+# Your own messages
+
+
+@fail_after(5)
+async def test_with_echo_a_tty_shows_the_servers_copy_in_place_of_the_line() -> None:
+    async with chatting_v2("alice", online=["bob"], tty=True, colour=False) as chat:
+        start = len(chat.out.getvalue())
+        await chat.type("@bob hi")
+        # Nothing until the server's copy arrives...
+        assert chat.out.getvalue()[start:] == "bob> "
+        await chat.hear(f"msg|5|{SAME_DAY}|alice|bob|hi")
+        shown = chat.out.getvalue()[start:]
+        # ... which takes the place of the line as typed, once.
+        assert shown == "bob> \x1b[1A\r\x1b[K11:59:58 you -> bob: hi\nbob> "
+        await chat.type("/all lunch?", "#lunch pizza?")
+        await chat.hear(
+            f"msg|6|{SAME_DAY}|alice|*|lunch?", f"msg|7|{SAME_DAY}|alice|#lunch|pizza?"
+        )
+        shown = chat.out.getvalue()
+        assert shown.count("you -> bob: hi") == 1
+        assert shown.count("you (to all): lunch?") == 1
+        assert shown.count("you (#lunch): pizza?") == 1
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_an_echo_after_other_lines_does_not_replace_the_typed_line() -> None:
+    async with chatting_v2("alice", online=["bob"], tty=True, colour=False) as chat:
+        await chat.type("@bob one", "@bob two")
+        start = len(chat.out.getvalue())
+        # The copy of "one" arrives while "two" is the line typed last.
+        await chat.hear(f"msg|5|{SAME_DAY}|alice|bob|one")
+        assert chat.out.getvalue()[start:] == (
+            "\r\x1b[K11:59:58 you -> bob: one\nbob> "
+        )
+        await chat.hear(
+            f"msg|6|{SAME_DAY}|bob|alice|yo", f"msg|7|{SAME_DAY}|alice|bob|two"
+        )
+        assert "\x1b[1A" not in chat.out.getvalue()[start:]
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_without_echo_a_tty_shows_the_line_when_it_is_sent() -> None:
+    async with chatting(
+        "alice", online=["bob"], version=2, echo=False, tty=True, colour=False
+    ) as chat:
+        start = len(chat.out.getvalue())
+        await chat.type("#lunch hi")
+        assert chat.out.getvalue()[start:] == (
+            "\x1b[1A\r\x1b[K12:00:01 you (#lunch): hi\n#lunch> "
+        )
+        await chat.end_input()
+
+
+@fail_after(5)
+async def test_a_pipe_shows_no_own_messages_echo_or_not() -> None:
+    async with chatting_v2("alice", online=["bob"]) as chat:
+        chat.new_output()
+        await chat.type("@bob hi")
+        await chat.hear(
+            f"msg|5|{SAME_DAY}|alice|bob|hi", f"msg|6|{SAME_DAY}|bob|alice|yo"
+        )
+        assert chat.new_output() == ["11:59:58 bob: yo"]
+        await chat.end_input()
+
+
+# With a real server
+
+
+class Terminal:
+    """A ``run_session`` on a TTY without colour, for a client of a real
+    server: type lines, wait for what it shows."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.out = io.StringIO()
+        self.keyboard, self._lines = trio.open_memory_channel[str](0)
+        self.status: int | None = None
+
+    async def run(self) -> None:
+        async with self._lines:
+            self.status = await run_session(
+                self.client, self._lines, self.out, tty=True, colour=False
+            )
+
+    async def type(self, line: str) -> None:
+        await self.keyboard.send(line)
+
+    async def wait_for(self, pattern: str) -> None:
+        """Wait (bounded) until a line shown matches *pattern*.
+
+        What the session shows comes from the server over a socket, with
+        no event to wait on, so this polls.
+        """
+        with trio.fail_after(STEP_TIMEOUT):
+            while not re.search(pattern, self.out.getvalue(), re.MULTILINE):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+
+
+STAMP = r"\d\d:\d\d:\d\d "
+
+
+async def next_said(client: Client) -> Message:
+    """The next message *client* yields, within STEP_TIMEOUT."""
+    with trio.fail_after(STEP_TIMEOUT):
+        async for event in client:
+            if isinstance(event, Message):
+                return event
+    raise AssertionError("the connection ended")
+
+
+async def test_rooms_and_echo_with_a_real_server() -> None:
+    async with (
+        running_server() as live,
+        open_client("bob", port=live.port) as bob,
+        trio.open_nursery() as nursery,
+    ):
+        await bob.join("#lunch")
+        with trio.fail_after(STEP_TIMEOUT):
+            alice = Terminal(await connect("alice", port=live.port))
+        assert (alice.client.version, alice.client.echo) == (2, True)
+        nursery.start_soon(alice.run)
+        await alice.wait_for(rf"\r\x1b\[K{STAMP}\* bob is online$")
+
+        await alice.type("/join #lunch")
+        await alice.wait_for(rf"{STAMP}\* you joined #lunch$")
+        await alice.wait_for(rf"{STAMP}\* bob is in #lunch$")
+        await alice.type("hello lunch")
+        said = await next_said(bob)
+        assert (said.sender, said.to, said.text) == ("alice", "#lunch", "hello lunch")
+        # The server's copy of her message replaces the line she typed.
+        await alice.wait_for(rf"\x1b\[1A\r\x1b\[K{STAMP}you \(#lunch\): hello lunch$")
+        await bob.talk("#lunch", "pizza?")
+        await alice.wait_for(rf"{STAMP}bob \(#lunch\): pizza\?$")
+        await alice.type("/rooms")
+        await alice.wait_for(rf"{STAMP}\*   #lunch: 2 members, you among them$")
+        await alice.type("/part")
+        await alice.wait_for(rf"{STAMP}\* you left #lunch$")
+        await alice.keyboard.aclose()
+    assert alice.status == EXIT_OK
+    assert alice.out.getvalue().count("hello lunch") == 1
+
+
 # The terminal
 
 
@@ -648,6 +1058,7 @@ def test_arguments() -> None:
     assert (args.host, args.port, args.tls) == ("chat.example", 9000, True)
     args = parse("bob", "--ca", "ca.pem", "--ping-interval", "0")
     assert (args.ca, args.ping_interval) == ("ca.pem", 0.0)
+    assert (parse("bob").protocol, parse("bob", "--protocol", "1").protocol) == (2, 1)
     assert args.server_name is None
     args = parse("bob", "--host", "192.0.2.7", "--server-name", "chat.example")
     assert (args.host, args.server_name) == ("192.0.2.7", "chat.example")
@@ -663,6 +1074,8 @@ def test_arguments() -> None:
         ("alice", "--ping-interval", "nan"),
         ("alice", "--server-name", ""),
         ("alice", "--server-name", ".example.org"),
+        ("alice", "--protocol", "3"),
+        ("alice", "--protocol", "0"),
     ],
 )
 def test_bad_arguments(
@@ -713,10 +1126,12 @@ async def connect_process(
 @fail_after(20)
 async def test_main_chats_through_pipes() -> None:
     received: list[ClientMessage] = []
+    hello: list[Hello | None] = []
 
     async def bob_is_here(server: FakeServer) -> None:
         await server.accept("alice", online=["bob"])
-        await server.send("talk|bob|alice|hi alice")
+        hello.append(server.hello)
+        await server.send(f"msg|7|{SAME_DAY}|bob|alice|hi alice")
         received.extend(await server.receive_all())
 
     async with trio.open_nursery() as nursery:
@@ -727,9 +1142,43 @@ async def test_main_chats_through_pipes() -> None:
         nursery.cancel_scope.cancel()
     assert result.returncode == EXIT_OK
     assert result.stderr == b""
+    # Protocol 2, without echo: a pipe shows no own messages.
+    assert hello == [Hello(2)]
     assert received == [Talk("bob", "hello"), Talk("*", "bye"), Exit()]
     assert b"* logged in as alice\n" in result.stdout
+    assert b"bob: hi alice\n" in result.stdout
     assert b"> " not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "settings", "expected"),
+    [
+        (("--protocol", "1"), SETTINGS, None),
+        # A server that does not know hello (trichat 1.0).
+        ((), OLD_SERVER, Hello(2)),
+    ],
+)
+@fail_after(20)
+async def test_main_speaking_protocol_1(
+    argv: tuple[str, ...], settings: str | None, expected: Hello | None
+) -> None:
+    hello: list[Hello | None] = []
+
+    async def old_style(server: FakeServer) -> None:
+        await server.accept("alice", online=["bob"], settings=settings)
+        hello.append(server.hello)
+        await server.send("talk|bob|alice|hi alice")
+        await server.receive_all()
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, old_style)
+        result = await connect_process(
+            "alice", "--port", str(port), *argv, stdin=b"@bob hello\n"
+        )
+        nursery.cancel_scope.cancel()
+    assert result.returncode == EXIT_OK
+    assert hello == [expected]
+    assert b"bob: hi alice\n" in result.stdout
 
 
 @fail_after(20)

@@ -4,6 +4,9 @@
 subcommand's parser and ``main`` runs the session. The session proper is
 ``run_session``, which takes its input lines and output streams as
 arguments, so tests (and other front ends) can drive it without a terminal.
+
+One line per event, each starting with its time: the server's, for a
+protocol-2 message; else the local time it was shown at.
 """
 
 from __future__ import annotations
@@ -17,22 +20,28 @@ import ssl
 import sys
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import partial
-from typing import Final, TextIO
+from typing import Final, TextIO, TypeVarTuple
 
 import trio
 
 from .._process import until_interrupted
 from .._units import duration
 from ..protocol.messages import (
+    BROADCAST,
+    PROTOCOL_VERSION,
     Delivery,
     Error,
     ErrorCode,
     Exit,
+    Joined,
     Login,
+    Message,
+    Parted,
     Ping,
     Pong,
+    is_room,
     name_key,
 )
 from .library import (
@@ -42,6 +51,7 @@ from .library import (
     ConnectionLost,
     Event,
     LoginRefused,
+    RoomList,
     connect,
 )
 
@@ -57,6 +67,8 @@ __all__ = [
     "run_session",
 ]
 
+Args = TypeVarTuple("Args")
+
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 """The server could not be reached, or the connection was lost or closed."""
@@ -70,14 +82,19 @@ CONNECT_TIMEOUT: Final = 30.0
 """How long connecting and logging in may take, in seconds."""
 
 HELP: Final = """\
-@NAME TEXT       send TEXT to NAME, who becomes the current peer
+@NAME TEXT       send TEXT to NAME, who becomes the current target
 /msg NAME TEXT   the same
+#ROOM TEXT       send TEXT to ROOM, a room you are in; it becomes the target
 /all TEXT        send TEXT to everyone online
-TEXT             send TEXT to the current peer: the last user you wrote to or
-                 who wrote to you; with no current peer and only one other
-                 user online, to that user
+TEXT             send TEXT to the current target (the prompt shows it): the
+                 room or user you last chose; while it is not a room, also
+                 the last user who wrote to you. With no current target and
+                 only one other user online, to that user
 //TEXT           send /TEXT (a text that starts with /) like TEXT
-/who             list who is online
+/join #ROOM      enter ROOM (made if nobody is in it); it becomes the target
+/part [#ROOM]    leave ROOM (default: the current target's room)
+/rooms           list the rooms that have members
+/who [#ROOM]     list who is online and who is in your rooms (or in ROOM)
 /help            show this help
 /quit            leave (end of input, Ctrl-D, does too)"""
 
@@ -145,6 +162,15 @@ def describe_error(error: Error) -> str:
     return f"{words}: {escape(error.detail)}"
 
 
+def _own_line(to: str, text: str) -> str:
+    """How a message of the user's own to *to* is shown, after ``you``."""
+    if to == BROADCAST:
+        return f"(to all): {escape(text)}"
+    if is_room(to):
+        return f"({escape(to)}): {escape(text)}"
+    return f"-> {escape(to)}: {escape(text)}"
+
+
 class _Session:
     """The state of one terminal session; ``run_session`` drives it."""
 
@@ -157,6 +183,7 @@ class _Session:
         tty: bool,
         colour: bool,
         clock: Callable[[], datetime.datetime],
+        timezone: datetime.tzinfo | None,
     ) -> None:
         self.client = client
         self.out = out
@@ -164,7 +191,9 @@ class _Session:
         self.tty = tty
         self.colour = colour
         self.clock = clock
-        self.peer: str | None = None
+        self.timezone = timezone
+        self.target: str | None = None
+        """Where plain TEXT goes: a user or a room."""
         self.status: int | None = None
         self.silent = False
         self.scope = trio.CancelScope()
@@ -174,6 +203,12 @@ class _Session:
         # current input line arrived.
         self._written = 0
         self._written_before_input = 0
+        # What the user's last input line sent, (to, text), until its echo
+        # takes the place of the line as typed.
+        self._sent: tuple[str, str] | None = None
+        # The clash key of the room whose member list is coming in: the
+        # joins right after our own are of those already there.
+        self._listing: str | None = None
 
     # Output
 
@@ -181,19 +216,33 @@ class _Session:
         return f"{style}{text}{_RESET}" if self.colour else text
 
     def emit(
-        self, text: str, *, stamp: bool = True, replace_input: bool = False
+        self,
+        text: str,
+        *,
+        stamp: bool = True,
+        when: datetime.datetime | None = None,
+        replace_input: bool = False,
     ) -> None:
-        """Write one line (time-stamped unless *stamp* is false).
+        """Write one line, time-stamped unless *stamp* is false: with *when*
+        (the server's time, in the local zone; with the date if it is not
+        today's), else the local time now.
 
         On a TTY the prompt is cleared first and shown again after it;
         *replace_input* also overwrites the line the user just typed.
         """
         if stamp:
-            text = self.paint(self.clock().strftime("%H:%M:%S"), _DIM) + " " + text
+            now = self.clock()
+            if when is None:
+                shown = now.strftime("%H:%M:%S")
+            else:
+                local = when.astimezone(self.timezone)
+                today = local.date() == now.date()
+                shown = local.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S")
+            text = self.paint(shown, _DIM) + " " + text
         self._written += 1
         if self.tty:
             before = _LINE_UP + _CLEAR_LINE if replace_input else _CLEAR_LINE
-            self.out.write(before + text + "\n" + PROMPT)
+            self.out.write(before + text + "\n" + self.prompt_text())
             self._prompted = True
         else:
             self.out.write(text + "\n")
@@ -205,9 +254,15 @@ class _Session:
     def problem(self, text: str) -> None:
         self.emit(self.paint(f"! {text}", _RED))
 
+    def prompt_text(self) -> str:
+        """The prompt: the current target, if any, before ``> ``."""
+        if self.target is None:
+            return PROMPT
+        return self.paint(escape(self.target), _BOLD) + PROMPT
+
     def prompt(self) -> None:
         if self.tty:
-            self.out.write(PROMPT)
+            self.out.write(self.prompt_text())
             self.out.flush()
 
     def end(self) -> None:
@@ -249,13 +304,30 @@ class _Session:
             self.silent = False
             self.info("the server is answering again")
         own = name_key(self.client.name)
+        listing, self._listing = self._listing, None
         match message:
-            case Delivery(sender, _, text) if message.is_broadcast:
-                sender_shown = self.paint(escape(sender), _BOLD)
-                self.emit(f"{sender_shown} (to all): {escape(text)}")
-            case Delivery(sender, _, text):
-                self.peer = sender
-                self.emit(f"{self.paint(escape(sender), _BOLD)}: {escape(text)}")
+            case Message() if self.client.echo and self.client.is_own(message):
+                self.show_own(message)
+            case Delivery() | Message():
+                self.show_said(message)
+            case Joined(room, name) if name_key(name) == own:
+                self.target = room
+                self._listing = name_key(room)
+                self.info(f"you joined {escape(room)}")
+            case Joined(room, name):
+                if listing == name_key(room):
+                    self._listing = listing
+                    self.info(f"{escape(name)} is in {escape(room)}")
+                else:
+                    self.info(f"{escape(name)} joined {escape(room)}")
+            case Parted(room, name) if name_key(name) == own:
+                if self.target is not None and name_key(self.target) == name_key(room):
+                    self.target = None
+                self.info(f"you left {escape(room)}")
+            case Parted(room, name):
+                self.info(f"{escape(name)} left {escape(room)}")
+            case RoomList():
+                self.show_rooms(message)
             case Login(name) if name_key(name) != own:
                 self.info(f"{escape(name)} is online")
             case Exit(str(name)) if name_key(name) != own:
@@ -266,6 +338,52 @@ class _Session:
                 self.problem(describe_error(message))
             case Login() | Exit() | Ping() | Pong():
                 pass
+
+    def show_said(self, message: Delivery | Message) -> None:
+        """A message from someone else: ``bob: TEXT`` when it is for us
+        alone, ``bob (to all): TEXT``, ``bob (#lunch): TEXT``."""
+        when = message.time if isinstance(message, Message) else None
+        sender = self.paint(escape(message.sender), _BOLD)
+        text = escape(message.text)
+        if message.is_broadcast:
+            self.emit(f"{sender} (to all): {text}", when=when)
+        elif message.room is not None:
+            self.emit(f"{sender} ({escape(message.room)}): {text}", when=when)
+        else:
+            if self.target is None or not is_room(self.target):
+                self.target = message.sender
+            self.emit(f"{sender}: {text}", when=when)
+
+    def show_own(self, message: Message) -> None:
+        """The server's copy of a message of ours (echo): on a TTY it is
+        the line that says what went where, in place of the line as typed
+        when that is the last line on screen; elsewhere nothing is shown,
+        as without echo."""
+        if not self.tty:
+            return
+        sent, self._sent = self._sent, None
+        last_typed = sent is not None and (name_key(sent[0]), sent[1]) == (
+            name_key(message.to),
+            message.text,
+        )
+        you = self.paint("you", _BOLD)
+        self.emit(
+            f"{you} {_own_line(message.to, message.text)}",
+            when=message.time,
+            replace_input=last_typed and self._written == self._written_before_input,
+        )
+
+    def show_rooms(self, listing: RoomList) -> None:
+        if not listing:
+            self.info("no rooms")
+            return
+        count = len(listing)
+        self.info(f"{count} room{'s' if count > 1 else ''}:")
+        for info in listing:
+            members = f"{info.members} member{'s' if info.members > 1 else ''}"
+            if self.client.members(info.room):
+                members += ", you among them"
+            self.info(f"  {escape(info.room)}: {members}")
 
     async def keepalive(self, interval: float) -> None:
         """Ping when the server has been quiet for *interval* seconds; say so
@@ -311,6 +429,8 @@ class _Session:
                 return False
         elif line.startswith("@"):
             await self.targeted(line[1:], usage="@NAME TEXT")
+        elif line.startswith("#"):
+            await self.targeted(line, usage="#ROOM TEXT")
         else:
             await self.say(line)
         if not self._prompted:
@@ -330,8 +450,14 @@ class _Session:
                 await self.send(None, rest)
             else:
                 self.problem("usage: /all TEXT")
+        elif name == "join":
+            await self.join(rest.strip())
+        elif name == "part":
+            await self.part(rest.strip())
+        elif name == "rooms":
+            await self.request(self.client.list_rooms)
         elif name == "who":
-            self.who()
+            self.who(rest.strip())
         elif name == "help":
             for help_line in HELP.splitlines():
                 self.emit(help_line, stamp=False)
@@ -346,13 +472,44 @@ class _Session:
             return
         await self.send(match[1], match[2])
 
+    async def join(self, room: str) -> None:
+        if len(room.split()) != 1:
+            self.problem("usage: /join #ROOM")
+            return
+        await self.request(self.client.join, room)
+
+    async def part(self, room: str) -> None:
+        if not room and self.target is not None and is_room(self.target):
+            room = self.target
+        if len(room.split()) != 1:
+            self.problem("usage: /part #ROOM (the current target is no room)")
+            return
+        await self.request(self.client.part, room)
+
+    async def request(
+        self, send: Callable[[*Args], Awaitable[None]], *args: *Args
+    ) -> None:
+        """Send a request with ``send(*args)``; its answer is shown when it
+        arrives."""
+        try:
+            await send(*args)
+        except ValueError as invalid:
+            self.problem(f"not sent: {invalid}")
+        except ConnectionLost as lost:
+            self.finish(EXIT_FAILURE, escape(str(lost)))
+
     async def say(self, text: str) -> None:
-        """Send *text* to the current peer, or to the only other user."""
-        to = self.peer
+        """Send *text* to the current target, or to the only other user."""
+        to = self.target
         if to is None:
             others = self.client.online
             if len(others) == 1:
                 to = others[0]
+            elif not others and self.client.settings.get("presence") == "rooms":
+                self.problem(
+                    "no current target: write @NAME TEXT or #ROOM TEXT, or /join #ROOM"
+                )
+                return
             elif not others:
                 self.problem("nobody else is online")
                 return
@@ -365,7 +522,8 @@ class _Session:
         await self.send(to, text)
 
     async def send(self, to: str | None, text: str) -> None:
-        """Send *text* to user *to*, or to everyone when *to* is None."""
+        """Send *text* to *to* (a user or a room), or to everyone when *to*
+        is None."""
         try:
             if to is None:
                 await self.client.broadcast(text)
@@ -378,25 +536,42 @@ class _Session:
             self.finish(EXIT_FAILURE, escape(str(lost)))
             return
         if to is not None:
-            self.peer = to
-        if self.tty:
-            # Show what went where, in place of the line as typed unless
-            # something else has been written below it meanwhile.
-            where = "(to all)" if to is None else f"-> {escape(to)}"
-            you = self.paint("you", _BOLD)
-            self.emit(
-                f"{you} {where}: {escape(text)}",
-                replace_input=self._written == self._written_before_input,
-            )
+            self.target = to
+        if not self.tty:
+            return
+        # Show what went where, in place of the line as typed unless
+        # something else has been written below it meanwhile: now, or
+        # with echo when the server's copy arrives (show_own).
+        if self.client.echo:
+            self._sent = (BROADCAST if to is None else to, text)
+            return
+        you = self.paint("you", _BOLD)
+        self.emit(
+            f"{you} {_own_line(BROADCAST if to is None else to, text)}",
+            replace_input=self._written == self._written_before_input,
+        )
 
-    def who(self) -> None:
+    def who(self, room: str) -> None:
+        if room:
+            members = self.client.members(room)
+            if members:
+                self.info(f"in {escape(room)}: " + ", ".join(map(escape, members)))
+            else:
+                self.info(f"you are not in {escape(room)}")
+            return
         others = self.client.online
         if others:
             self.info("online: " + ", ".join(escape(name) for name in others))
+        elif self.client.settings.get("presence") == "rooms":
+            self.info("this server tells who is online only through rooms")
         else:
             self.info("nobody else is online")
-        if self.peer is not None:
-            self.info(f"current peer: {escape(self.peer)}")
+        for joined, members in self.client.rooms.items():
+            shown = ", ".join(map(escape, members))
+            self.info(f"in {escape(joined)}: {shown}")
+        if self.target is not None:
+            what = "room" if is_room(self.target) else "peer"
+            self.info(f"current {what}: {escape(self.target)}")
 
 
 async def run_session(
@@ -409,6 +584,7 @@ async def run_session(
     colour: bool | None = None,
     ping_interval: float = 30.0,
     clock: Callable[[], datetime.datetime] = datetime.datetime.now,
+    timezone: datetime.tzinfo | None = None,
 ) -> int:
     """Chat over the logged-in *client*, reading *lines* and writing *out*.
 
@@ -416,8 +592,11 @@ async def run_session(
     (the client says ``exit``), EXIT_FAILURE when the connection is lost or
     the server closes it (one line on *err*, default ``sys.stderr``).
     The client is closed at the end. *tty* adds a prompt, and colour unless
-    *colour* is false; *ping_interval* 0 turns the keepalive off; *clock*
-    gives the wall time for the time stamps.
+    *colour* is false, and shows the user's own messages (with the
+    client's ``echo``, as the server confirms them); *ping_interval* 0
+    turns the keepalive off; *clock* gives the local wall time for the
+    time stamps, and *timezone* the zone the server's times are shown in
+    (default: the system's).
     """
     session = _Session(
         client,
@@ -426,6 +605,7 @@ async def run_session(
         tty=tty,
         colour=tty if colour is None else colour,
         clock=clock,
+        timezone=timezone,
     )
     welcome = f"logged in as {escape(client.name)}"
     session.info(welcome + ("; /help lists the commands" if tty else ""))
@@ -507,6 +687,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="check the server's certificate against CERT_NAME instead of"
         " --host (when --host is an address the certificate does not carry,"
         " say); implies --tls",
+    )
+    parser.add_argument(
+        "--protocol",
+        type=int,
+        choices=range(1, PROTOCOL_VERSION + 1),
+        default=PROTOCOL_VERSION,
+        metavar="VERSION",
+        help="the protocol version to ask for (default %(default)s); 1 speaks"
+        " as trichat 1.0's client did",
     )
     parser.add_argument(
         "--ping-interval",
@@ -615,6 +804,7 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             return _fail(f"cannot use the CA file {args.ca}: {error}", EXIT_REFUSED)
     where = f"{args.host}:{args.port}"
     shown_name = escape(args.name)
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             client = await connect(
@@ -623,7 +813,9 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
                 args.port,
                 ssl_context=ssl_context,
                 server_hostname=args.server_name,
-                version=1,  # until the terminal shows protocol 2's messages
+                version=args.protocol,
+                # Only a terminal shows the user's own messages.
+                echo=tty,
             )
     except ValueError as invalid:
         return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
@@ -638,7 +830,6 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
         return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
     except OSError as error:
         return _fail(f"cannot connect to {where}: {_os_reason(error)}")
-    tty = sys.stdin.isatty() and sys.stdout.isatty()
     async with client:
         return await run_session(
             client,
