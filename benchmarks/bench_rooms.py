@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES: list[tuple[str, str, tuple[str, float] | None]] = [
     ("join_s", "all logged in and joined, s", ("<=", 15.0)),
     ("joins_settled_s", "join lists settled after that, s", None),
+    ("join_srv_cpu_s", "server CPU logging in and joining, s", None),
+    ("join_gen_cpu_s", "generator CPU logging in and joining, s", None),
     ("rss_per_user_kb", "server RSS per user, KiB", ("<=", 16.0)),
     ("offered_per_s", "offered, msg/s", None),
     ("msgs_per_s", "delivered in the window, deliveries/s", None),
@@ -209,6 +211,9 @@ def main() -> int:
     parser.add_argument("--conc", type=int, default=64, help="logins in flight")
     parser.add_argument("--trichat", metavar="COMMAND")
     parser.add_argument("--serve-option", action="append", default=[])
+    parser.add_argument(
+        "--save", type=Path, metavar="FILE", help="every run's result, as JSON lines"
+    )
     parser.add_argument("bench_args", nargs="*", help="after --: for trichat bench")
     args = parser.parse_args()
     rates: list[float] = args.rate or [2000.0]
@@ -220,9 +225,20 @@ def main() -> int:
             with fresh_server(command, env, args.port) as pid:
                 result = bench_once(args, rate, pid)
             results[rate].append(result)
+            if args.save:
+                with args.save.open("a") as file:
+                    file.write(json.dumps(result) + "\n")
             brief = {
                 k: result.get(k)
-                for k in ("ok", "join_s", "rss_per_user_kb", "p99_ms", "lost")
+                for k in (
+                    "ok",
+                    "join_s",
+                    "rss_per_user_kb",
+                    "p99_ms",
+                    "lost",
+                    "conns_lost",
+                    "errors",
+                )
             }
             print(
                 f"run {run + 1}/{args.runs} at {rate:g} msg/s "

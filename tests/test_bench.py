@@ -35,9 +35,7 @@ from trichat.bench.usage import (
 from trichat.client import DEFAULT_PORT, Client
 from trichat.protocol.messages import (
     MAX_TEXT,
-    Delivery,
     Error,
-    Message,
     check_room,
     check_text,
 )
@@ -677,6 +675,8 @@ async def test_rooms_end_to_end(presence: str, shared_reader: bool) -> None:
     assert result["rss_per_user_kb"] is not None
     assert result["srv_us_per_delivery"] > 0
     assert result["gen_us_per_delivery"] > 0
+    assert result["join_gen_cpu_s"] > 0
+    assert result["join_srv_cpu_s"] >= 0
     # Global presence tells everyone of every login; rooms only the owner.
     assert result["exits_seen"] == 0
 
@@ -710,53 +710,69 @@ class Recorder(Handler):
     def __init__(self, run: Run) -> None:
         super().__init__(run)
         self.texts: list[str] = []
-        self.batches = 0
 
-    def talk(self, delivery: Delivery | Message, now: int) -> None:
-        self.texts.append(delivery.text)
+    def delivered(self, sender: str, to: str, text: str, now: int) -> None:
+        self.texts.append(f"{sender}>{to}: {text}")
+
+    def joined(self, room: str, name: str) -> None:
+        self.texts.append(f"{name} in {room}")
 
     def error(self, error: Error) -> None:
         self.texts.append(f"error {error.code}")
 
-    def batch_done(self) -> None:
-        self.batches += 1
+
+MSG = b"msg|7|2026-12-03T09:15:02.125Z|b|#r|"
 
 
-MSG = b"msg|7|2026-12-03T09:15:02.125Z|b|a|"
+async def step(server: trio.SocketStream, data: bytes) -> None:
+    await server.send_all(data)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 @pytest.mark.skipif(not available(), reason="needs epoll")
-async def test_the_shared_reader_feeds_the_client_what_arrives() -> None:
+@pytest.mark.parametrize("raw", [True, False])
+async def test_the_shared_reader_hands_on_what_arrives(raw: bool) -> None:
     # The server's side is scripted: what it sends arrives in pieces, frames
-    # split across reads, a bad frame among good ones, then the end.
-    settings = tiny(0, "rooms")
-    run = Run(settings, Progress())
+    # split across reads, a bad frame and a kind nobody knows among good
+    # ones, a ping, then an error that ends it. The reader hands on the same
+    # whether it splits lines itself (raw, once a read ended a line) or not.
+    run = Run(tiny(0, "rooms"), Progress())
     a, b = trio.socket.socketpair()
     server = trio.SocketStream(b)
     stream = FedStream(trio.SocketStream(a))
     recorder = Recorder(run)
     with trio.fail_after(RUN_TIMEOUT):
         async with trio.open_nursery() as nursery:
-            reader = SharedReader(run)
+            reader = SharedReader(run, raw=raw)
             nursery.start_soon(reader.run)
             await server.send_all(b"hello|2|server=x\nlogin|a\n" + MSG + b"early\n")
             client = await Client.login(stream, "a", echo=False)
             assert await server.receive_some() == b"hello|2\nlogin|a\n"
             await reader.add(client, stream, recorder)
-            assert recorder.texts == ["early"]  # came with the acknowledgement
+            assert recorder.texts == ["b>#r: early"]  # came with the login
             assert len(reader) == 1
-            for piece in (MSG + b"one\n" + MSG[:9], MSG[9:] + b"two", b"\n"):
-                await server.send_all(piece)
-                await trio.testing.wait_all_tasks_blocked()
-            await server.send_all(b"nonsense\nmsg|1|2\n" + MSG + b"three\n")
-            await trio.testing.wait_all_tasks_blocked()
-            assert recorder.texts == ["early", "one", "two", "three"]
-            assert run.errors == 1  # the bad frame; an unknown kind is skipped
-            await server.send_all(b"error|shutting-down|bye\n")
-            await server.aclose()
-            await trio.testing.wait_all_tasks_blocked()
+            # Through the client library until a read ends a line...
+            await step(server, MSG + b"one\n" + MSG[:9])
+            await step(server, MSG[9:] + b"two")
+            await step(server, b"\r\njoin|#r|c\n")
+            # ... then split by the reader itself, if raw.
+            await step(server, b"nonsense|x\nmsg|1|2\ntalk|d|#r|three\n" + MSG[:20])
+            await step(server, MSG[20:] + b"four\r\nping|tok\n")
+            assert await server.receive_some() == b"pong|tok\n"
+            assert recorder.texts == [
+                "b>#r: early",
+                "b>#r: one",
+                "b>#r: two",
+                "c in #r",
+                "d>#r: three",
+                "b>#r: four",
+            ]
+            assert run.errors == 1  # the bad frame; the unknown kind is skipped
+            assert "msg takes 5 fields" in run.last_error
+            await step(server, b"error|shutting-down|bye\n" + MSG + b"late\n")
             assert recorder.texts[-1] == "error shutting-down"
             assert len(reader) == 0  # the end: no longer read
             assert run.conns_lost == 1
+            await server.aclose()
             await client.aclose()
             nursery.cancel_scope.cancel()

@@ -139,6 +139,8 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("join_s", "all joined", "s"),
     ("joins_per_s", "join rate", "joins/s"),
     ("joins_settled_s", "join lists settled", "s after"),
+    ("join_gen_cpu_s", "joining: generator", "s CPU"),
+    ("join_srv_cpu_s", "joining: server", "s CPU"),
     ("join_frames", "join frames", ""),
     ("logins_per_s", "login rate", "logins/s"),
     ("settle_s", "presence settled", "s after"),

@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from ..client.library import Client, ConnectionLost
-from ..protocol.messages import Delivery, Error, Message
+from ..protocol.messages import Error
 from .latency import parse_stamp, percentile, stamp
 from .reader import SharedReader, available
 from .traffic import (
@@ -47,7 +47,7 @@ from .traffic import (
     run_window,
     sleep_until_ns,
 )
-from .usage import rss_kb_or_none
+from .usage import Usage, rss_kb_or_none
 
 __all__ = ["run_rooms"]
 
@@ -100,14 +100,14 @@ class _User(Handler):
             self.refusal = error
             self.all_joined.set()
 
-    def talk(self, delivery: Delivery | Message, now: int) -> None:
+    def delivered(self, sender: str, to: str, text: str, now: int) -> None:
         run = self.run
         try:
-            sent_ns, seq = parse_stamp(delivery.text)
+            sent_ns, seq = parse_stamp(text)
         except ValueError:
             run.bad_stamps += 1
             return
-        if delivery.to not in self.rooms:
+        if to not in self.rooms:
             self.shared.misrouted += 1
             return
         pending = self.shared.pending
@@ -192,6 +192,19 @@ async def _talker(
             due = round(base + n * interval)
 
 
+def _join_usage(result: dict[str, Any], start: Usage, end: Usage) -> None:
+    """The CPU the generator and the server spent logging in and joining,
+    to tell which one set the pace."""
+    result["join_gen_cpu_s"] = round(end.cpu - start.cpu, 3)
+    if end.server_cpu is not None and start.server_cpu is not None:
+        result["join_srv_cpu_s"] = round(end.server_cpu - start.server_cpu, 3)
+    if end.server_wait is not None and start.server_wait is not None:
+        wall = end.wall - start.wall
+        if wall > 0:
+            wait = end.server_wait - start.server_wait
+            result["join_srv_cpu_wait_pct"] = round(wait / wall * 100)
+
+
 async def run_rooms(run: Run, nursery: trio.Nursery, result: dict[str, Any]) -> None:
     """The rooms scenario (see the module); its readers run in *nursery*."""
     settings = run.settings
@@ -226,6 +239,7 @@ async def run_rooms(run: Run, nursery: trio.Nursery, result: dict[str, Any]) -> 
     if rss0 is not None:
         result["rss0_kb"] = rss0
     run.set_phase("logging in")
+    joining = Usage.now(pid)
     began = time.perf_counter()
     with trio.move_on_after(settings.deadline) as login_scope:
         clients = await log_in_all(run, nursery, names, users, join)
@@ -236,6 +250,7 @@ async def run_rooms(run: Run, nursery: trio.Nursery, result: dict[str, Any]) -> 
         )
     joined = time.perf_counter()
     result["join_s"] = round(joined - began, 3)
+    _join_usage(result, joining, Usage.now(pid))
     result["joins_per_s"] = round(count * settings.rooms_each / (joined - began))
     run.set_phase("settling")
     if shared.join_frames_seen >= shared.join_frames:

@@ -258,7 +258,12 @@ class Handler:
 
     def talk(self, delivery: Delivery | Message, now: int) -> None:
         """A delivery (``talk`` on protocol 1, ``msg`` on 2) read at *now*
-        (perf_counter_ns)."""
+        (perf_counter_ns); by default, ``delivered`` with its fields."""
+        self.delivered(delivery.sender, delivery.to, delivery.text, now)
+
+    def delivered(self, sender: str, to: str, text: str, now: int) -> None:
+        """A delivery's fields: what a ``SharedReader`` that splits lines
+        itself hands on, instead of calling ``talk``."""
 
     def login(self, name: str) -> None:
         """*name* came online."""
