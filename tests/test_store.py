@@ -523,6 +523,9 @@ async def test_a_store_not_running_refuses_reads_and_changes(tmp_path: Path) -> 
         await store.history("#r", "latest", None, 5)
     with pytest.raises(StoreClosed):
         await store.flush()
+    with pytest.raises(StoreClosed):
+        await store.register("alice", "password1")
+    assert not store.is_account("alice")
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         with pytest.raises(StoreError, match="once"):

@@ -521,7 +521,9 @@ class Store:
             started = time.monotonic()
             writer, state = await trio.to_thread.run_sync(self._open, self._file)
             try:
-                self.last_id = self.committed_id = state.last_id
+                # Anything recorded before the start is queued, and counts.
+                self.last_id = max(self.last_id, state.last_id)
+                self.committed_id = state.last_id
                 self._accounts = state.accounts
                 self._offline_count = state.offline
                 self._running = True
@@ -895,6 +897,8 @@ class Store:
         """Make *name* an account with *password* (hashed first; the caller
         checks the password's rules). Raises AccountExists."""
         key = name_key(name)
+        if not self._running:
+            raise StoreClosed("the store is not running")
         if key in self._accounts:
             raise AccountExists(name)
         password_hash = await self.hasher.hash(password)
@@ -957,6 +961,8 @@ class Store:
         """Delete account *name*, its offline messages and its history.
         Raises NoSuchAccount."""
         key = name_key(name)
+        if not self._running:
+            raise StoreClosed("the store is not running")
         if key not in self._accounts:
             raise NoSuchAccount(name)
         self._accounts.discard(key)
