@@ -39,7 +39,7 @@ from trichat import NEED_DATA, Connection, Delivery, Role, Talk, encode, name_ke
 from trichat.protocol.connection import decode_client_line
 from trichat.server.config import ServerConfig
 from trichat.server.hub import Envelope, Hub, Member
-from trichat.server.mailbox import Mailbox
+from trichat.server.mailbox import Drainable, Mailbox
 from trichat.server.session import Session
 from trichat.server.transport import PlainSocket
 
@@ -260,7 +260,7 @@ def hub_direct(messages: int) -> Batch:
 
     def batch() -> int:
         route = hub.route
-        congested: list[Mailbox] = []
+        congested: list[Drainable] = []
         for _ in range(messages):
             route(alice, envelope, congested)
         bob.mailbox.drain()
@@ -279,7 +279,7 @@ def hub_broadcast(users: int, broadcasts: int, written: bool = False) -> Batch:
     transport = _null_socket()
 
     def batch() -> int:
-        congested: list[Mailbox] = []
+        congested: list[Drainable] = []
         for _ in range(broadcasts):
             hub.route(sender, envelope, congested)
             if written:

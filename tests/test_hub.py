@@ -18,7 +18,7 @@ from trichat.server.hub import (
     RoomRefused,
     Routed,
 )
-from trichat.server.mailbox import Mailbox
+from trichat.server.mailbox import Drainable, Mailbox
 
 TOO_SLOW = "too slow: outgoing queue full"
 # The hub's clock in these tests: 2026-12-03T09:15:02.125Z.
@@ -191,7 +191,7 @@ def test_online_as_written_is_an_exact_name_or_everyone() -> None:
 
 def test_a_direct_message_reaches_its_recipient_only() -> None:
     crowd = Crowd("alice", "bob", "carol")
-    congested: list[Mailbox] = []
+    congested: list[Drainable] = []
     routed = crowd.hub.route(
         crowd["alice"], Envelope("alice", "bob", [b"hi"]), congested
     )
@@ -276,7 +276,7 @@ def test_a_broadcast_goes_on_past_a_recipient_too_slow_for_it() -> None:
 
 def test_recipients_left_congested_are_listed_for_the_sender_to_wait_on() -> None:
     crowd = Crowd("alice", "bob", "carol", queue=4)
-    congested: list[Mailbox] = []
+    congested: list[Drainable] = []
     hub, alice = crowd.hub, crowd["alice"]
     assert hub.route(alice, Envelope("alice", "bob", [b"1", b"2"]), congested)
     assert congested == []
@@ -293,7 +293,7 @@ def test_a_route_takes_only_what_fits_the_room_of_every_recipient() -> None:
     crowd = Crowd("alice", "bob", "carol", queue=10)
     carol = crowd["carol"].mailbox
     assert carol.put(b"filler\n", 4)  # room for 2 more before half
-    congested: list[Mailbox] = []
+    congested: list[Drainable] = []
     texts = [b"%d" % number for number in range(5)]
     routed = crowd.hub.route(crowd["alice"], Envelope("alice", "*", texts), congested)
     assert routed == Routed(2)

@@ -505,6 +505,7 @@ async def test_an_answer_counts_out_until_its_batch_is_written() -> None:
     mailbox.put(answer, force=True)
     with trio.fail_after(TIMEOUT):
         batch = await mailbox.next_batch()
+    assert batch is not None
     mailbox.sent(10)  # part of it written: still being written
     assert mailbox.answer_bytes == len(answer)
     mailbox.sent(len(batch.data) - 10)

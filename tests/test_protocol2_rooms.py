@@ -455,12 +455,6 @@ async def test_presence_rooms_has_no_everyone(version: int, options: str) -> Non
         await expect_quiet(alice, bob)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: under --presence rooms, part|* is answered"
-    " error|bad-name|a room name starts with '#'; protocol.md section 8 says"
-    " not-in-room for talk/part/history to * under --presence rooms",
-)
 async def test_presence_rooms_parting_everyone_is_not_in_room() -> None:
     async with running_server_without_sessions(presence="rooms") as live:
         (alice,) = await users_online(live, "alice", rooms_presence=True)

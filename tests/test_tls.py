@@ -19,7 +19,7 @@ from helpers import (
 )
 
 from trichat.client import ConnectionLost, open_client
-from trichat.protocol.messages import Delivery, Login
+from trichat.protocol.messages import Login, Message
 
 HOSTNAME = "chat.trichat.test"
 
@@ -182,8 +182,13 @@ async def test_library_client_over_tls(
                 await watcher.expect("login|bot")
                 await watcher.send("talk|bot|hello bot")
                 async for message in bot:
-                    if isinstance(message, Delivery):
-                        assert message == Delivery("watcher", "bot", "hello bot")
+                    # Protocol 2, the library's default: a msg frame.
+                    if isinstance(message, Message):
+                        assert (message.sender, message.to, message.text) == (
+                            "watcher",
+                            "bot",
+                            "hello bot",
+                        )
                         break
                     assert message == Login("watcher"), message
                 await bot.broadcast("hello all")

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from .messages import (
+    BROADCAST,
     MAX_TEXT,
     ChangePassword,
     ClientMessage,
@@ -175,6 +176,14 @@ def plain_talk_run(lines: Sequence[bytes], start: int, stop: int) -> tuple[int, 
     return stop, head[5:-1]
 
 
+def _part(room: str) -> Part:
+    """A ``part`` a server reads: ``part|*`` is no bad name but a room
+    nobody can leave (the server says which error fits its presence)."""
+    if room == BROADCAST:
+        raise FieldError(ErrorCode.NOT_IN_ROOM, BROADCAST)
+    return Part(room)
+
+
 @attrs.frozen
 class _Kind:
     build: Callable[..., Any]
@@ -197,7 +206,7 @@ _KINDS: dict[Role, dict[str, _Kind]] = {
         "password": _Kind(ChangePassword, 1, 1, rest=True),
         "talk": _Kind(Talk, 2, 2, rest=True),
         "join": _Kind(Join, 1, 1, invalid=ErrorCode.BAD_NAME),
-        "part": _Kind(Part, 1, 1, invalid=ErrorCode.BAD_NAME),
+        "part": _Kind(_part, 1, 1, invalid=ErrorCode.BAD_NAME),
         "rooms": _Kind(ListRooms, 0, 0),
         "history": _Kind(History.from_fields, 3, 4),
         "exit": _Kind(Exit, 0, 1),

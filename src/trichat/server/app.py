@@ -23,6 +23,7 @@ connections to close. docs/architecture.md draws the task tree.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 from collections import Counter
@@ -35,8 +36,10 @@ from ..protocol.messages import Error, ErrorCode
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
 from .hub import Hub, Member
-from .mailbox import Mailbox, write_loop
+from .mailbox import Drainable, Mailbox, write_loop
+from .passwords import Hasher, LoginThrottle
 from .session import Session, SessionEnded
+from .store import Store
 from .transport import RECEIVE_SIZE, PlainSocket, transport_for, write_now
 
 __all__ = ["ChatServer", "ServerConfig"]
@@ -83,7 +86,7 @@ class _Connection:
     )
 
     def __init__(
-        self, server: ChatServer, stream: trio.abc.Stream, address: str
+        self, server: ChatServer, stream: trio.abc.Stream, address: str, ip: str
     ) -> None:
         config = server.config
         self.server = server
@@ -103,6 +106,9 @@ class _Connection:
             address,
             trio.current_time(),
             replaced=self.replaced,
+            store=server.store,
+            throttle=server.throttle,
+            private=_private(stream, ip),
         )
         self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
@@ -285,7 +291,7 @@ class _Connection:
             elif session.stopped:
                 # Kicked or closing: what is still buffered goes unhandled.
                 await trio.lowlevel.checkpoint()  # Cancelled ends the loop
-            if session.congested:
+            if session.congested or session.crowded:
                 await self.let_recipients_drain()
                 continue
             if session.read is not None:
@@ -333,7 +339,12 @@ class _Connection:
         self.received(data)
         session = self.session
         self.step(_FRAMES_PER_TURN)
-        return session.read is None and not session.congested and not session.pending
+        return (
+            session.read is None
+            and not session.congested
+            and not session.crowded
+            and not session.pending
+        )
 
     def read_what_came(self) -> None:
         """Before a deadline is enforced: read and handle what is waiting in
@@ -346,33 +357,50 @@ class _Connection:
             self.serve_ready()
 
     async def let_recipients_drain(self) -> None:
-        """Pause reading until the mailboxes we filled past half have room.
+        """Pause reading until the mailboxes we filled past half have room;
+        and those others had filled, that we sent to, for at most what is
+        left of the read's ``max_sender_wait``.
 
         This is what keeps a burst from getting a recipient that reads, but
-        more slowly than we write, dropped; a recipient that stops reading
-        stalls and is not waited for.
+        more slowly than we write, dropped: the one who bursts waits. A
+        recipient that stops reading stalls and is not waited for; and a
+        sender who only added to a queue others filled is not held up by it
+        for long.
         """
         session = self.session
-        congested = session.congested
         stall_timeout = self.config.stall_timeout
         # Not reading meanwhile is our doing: it says nothing about whether
         # the client is alive, so only the login deadline still runs.
         self.quiet_scope.deadline = session.login_deadline
+        started = crowded_from = trio.current_time()
         try:
-            while congested:
-                # Taken off only once drained: a wait cut short by a deadline
-                # is taken up again before anything more is handled.
-                await congested[-1].make_room(stall_timeout)
-                congested.pop()
+            # Each is taken off only once drained: a wait cut short by a
+            # deadline is taken up again before anything more is handled.
+            await _drain(session.congested, stall_timeout)
+            crowded_from = trio.current_time()
+            with trio.move_on_after(max(0.0, session.wait_left)):
+                await _drain(session.crowded, stall_timeout)
         finally:
-            session.drained(trio.current_time())
+            now = trio.current_time()
+            session.drained(now, now - started, now - crowded_from)
             self.quiet_scope.deadline = session.wake_at()
+
+
+async def _drain(mailboxes: list[Drainable], stall_timeout: float) -> None:
+    """Wait until each of *mailboxes* has room, taking each off when it has."""
+    while mailboxes:
+        await mailboxes[-1].make_room(stall_timeout)
+        mailboxes.pop()
 
 
 class ChatServer:
     """A trichat server; ``serve`` runs it, ``shutdown`` stops it."""
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig | None = None, *, hasher: Hasher | None = None
+    ) -> None:
+        """*hasher* hashes the passwords of accounts (tests give a cheap
+        one); by default, Argon2id with OWASP's parameters."""
         self.config = config or ServerConfig()
         self.hub = Hub(
             global_presence=self.config.global_presence,
@@ -384,6 +412,16 @@ class ChatServer:
         self._refusing = 0  # refused connections still being told why
         self._accepting = trio.CancelScope()
         self.shared_reader: SharedReader | None = None
+        config = self.config
+        self.store: Store | None = None
+        if config.db is not None:
+            self.store = Store(
+                config.db,
+                history=config.history,
+                offline_max=config.offline_max,
+                hasher=hasher,
+            )
+        self.throttle = LoginThrottle()
         # Sessions waiting for a resume, and when each ends.
         self._waiting: dict[Member, float] = {}
         self._waiting_changed = trio.Event()
@@ -407,9 +445,33 @@ class ChatServer:
         Reports the bound port through *task_status*, so a caller can bind
         port 0 with ``port = await nursery.start(server.serve)``.
         """
+        # Before anything else, so that a port in use is an OSError the
+        # caller sees as it is.
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
+        try:
+            async with trio.open_nursery() as storing:
+                if self.store is not None:
+                    # Open before the first connection: ids go on above
+                    # those it holds. It stops (writing all it was given)
+                    # after the last connection closed.
+                    await storing.start(self.store.run)
+                    self.hub.next_id = max(self.hub.next_id, self.store.last_id + 1)
+                    self.hub.offline = self.store
+                    self.hub.observe(self.store.record)
+                await self._listen(listeners, task_status)
+                storing.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+        log.info("stopped")
+
+    async def _listen(
+        self,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[int],
+    ) -> None:
         try:
             async with trio.open_nursery() as reading:
                 if self.config.shared_reader and available():
@@ -422,9 +484,6 @@ class ChatServer:
                 reading.cancel_scope.cancel()
         finally:
             self.shared_reader = None
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-        log.info("stopped")
 
     async def _serve_connections(
         self,
@@ -569,7 +628,7 @@ class ChatServer:
             finally:
                 self._refusing -= 1
             return
-        session = _Connection(self, stream, address)
+        session = _Connection(self, stream, address, ip)
         self._connections.add(session)
         self._per_ip[ip] += 1
         try:
@@ -612,6 +671,17 @@ class ChatServer:
             else:
                 await _linger(stream)
         await _close(stream, self.config.close_timeout)
+
+
+def _private(stream: trio.abc.Stream, ip: str) -> bool:
+    """Whether a password may go over *stream* from *ip*: it is encrypted
+    (TLS), or comes from this machine (loopback)."""
+    if isinstance(stream, trio.SSLStream):
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 async def _close(stream: trio.abc.Stream, within: float) -> None:

@@ -16,6 +16,7 @@ from .._process import raise_file_limit
 from .._units import duration
 from .app import ChatServer, ServerConfig
 from .config import PRESENCE_MODES
+from .store import default_path
 
 log = logging.getLogger("trichat.server")
 
@@ -125,11 +126,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "reads nothing, before that client counts as stalled (%(default)gs)",
     )
     limits.add_argument(
+        "--max-sender-wait",
+        type=duration,
+        default=d.max_sender_wait,
+        help="the longest one read of a sender's waits, in all, for the "
+        "recipients it filled past half to drain; then it goes on, and one "
+        "that cannot keep up is dropped when its queue is full "
+        "(%(default)gs)",
+    )
+    limits.add_argument(
         "--presence-delay",
         type=duration,
         default=d.presence_delay,
         help="longest time logins and exits wait to be sent in one batch; less "
         "with few users online; 0: send each at once (%(default)gs)",
+    )
+    store = parser.add_argument_group("the store: accounts, offline messages, history")
+    store.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help="the store's SQLite file, made on first use; ':memory:' keeps "
+        f"nothing after the server stops (default: {default_path()})",
+    )
+    store.add_argument(
+        "--history",
+        type=int,
+        default=d.history,
+        help="messages kept per room, per '*' and per account's conversation; "
+        "0: none (%(default)s)",
+    )
+    store.add_argument(
+        "--offline-max",
+        type=int,
+        default=d.offline_max,
+        help="direct messages kept for an account while it is offline; beyond "
+        "that its senders get mailbox-full (%(default)s)",
+    )
+    store.add_argument(
+        "--allow-plain-passwords",
+        action="store_true",
+        help="take passwords over plain TCP from other addresses than "
+        "loopback (they are refused with tls-required otherwise)",
     )
     limits.add_argument(
         "--resume-window",
@@ -248,11 +286,16 @@ def _server_config(
         burst=args.burst,
         flood_grace=args.flood_grace,
         stall_timeout=args.stall_timeout,
+        max_sender_wait=args.max_sender_wait,
         presence_delay=args.presence_delay,
         max_refusing=args.max_refusing,
         shared_reader=args.shared_reader,
         max_rooms=args.max_rooms,
         resume_window=args.resume_window,
+        db=str(default_path()) if args.db is None else args.db,
+        history=args.history,
+        offline_max=args.offline_max,
+        allow_plain_passwords=args.allow_plain_passwords,
         presence=args.presence,
         ssl_context=context,
     )

@@ -63,6 +63,10 @@ class ServerConfig:
     users online they wait much less); 0: never."""
     stall_timeout: float = attrs.field(default=1.0, validator=_positive)
     """How long a sender waits for a congested recipient that reads nothing."""
+    max_sender_wait: float = attrs.field(default=0.25, validator=_not_negative)
+    """The longest a sender's reading pauses, in all, per read, for the
+    recipients it filled past half to drain; after that it goes on, and a
+    recipient that cannot keep up is dropped when its queue is full."""
     close_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long a closing connection may take to flush and say goodbye (and
     over TLS as long again to send its close_notify)."""
@@ -84,6 +88,17 @@ class ServerConfig:
     """``global``: every user is in ``*`` and hears of every login and exit
     (version 1's way); ``rooms``: users hear of each other only through the
     rooms they share, and there is no ``*`` (for large servers)."""
+    db: str | None = None
+    """The store's file (accounts, offline messages, history); ``:memory:``
+    for one that keeps nothing after the server stops; None: no store at
+    all (no accounts, nothing kept)."""
+    history: int = attrs.field(default=1000, validator=_not_negative)
+    """Messages kept per room, per ``*`` and per account's conversation
+    (0: none)."""
+    offline_max: int = attrs.field(default=1000, validator=_not_negative)
+    """Direct messages kept for one account while it is offline."""
+    allow_plain_passwords: bool = False
+    """Take passwords over plain TCP from addresses other than loopback."""
     resume_window: float = attrs.field(default=120.0, validator=_not_negative)
     """How long a protocol-2 session waits for a resume after its
     connection drops; 0: sessions end with their connections."""
@@ -96,7 +111,7 @@ class ServerConfig:
     def settings(self) -> tuple[tuple[str, str], ...]:
         """What ``hello`` tells a client about this server: its version and
         every limit a client must keep to, each as ``key=value`` (0: off or
-        no limit). History is not kept yet: 0."""
+        no limit). Without a store nothing is kept: ``history=0``."""
         return (
             ("server", f"trichat/{__version__}"),
             ("max-line", str(self.max_line)),
@@ -106,7 +121,8 @@ class ServerConfig:
             ("burst", str(self.burst)),
             ("ping", f"{self.ping_interval:g}"),
             ("rooms", str(self.max_rooms)),
-            ("history", "0"),
+            ("history", str(self.history if self.db is not None else 0)),
+            ("offline-max", str(self.offline_max if self.db is not None else 0)),
             ("resume", f"{self.resume_window:g}"),
             ("presence", self.presence),
             ("queue-size", str(self.queue_size)),

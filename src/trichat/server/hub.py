@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -53,6 +53,7 @@ __all__ = [
     "Hub",
     "Member",
     "NameTaken",
+    "OfflineKeeper",
     "Refusal",
     "Room",
     "RoomRefused",
@@ -88,6 +89,16 @@ class Refusal(Enum):
 
     NO_SUCH_USER = "no-such-user"
     NOT_IN_ROOM = "not-in-room"
+    MAILBOX_FULL = "mailbox-full"
+
+
+class OfflineKeeper(Protocol):
+    """Where direct messages to an account that is offline are kept until
+    it logs in (the store)."""
+
+    def is_account(self, key: str) -> bool: ...
+
+    def record_offline(self, accepted: Accepted, account_key: str) -> bool: ...
 
 
 class RoomRefused(Exception):
@@ -240,6 +251,9 @@ class Hub:
         self._rooms_exact: dict[str, Room] = {}
         self._observers: list[Observer] = []
         self._sessions: dict[bytes, Member] = {}
+        self.offline: OfflineKeeper | None = None
+        """Keeps direct messages to accounts that are offline (the store);
+        None: such a message is refused (``no-such-user``)."""
         self.next_id = time.time_ns() // 1000 if first_id is None else first_id
         """The id the next accepted message gets."""
         self._clock = clock
@@ -256,6 +270,10 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def member(self, key: str) -> Member | None:
+        """The online member (or waiting session) whose clash key is *key*."""
+        return self._members.get(key)
 
     def __contains__(self, name: object) -> bool:
         """Whether a user whose name clashes with *name* is online."""
@@ -312,7 +330,7 @@ class Hub:
             frames = [member.login_frame, member.session_frame]
         if self.global_presence:
             others = self._members.values()
-            if resumed:
+            if self._members.get(member.key) is member:  # taken back
                 frames.extend(o.login_frame for o in others if o is not member)
             else:  # not online yet
                 frames.extend([other.login_frame for other in others])
@@ -478,15 +496,21 @@ class Hub:
     # -- talk ------------------------------------------------------------------
 
     def route(
-        self, sender: Member, envelope: Envelope, congested: list[Drainable]
+        self,
+        sender: Member,
+        envelope: Envelope,
+        congested: list[Drainable],
+        crowded: list[Drainable] | None = None,
     ) -> Routed:
         """Deliver *envelope* from *sender* to its target.
 
         It takes as many of the texts as fit the room its recipients have
         (``Mailbox.room``), one at least, in one batch per recipient;
-        recipients whose mailboxes are now congested are added to
-        *congested*, and the sender should let them drain before it sends
-        more. A direct message to nobody online, or to a user too slow to
+        recipients whose mailboxes this sender made congested are added
+        to *congested*, and the sender should let them drain before it
+        sends more; those that were congested already, by others, go to
+        *crowded* (if given), which a sender waits on only briefly: it did
+        not fill them. A direct message to nobody online, or to a user too slow to
         take it (who is being dropped), is refused; so is a message to a
         room the sender is not in, or to ``*`` without global presence.
         Each text taken gets the next message id, in order.
@@ -496,18 +520,28 @@ class Hub:
             if not self.global_presence:
                 return Routed(len(envelope.texts), Refusal.NOT_IN_ROOM, to)
             recipients = [m for m in self._members.values() if m is not sender]
-            return self._deliver(sender, envelope, BROADCAST, recipients, congested)
+            return self._deliver(
+                sender, envelope, BROADCAST, recipients, congested, crowded
+            )
         if to[:1] == "#":  # is_room, inlined: the hot path
             room = self._rooms_exact.get(to) or self._rooms.get(name_key(to))
             if room is None or sender.key not in room.members:
                 return Routed(len(envelope.texts), Refusal.NOT_IN_ROOM, to)
             recipients = [m for m in room.members.values() if m is not sender]
-            return self._deliver(sender, envelope, room.name, recipients, congested)
+            return self._deliver(
+                sender, envelope, room.name, recipients, congested, crowded
+            )
         recipient = self._exact.get(to) or self._members.get(name_key(to))
         if recipient is None:
-            return Routed(len(envelope.texts), Refusal.NO_SUCH_USER, to)
+            return self._keep_offline(sender, envelope, congested)
         return self._deliver(
-            sender, envelope, recipient.name, [recipient], congested, direct=True
+            sender,
+            envelope,
+            recipient.name,
+            [recipient],
+            congested,
+            crowded,
+            direct=True,
         )
 
     def _deliver(
@@ -517,6 +551,7 @@ class Hub:
         to: str,
         recipients: list[Member],
         congested: list[Drainable],
+        crowded: list[Drainable] | None,
         *,
         direct: bool = False,
     ) -> Routed:
@@ -555,7 +590,11 @@ class Hub:
                     # Too slow, and being dropped: refused, not lost unsaid.
                     return Routed(count, Refusal.NO_SUCH_USER, envelope.to)
             elif member.mailbox.congested:
-                congested.append(member.mailbox)
+                mailbox = member.mailbox
+                if crowded is not None and mailbox.was_congested(len(block), count):
+                    crowded.append(mailbox)
+                else:
+                    congested.append(mailbox)
         if sender.echo and to != sender.name:
             if msg is None:
                 msg = message_block(first_id, self._time(), sender.name, to, texts)
@@ -569,6 +608,32 @@ class Hub:
             for observer in self._observers:
                 observer(accepted)
         return Routed(count)
+
+    def _keep_offline(
+        self, sender: Member, envelope: Envelope, congested: list[Drainable]
+    ) -> Routed:
+        """A direct message to nobody online: kept for the account it is
+        to, if it is one (its sender is told ``mailbox-full`` when the
+        account has as many as it may keep), refused otherwise."""
+        to = envelope.to
+        texts = envelope.texts
+        key = name_key(to)
+        offline = self.offline
+        if offline is None or not offline.is_account(key):
+            return Routed(len(texts), Refusal.NO_SUCH_USER, to)
+        first_id = self.next_id
+        self._time()
+        accepted = Accepted(sender.name, to, texts, first_id, self._stamp_ms)
+        # The keeper keeps it in history too: the observers (the store
+        # among them) are not told of it again.
+        if not offline.record_offline(accepted, key):
+            return Routed(len(texts), Refusal.MAILBOX_FULL, to)
+        self.next_id = first_id + len(texts)
+        if sender.echo:
+            msg = message_block(first_id, self._stamp, sender.name, to, texts)
+            if sender.send(msg, len(texts)) and sender.mailbox.congested:
+                congested.append(sender.mailbox)
+        return Routed(len(texts))
 
     def _time(self) -> bytes:
         """The time stamp of a message accepted now, as the wire writes it:

@@ -68,6 +68,7 @@ class Mailbox:
         "_answers",
         "_held",
         "_held_frames",
+        "_idle_since",
         "_inbox",
         "_kept",
         "_kept_frames",
@@ -126,6 +127,9 @@ class Mailbox:
         """Written after everything queued, whatever the limits: a closing
         error."""
         self._progress: trio.Event | None = None
+        # Since when a sender has seen it congested and its writer has made
+        # no progress (None: it has since).
+        self._idle_since: float | None = None
         self.answer_bytes = 0
         """Bytes of the server's own answers put with *force* and not
         written yet: they do not count against ``max_bytes``."""
@@ -134,9 +138,10 @@ class Mailbox:
     # -- for senders -----------------------------------------------------------
 
     def fits(self, size: int, frames: int) -> bool:
+        # counted_bytes, inlined: every frame put asks.
         return (
             self.queued_frames + frames <= self.max_frames
-            and self.counted_bytes + size <= self.max_bytes
+            and self.queued_bytes - self.answer_bytes + size <= self.max_bytes
         )
 
     @property
@@ -173,18 +178,23 @@ class Mailbox:
         if self.closed or not (force or self.fits(len(data), frames)):
             self.lost = True
             return False
+        if not force:
+            if self._held:
+                # Held presence goes first: a user sees events in order.
+                held, count = self._take_held()
+                data = held + data
+                frames += count
+            return self._send(data, frames)
         size = len(data)
         if self._held:
-            # Held presence goes first: a user sees events in order.
             held, count = self._take_held()
             data = held + data
             frames += count
         if not self._send(data, frames):
             return False
-        if force:
-            # Counted out until the batch that holds it is written.
-            self.answer_bytes += size
-            self._answers.append((self.next_seq - 1, size))
+        # Counted out until the batch that holds it is written.
+        self.answer_bytes += size
+        self._answers.append((self.next_seq - 1, size))
         return True
 
     def hold(self, frame: bytes) -> bool:
@@ -238,24 +248,39 @@ class Mailbox:
         self.queued_bytes += len(data)
         return True
 
+    def was_congested(self, size: int, frames: int) -> bool:
+        """Whether it was congested already before the last *frames* frames
+        (*size* bytes) were put: whoever put them did not fill it."""
+        return not self.stalled and (
+            (self.queued_frames - frames) * 2 > self.max_frames
+            or (self.counted_bytes - size) * 2 > self.max_bytes
+        )
+
     @property
     def congested(self) -> bool:
         return not self.stalled and (
             self.queued_frames * 2 > self.max_frames
-            or self.counted_bytes * 2 > self.max_bytes
+            or (self.queued_bytes - self.answer_bytes) * 2 > self.max_bytes
         )
 
     async def make_room(self, stall_timeout: float) -> None:
         """Wait until the mailbox is at most half full, as long as its writer
         keeps writing: after *stall_timeout* without progress, mark it
-        stalled and return."""
+        stalled and return. The time without progress adds up over every
+        wait, so waits cut short (a sender's ``max_sender_wait``) still
+        find a writer that makes none."""
         while self.congested:
+            now = trio.current_time()
+            if self._idle_since is None:
+                self._idle_since = now
+            left = self._idle_since + stall_timeout - now
+            if left <= 0:
+                self.stalled = True
+                return
             if self._progress is None:
                 self._progress = trio.Event()
-            with trio.move_on_after(stall_timeout) as waited:
+            with trio.move_on_after(left):
                 await self._progress.wait()
-            if waited.cancelled_caught:
-                self.stalled = True
 
     def close(self, final: bytes = b"") -> None:
         """Take no more frames; the writer writes what is queued, then *final*."""
@@ -376,6 +401,7 @@ class Mailbox:
 
     def _progressed(self) -> None:
         self.stalled = False
+        self._idle_since = None
         if self._progress is not None:
             self._progress.set()
             self._progress = None

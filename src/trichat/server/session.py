@@ -24,6 +24,9 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from itertools import count
+from typing import cast
+
+import trio
 
 from ..protocol._codec import (
     ProtocolError,
@@ -44,13 +47,16 @@ from ..protocol.messages import (
     Frame,
     Hello,
     History,
+    HistoryEnd,
     Join,
     ListRooms,
     Login,
     Part,
+    PasswordChanged,
     Ping,
     Pong,
     Register,
+    Registered,
     Resume,
     Resumed,
     RoomInfo,
@@ -58,10 +64,15 @@ from ..protocol.messages import (
     SessionInfo,
     Talk,
     Welcome,
+    format_epoch_ms,
+    is_room,
+    name_key,
 )
 from .config import ServerConfig
 from .hub import Envelope, Hub, Member, NameTaken, RoomRefused
 from .mailbox import Drainable, Mailbox
+from .passwords import LoginThrottle
+from .store import AccountExists, Direction, NoSuchAccount, Store, StoredMessage
 
 __all__ = ["Session", "SessionEnded", "TokenBucket"]
 
@@ -93,7 +104,11 @@ class TokenBucket:
 
     def take_up_to(self, count: int, now: float) -> int:
         """Take up to *count* frames' worth; returns how many were allowed."""
-        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            # A forgiven wait may have left it above the burst: that is
+            # spent first, and time refills no further than the burst.
+            tokens = max(self.burst, self.tokens)
         self.stamp = now
         allowed = min(count, int(tokens))
         self.tokens = tokens - allowed
@@ -102,6 +117,14 @@ class TokenBucket:
     def give_back(self, count: int) -> None:
         """Return *count* frames' worth taken but not used."""
         self.tokens = min(self.burst, self.tokens + count)
+
+    def forgive(self, seconds: float) -> None:
+        """The client's frames waited *seconds* unread because of the server
+        (it let recipients drain): the frames that piled up meanwhile are
+        not a burst of the client's making. Allows that many seconds' worth
+        more, beyond the burst if need be, but never more than a burst's
+        worth beyond it."""
+        self.tokens = min(2 * self.burst, self.tokens + seconds * self.rate)
 
 
 class Read:
@@ -135,23 +158,30 @@ class Session:
         "bucket",
         "config",
         "congested",
+        "crowded",
         "deadline_moved",
         "echo",
         "flood_since",
         "hub",
+        "ip",
         "kick",
         "last_heard",
         "last_refused",
         "login_deadline",
         "mailbox",
         "member",
+        "now",
         "pending",
         "ping_deadline",
         "ping_token",
+        "private",
         "read",
         "replaced",
         "stopped",
+        "store",
+        "throttle",
         "version",
+        "wait_left",
     )
 
     def __init__(
@@ -163,6 +193,11 @@ class Session:
         address: str,
         now: float,
         replaced: Callable[[], None] = lambda: None,
+        *,
+        store: Store | None = None,
+        throttle: LoginThrottle | None = None,
+        private: bool = False,
+        ip: str = "",
     ) -> None:
         self.config = config
         self.hub = hub
@@ -171,6 +206,14 @@ class Session:
         """Drop the client at once (too slow, say), giving the reason."""
         self.replaced = replaced
         """Let go of the session, which another connection took over."""
+        self.store = store
+        """Accounts, offline messages and history; None: nothing is kept."""
+        self.throttle = throttle or LoginThrottle()
+        self.private = private
+        """Passwords may be sent: the connection is encrypted, or local."""
+        self.ip = ip or address
+        self.now = now
+        """The time of the step under way."""
         self.address = address
         self._lines = LineBuffer(config.max_line)
         self._too_long: ProtocolError | None = None
@@ -200,6 +243,13 @@ class Session:
         finishes what its frame asked (answers included), in order."""
         self.stopped = False
         """Kicked or closing: handle no more frames."""
+        self.crowded: list[Drainable] = []
+        """Mailboxes others had filled past half, that this session's
+        messages went to: it waits for them too, but only briefly."""
+        self.wait_left = config.max_sender_wait
+        """How much longer the current read may wait for ``crowded``
+        recipients; once spent, its lines are handled without waiting for
+        them."""
         self.version: int | None = None
         """The protocol version agreed in ``hello``; None: no ``hello`` (yet),
         which is version 1."""
@@ -219,6 +269,7 @@ class Session:
             self.ping_token = None
             self.deadline_moved = True
         self.read = self._take_lines(data)
+        self.wait_left = self.config.max_sender_wait
 
     def _take_lines(self, data: bytes) -> Read:
         if self._too_long is not None:
@@ -241,12 +292,25 @@ class Session:
         line too long ends the session)."""
         read = self.read
         assert read is not None
+        self.now = now
         handled = 0
         lines = read.lines
         while read.next < len(lines):
-            if handled >= most or self.stopped or self.congested or self.pending:
+            if self.crowded and self.wait_left <= 0:
+                # This read waited its share for queues others filled: no
+                # sender is held up for long by what others sent.
+                self.crowded.clear()
+            if (
+                handled >= most
+                or self.stopped
+                or self.congested
+                or self.crowded
+                or self.pending
+            ):
                 return handled
             handled += self._handle_lines(read, most - handled, now)
+        if self.wait_left <= 0:
+            self.crowded.clear()
         self.read = None
         if read.too_long is not None:
             raise SessionEnded(read.too_long.code.value, read.too_long.reply)
@@ -304,8 +368,13 @@ class Session:
         sender of each one refused; returns how many the hub took (the rest
         wait for congested recipients to drain)."""
         routed = self.hub.route(
-            sender, Envelope(sender.name, to, texts), self.congested
+            sender, Envelope(sender.name, to, texts), self.congested, self.crowded
         )
+        store = self.store
+        if store is not None and store.congested:
+            # The store's writer is behind: senders wait for it as for a
+            # recipient, so what waits for the disk stays bounded.
+            self.congested.append(store)
         if routed.refused is not None:
             refusal = Error(ErrorCode(routed.refused.value), routed.recipient)
             for _ in range(routed.taken):
@@ -323,6 +392,10 @@ class Session:
         # leaving is always allowed.
         if self.bucket is None or type(event) is Exit or self._within_rate(now):
             if isinstance(event, ProtocolError):
+                if event.code is ErrorCode.NOT_IN_ROOM and self.config.global_presence:
+                    # part|*: everyone is in *, and nobody leaves it (under
+                    # --presence rooms nobody is in it: not-in-room).
+                    event = ProtocolError(ErrorCode.BAD_NAME, "* cannot be parted")
                 self.reply(event.reply)
             else:
                 self.handle(event)
@@ -334,22 +407,27 @@ class Session:
                 assert self.member is not None
                 self._route(self.member, to, [text.encode()])
             case Login(name=name, password=None):
-                self._log_in(name)
-            case Login(name=name):
-                # No accounts are kept yet: nobody can log in with one.
-                self.reply(
-                    Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account")
-                )
+                if self.store is not None and self.store.is_account(name_key(name)):
+                    self.reply(
+                        Error(
+                            ErrorCode.ACCOUNT_REQUIRED,
+                            f"{name} is an account: log in with its password",
+                        )
+                    )
+                else:
+                    self._log_in(name)
+            case Login(name=name, password=str(password)):
+                self._log_in_to_account(name, password)
             case Resume(session=secret, last_id=last_id):
                 if self._needs_hello("resume"):
                     self._resume(secret, last_id)
-            case History(target=target):
+            case History():
                 if self._needs_hello("history"):
-                    self.reply(
-                        Error(ErrorCode.NO_HISTORY, f"nothing is kept for {target}")
-                    )
-            case Register() | ChangePassword():
-                self.reply(Error(ErrorCode.BAD_FRAME, "this server keeps no accounts"))
+                    self._history(message)
+            case Register(password=password):
+                self._register(password)
+            case ChangePassword(password=password):
+                self._change_password(password)
             case Hello():
                 self._hello(message)
             case Join(room=room):
@@ -370,6 +448,190 @@ class Session:
     @property
     def name(self) -> str | None:
         return None if self.member is None else self.member.name
+
+    # -- accounts, offline messages, history (the store) ------------------------
+
+    def _may_send_passwords(self) -> bool:
+        """True if a password may come over this connection; else tell the
+        client why not."""
+        if self.private or self.config.allow_plain_passwords:
+            return True
+        self.reply(
+            Error(
+                ErrorCode.TLS_REQUIRED,
+                "passwords go over TLS only (or from this machine)",
+            )
+        )
+        return False
+
+    def _log_in_to_account(self, name: str, password: str) -> None:
+        """``login|NAME|PASSWORD``: check the password in a worker thread,
+        then log in, taking over the session of whoever holds the name (the
+        same account, elsewhere), and deliver what was kept meanwhile."""
+        store = self.store
+        key = name_key(name)
+        if store is None or not store.is_account(key):
+            self.reply(Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account"))
+            return
+        if not self._may_send_passwords():
+            return
+        throttle, ip = self.throttle, self.ip
+        if not throttle.allowed(key, ip, self.now):
+            self.reply(
+                Error(
+                    ErrorCode.RATE_LIMITED,
+                    "too many failed logins; try again in a minute",
+                )
+            )
+            return
+
+        async def log_in() -> None:
+            right = await store.verify(name, password)
+            if not right:
+                throttle.failed(key, ip, trio.current_time())
+                self.reply(
+                    Error(ErrorCode.WRONG_PASSWORD, f"wrong password for {name}")
+                )
+                return
+            throttle.succeeded(key, ip, trio.current_time())
+            account = await store.account(key)
+            kept = await store.offline(key)
+            if self.member is not None or self.stopped:
+                return
+            holder = self.hub.member(key)
+            if holder is not None:
+                self._take_over(holder)
+            else:
+                self._log_in(account.name if account is not None else name)
+            # Logged in (unless a guest took the name meanwhile): the
+            # messages kept for it come right after the lists.
+            member = self.hub.member(key)
+            if member is not None and member.mailbox is self.mailbox and kept:
+                self._deliver_kept(member, kept)
+                store.offline_delivered(key, kept[-1].id)
+
+        self.pending = log_in
+
+    def _take_over(self, member: Member) -> None:
+        """Take *member*'s session from the connection (or the wait for a
+        resume) that holds it: the account logged in again elsewhere.
+        Nobody else sees it leave or come back."""
+        member.replace()
+        member.mailbox = self.mailbox
+        member.kick = self.kick
+        member.replace = self.replaced
+        member.version = self.version or 1
+        member.echo = self.echo
+        self._logged_in(member)
+        self._answer(self.hub.snapshot(member), force=True)
+        log.info("login %s %s (took the session over)", self.address, member.name)
+
+    def _deliver_kept(self, member: Member, kept: list[StoredMessage]) -> None:
+        """The direct messages kept while *member*'s account was offline,
+        in order, with their ids and times, as one piece."""
+        frames = []
+        for message in kept:
+            text = message.text
+            if member.version >= 2:
+                stamp = format_epoch_ms(message.time_ms)
+                frames.append(
+                    f"msg|{message.id}|{stamp}|{message.sender}|{member.name}|{text}\n"
+                )
+            else:
+                frames.append(f"talk|{message.sender}|{member.name}|{text}\n")
+        self._answer("".join(frames).encode(), force=True)
+
+    def _register(self, password: str) -> None:
+        """``register|PASSWORD``: make the guest name an account."""
+        store, member = self.store, self.member
+        assert member is not None
+        if store is None:
+            self.reply(Error(ErrorCode.BAD_FRAME, "this server keeps no accounts"))
+            return
+        if store.is_account(member.key):
+            self.reply(
+                Error(ErrorCode.ALREADY_REGISTERED, f"{member.name} is an account")
+            )
+            return
+        if not self._may_send_passwords():
+            return
+
+        async def register() -> None:
+            try:
+                await store.register(member.name, password)
+            except AccountExists:
+                self.reply(
+                    Error(ErrorCode.ALREADY_REGISTERED, f"{member.name} is an account")
+                )
+                return
+            self.reply(Registered(member.name))
+            log.info("register %s %s", self.address, member.name)
+
+        self.pending = register
+
+    def _change_password(self, password: str) -> None:
+        """``password|PASSWORD``: a new password for one's account."""
+        store, member = self.store, self.member
+        assert member is not None
+        if store is None or not store.is_account(member.key):
+            self.reply(
+                Error(ErrorCode.NO_SUCH_ACCOUNT, f"{member.name} is not an account")
+            )
+            return
+        if not self._may_send_passwords():
+            return
+
+        async def change() -> None:
+            try:
+                await store.set_password(member.name, password)
+            except NoSuchAccount:
+                self.reply(
+                    Error(ErrorCode.NO_SUCH_ACCOUNT, f"{member.name} is not an account")
+                )
+                return
+            self.reply(PasswordChanged(member.name))
+
+        self.pending = change
+
+    def _history(self, request: History) -> None:
+        """``history|TARGET|...``: the stored messages asked for, oldest
+        first, then ``history|TARGET|COUNT``, as one answer."""
+        store, member = self.store, self.member
+        assert member is not None
+        target = request.target
+        if store is None or not store.history_size:
+            self.reply(Error(ErrorCode.NO_HISTORY, "this server keeps no history"))
+            return
+        if target == "*":
+            if not self.config.global_presence:
+                self.reply(Error(ErrorCode.NOT_IN_ROOM, target))
+                return
+        elif is_room(target):
+            if name_key(target) not in member.rooms:
+                self.reply(Error(ErrorCode.NOT_IN_ROOM, target))
+                return
+        elif not store.is_account(member.key):
+            self.reply(
+                Error(ErrorCode.NO_HISTORY, "a guest's direct messages are not kept")
+            )
+            return
+
+        async def answer() -> None:
+            found = await store.history(
+                target,
+                cast(Direction, request.direction),  # checked when decoded
+                request.anchor,
+                request.count,
+                account_key=member.key,
+            )
+            frames = [
+                f"hist|{m.id}|{format_epoch_ms(m.time_ms)}|{m.sender}|{m.to}|{m.text}\n"
+                for m in found
+            ]
+            data = "".join(frames).encode() + encode(HistoryEnd(target, len(found)))
+            self._answer(data, force=True)
+
+        self.pending = answer
 
     def _needs_hello(self, what: str) -> bool:
         """True on a protocol-2 connection; else tell the client that
@@ -576,8 +838,14 @@ class Session:
             self.ping_deadline = now + config.ping_timeout
             self.reply(Ping(self.ping_token))
 
-    def drained(self, now: float) -> None:
-        """The caller waited for congested recipients: that wait was the
-        server's doing, and says nothing against the client's liveness."""
+    def drained(self, now: float, waited: float, crowded: float = 0.0) -> None:
+        """The caller waited *waited* seconds for congested recipients, of
+        which *crowded* for crowded ones: that wait was the server's doing,
+        and says nothing against the client's liveness, nor counts against
+        its rate; the crowded part comes off what the current read may
+        still wait for crowded recipients."""
+        self.wait_left -= crowded
+        if self.bucket is not None:
+            self.bucket.forgive(waited)
         if self.member is not None:
             self.last_heard = now

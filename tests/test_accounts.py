@@ -1,0 +1,248 @@
+"""Accounts, offline delivery and history through the server (protocol.md,
+section 6), black-box over TCP, with the store in a temporary file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers import (
+    LineClient,
+    LiveServer,
+    Msg,
+    expect_error_frame,
+    expect_quiet,
+    say_hello,
+)
+
+from trichat.server.app import ChatServer
+from trichat.server.config import ServerConfig
+from trichat.server.passwords import Hasher
+
+pytestmark = pytest.mark.trio
+
+# Argon2id at its cheapest: what is tested here is the server, not the hash.
+CHEAP = Hasher(memory_kib=8, time_cost=1, parallelism=1)
+PASSWORD = "correct horse"
+
+
+@asynccontextmanager
+async def store_server(db: Path, **config: Any) -> AsyncIterator[LiveServer]:
+    """A server with its store in *db*, sessions off (a drop is an exit)."""
+    config.setdefault("resume_window", 0)
+    server = ChatServer(ServerConfig(port=0, db=str(db), **config), hasher=CHEAP)
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(server.serve)
+        live = LiveServer(server, port)
+        try:
+            yield live
+        finally:
+            for client in live.clients:
+                await trio.aclose_forcefully(client.stream)
+            server.shutdown()
+
+
+async def v2(live: LiveServer) -> LineClient:
+    client = await live.connect()
+    await say_hello(client)
+    return client
+
+
+async def registered(live: LiveServer, name: str) -> LineClient:
+    """*name* logged in and registered, on protocol 2."""
+    client = await v2(live)
+    await client.login(name)
+    await client.send(f"register|{PASSWORD}")
+    await client.expect(f"registered|{name}")
+    return client
+
+
+async def test_register_then_the_name_needs_its_password(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        await alice.send("exit")
+        guest = await v2(live)
+        await guest.send("login|alice")
+        await expect_error_frame(guest, "account-required")
+        await guest.send("login|ALICE|wrong password")
+        await expect_error_frame(guest, "wrong-password")
+        await guest.send(f"login|ALICE|{PASSWORD}")
+        # Shown as registered.
+        await guest.expect("login|alice")
+
+
+async def test_account_errors(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        await alice.send(f"register|{PASSWORD}")
+        await expect_error_frame(alice, "already-registered")
+        await alice.send("register|short")
+        await expect_error_frame(alice, "bad-password")
+        bob = await v2(live)
+        await bob.send(f"login|bob|{PASSWORD}")
+        await expect_error_frame(bob, "no-such-account")
+        await bob.login("bob")
+        await bob.read_line()  # login|alice
+        await bob.send("password|a new password")
+        await expect_error_frame(bob, "no-such-account")
+        await alice.read_line()  # login|bob
+        await alice.send("password|a new password")
+        await alice.expect("password|alice")
+        await expect_quiet(alice, bob)
+
+
+async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        await alice.send("exit")
+        guesser = await v2(live)
+        for _ in range(3):
+            await guesser.send("login|alice|a guess, wrong")
+            await expect_error_frame(guesser, "wrong-password")
+        # Even the right password is refused now, for a while.
+        await guesser.send(f"login|alice|{PASSWORD}")
+        await expect_error_frame(guesser, "rate-limited")
+
+
+async def test_passwords_need_tls_away_from_loopback(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        await registered(live, "alice")
+        # A connection from elsewhere, in memory: not encrypted, not local.
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.server.serve_connection, theirs, "192.0.2.7")
+            remote = LineClient(ours)
+            await remote.send(f"login|alice|{PASSWORD}")
+            await expect_error_frame(remote, "tls-required")
+            await trio.aclose_forcefully(ours)
+
+
+async def test_a_login_elsewhere_takes_the_session_over(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        await alice.send("join|#x")
+        await alice.expect("join|#x|alice")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        phone = await v2(live)
+        await phone.send(f"login|alice|{PASSWORD}")
+        await phone.expect("login|alice", "login|bob", "join|#x|alice")
+        assert await alice.read_until_closed() == [
+            "error|replaced|another connection took this session over"
+        ]
+        await expect_quiet(bob, phone)  # no exit, no login for bob
+
+
+async def test_a_message_to_an_offline_account_waits_for_its_login(
+    tmp_path: Path,
+) -> None:
+    async with store_server(tmp_path / "t.db", offline_max=2) as live:
+        alice = await registered(live, "alice")
+        await alice.send("exit")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.send("talk|alice|one")
+        await bob.send("talk|Alice|two")
+        await bob.send("talk|alice|three")
+        await expect_error_frame(bob, "mailbox-full", "alice")
+        await bob.send("talk|carol|nobody")
+        await expect_error_frame(bob, "no-such-user", "carol")
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice", "login|bob")
+        kept = [Msg.parse(line) for line in await back.read_lines(2)]
+        assert [(m.sender, m.to, m.text) for m in kept] == [
+            ("bob", "alice", "one"),
+            ("bob", "alice", "two"),
+        ]
+        assert kept[0].id < kept[1].id
+        await expect_quiet(back)
+        # Delivered once: not again at the next login.
+        await back.send("exit")
+        again = await v2(live)
+        await again.send(f"login|alice|{PASSWORD}")
+        await again.expect("login|alice", "login|bob")
+        await expect_quiet(again)
+
+
+async def test_history_of_a_room_of_everyone_and_of_a_conversation(
+    tmp_path: Path,
+) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.read_line()
+        await alice.read_line()
+        for who in (alice, bob):
+            await who.send("join|#x")
+        await alice.read_lines(2)
+        await bob.read_lines(2)
+        for n in range(5):
+            await bob.send(f"talk|#x|{n}")
+        await bob.send("talk|*|to all")
+        await bob.send("talk|alice|to you")
+        await alice.read_lines(7)
+        await alice.send("history|#X|latest|2")
+        hist = await alice.read_lines(2)
+        assert [line.rsplit("|", 1)[1] for line in hist] == ["3", "4"]
+        await alice.expect("history|#X|2")
+        first = int(hist[0].split("|")[1])
+        await alice.send(f"history|#x|before|{first}|10")
+        older = await alice.read_lines(3)
+        assert [line.rsplit("|", 1)[1] for line in older] == ["0", "1", "2"]
+        await alice.expect("history|#x|3")
+        await alice.send("history|*|latest|5")
+        await alice.read_line()
+        await alice.expect("history|*|1")
+        await alice.send("history|bob|latest|5")
+        line = await alice.read_line()
+        assert line.startswith("hist|")
+        assert line.endswith("|bob|alice|to you")
+        await alice.expect("history|bob|1")
+        # The rules: a guest has no conversations kept; rooms one is in.
+        await bob.send("history|alice|latest|5")
+        await expect_error_frame(bob, "no-history")
+        await bob.send("history|#y|latest|5")
+        await expect_error_frame(bob, "not-in-room")
+        await bob.send("history|#x|latest|501")
+        await expect_error_frame(bob, "bad-frame")
+
+
+async def test_history_needs_a_store_that_keeps_it(tmp_path: Path) -> None:
+    async with store_server(tmp_path / "t.db", history=0) as live:
+        alice = await v2(live)
+        await alice.login("alice")
+        await alice.send("history|*|latest|5")
+        await expect_error_frame(alice, "no-history")
+
+
+async def test_accounts_history_and_ids_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    async with store_server(db) as live:
+        alice = await registered(live, "alice")
+        await alice.send("talk|*|before the restart")
+        await alice.send("ping|sync")
+        await alice.expect("pong|sync")
+    async with store_server(db) as live:
+        alice = await v2(live)
+        await alice.send("login|alice")
+        await expect_error_frame(alice, "account-required")
+        await alice.send(f"login|alice|{PASSWORD}")
+        await alice.expect("login|alice")
+        await alice.send("history|*|latest|1")
+        old = Msg.parse("msg" + (await alice.read_line())[4:])
+        assert old.text == "before the restart"
+        await alice.expect("history|*|1")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.expect("login|alice")
+        await alice.expect("login|bob")
+        await alice.send("talk|bob|after")
+        assert Msg.parse(await bob.read_line()).id > old.id

@@ -1,0 +1,144 @@
+"""Attacks on the whole server, in miniature (issue "Hardening 2"): each test
+reproduces one, bounded in time, and checks what an honest user sees."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+from helpers import LineClient, LiveServer, running_server
+
+from trichat.server.config import ServerConfig
+from trichat.server.hub import Hub, Member
+from trichat.server.mailbox import Mailbox
+from trichat.server.session import Session
+
+BIG = "x" * 1000
+
+
+async def small_buffered(live: LiveServer, rcvbuf: int) -> LineClient:
+    """A client whose socket has a receive buffer of *rcvbuf* bytes (the
+    kernel rounds it up to its minimum); closed with the server."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await sock.connect(("127.0.0.1", live.port))
+    except BaseException:
+        sock.close()
+        raise
+    client = LineClient(trio.SocketStream(sock))
+    live.clients.append(client)
+    return client
+
+
+class Crowd:
+    """A hub with a slow user (its mailbox has no writer), bob, and alice
+    logged in through a real Session; every mailbox drained."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.hub = Hub()
+        self.kicked: list[str] = []
+        self.slow = Mailbox(config.queue_size, config.queue_bytes)
+        self.hub.join(Member("slow", self.slow, self.kicked.append))
+        self.bob = Mailbox(config.queue_size, config.queue_bytes)
+        self.hub.join(Member("bob", self.bob, self.kicked.append))
+        self.mine = Mailbox(config.queue_size, config.queue_bytes)
+        self.alice = Session(config, self.hub, self.mine, self.kicked.append, "", 0.0)
+        self.alice.received(b"login|alice\n", 0.0)
+        self.alice.handle_ready(64, 0.0)
+        for mailbox in (self.slow, self.bob, self.mine):
+            mailbox.drain()
+
+
+def test_a_read_waits_only_briefly_for_queues_others_filled() -> None:
+    # The attack, in miniature: someone else filled slow's queue past half
+    # (slow reads, but slowly). Before, alice's one message to everyone
+    # paused her reading until slow drained, for as long as it kept making
+    # progress (12-21 s with 20 such readers), and her talk to bob waited
+    # behind it. Now a read waits at most max_sender_wait in all for
+    # queues it did not fill, then goes on.
+    config = ServerConfig(rate=0, max_sender_wait=0.25, queue_size=8)
+    crowd = Crowd(config)
+    for n in range(5):
+        assert crowd.slow.put(b"filler %d\n" % n)  # from someone else
+    alice = crowd.alice
+    alice.received(b"talk|*|hello\ntalk|slow|more\ntalk|bob|one\ntalk|bob|two\n", 1.0)
+    alice.handle_ready(64, 1.0)
+    assert alice.crowded == [crowd.slow]  # stopped: the caller waits...
+    assert alice.congested == []  # ... but alice did not fill it
+    alice.crowded.clear()  # the caller waited for it, in vain
+    alice.drained(1.25, 0.25, 0.25)
+    # Its share spent, the read goes on, slow's queue or not.
+    alice.handle_ready(64, 1.25)
+    assert alice.read is None
+    assert alice.crowded == []
+    assert crowd.slow.drain().endswith(b"talk|alice|*|hello\ntalk|alice|slow|more\n")
+    assert crowd.bob.drain() == (
+        b"talk|alice|*|hello\ntalk|alice|bob|one\ntalk|alice|bob|two\n"
+    )
+    assert crowd.kicked == []
+    # The next read may wait its share again.
+    alice.received(b"talk|bob|again\n", 2.0)
+    assert alice.wait_left == config.max_sender_wait
+
+
+def test_a_sender_waits_for_the_queues_it_fills_itself() -> None:
+    # A burst from alice to a reader that keeps reading must not get it
+    # dropped (protocol.md): the one who bursts waits, as long as the
+    # reader makes progress.
+    config = ServerConfig(rate=0, max_sender_wait=0.25, queue_size=8)
+    crowd = Crowd(config)
+    alice = crowd.alice
+    alice.received(b"".join(b"talk|slow|%d\n" % n for n in range(20)), 1.0)
+    alice.handle_ready(64, 1.0)
+    assert alice.congested == [crowd.slow]
+    assert alice.crowded == []
+    alice.drained(5.0, 4.0)  # however long it took
+    # Not given up on: handling waits for it still.
+    assert alice.handle_ready(64, 5.0) == 0
+    assert alice.congested == [crowd.slow]
+    assert crowd.kicked == []
+
+
+def test_lines_that_waited_for_the_server_are_not_a_burst() -> None:
+    # While the server let recipients drain, the sender's lines piled up
+    # unread; handled at once, they are not a burst of the sender's making
+    # and are not charged as one (up to twice the burst).
+    config = ServerConfig(rate=10, burst=10)
+    hub = Hub()
+    hub.join(Member("bob", Mailbox(1000, 1 << 20), lambda _: None))
+    mailbox = Mailbox(1000, 1 << 20)
+    alice = Session(config, hub, mailbox, lambda _: None, "test", 0.0)
+    alice.received(b"login|alice\n", 0.0)
+    alice.handle_ready(64, 0.0)
+    mailbox.drain()
+    # 20 lines within the rate (two seconds' worth) that the server did not
+    # read for the 2 s it waited.
+    alice.drained(2.0, 2.0)
+    alice.received(b"".join(b"talk|bob|%d\n" % n for n in range(20)), 2.0)
+    alice.handle_ready(64, 2.0)
+    assert mailbox.drain() == b""  # no rate-limited
+    # A burst of its own making is still one.
+    alice.received(b"".join(b"talk|bob|%d\n" % n for n in range(20)), 2.0)
+    alice.handle_ready(64, 2.0)
+    assert mailbox.drain().count(b"error|rate-limited|") == 20
+
+
+@pytest.mark.trio
+async def test_a_congested_reader_that_reads_nothing_is_not_waited_for_again() -> None:
+    # The time without progress adds up over every sender's waits: a reader
+    # that reads nothing counts as stalled after stall_timeout in all, even
+    # though each read waits at most max_sender_wait.
+    config = {"rate": 0, "queue_size": 8, "stall_timeout": 0.5, "max_sender_wait": 0.1}
+    async with running_server(**config) as live:
+        alice = await live.login("alice")
+        mute = await small_buffered(live, 1)
+        await mute.send("login|mute")  # and never reads
+        assert await alice.read_line() == "login|mute"
+        with trio.fail_after(10):
+            replies: list[str] = []
+            while not replies:
+                await alice.send(f"talk|mute|{BIG * 3}")
+                replies = await alice.pong_after("sent")
+        assert replies[0] == "error|no-such-user|mute"
