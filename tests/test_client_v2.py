@@ -298,8 +298,6 @@ async def test_frames_of_kinds_this_client_does_not_know_are_skipped() -> None:
     client, server = await logged_in("alice")
     await server.send(
         "session|q3V8mJx0r6c2kPZ9wYtL1A|120",
-        f"hist|1039|{TIME}|bob|#lunch|hungry?",
-        "history|#lunch|1",
         f"msg|1041|{TIME}|bob|#lunch|pizza?",
         "resumed|alice|0",
         "typing|#lunch|bob",

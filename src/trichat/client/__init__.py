@@ -2,7 +2,8 @@
 terminal front end of ``trichat connect`` (``terminal``).
 
 The events a client yields are the protocol's frames (``trichat.Message``,
-``trichat.Joined``...), but for ``RoomList``, which is the client's own.
+``trichat.Joined``...), but for ``RoomList`` and ``HistoryPage``, which are
+the client's own.
 """
 
 from .library import (
@@ -12,6 +13,7 @@ from .library import (
     Client,
     ConnectionLost,
     Event,
+    HistoryPage,
     LoginRefused,
     RoomList,
     connect,
@@ -25,6 +27,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "Event",
+    "HistoryPage",
     "LoginRefused",
     "RoomList",
     "connect",

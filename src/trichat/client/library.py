@@ -21,6 +21,7 @@ Nothing here writes to a terminal.
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Final, cast
@@ -42,12 +43,16 @@ from ..protocol.messages import (
     MAX_NAME,
     MAX_TEXT,
     PROTOCOL_VERSION,
+    ChangePassword,
     ClientMessage,
     Delivery,
     Error,
     ErrorCode,
     Exit,
     Hello,
+    Hist,
+    History,
+    HistoryEnd,
     Join,
     Joined,
     ListRooms,
@@ -55,12 +60,16 @@ from ..protocol.messages import (
     Message,
     Part,
     Parted,
+    PasswordChanged,
     Ping,
     Pong,
+    Register,
+    Registered,
     RoomInfo,
     RoomsListed,
     ServerMessage,
     Talk,
+    UnknownErrorCode,
     Welcome,
     check_text,
     is_room,
@@ -74,6 +83,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "Event",
+    "HistoryPage",
     "LoginRefused",
     "RoomList",
     "connect",
@@ -130,12 +140,74 @@ class RoomList:
         return 0
 
 
+@attrs.frozen
+class HistoryPage:
+    """The server's answer to ``Client.history``: stored messages of
+    ``target`` (a room, ``*``, or the conversation with a user), oldest
+    first, each a ``Hist`` (``id``, ``time``, ``sender``, ``to``, ``text``).
+
+    On the wire the answer is one ``hist|ID|TIME|FROM|TO|TEXT`` frame per
+    message and ``history|TARGET|COUNT`` at the end; the client yields it
+    as this one event, when the end has arrived. ``target`` is as the
+    request wrote it; ``direction`` (``latest``, ``before``, ``after``) and
+    ``asked`` (how many at most) are the request's (``asked`` is 0 for an
+    answer to no request this client sent).
+
+    Fewer messages than asked means there are no more that way: nothing
+    older for ``latest`` and ``before``, nothing newer (yet) for
+    ``after``; ``complete`` says so. Iterating a page goes through its
+    messages, and ``len`` counts them.
+    """
+
+    target: str
+    messages: tuple[Hist, ...] = ()
+    asked: int = 0
+    direction: str = "latest"
+
+    def __iter__(self) -> Iterator[Hist]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @property
+    def complete(self) -> bool:
+        """True when the server has no more messages in this direction:
+        it sent fewer than were asked for."""
+        return len(self.messages) < self.asked
+
+    @property
+    def oldest(self) -> int | None:
+        """The id of the first (oldest) message, None on an empty page:
+        ``history(target, n, before=page.oldest)`` reads further back."""
+        return self.messages[0].id if self.messages else None
+
+    @property
+    def newest(self) -> int | None:
+        """The id of the last (newest) message, None on an empty page:
+        ``history(target, n, after=page.newest)`` reads on."""
+        return self.messages[-1].id if self.messages else None
+
+
 Event = (
-    Login | Delivery | Message | Joined | Parted | RoomList | Exit | Error | Ping | Pong
+    Login
+    | Delivery
+    | Message
+    | Joined
+    | Parted
+    | RoomList
+    | HistoryPage
+    | Registered
+    | PasswordChanged
+    | Exit
+    | Error
+    | Ping
+    | Pong
 )
 """What iterating a ``Client`` yields: every frame the server sends but the
 answer to ``hello`` (which ``Client.login`` reads) and the frames of a
-``rooms`` answer (yielded together, as one ``RoomList``)."""
+``rooms`` answer (yielded together, as one ``RoomList``) and of a ``history``
+answer (as one ``HistoryPage``)."""
 
 
 @attrs.frozen
@@ -274,6 +346,11 @@ class Client(trio.abc.AsyncResource):
         self._rooms: dict[str, _Room] = {}
         # The rooms of a rooms answer read so far; None outside one.
         self._listing: list[RoomInfo] | None = None
+        # The messages of a history answer read so far, and the history
+        # requests sent and not answered yet (the server answers in
+        # order): (target's clash key, direction, count).
+        self._paging: list[Hist] = []
+        self._history_asked: deque[tuple[str, str, int]] = deque()
         self._send_lock = trio.Lock()
         self._send_broken = False
         self._receiving = False
@@ -292,8 +369,17 @@ class Client(trio.abc.AsyncResource):
         version: int = PROTOCOL_VERSION,
         echo: bool = True,
         after: LoginRefused | None = None,
+        password: str | None = None,
     ) -> Client:
         """Log in as *name* over *stream* and wait for the acknowledgement.
+
+        With *password* the client logs in to the account *name*
+        (``login|NAME|PASSWORD``); without, as a guest, which the server
+        refuses for an account's name (``account-required``). Refusals of
+        a password (``no-such-account``, ``wrong-password``,
+        ``rate-limited``, ``tls-required``) are LoginRefused like any other,
+        and keep the connection open. A password that no account can have
+        (under 8 characters, say) is a ValueError, and nothing is sent.
 
         With *version* 2 (the default) the client first says
         ``hello|2|echo`` (``hello|2`` without *echo*) and reads the
@@ -312,7 +398,7 @@ class Client(trio.abc.AsyncResource):
         again, with *after* the LoginRefused of the last try (see there).
         On success the client owns *stream*.
         """
-        request = Login(name)
+        request = _login_request(name, password)
         if not 1 <= version <= PROTOCOL_VERSION:
             raise ValueError(f"this client speaks protocol 1 to {PROTOCOL_VERSION}")
         client = cls(stream)
@@ -430,7 +516,12 @@ class Client(trio.abc.AsyncResource):
         ConnectionLost when the connection is gone, or when an earlier
         send was cancelled halfway (the stream may hold part of a frame).
         """
-        await self._write(self._frame(message))
+        data = self._frame(message)
+        if type(message) is History:
+            self._history_asked.append(
+                (name_key(message.target), message.direction, message.count)
+            )
+        await self._write(data)
 
     async def talk(self, to: str, text: str) -> None:
         """Send *text* to *to*: a user's name (a direct message), a room
@@ -471,6 +562,51 @@ class Client(trio.abc.AsyncResource):
     async def ping(self, token: str) -> None:
         """Send ``ping|TOKEN``; the server's ``Pong`` arrives by iteration."""
         await self.send(Ping(token))
+
+    async def history(
+        self,
+        target: str,
+        count: int,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+    ) -> None:
+        """Ask for stored messages of *target* (a room this client is in,
+        ``*``, or a user: this account's conversation with them): the last
+        *count* (1 to 500); with *before*, the last *count* with ids below
+        it; with *after*, the first *count* with ids above it.
+
+        The answer arrives by iteration, as one ``HistoryPage`` (its
+        messages oldest first; ``complete`` when there are no more that
+        way); or an ``Error``: ``not-in-room``, ``no-history`` (a guest's
+        direct messages, or a server that keeps none: ``history=0`` in its
+        settings), ``needs-hello`` on protocol 1. ValueError, and nothing
+        sent, for a bad target or count, or both *after* and *before*.
+        """
+        if after is not None and before is not None:
+            raise ValueError("history reads after an id or before one, not both")
+        if after is not None:
+            await self.send(History(target, "after", count, after))
+        elif before is not None:
+            await self.send(History(target, "before", count, before))
+        else:
+            await self.send(History(target, "latest", count))
+
+    async def register(self, password: str) -> None:
+        """Make the name this client is logged in with (as a guest) an
+        account with *password*: from then on logging in as it takes the
+        password. ``Registered`` arrives by iteration, or an ``Error``
+        (``already-registered``, ``bad-password``, ``tls-required``).
+        ValueError, and nothing sent, for a password the protocol does not
+        allow (8 to 256 characters, no control characters)."""
+        await self.send(Register(password))
+
+    async def change_password(self, password: str) -> None:
+        """Set a new *password* for this client's account.
+        ``PasswordChanged`` arrives by iteration, or an ``Error``
+        (``no-such-account`` for a guest, ``bad-password``,
+        ``tls-required``). ValueError as for ``register``."""
+        await self.send(ChangePassword(password))
 
     async def talk_batch(self, to: str, texts: Sequence[str]) -> None:
         """Send each of *texts*, in order, to *to* (as ``talk``), in one write.
@@ -666,9 +802,19 @@ class Client(trio.abc.AsyncResource):
     def _event(self, frame: ServerMessage) -> Event | None:
         """What iterating yields for *frame*: the frame itself, or None
         when it yields nothing (yet): the ``room`` frames of a ``rooms``
-        answer wait for its end, which yields them as one ``RoomList``.
-        Raises ProtocolError for an answer that miscounts its rooms."""
+        answer wait for its end, which yields them as one ``RoomList``, and
+        the ``hist`` frames of a ``history`` answer as one ``HistoryPage``.
+        Raises ProtocolError for an answer that miscounts its rooms or
+        messages."""
         match frame:
+            case Hist():
+                self._paging.append(frame)
+                return None
+            case HistoryEnd():
+                return self._history_page(frame)
+            case Error(code, detail) if self._history_asked:
+                self._history_refused(code, detail)
+                return frame
             case RoomInfo():
                 if self._listing is None:
                     self._listing = []
@@ -684,6 +830,8 @@ class Client(trio.abc.AsyncResource):
                 return RoomList(listed)
             case (
                 Login()
+                | Registered()
+                | PasswordChanged()
                 | Delivery()
                 | Message()
                 | Joined()
@@ -698,6 +846,34 @@ class Client(trio.abc.AsyncResource):
                 # A hello answer (login has read the one there is), or a
                 # frame of a kind this client does not handle yet.
                 return None
+
+    def _history_page(self, end: HistoryEnd) -> HistoryPage:
+        """The page that *end* closes: the ``hist`` frames read since the
+        last one, with the request they answer."""
+        messages, self._paging = tuple(self._paging), []
+        if len(messages) != end.count:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"history|{end.target}|{end.count} ended an answer that held"
+                f" {len(messages)}",
+            )
+        key = name_key(end.target)
+        asked = self._history_asked
+        # Requests before the one answered were answered with errors.
+        while asked:
+            target, direction, count = asked.popleft()
+            if target == key:
+                return HistoryPage(end.target, messages, count, direction)
+        return HistoryPage(end.target, messages)
+
+    def _history_refused(self, code: ErrorCode | UnknownErrorCode, detail: str) -> None:
+        """Take the first history request off the waiting list when *code*
+        is how the server refuses it."""
+        target = self._history_asked[0][0]
+        if code in (ErrorCode.NO_HISTORY, ErrorCode.NEEDS_HELLO) or (
+            code is ErrorCode.NOT_IN_ROOM and name_key(detail) == target
+        ):
+            self._history_asked.popleft()
 
     def _track(self, event: Event) -> None:
         """Keep the roster, the rooms, ``last_id`` and whether the server is
@@ -782,8 +958,11 @@ async def connect(
     server_hostname: str | None = None,
     version: int = PROTOCOL_VERSION,
     echo: bool = True,
+    password: str | None = None,
 ) -> Client:
     """Connect to a trichat server, log in as *name*, and return the client.
+
+    With *password*, to the account *name* (see ``Client.login``).
 
     With *ssl_context* the connection is TLS, and the handshake is done
     before the login, so a certificate the context does not trust (or a
@@ -794,7 +973,7 @@ async def connect(
     closes the client (``async with client:``); ``open_client`` does that
     for you.
     """
-    Login(name)  # a name the protocol refuses is not worth a connection
+    _login_request(name, password)  # a refused name is not worth a connection
     if not 1 <= version <= PROTOCOL_VERSION:
         raise ValueError(f"this client speaks protocol 1 to {PROTOCOL_VERSION}")
     tcp = await trio.open_tcp_stream(host, port)
@@ -816,7 +995,9 @@ async def connect(
             except trio.BrokenResourceError as error:
                 reason = error.__cause__ or error
                 raise ConnectionLost(f"TLS handshake failed: {reason}") from error
-        return await Client.login(stream, name, version=version, echo=echo)
+        return await Client.login(
+            stream, name, version=version, echo=echo, password=password
+        )
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -832,8 +1013,10 @@ async def open_client(
     server_hostname: str | None = None,
     version: int = PROTOCOL_VERSION,
     echo: bool = True,
+    password: str | None = None,
 ) -> AsyncIterator[Client]:
     """``connect`` as a context manager that closes the client at the end.
+    With *password*, it logs in to the account *name*.
 
     Leaving the block closes the connection without ``exit``; the server
     then tells the others that the user left. Call ``client.exit()`` first
@@ -847,6 +1030,13 @@ async def open_client(
         server_hostname=server_hostname,
         version=version,
         echo=echo,
+        password=password,
     )
     async with client:
         yield client
+
+
+def _login_request(name: str, password: str | None) -> Login:
+    """The login frame; ValueError for a name the protocol refuses, or a
+    password no account can have (the message never shows it)."""
+    return Login(name, password)
