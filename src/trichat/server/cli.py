@@ -14,6 +14,7 @@ import trio
 
 from .._process import raise_file_limit
 from .._units import duration
+from ._logs import background_stderr
 from .app import ChatServer, ServerConfig
 from .config import PRESENCE_MODES
 from .store import default_path
@@ -324,11 +325,14 @@ async def run(server: ChatServer) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Written by a thread of its own, a few lines of a kind a second.
+    with background_stderr(
+        args.log_level.upper(), sys.stderr, "%(asctime)s %(levelname)s %(message)s"
+    ):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
     except ValueError as error:
