@@ -142,3 +142,35 @@ async def test_a_congested_reader_that_reads_nothing_is_not_waited_for_again() -
                 await alice.send(f"talk|mute|{BIG * 3}")
                 replies = await alice.pong_after("sent")
         assert replies[0] == "error|no-such-user|mute"
+
+
+@pytest.mark.trio
+async def test_logins_from_one_address_are_limited_but_not_from_loopback() -> None:
+    # A presence storm (200 clients cycling login and exit) sent every user
+    # thousands of frames a second: logins from one address are limited.
+    async with running_server(logins_per_ip=1, presence_delay=0) as live:
+        watcher = await live.login("watcher")
+        async with trio.open_nursery() as nursery:
+            refused = []
+            for n in range(4):
+                ours, theirs = trio.testing.memory_stream_pair()
+                nursery.start_soon(live.server.serve_connection, theirs, "192.0.2.7")
+                remote = LineClient(ours)
+                live.clients.append(remote)
+                await remote.send(f"login|remote{n}")
+                line = await remote.read_line()
+                if line.startswith("error|rate-limited|"):
+                    refused.append(n)
+                else:
+                    assert line == f"login|remote{n}"
+            # A burst of two, then one a second: the third and fourth wait.
+            assert refused == [2, 3]
+            # This machine's own logins are not limited.
+            for n in range(4):
+                await live.login(f"local{n}")
+            told = [await watcher.read_line() for _ in range(6)]
+            assert sorted(told) == sorted(
+                [f"login|remote{n}" for n in (0, 1)]
+                + [f"login|local{n}" for n in range(4)]
+            )
+            nursery.cancel_scope.cancel()

@@ -386,8 +386,10 @@ def test_held_presence_waits_for_release_and_goes_in_order() -> None:
     }
     hub.release()
     assert crowd.read_all() == {
-        "alice": b"login|bob\nlogin|carol\nexit|bob\n",
+        # bob came and went within the batch: alice hears of neither.
+        "alice": b"login|carol\n",
         "bob": b"login|carol\n",  # heard while online (its close sends it)
+        # carol's roster named bob: she hears that he left.
         "carol": b"exit|bob\n",
     }
     assert hub.presence_held is not held
@@ -721,3 +723,19 @@ def test_with_global_presence_a_user_leaves_its_rooms_with_exit_not_part() -> No
         "carol": b"exit|alice\n",
     }
     assert hub.room_members("#x") == ["bob"]
+
+
+def test_a_storm_of_logins_and_exits_within_a_batch_costs_others_nothing() -> None:
+    crowd = Crowd("alice", "bob")
+    hub = crowd.hub
+    hub.hold_presence = True
+    for n in range(50):
+        crowd.join(f"bot{n}")
+        hub.leave(crowd[f"bot{n}"])
+    hub.release()
+    sent = crowd.read_all()
+    assert sent["alice"] == sent["bob"] == b""
+    # A login that stays is told, once.
+    crowd.join("carol")
+    hub.release()
+    assert crowd.read("alice") == b"login|carol\n"

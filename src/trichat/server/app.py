@@ -38,7 +38,7 @@ from .config import ServerConfig
 from .hub import Hub, Member
 from .mailbox import Drainable, Mailbox, write_loop
 from .passwords import Hasher, LoginThrottle
-from .session import Session, SessionEnded
+from .session import Session, SessionEnded, TokenBucket
 from .store import Store
 from .transport import RECEIVE_SIZE, PlainSocket, transport_for, write_now
 
@@ -109,6 +109,8 @@ class _Connection:
             store=server.store,
             throttle=server.throttle,
             private=_private(stream, ip),
+            ip=ip,
+            login_bucket=server.login_bucket(ip),
         )
         self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
@@ -422,6 +424,8 @@ class ChatServer:
                 hasher=hasher,
             )
         self.throttle = LoginThrottle()
+        # Logins allowed per address, while it has connections.
+        self._login_buckets: dict[str, TokenBucket] = {}
         # Sessions waiting for a resume, and when each ends.
         self._waiting: dict[Member, float] = {}
         self._waiting_changed = trio.Event()
@@ -538,6 +542,19 @@ class ChatServer:
             hub.hold_presence = False
             hub.release()
 
+    def login_bucket(self, ip: str) -> TokenBucket | None:
+        """The logins *ip* may still make (``--logins-per-ip``), shared by
+        its connections; None for no limit (off, or a loopback address)."""
+        rate = self.config.logins_per_ip
+        if not rate or _is_loopback(ip):
+            return None
+        bucket = self._login_buckets.get(ip)
+        if bucket is None:
+            burst = max(1, round(2 * rate))
+            bucket = TokenBucket(rate, burst, trio.current_time())
+            self._login_buckets[ip] = bucket
+        return bucket
+
     # -- sessions waiting for a resume ---------------------------------------
 
     @property
@@ -641,6 +658,7 @@ class ChatServer:
                 self._per_ip[ip] -= 1
                 if not self._per_ip[ip]:
                     del self._per_ip[ip]
+                    self._login_buckets.pop(ip, None)
             # The slot is free again; what is left is a goodbye.
             await session.say_goodbye()
         finally:
@@ -676,8 +694,10 @@ class ChatServer:
 def _private(stream: trio.abc.Stream, ip: str) -> bool:
     """Whether a password may go over *stream* from *ip*: it is encrypted
     (TLS), or comes from this machine (loopback)."""
-    if isinstance(stream, trio.SSLStream):
-        return True
+    return isinstance(stream, trio.SSLStream) or _is_loopback(ip)
+
+
+def _is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:

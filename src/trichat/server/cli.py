@@ -179,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(%(default)gs)",
     )
     limits.add_argument(
+        "--logins-per-ip",
+        type=float,
+        default=d.logins_per_ip,
+        help="logins a second from one address, on average (twice as many "
+        "at once), beyond which a login gets rate-limited; loopback has no "
+        "limit; 0: none (%(default)g)",
+    )
+    limits.add_argument(
         "--max-rooms",
         type=int,
         default=d.max_rooms,
@@ -292,6 +300,7 @@ def _server_config(
         max_refusing=args.max_refusing,
         shared_reader=args.shared_reader,
         max_rooms=args.max_rooms,
+        logins_per_ip=args.logins_per_ip,
         resume_window=args.resume_window,
         db=str(default_path()) if args.db is None else args.db,
         history=args.history,

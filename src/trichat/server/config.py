@@ -82,6 +82,10 @@ class ServerConfig:
     task, which reads and handles what they send as a select loop would
     (see _shared_reader); False: each connection's task waits for its own.
     Linux only: elsewhere each task always waits for its own."""
+    logins_per_ip: float = attrs.field(default=10.0, validator=_not_negative)
+    """Logins a second from one address, on average (twice as many at
+    once); 0: no limit. Loopback addresses have none: a presence storm
+    from this machine is the operator's own."""
     max_rooms: int = attrs.field(default=50, validator=_not_negative)
     """How many rooms one user may be in at once; 0: no limit."""
     presence: str = attrs.field(default="global", validator=_presence)
@@ -121,6 +125,7 @@ class ServerConfig:
             ("burst", str(self.burst)),
             ("ping", f"{self.ping_interval:g}"),
             ("rooms", str(self.max_rooms)),
+            ("logins-per-ip", f"{self.logins_per_ip:g}"),
             ("history", str(self.history if self.db is not None else 0)),
             ("offline-max", str(self.offline_max if self.db is not None else 0)),
             ("resume", f"{self.resume_window:g}"),

@@ -266,6 +266,8 @@ class Hub:
         ``presence_held``."""
         self.presence_held = trio.Event()
         self._holding: list[Member] = []
+        # Who logged in since the last release, their logins still held.
+        self._fresh: dict[str, Member] = {}
         self._announcements: list[tuple[bytes, list[Member] | None]] = []
 
     def __len__(self) -> int:
@@ -310,6 +312,8 @@ class Hub:
             raise NameTaken(member.name)
         if self.global_presence:
             self._announce(member.login_frame)
+            if self.hold_presence:
+                self._fresh[member.key] = member
         roster = self.snapshot(member)
         self._members[member.key] = member
         self._exact[member.name] = member
@@ -360,9 +364,14 @@ class Hub:
             else:
                 self._drop_room(room)
         member.rooms.clear()
+        fresh = self._fresh.pop(member.key, None) is member
         if not announce:
             return
-        if self.global_presence:
+        if fresh:
+            # In and out within one batch: those who still hold its login
+            # need neither frame (a presence storm costs them nothing).
+            self._take_back(member)
+        elif self.global_presence:
             self._announce(member.exit_frame)
         elif sharing:
             # One exit per user who shared any room with it.
@@ -387,8 +396,21 @@ class Hub:
             return None
         return member
 
+    def _take_back(self, member: Member) -> None:
+        """*member* leaves while its login is held: take the login back
+        where it is still held, and tell the exit where it went already."""
+        login, exit_frame = member.login_frame, member.exit_frame
+        online = self._members
+        told = []
+        for other in online.values():
+            if not other.mailbox.unhold(login):
+                told.append(other)
+        if told:
+            self._announce(exit_frame, told)
+
     def release(self) -> None:
         """Send the presence frames held back (see ``hold_presence``)."""
+        self._fresh.clear()
         holding, self._holding = self._holding, []
         self.presence_held = trio.Event()
         for member in holding:

@@ -214,6 +214,19 @@ class Mailbox:
             return True
         return self.release()
 
+    def unhold(self, frame: bytes) -> bool:
+        """Take back a held presence frame (a login whose exit came before
+        the frames were sent: neither need go); False if it is not held
+        (it went already)."""
+        try:
+            self._held.remove(frame)
+        except ValueError:
+            return False
+        self._held_frames -= 1
+        self.queued_frames -= 1
+        self.queued_bytes -= len(frame)
+        return True
+
     @property
     def held(self) -> int:
         """How many presence frames are held for ``release``."""

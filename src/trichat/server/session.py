@@ -167,6 +167,7 @@ class Session:
         "kick",
         "last_heard",
         "last_refused",
+        "login_bucket",
         "login_deadline",
         "mailbox",
         "member",
@@ -198,6 +199,7 @@ class Session:
         throttle: LoginThrottle | None = None,
         private: bool = False,
         ip: str = "",
+        login_bucket: TokenBucket | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -212,6 +214,9 @@ class Session:
         self.private = private
         """Passwords may be sent: the connection is encrypted, or local."""
         self.ip = ip or address
+        self.login_bucket = login_bucket
+        """Logins allowed from this client's address (shared by its
+        connections); None: no limit."""
         self.now = now
         """The time of the step under way."""
         self.address = address
@@ -670,6 +675,17 @@ class Session:
         self._answer(b"".join(answer), force=True)
 
     def _log_in(self, name: str) -> None:
+        bucket = self.login_bucket
+        if bucket is not None and not bucket.take(self.now):
+            # A storm of logins from one address would cost everyone a
+            # presence frame each.
+            self.reply(
+                Error(
+                    ErrorCode.RATE_LIMITED,
+                    "too many logins from your address; try again in a moment",
+                )
+            )
+            return
         member = Member(
             name, self.mailbox, self.kick, version=self.version or 1, echo=self.echo
         )
