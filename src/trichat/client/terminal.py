@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import codecs
 import datetime
+import getpass
 import os
 import re
 import ssl
 import sys
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Final, TextIO, TypeVarTuple
 
@@ -30,17 +31,21 @@ from .._process import until_interrupted
 from .._units import duration
 from ..protocol.messages import (
     BROADCAST,
+    MAX_HISTORY,
     PROTOCOL_VERSION,
     Delivery,
     Error,
     ErrorCode,
     Exit,
+    Hist,
     Joined,
     Login,
     Message,
     Parted,
+    PasswordChanged,
     Ping,
     Pong,
+    Registered,
     is_room,
     name_key,
 )
@@ -50,6 +55,7 @@ from .library import (
     Client,
     ConnectionLost,
     Event,
+    HistoryPage,
     LoginRefused,
     RoomList,
     connect,
@@ -60,10 +66,14 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_REFUSED",
+    "PasswordPrompt",
     "add_arguments",
+    "ask_password",
     "describe_error",
     "escape",
+    "log_in",
     "main",
+    "read_password_file",
     "run_session",
 ]
 
@@ -73,13 +83,20 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 """The server could not be reached, or the connection was lost or closed."""
 EXIT_REFUSED: Final = 2
-"""The server refused the name (or the command line was wrong)."""
+"""The server refused the name or its password (or the command line was
+wrong)."""
 EXIT_INTERRUPTED: Final = 130
 """Ctrl-C, as a shell reports a SIGINT."""
 
 PROMPT: Final = "> "
 CONNECT_TIMEOUT: Final = 30.0
 """How long connecting and logging in may take, in seconds."""
+JOIN_HISTORY: Final = 20
+"""How many earlier messages of a room are shown on joining it."""
+
+PasswordPrompt = Callable[[str], Awaitable[str | None]]
+"""Asks the user for a password with the prompt it is given, without
+echo; None when none was given (end of input)."""
 
 HELP: Final = """\
 @NAME TEXT       send TEXT to NAME, who becomes the current target
@@ -95,6 +112,10 @@ TEXT             send TEXT to the current target (the prompt shows it): the
 /part [#ROOM]    leave ROOM (default: the current target's room)
 /rooms           list the rooms that have members
 /who [#ROOM]     list who is online and who is in your rooms (or in ROOM)
+/history [N]     show the last N (default 20, at most 500) messages with the
+                 current target, marked as earlier
+/register        make your name an account, with a password (asked for)
+/password        set a new password for your account (asked for)
 /help            show this help
 /quit            leave (end of input, Ctrl-D, does too)"""
 
@@ -120,8 +141,17 @@ _ERROR_WORDS: Final = {
     ErrorCode.LOGIN_TIMEOUT: "login timed out",
     ErrorCode.SHUTTING_DOWN: "the server is shutting down",
 }
-# Refusals of the name itself; other refusals (a full server...) are failures.
-_NAME_REFUSALS: Final = frozenset({ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN})
+# Refusals of the name itself, or of its password; other refusals (a full
+# server...) are failures.
+_NAME_REFUSALS: Final = frozenset(
+    {
+        ErrorCode.BAD_NAME,
+        ErrorCode.NAME_TAKEN,
+        ErrorCode.ACCOUNT_REQUIRED,
+        ErrorCode.NO_SUCH_ACCOUNT,
+        ErrorCode.WRONG_PASSWORD,
+    }
+)
 # Control, format (bidi among them), surrogate, line and paragraph separators.
 _UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -184,8 +214,11 @@ class _Session:
         colour: bool,
         clock: Callable[[], datetime.datetime],
         timezone: datetime.tzinfo | None,
+        ask_password: PasswordPrompt | None = None,
     ) -> None:
         self.client = client
+        self.ask_password = ask_password
+        """How a password is asked for; None: it is the next input line."""
         self.out = out
         self.err = err
         self.tty = tty
@@ -209,6 +242,13 @@ class _Session:
         # The clash key of the room whose member list is coming in: the
         # joins right after our own are of those already there.
         self._listing: str | None = None
+        # The input lines, for a command that reads the next one.
+        self._lines: AsyncIterator[str] | None = None
+        # Rooms just joined whose earlier messages are on their way, by
+        # clash key, with the live messages held back until they arrive;
+        # and the rooms whose earlier messages are still to be asked for.
+        self._earlier: dict[str, list[Event]] = {}
+        self._ask_earlier: deque[str] = deque()
 
     # Output
 
@@ -287,6 +327,9 @@ class _Session:
             try:
                 async for message in self.client:
                     self.show(message)
+                    while self._ask_earlier:
+                        room = self._ask_earlier.popleft()
+                        await self.request(self.client.history, room, JOIN_HISTORY)
             except BadServerFrame as bad:
                 if bad.fatal:
                     self.finish(EXIT_FAILURE, escape(str(bad)))
@@ -306,6 +349,22 @@ class _Session:
         own = name_key(self.client.name)
         listing, self._listing = self._listing, None
         match message:
+            case Message(to=to) if name_key(to) in self._earlier:
+                # Shown after the room's earlier messages.
+                self._earlier[name_key(to)].append(message)
+            case HistoryPage():
+                self.show_page(message)
+            case Error(ErrorCode.NO_HISTORY | ErrorCode.NOT_IN_ROOM) if (
+                self._no_earlier(message)
+            ):
+                pass
+            case Registered(name):
+                self.info(
+                    f"{escape(name)} is an account now: logging in as"
+                    " it takes the password"
+                )
+            case PasswordChanged(name):
+                self.info(f"the password of {escape(name)} is changed")
             case Message() if self.client.echo and self.client.is_own(message):
                 self.show_own(message)
             case Delivery() | Message():
@@ -314,6 +373,9 @@ class _Session:
                 self.target = room
                 self._listing = name_key(room)
                 self.info(f"you joined {escape(room)}")
+                if self.keeps_history() and name_key(room) not in self._earlier:
+                    self._earlier[name_key(room)] = []
+                    self._ask_earlier.append(room)
             case Joined(room, name):
                 if listing == name_key(room):
                     self._listing = listing
@@ -338,6 +400,71 @@ class _Session:
                 self.problem(describe_error(message))
             case Login() | Exit() | Ping() | Pong():
                 pass
+
+    def keeps_history(self) -> bool:
+        """Whether the server keeps messages to show as earlier ones."""
+        client = self.client
+        return client.version >= 2 and client.settings.get("history", "0") != "0"
+
+    def show_page(self, page: HistoryPage) -> None:
+        """Earlier messages: a line that says where they are from, then
+        one line each, marked ``[earlier]``; for a room just joined, then
+        the live messages held back meanwhile."""
+        held = self._earlier.pop(name_key(page.target), None)
+        live = {event.id for event in held or () if isinstance(event, Message)}
+        shown = [hist for hist in page if hist.id not in live]
+        where = self._conversation(page.target)
+        if shown:
+            more = "" if page.complete else f"; /history {MAX_HISTORY} shows more"
+            count = len(shown)
+            self.info(
+                f"{count} earlier message{'s' if count > 1 else ''} {where}{more}:"
+            )
+            for hist in shown:
+                self.show_earlier(hist)
+        elif held is None:
+            self.info(f"no earlier messages {where}")
+        for event in held or ():
+            self.show(event)
+
+    def show_earlier(self, hist: Hist) -> None:
+        """One stored message, as a live one is shown (the user's own as
+        ``you``), after ``[earlier]``."""
+        own = name_key(hist.sender) == name_key(self.client.name)
+        who = self.paint("you" if own else escape(hist.sender), _BOLD)
+        if own:
+            said = f"{who} {_own_line(hist.to, hist.text)}"
+        elif hist.to == BROADCAST:
+            said = f"{who} (to all): {escape(hist.text)}"
+        elif is_room(hist.to):
+            said = f"{who} ({escape(hist.to)}): {escape(hist.text)}"
+        else:
+            said = f"{who}: {escape(hist.text)}"
+        self.emit(self.paint("[earlier]", _DIM) + " " + said, when=hist.time)
+
+    @staticmethod
+    def _conversation(target: str) -> str:
+        if target == BROADCAST:
+            return "to all"
+        if is_room(target):
+            return f"in {escape(target)}"
+        return f"with {escape(target)}"
+
+    def _no_earlier(self, error: Error) -> bool:
+        """Whether *error* refuses the earlier messages of a room just
+        joined (the server keeps none after all, or the room was left);
+        then the messages held back are shown."""
+        if not self._earlier:
+            return False
+        if error.code is ErrorCode.NO_HISTORY:
+            key = next(iter(self._earlier))
+        else:
+            key = name_key(error.detail)
+            if key not in self._earlier:
+                return False
+        for event in self._earlier.pop(key):
+            self.show(event)
+        return True
 
     def show_said(self, message: Delivery | Message) -> None:
         """A message from someone else: ``bob: TEXT`` when it is for us
@@ -411,7 +538,8 @@ class _Session:
     # What the user types
 
     async def read(self, lines: AsyncIterable[str]) -> None:
-        async for line in lines:
+        self._lines = aiter(lines)
+        async for line in self._lines:
             if not await self.handle(line):
                 break
         self.finish(EXIT_OK)
@@ -458,6 +586,19 @@ class _Session:
             await self.request(self.client.list_rooms)
         elif name == "who":
             self.who(rest.strip())
+        elif name == "history":
+            await self.history(rest.strip())
+        elif name in ("register", "password"):
+            if rest.strip():
+                # A password typed on the command line would be shown.
+                self.problem(f"usage: /{name} (the password is asked for)")
+                return True
+            password = await self.new_password()
+            if password is not None:
+                change = self.client.change_password
+                await self.request(
+                    self.client.register if name == "register" else change, password
+                )
         elif name == "help":
             for help_line in HELP.splitlines():
                 self.emit(help_line, stamp=False)
@@ -497,6 +638,48 @@ class _Session:
             self.problem(f"not sent: {invalid}")
         except ConnectionLost as lost:
             self.finish(EXIT_FAILURE, escape(str(lost)))
+
+    async def history(self, rest: str) -> None:
+        """``/history [N]``: ask for the last N messages with the current
+        target; they are shown when they arrive."""
+        count = JOIN_HISTORY
+        if rest:
+            if not (rest.isascii() and rest.isdigit()) or not (
+                1 <= int(rest) <= MAX_HISTORY
+            ):
+                self.problem(f"usage: /history [N] (N from 1 to {MAX_HISTORY})")
+                return
+            count = int(rest)
+        if self.target is None:
+            self.problem(
+                "no current target: /history shows the messages of the room"
+                " or user you last chose"
+            )
+            return
+        if self.client.version < 2:
+            self.problem("the server keeps no history on protocol 1")
+            return
+        await self.request(self.client.history, self.target, count)
+
+    async def new_password(self) -> str | None:
+        """A new password: asked for twice without echo on a terminal,
+        else the next input line. None (said why) when there is none."""
+        if self.ask_password is None:
+            password = None
+            if self._lines is not None:
+                password = await anext(self._lines, None)
+            if password is None:
+                self.problem("no password: it is the line after the command")
+            return password
+        password = await self.ask_password("new password: ")
+        if password is None:
+            self.problem("no password given; nothing changed")
+            return None
+        again = await self.ask_password("the same again: ")
+        if again != password:
+            self.problem("the two passwords differ; nothing changed")
+            return None
+        return password
 
     async def say(self, text: str) -> None:
         """Send *text* to the current target, or to the only other user."""
@@ -585,6 +768,7 @@ async def run_session(
     ping_interval: float = 30.0,
     clock: Callable[[], datetime.datetime] = datetime.datetime.now,
     timezone: datetime.tzinfo | None = None,
+    ask_password: PasswordPrompt | None = None,
 ) -> int:
     """Chat over the logged-in *client*, reading *lines* and writing *out*.
 
@@ -596,7 +780,13 @@ async def run_session(
     client's ``echo``, as the server confirms them); *ping_interval* 0
     turns the keepalive off; *clock* gives the local wall time for the
     time stamps, and *timezone* the zone the server's times are shown in
-    (default: the system's).
+    (default: the system's). ``/register`` and ``/password`` ask for the
+    password with *ask_password* (see ``ask_password``), or without it
+    take the next line of *lines*.
+
+    With a server that keeps history, joining a room shows its last
+    ``JOIN_HISTORY`` messages first, each line marked ``[earlier]``, and
+    the room's live messages after them.
     """
     session = _Session(
         client,
@@ -606,6 +796,7 @@ async def run_session(
         colour=tty if colour is None else colour,
         clock=clock,
         timezone=timezone,
+        ask_password=ask_password,
     )
     welcome = f"logged in as {escape(client.name)}"
     session.info(welcome + ("; /help lists the commands" if tty else ""))
@@ -687,6 +878,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="check the server's certificate against CERT_NAME instead of"
         " --host (when --host is an address the certificate does not carry,"
         " say); implies --tls",
+    )
+    parser.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="log in to the account NAME with the password on the first line of"
+        " FILE; without it, the password is asked for on a terminal when NAME"
+        " is an account",
     )
     parser.add_argument(
         "--protocol",
@@ -785,6 +983,82 @@ def _os_reason(error: OSError) -> str:
     return str(error)
 
 
+def read_password_file(path: str) -> str:
+    """The password in the file *path*: its first line, without its line
+    end. OSError when the file cannot be read; ValueError (which never
+    shows the password) when it holds none."""
+    with open(path, "rb") as file:
+        line = file.readline()
+    try:
+        password = line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise ValueError("its first line is not UTF-8 text") from None
+    if not password:
+        raise ValueError("its first line is empty")
+    return password
+
+
+async def ask_password(prompt: str) -> str | None:
+    """A password typed on the terminal, without echo (``getpass``, in
+    a worker thread); None at the end of input."""
+    try:
+        return await trio.to_thread.run_sync(
+            getpass.getpass, prompt, abandon_on_cancel=True
+        )
+    except EOFError:
+        return None
+
+
+async def log_in(
+    args: argparse.Namespace,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    version: int,
+    echo: bool,
+    password: str | None,
+    ask: PasswordPrompt | None,
+) -> Client:
+    """Connect to ``args.host``/``args.port`` and log in as ``args.name``:
+    with *password* to the account; else as a guest, and when the name is
+    an account (``account-required``) and *ask* is given, with the password
+    it asks for, over a new connection (the server does not wait for a
+    login while the user types). Each attempt may take CONNECT_TIMEOUT
+    seconds (TooSlowError); raises what ``connect`` raises."""
+
+    async def attempt(password: str | None) -> Client:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            return await connect(
+                args.name,
+                args.host,
+                args.port,
+                ssl_context=ssl_context,
+                server_hostname=args.server_name,
+                version=version,
+                echo=echo,
+                password=password,
+            )
+
+    try:
+        return await attempt(password)
+    except LoginRefused as refused:
+        asks = password is None and ask is not None
+        if not asks or refused.error.code is not ErrorCode.ACCOUNT_REQUIRED:
+            raise
+        assert ask is not None
+        given = await ask(f"password for {escape(args.name)}: ")
+        if given is None:
+            raise
+    return await attempt(given)
+
+
+def _refusal(name: str, refused: LoginRefused, *, asked: bool) -> str:
+    """Why the login as *name* was refused, and what to do about it."""
+    why = f"cannot log in as {name}: {describe_error(refused.error)}"
+    if refused.error.code is ErrorCode.ACCOUNT_REQUIRED and not asked:
+        why += " (give it with --password-file FILE)"
+    return why
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     found: list[BaseException] = []
     for inner in group.exceptions:
@@ -805,25 +1079,32 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
     where = f"{args.host}:{args.port}"
     shown_name = escape(args.name)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            client = await connect(
-                args.name,
-                args.host,
-                args.port,
-                ssl_context=ssl_context,
-                server_hostname=args.server_name,
-                version=args.protocol,
-                # Only a terminal shows the user's own messages.
-                echo=tty,
+    password = None
+    if args.password_file is not None:
+        try:
+            password = read_password_file(args.password_file)
+        except (OSError, ValueError) as error:
+            why = error.strerror if isinstance(error, OSError) else error
+            return _fail(
+                f"cannot read a password from {args.password_file}: {why}",
+                EXIT_REFUSED,
             )
+    prompt = ask_password if tty else None
+    try:
+        client = await log_in(
+            args,
+            ssl_context=ssl_context,
+            version=args.protocol,
+            # Only a terminal shows the user's own messages.
+            echo=tty,
+            password=password,
+            ask=prompt,
+        )
     except ValueError as invalid:
         return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
     except LoginRefused as refused:
         status = EXIT_REFUSED if refused.error.code in _NAME_REFUSALS else EXIT_FAILURE
-        return _fail(
-            f"cannot log in as {shown_name}: {describe_error(refused.error)}", status
-        )
+        return _fail(_refusal(shown_name, refused, asked=prompt is not None), status)
     except (ConnectionLost, BadServerFrame) as failure:
         return _fail(f"cannot connect to {where}: {escape(str(failure))}")
     except trio.TooSlowError:
@@ -839,4 +1120,5 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             tty=tty,
             colour=tty and "NO_COLOR" not in os.environ,
             ping_interval=args.ping_interval,
+            ask_password=prompt,
         )

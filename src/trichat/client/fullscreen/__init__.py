@@ -25,7 +25,7 @@ import trio
 from ..._process import until_interrupted
 from ...protocol.messages import PROTOCOL_VERSION, ErrorCode
 from .. import terminal
-from ..library import BadServerFrame, Client, ConnectionLost, LoginRefused, connect
+from ..library import BadServerFrame, Client, ConnectionLost, LoginRefused
 from ..terminal import (
     CONNECT_TIMEOUT,
     EXIT_FAILURE,
@@ -106,22 +106,38 @@ async def _connect(args: argparse.Namespace) -> Client | int:
             return _fail(f"cannot use the CA file {args.ca}: {error}", EXIT_REFUSED)
     where = f"{args.host}:{args.port}"
     shown_name = escape(args.name)
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            return await connect(
-                args.name,
-                args.host,
-                args.port,
-                ssl_context=ssl_context,
-                server_hostname=args.server_name,
-                # The line client's --protocol, where it has one.
-                version=getattr(args, "protocol", None) or PROTOCOL_VERSION,
+    password = None
+    if getattr(args, "password_file", None) is not None:
+        try:
+            password = terminal.read_password_file(args.password_file)
+        except (OSError, ValueError) as error:
+            why = error.strerror if isinstance(error, OSError) else error
+            return _fail(
+                f"cannot read a password from {args.password_file}: {why}",
+                EXIT_REFUSED,
             )
+    try:
+        return await terminal.log_in(
+            args,
+            ssl_context=ssl_context,
+            # The line client's --protocol, where it has one.
+            version=getattr(args, "protocol", None) or PROTOCOL_VERSION,
+            echo=True,
+            password=password,
+            # Asked for before the screen starts, as a line client would.
+            ask=terminal.ask_password,
+        )
     except ValueError as invalid:
         return _fail(f"cannot log in as {shown_name}: {invalid}", EXIT_REFUSED)
     except LoginRefused as refused:
         code = refused.error.code
-        name_refused = code in {ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN}
+        name_refused = code in {
+            ErrorCode.BAD_NAME,
+            ErrorCode.NAME_TAKEN,
+            ErrorCode.ACCOUNT_REQUIRED,
+            ErrorCode.NO_SUCH_ACCOUNT,
+            ErrorCode.WRONG_PASSWORD,
+        }
         return _fail(
             f"cannot log in as {shown_name}: {describe_error(refused.error)}",
             EXIT_REFUSED if name_refused else EXIT_FAILURE,
