@@ -51,7 +51,14 @@ async def running_server(**config: Any) -> AsyncIterator[LiveServer]:
     options; at the end its clients are closed and it shuts down."""
     config.setdefault("port", 0)
     config.setdefault("shared_reader", SHARED_READER)
-    server = ChatServer(ServerConfig(**config))
+    async with serving(ChatServer(ServerConfig(**config))) as live:
+        yield live
+
+
+@asynccontextmanager
+async def serving(server: ChatServer) -> AsyncIterator[LiveServer]:
+    """*server* running on its port; at the end its clients are closed and
+    it shuts down."""
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(server.serve)
         live = LiveServer(server, port)

@@ -3,8 +3,7 @@ section 6), black-box over TCP, with the store in a temporary file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from helpers import (
     expect_error_frame,
     expect_quiet,
     say_hello,
+    serving,
 )
 
 from trichat.server.app import ChatServer
@@ -30,20 +30,11 @@ CHEAP = Hasher(memory_kib=8, time_cost=1, parallelism=1)
 PASSWORD = "correct horse"
 
 
-@asynccontextmanager
-async def store_server(db: Path, **config: Any) -> AsyncIterator[LiveServer]:
+def store_server(db: Path, **config: Any) -> AbstractAsyncContextManager[LiveServer]:
     """A server with its store in *db*, sessions off (a drop is an exit)."""
     config.setdefault("resume_window", 0)
     server = ChatServer(ServerConfig(port=0, db=str(db), **config), hasher=CHEAP)
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(server.serve)
-        live = LiveServer(server, port)
-        try:
-            yield live
-        finally:
-            for client in live.clients:
-                await trio.aclose_forcefully(client.stream)
-            server.shutdown()
+    return serving(server)
 
 
 async def v2(live: LiveServer) -> LineClient:

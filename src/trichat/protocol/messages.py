@@ -645,15 +645,10 @@ class Delivery:
 
 
 @attrs.frozen
-class Message:
-    """``msg|ID|TIME|FROM|TO|TEXT``: a delivery on protocol 2: the message
-    the server accepted as number ID at TIME (UTC, to the millisecond).
+class _Stamped:
+    """A message the server accepted, with its id and time: the fields of
+    ``msg`` and ``hist`` frames."""
 
-    TO is as for ``Delivery``; in the sender's own copy (the ``echo``
-    option) it is the target the sender named.
-    """
-
-    kind: ClassVar[str] = "msg"
     id: int = attrs.field(converter=_message_id)
     time: datetime = attrs.field(converter=_to_time)
     sender: str = attrs.field(validator=_name)
@@ -671,6 +666,18 @@ class Message:
 
     def fields(self) -> tuple[str, ...]:
         return (str(self.id), format_time(self.time), self.sender, self.to, self.text)
+
+
+@attrs.frozen
+class Message(_Stamped):
+    """``msg|ID|TIME|FROM|TO|TEXT``: a delivery on protocol 2: the message
+    the server accepted as number ID at TIME (UTC, to the millisecond).
+
+    TO is as for ``Delivery``; in the sender's own copy (the ``echo``
+    option) it is the target the sender named.
+    """
+
+    kind: ClassVar[str] = "msg"
 
 
 @attrs.frozen
@@ -855,19 +862,12 @@ class History:
 
 
 @attrs.frozen
-class Hist:
+class Hist(_Stamped):
     """``hist|ID|TIME|FROM|TO|TEXT``: one stored message in an answer to
-    ``history`` (the answer goes oldest first)."""
+    ``history`` (the answer goes oldest first). Not a ``Message``: it was
+    delivered before."""
 
     kind: ClassVar[str] = "hist"
-    id: int = attrs.field(converter=_message_id)
-    time: datetime = attrs.field(converter=_to_time)
-    sender: str = attrs.field(validator=_name)
-    to: str = attrs.field(validator=_target)
-    text: str = attrs.field(validator=_text)
-
-    def fields(self) -> tuple[str, ...]:
-        return (str(self.id), format_time(self.time), self.sender, self.to, self.text)
 
 
 @attrs.frozen

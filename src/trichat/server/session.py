@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
 from itertools import count
 from typing import cast
 
@@ -553,50 +554,53 @@ class Session:
         if store is None:
             self.reply(Error(ErrorCode.BAD_FRAME, "this server keeps no accounts"))
             return
+        taken = Error(ErrorCode.ALREADY_REGISTERED, f"{member.name} is an account")
         if store.is_account(member.key):
-            self.reply(
-                Error(ErrorCode.ALREADY_REGISTERED, f"{member.name} is an account")
+            self.reply(taken)
+        elif self._may_send_passwords():
+            self._change_account(
+                partial(store.register, member.name, password),
+                AccountExists,
+                taken,
+                Registered(member.name),
             )
-            return
-        if not self._may_send_passwords():
-            return
-
-        async def register() -> None:
-            try:
-                await store.register(member.name, password)
-            except AccountExists:
-                self.reply(
-                    Error(ErrorCode.ALREADY_REGISTERED, f"{member.name} is an account")
-                )
-                return
-            self.reply(Registered(member.name))
-            log.info("register %s %s", self.address, member.name)
-
-        self.pending = register
 
     def _change_password(self, password: str) -> None:
         """``password|PASSWORD``: a new password for one's account."""
         store, member = self.store, self.member
         assert member is not None
+        guest = Error(ErrorCode.NO_SUCH_ACCOUNT, f"{member.name} is not an account")
         if store is None or not store.is_account(member.key):
-            self.reply(
-                Error(ErrorCode.NO_SUCH_ACCOUNT, f"{member.name} is not an account")
+            self.reply(guest)
+        elif self._may_send_passwords():
+            self._change_account(
+                partial(store.set_password, member.name, password),
+                NoSuchAccount,
+                guest,
+                PasswordChanged(member.name),
             )
-            return
-        if not self._may_send_passwords():
-            return
 
-        async def change() -> None:
+    def _change_account(
+        self,
+        change: Callable[[], Awaitable[object]],
+        refused_by: type[Exception],
+        refusal: Error,
+        done: Registered | PasswordChanged,
+    ) -> None:
+        """Make *change* to the store (it waits for the disk, and the
+        password's hash): answer *done*, or *refusal* if the store refused
+        it with *refused_by* (someone else was quicker)."""
+
+        async def work() -> None:
             try:
-                await store.set_password(member.name, password)
-            except NoSuchAccount:
-                self.reply(
-                    Error(ErrorCode.NO_SUCH_ACCOUNT, f"{member.name} is not an account")
-                )
+                await change()
+            except refused_by:
+                self.reply(refusal)
                 return
-            self.reply(PasswordChanged(member.name))
+            self.reply(done)
+            log.info("%s %s %s", done.kind, self.address, done.name)
 
-        self.pending = change
+        self.pending = work
 
     def _history(self, request: History) -> None:
         """``history|TARGET|...``: the stored messages asked for, oldest
