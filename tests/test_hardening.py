@@ -174,3 +174,30 @@ async def test_logins_from_one_address_are_limited_but_not_from_loopback() -> No
                 + [f"login|local{n}" for n in range(4)]
             )
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_all_the_queues_together_are_bounded() -> None:
+    # 900 non-readers filled by a helper took a server from 28 MB to 802 MB:
+    # each queue was bounded, their sum not. Past --max-queued-bytes the
+    # connections holding the most are dropped, and the others go on.
+    config = {"rate": 0, "max_queued_bytes": 300_000, "presence_delay": 0}
+    async with running_server(**config) as live:
+        sender = await live.login("sender")
+        mutes = []
+        for name in ("big", "small"):
+            mute = await small_buffered(live, 1)
+            await mute.send(f"login|{name}")  # and never reads
+            assert await sender.read_line() == f"login|{name}"
+            mutes.append(mute)
+        with trio.fail_after(10):
+            # big gets 250 KB, small 100 KB: together over the limit.
+            for _ in range(250):
+                await sender.send(f"talk|big|{BIG}")
+            for _ in range(100):
+                await sender.send(f"talk|small|{BIG}")
+            while (line := await sender.read_line()) != "exit|big":
+                assert line == "error|no-such-user|big", line
+        # small stays, and so does the sender.
+        assert await sender.pong_after("still here") == []
+        assert live.server.hub.member("small") is not None

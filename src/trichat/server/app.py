@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -51,6 +52,9 @@ log = logging.getLogger("trichat.server")
 _FRAMES_PER_TURN = 64
 # How long presence frames may wait per user online, up to presence_delay.
 _DELAY_PER_USER = 50e-6
+# How often the queues' sum is looked at, and why one is dropped past it.
+_QUEUE_WATCH = 0.25
+_OVER_BUDGET = "too slow: the server's queues hold too much"
 # What every client hears when the server stops, connected or connecting.
 _GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
 _REPLACED = Error(ErrorCode.REPLACED, "another connection took this session over")
@@ -502,6 +506,8 @@ class ChatServer:
                         accepting.start_soon(self._send_presence)
                     if self.config.resume_window:
                         accepting.start_soon(self._end_waiting_sessions)
+                    if self.config.max_queued_bytes:
+                        accepting.start_soon(self._watch_queued_bytes)
                     # It backs off when out of descriptors, and closes the
                     # listeners when cancelled, freeing the port while the
                     # connections close.
@@ -541,6 +547,36 @@ class ChatServer:
         finally:
             hub.hold_presence = False
             hub.release()
+
+    async def _watch_queued_bytes(self) -> None:
+        """Keep what all the queues hold together under ``max_queued_bytes``:
+        a few times a second, add it up (a look at each connection, no cost
+        on the hot path), and past the limit drop the connections (and end
+        the waiting sessions) that hold the most, until a tenth is free."""
+        limit = self.config.max_queued_bytes
+        while True:
+            await trio.sleep(_QUEUE_WATCH)
+            holders: list[tuple[int, Callable[[], None]]] = [
+                (c.mailbox.queued_bytes, partial(c.kick, _OVER_BUDGET))
+                for c in self._connections
+                if not c.kicked
+            ]
+            holders.extend(
+                (m.mailbox.queued_bytes, partial(self._end_waiting, m, _OVER_BUDGET))
+                for m in self._waiting
+            )
+            total = sum(size for size, _ in holders)
+            if total <= limit:
+                continue
+            log.warning(
+                "queues hold %d bytes, over %d: dropping the largest", total, limit
+            )
+            holders.sort(key=lambda holder: holder[0], reverse=True)
+            for size, drop in holders:
+                if total <= limit * 0.9:
+                    break
+                drop()
+                total -= size
 
     def login_bucket(self, ip: str) -> TokenBucket | None:
         """The logins *ip* may still make (``--logins-per-ip``), shared by

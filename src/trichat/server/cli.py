@@ -193,6 +193,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rooms one user may be in at once; 0: no limit (%(default)s)",
     )
     limits.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=d.max_queued_bytes,
+        help="bytes all the outgoing queues together may hold; beyond it the "
+        "connections holding the most are dropped first; 0: no limit "
+        "(default: a quarter of this machine's memory, %(default)s)",
+    )
+    limits.add_argument(
         "--max-refusing",
         type=int,
         default=d.max_refusing,
@@ -298,6 +306,7 @@ def _server_config(
         max_sender_wait=args.max_sender_wait,
         presence_delay=args.presence_delay,
         max_refusing=args.max_refusing,
+        max_queued_bytes=args.max_queued_bytes,
         shared_reader=args.shared_reader,
         max_rooms=args.max_rooms,
         logins_per_ip=args.logins_per_ip,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from typing import Any
 
@@ -37,6 +38,16 @@ def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attribute.name} must be 0 to 65535, not {value}")
 
 
+def _a_quarter_of_memory() -> int:
+    """A quarter of this machine's memory (at least 64 MiB): what all the
+    queues together may hold by default."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 4 << 30
+    return max(64 << 20, memory // 4)
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Where the server listens and the limits it enforces.
@@ -50,6 +61,11 @@ class ServerConfig:
     max_line: int = attrs.field(default=4096, validator=attrs.validators.ge(64))
     queue_size: int = attrs.field(default=1024, validator=_positive)
     queue_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    max_queued_bytes: int = attrs.field(
+        factory=_a_quarter_of_memory, validator=_not_negative
+    )
+    """Bytes all the outgoing queues together may hold (0: no limit);
+    beyond it, the connections holding the most are dropped first."""
     max_clients: int = attrs.field(default=10_000, validator=_positive)
     max_per_ip: int = attrs.field(default=1000, validator=_not_negative)
     login_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -132,4 +148,5 @@ class ServerConfig:
             ("presence", self.presence),
             ("queue-size", str(self.queue_size)),
             ("queue-bytes", str(self.queue_bytes)),
+            ("max-queued-bytes", str(self.max_queued_bytes)),
         )
