@@ -10,6 +10,7 @@ import argparse
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fakeserver import SETTINGS, FakeServer, fail_after, serve_fake
 from test_terminal import SAME_DAY, chatting_v2, connect_process, sent
 
 from trichat.client import LoginRefused, open_client
+from trichat.client.fullscreen._model import ChatModel, EntryKind
 from trichat.client.terminal import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -32,6 +34,7 @@ from trichat.protocol.messages import (
     ChangePassword,
     ErrorCode,
     Exit,
+    Hist,
     History,
     Join,
     Login,
@@ -48,6 +51,7 @@ PASSWORD = "correct horse"
 HISTORY = SETTINGS.replace("history=0", "history=1000")
 """A server's settings when it keeps history."""
 CHEAP = Hasher(memory_kib=8, time_cost=1, parallelism=1)
+WHEN = datetime(2024, 5, 17, 11, 59, 58, 500000, tzinfo=UTC)
 
 
 class Prompts:
@@ -488,3 +492,68 @@ async def test_joining_a_room_shows_what_was_said_in_it(tmp_path: Path) -> None:
         *(f"[earlier] bob (#lunch): message {n}" for n in range(5, 25)),
         "bob (#lunch): live now",
     ]
+
+
+# The full-screen client's model
+
+
+def full_screen(settings: dict[str, str]) -> ChatModel:
+    return ChatModel(
+        "alice",
+        version=2,
+        echo=True,
+        settings=settings,
+        online=("bob",),
+        clock=lambda: WHEN,
+    )
+
+
+def queued(chat: ChatModel) -> list[tuple[str, str, int]]:
+    return [(item.kind, item.target, item.count) for item in chat.outbox]
+
+
+def test_full_screen_joining_asks_for_the_rooms_earlier_messages() -> None:
+    chat = full_screen({"history": "1000"})
+    chat.joined("#lunch", "alice")
+    assert queued(chat) == [("history", "#lunch", 20)]
+    window = chat.window_for("#lunch")
+    # A live message arrives before the answer, which holds it too.
+    chat.delivered("bob", "#lunch", "live one", id=12, time=WHEN)
+    chat.history_page(
+        "#lunch",
+        [
+            Hist(10, WHEN, "bob", "#lunch", "hungry?"),
+            Hist(11, WHEN, "alice", "#lunch", "always"),
+            Hist(12, WHEN, "bob", "#lunch", "live one"),
+        ],
+    )
+    messages = [
+        (entry.id, entry.text, entry.earlier, entry.own)
+        for entry in window.entries
+        if entry.kind is EntryKind.MESSAGE
+    ]
+    assert messages == [
+        (10, "hungry?", True, False),
+        (11, "always", True, True),
+        (12, "live one", False, False),
+    ]
+
+
+def test_full_screen_without_history_on_the_server_asks_nothing() -> None:
+    chat = full_screen({"history": "0"})
+    chat.joined("#lunch", "alice")
+    assert queued(chat) == []
+
+
+def test_full_screen_history_command_asks_for_the_windows_target() -> None:
+    chat = full_screen({"history": "1000"})
+    chat.show(chat.window_for("bob"))
+    chat.command("/history 50")
+    chat.command("/history")
+    assert queued(chat) == [("history", "bob", 50), ("history", "bob", 20)]
+    chat.outbox.clear()
+    chat.command("/history 501")
+    assert queued(chat) == []
+    assert chat.current.entries[-1].text == "usage: /history [N] (N from 1 to 500)"
+    chat.history_page("bob", [])
+    assert chat.current.entries[-1].text == "no earlier messages"

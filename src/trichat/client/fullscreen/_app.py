@@ -25,7 +25,14 @@ from ...protocol.messages import (
     Ping,
     Pong,
 )
-from ..library import BadServerFrame, Client, ConnectionLost, Event, RoomList
+from ..library import (
+    BadServerFrame,
+    Client,
+    ConnectionLost,
+    Event,
+    HistoryPage,
+    RoomList,
+)
 from ..terminal import EXIT_FAILURE, EXIT_OK, describe_error, escape
 from ._model import ChatModel, Link, Outgoing, Pacer
 from ._widgets import PALETTE, ChatView
@@ -207,6 +214,8 @@ class FullScreen:
                 model.parted(room, name)
             case RoomList(rooms):
                 model.room_list([(info.room, info.members) for info in rooms])
+            case HistoryPage(target, messages):
+                model.history_page(target, messages)
             case Error(code):
                 words = describe_error(message)
                 if code.closes:
@@ -288,3 +297,5 @@ class FullScreen:
                 await client.part(item.target)
             case "rooms":
                 await client.list_rooms()
+            case "history":
+                await client.history(item.target, item.count)

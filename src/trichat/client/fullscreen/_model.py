@@ -16,7 +16,9 @@ import attrs
 
 from ...protocol.messages import (
     BROADCAST,
+    MAX_HISTORY,
     MAX_TEXT,
+    Hist,
     check_room,
     check_target,
     is_room,
@@ -27,6 +29,7 @@ from ._text import confusables, display_text, mentions, unusual_letters
 __all__ = [
     "COMMANDS",
     "HELP",
+    "JOIN_HISTORY",
     "ChatModel",
     "Completer",
     "Entry",
@@ -46,6 +49,9 @@ SCROLLBACK: Final = 5000
 """Entries a window keeps; older ones go, a chunk at a time."""
 _TRIM_CHUNK: Final = 500
 
+JOIN_HISTORY: Final = 20
+"""How many earlier messages of a room are shown on joining it."""
+
 DEFAULT_RATE: Final = 10.0
 DEFAULT_BURST: Final = 10
 """How fast the client sends when the server does not say (protocol 1):
@@ -60,11 +66,11 @@ a user, a room or * (everyone). Nothing that arrives changes it.
 /part [#ROOM]    leave ROOM (default: this window's room)
 /rooms           list the rooms that have members
 /who             who is here: online users, or this room's members
+/history [N]     the last N (default 20) messages here
 /all TEXT        send TEXT to everyone (*)
 /win N|NAME      switch to window N, or to NAME's (also Alt-1..9, Ctrl-N/P)
 /close           close this window (not *)
-//TEXT           send /TEXT as text
-/help            this help
+/help            this help; //TEXT sends /TEXT as text
 /quit            leave (asks first while pasted lines wait to be sent)
 Keys: PageUp/PageDown or the mouse wheel scroll; Up/Down recall input;
 Tab completes names, rooms and commands; Ctrl-A/E start/end of line,
@@ -74,6 +80,7 @@ COMMANDS: Final = (
     "/all",
     "/close",
     "/help",
+    "/history",
     "/join",
     "/msg",
     "/part",
@@ -120,6 +127,8 @@ class Entry:
     mention: bool = False
     state: EntryState = EntryState.DONE
     note: str = ""
+    earlier: bool = False
+    """A stored message from the server's history, not a live one."""
 
 
 class Window:
@@ -196,12 +205,14 @@ class Link(enum.Enum):
 class Outgoing:
     """A frame the outbox holds until the pacer lets it go."""
 
-    kind: Literal["talk", "join", "part", "rooms"]
+    kind: Literal["talk", "join", "part", "rooms", "history"]
     target: str = ""
     text: str = ""
     entry: Entry | None = None
     window: Window | None = None
     pasted: bool = False
+    count: int = 0
+    """How many messages a ``history`` request asks for."""
 
 
 class Pacer:
@@ -680,6 +691,8 @@ class ChatModel:
             self._joining = window.key
             self._join_entry = self.info(f"you joined {display_text(room)}", window)
             self.known_rooms[name_key(room)] = room
+            if self.keeps_history():
+                self.queue(Outgoing("history", room, count=JOIN_HISTORY))
             return
         window.members[name_key(name)] = name
         self._check_look_alikes()
@@ -698,6 +711,34 @@ class ChatModel:
             f"{self._look_alike_note(name)}",
             window,
         )
+
+    def keeps_history(self) -> bool:
+        """Whether the server keeps messages to show as earlier ones."""
+        return self.version >= 2 and self.settings.get("history", "0") != "0"
+
+    def history_page(self, target: str, messages: Sequence[Hist]) -> None:
+        """The answer to ``history``: *messages* of *target*, merged into
+        its window (where the live ones already there stay, in id order),
+        each marked as earlier."""
+        self._end_join()
+        window = self.window_for(target)
+        entries = [
+            Entry(
+                EntryKind.MESSAGE,
+                hist.text,
+                hist.time,
+                sender=hist.sender,
+                to=hist.to,
+                server_time=True,
+                id=hist.id,
+                own=self.is_me(hist.sender),
+                earlier=True,
+            )
+            for hist in messages
+        ]
+        self.insert_history(window, entries)
+        if not entries:
+            self.info("no earlier messages", window)
 
     def end_of_batch(self) -> None:
         """What arrived in one read has been taken in."""
@@ -907,6 +948,8 @@ class ChatModel:
             self.queue(Outgoing("rooms"))
         elif name in {"who", "names"}:
             self.who()
+        elif name == "history":
+            self._history(rest)
         elif name == "all":
             if rest:
                 self.say(self.windows[0], rest)
@@ -944,6 +987,19 @@ class ChatModel:
         self.say(window, match[2])
         if window is not self.current:
             self.info(f"-> {display_text(window.target)}: {display_text(match[2])}")
+
+    def _history(self, rest: str) -> None:
+        count = JOIN_HISTORY
+        if rest:
+            number = int(rest) if rest.isascii() and rest.isdigit() else 0
+            if not 1 <= number <= MAX_HISTORY:
+                self.problem(f"usage: /history [N] (N from 1 to {MAX_HISTORY})")
+                return
+            count = int(rest)
+        if self.version < 2:
+            self.problem("the server keeps no history on protocol 1")
+            return
+        self.queue(Outgoing("history", self.current.target, count=count))
 
     def _query(self, rest: str) -> None:
         target = rest.split()[0] if rest else ""

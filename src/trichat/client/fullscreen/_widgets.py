@@ -90,6 +90,8 @@ def entry_markup(
 def _message_markup(model: ChatModel, entry: Entry, text: str) -> _Markup:
     sender = entry.sender or "?"
     markup: _Markup = []
+    if entry.earlier:
+        markup.append(("info", "[earlier] "))
     if entry.own:
         markup.append(("own", f"<{display_text(sender)}> "))
     elif model.look_alikes(sender):
