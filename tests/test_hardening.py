@@ -201,3 +201,24 @@ async def test_all_the_queues_together_are_bounded() -> None:
         # small stays, and so does the sender.
         assert await sender.pong_after("still here") == []
         assert live.server.hub.member("small") is not None
+
+
+@pytest.mark.trio
+async def test_the_goodbye_goes_before_a_backlog_there_is_no_time_for() -> None:
+    # 1,000 TLS readers under a broadcast storm: SIGTERM cut every stream
+    # mid-frame and nobody got error|shutting-down. A large backlog is
+    # dropped before the goodbye (the frame being written is finished).
+    async with running_server(rate=0, presence_delay=0) as live:
+        sender = await live.login("sender")
+        reader = await small_buffered(live, 1)
+        await reader.send("login|reader")  # reads nothing, for now
+        assert await sender.read_line() == "login|reader"
+        for _ in range(300):  # 300 KB, past the kernel's buffers
+            await sender.send(f"talk|reader|{BIG}")
+        assert await sender.pong_after("queued") == []
+        live.server.shutdown()
+        lines = await reader.read_until_closed()
+    assert lines[-1] == "error|shutting-down|the server is stopping"
+    talks = [line for line in lines if line.startswith("talk|")]
+    assert all(line == f"talk|sender|reader|{BIG}" for line in talks)  # none cut
+    assert len(talks) < 300

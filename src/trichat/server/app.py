@@ -55,6 +55,10 @@ _DELAY_PER_USER = 50e-6
 # How often the queues' sum is looked at, and why one is dropped past it.
 _QUEUE_WATCH = 0.25
 _OVER_BUDGET = "too slow: the server's queues hold too much"
+# At shutdown, a queue holding more than this is dropped before the
+# goodbye: over TLS, thousands of clients' backlogs cannot all be encrypted
+# and sent within the close timeout, and the goodbye would be lost.
+_GOODBYE_BACKLOG = 64 * 1024
 # What every client hears when the server stops, connected or connecting.
 _GOODBYE = Error(ErrorCode.SHUTTING_DOWN, "the server is stopping")
 _REPLACED = Error(ErrorCode.REPLACED, "another connection took this session over")
@@ -644,6 +648,11 @@ class ChatServer:
         for member in list(self._waiting):
             self._end_waiting(member, "server shutting down")
         for session in list(self._connections):
+            # The goodbye matters more than a backlog there is no time
+            # for: beyond _GOODBYE_BACKLOG, what was never taken for
+            # writing is dropped (a frame being written is finished).
+            if session.mailbox.queued_bytes > _GOODBYE_BACKLOG:
+                session.mailbox.drop_unwritten()
             session.close_with(_GOODBYE, "server shutting down")
 
     async def _handle(self, tcp: trio.SocketStream) -> None:

@@ -385,6 +385,13 @@ class Mailbox:
             if number > last_id
         ]
 
+    def drop_unwritten(self) -> None:
+        """Drop what the writer has not taken yet (not the batch it is
+        writing, so that no frame is cut): at shutdown, for a client whose
+        backlog there is no time for."""
+        self._take_unwritten()
+        self.lost = True
+
     def _take_unwritten(self) -> list[bytes]:
         """Take everything the writer has not taken, counted as gone."""
         pieces = []
