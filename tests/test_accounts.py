@@ -237,3 +237,40 @@ async def test_accounts_history_and_ids_survive_a_restart(tmp_path: Path) -> Non
         await alice.expect("login|bob")
         await alice.send("talk|bob|after")
         assert Msg.parse(await bob.read_line()).id > old.id
+
+
+async def test_guesses_sent_at_once_are_throttled_as_one_after_another(
+    tmp_path: Path,
+) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        await registered(live, "alice")
+        guessers = [await live.connect() for _ in range(20)]
+        async with trio.open_nursery() as nursery:
+            for n, guesser in enumerate(guessers):
+                nursery.start_soon(guesser.send, f"login|alice|wrong guess {n}")
+        codes = [(await g.read_line()).split("|")[1] for g in guessers]
+        assert codes.count("wrong-password") == 3
+        assert codes.count("rate-limited") == 17
+
+
+async def test_a_login_that_takes_over_gives_a_new_secret(tmp_path: Path) -> None:
+    # Whoever held the old session's secret cannot take the account back
+    # without its password; a protocol-1 login that takes over gets none.
+    async with store_server(tmp_path / "t.db", resume_window=60) as live:
+        first = await v2(live)
+        await first.login("alice")
+        old = (await first.read_line()).split("|")[1]
+        await first.send(f"register|{PASSWORD}")
+        await first.expect("registered|alice")
+        owner = await v2(live)
+        await owner.send(f"login|alice|{PASSWORD}")
+        await owner.expect("login|alice")
+        new = (await owner.read_line()).split("|")[1]
+        assert new != old
+        stale = await v2(live)
+        await stale.send(f"resume|{old}|0")
+        await expect_error_frame(stale, "resume-failed")
+        plain = await live.connect()  # no hello: protocol 1
+        await plain.send(f"login|alice|{PASSWORD}")
+        await plain.expect("login|alice")
+        assert await plain.pong_after("q") == []  # no session frame

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from helpers import (
     STEP_TIMEOUT,
     LineClient,
@@ -287,3 +288,65 @@ async def test_the_shutdown_ends_waiting_sessions() -> None:
         await wait_for_waiting(live, 1)
         live.server.shutdown()
         assert live.server.waiting == 0
+
+
+async def test_a_resume_takes_what_was_just_handed_to_the_old_writer() -> None:
+    # A batch handed straight to a waiting writer is in no channel buffer:
+    # a resume right after it (in the same pass of the shared reader) must
+    # still count it, not crash or lose it. (An independent review found
+    # most such resumes failing.)
+    async with running_server(presence_delay=0) as live:
+        bob = await live.login("bob")
+        for n in range(10):
+            alice = await log_in(live, f"alice{n}", others=1)
+            await bob.expect(f"login|alice{n}")
+            back = await live.connect()
+            await say_hello(back)
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            await bob.send(f"talk|alice{n}|hi {n}")
+            await back.send(f"resume|{alice.secret}|0")
+            assert (await back.read_line()).startswith(f"resumed|alice{n}|")
+            await back.read_lines(3)  # session, own login, login|bob
+            assert Msg.parse(await back.read_line()).text == f"hi {n}"
+            await back.send("exit")
+            await bob.expect(f"exit|alice{n}")
+
+
+async def test_a_drop_the_writer_notices_leaves_the_session_waiting() -> None:
+    # alice's network breaks: writes to her fail while reads just hang. The
+    # writer notices first (a kick): the session waits all the same.
+    async with running_server(presence_delay=0) as live:
+        bob = await live.login("bob")
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.server.serve_connection, theirs, "127.0.0.1")
+            alice = LineClient(ours)
+            await alice.send("hello|2")
+            await alice.send("login|alice")
+            await alice.read_lines(3)  # hello, login, session
+            await bob.expect("login|alice")
+            await ours.receive_stream.aclose()
+            await bob.send("talk|alice|hello")
+            await wait_for_waiting(live, 1)
+            assert await bob.pong_after("q") == []  # no exit
+            live.server.shutdown()
+
+
+async def test_a_resume_from_further_back_than_the_last_one_fails() -> None:
+    async with running_server() as live:
+        bob = await live.login("bob")
+        alice = await log_in(live, "alice", others=1)
+        await bob.expect("login|alice")
+        for n in range(3):
+            await bob.send(f"talk|alice|{n}")
+        ids = [Msg.parse(line).id for line in await alice.client.read_lines(3)]
+        await drop(alice.client)
+        await wait_for_waiting(live, 1)
+        first = await resume(live, alice.secret, ids[-1])
+        await first.expect("resumed|alice|0")
+        await first.read_lines(3)
+        await drop(first)
+        await wait_for_waiting(live, 1)
+        # What followed ids[0] was not kept by the connection that resumed.
+        again = await resume(live, alice.secret, ids[0])
+        await expect_error_frame(again, "resume-failed")

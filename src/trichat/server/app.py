@@ -199,7 +199,9 @@ class _Connection:
                 read_ended = True
             finally:
                 self.session.stopped = True
-                if read_ended and self._session_waits():
+                # A kick (the writer lost the connection, say) ends reading
+                # by cancelling: not a bug either.
+                if (read_ended or self.kicked) and self._session_waits():
                     self.park(nursery.cancel_scope)
                 else:
                     self.close(nursery.cancel_scope)

@@ -386,6 +386,14 @@ class Hub:
         member.session_frame = frame(secret)
         self._sessions[_digest(secret)] = member
 
+    def close_session(self, member: Member) -> None:
+        """*member*'s secret no longer names its session: nobody can resume
+        it with that secret any more."""
+        if member.secret is not None:
+            self._sessions.pop(_digest(member.secret), None)
+        member.secret = None
+        member.session_frame = b""
+
     def find_session(self, secret: str) -> Member | None:
         """The online member (connected, or waiting for a resume) whose
         session *secret* names; None for an unknown or ended session."""

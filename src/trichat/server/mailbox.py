@@ -74,6 +74,7 @@ class Mailbox:
         "_kept_frames",
         "_outbox",
         "_progress",
+        "_unwritten",
         "answer_bytes",
         "closed",
         "discarded",
@@ -134,6 +135,8 @@ class Mailbox:
         """Bytes of the server's own answers put with *force* and not
         written yet: they do not count against ``max_bytes``."""
         self._answers: deque[tuple[int, int]] = deque()
+        # What was put and is not written yet, while frames are kept.
+        self._unwritten: deque[_Item] = deque()
 
     # -- for senders -----------------------------------------------------------
 
@@ -255,6 +258,9 @@ class Mailbox:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.lost = True
             return False
+        if self._kept is not None:
+            # Until written, a resume may want it (messages_after).
+            self._unwritten.append((self.next_seq, data, frames))
         self.in_channel += 1
         self.next_seq += frames
         self.queued_frames += frames
@@ -350,6 +356,9 @@ class Mailbox:
         answers = self._answers
         while answers and answers[0][0] <= self.last_written:
             self.answer_bytes -= answers.popleft()[1]
+        unwritten = self._unwritten
+        while unwritten and unwritten[0][0] <= self.last_written:
+            unwritten.popleft()
         kept = self._kept
         if kept is not None:
             kept.append(batch)
@@ -375,9 +384,13 @@ class Mailbox:
         if self.lost or self.forgotten > last_id:
             return None
         pieces = [batch.data for batch in self._kept or ()]
-        if self.writing is not None:
-            pieces.append(self.writing.data)
-        pieces.extend(self._take_unwritten())
+        # Every batch not written yet: in the channel, handed to a writer
+        # that has not run yet, or being written.
+        pieces.extend(data for _, data, _ in self._unwritten)
+        self._unwritten.clear()
+        if self._held:
+            pieces.append(self._take_held()[0])
+        self._take_unwritten()
         return [
             frame
             for piece in pieces
@@ -393,13 +406,16 @@ class Mailbox:
         self.lost = True
 
     def _take_unwritten(self) -> list[bytes]:
-        """Take everything the writer has not taken, counted as gone."""
+        """Take what waits in the channel's buffer, counted as gone. (A
+        batch the channel handed straight to a waiting writer is not in
+        the buffer: that writer writes it.)"""
         pieces = []
-        if self._held:
-            pieces.append(self._take_held()[0])
         while self.in_channel:
+            try:
+                first, data, frames = self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                break
             self.in_channel -= 1
-            first, data, frames = self._inbox.receive_nowait()
             self.queued_frames -= frames
             self.queued_bytes -= len(data)
             while self._answers and self._answers[0][0] < first + frames:

@@ -179,6 +179,17 @@ class LoginThrottle:
         if len(self._accounts) + len(self._addresses) > self._sweep_at:
             self._sweep(now)
 
+    def forget(self, account_key: str, address: str, when: float) -> None:
+        """Take back the failure counted at *when* (an attempt counted as
+        failed while it was checked, that proved right)."""
+        for failures, key in (
+            (self._accounts, account_key),
+            (self._addresses, address),
+        ):
+            times = failures.get(key)
+            if times is not None and when in times:
+                times.remove(when)
+
     def succeeded(self, account_key: str, address: str, now: float) -> None:
         """A login to *account_key* from *address* worked."""
         self._accounts.pop(account_key, None)

@@ -211,7 +211,8 @@ class Session:
         """Let go of the session, which another connection took over."""
         self.store = store
         """Accounts, offline messages and history; None: nothing is kept."""
-        self.throttle = throttle or LoginThrottle()
+        # (An empty throttle is falsy: "or" would not share it.)
+        self.throttle = LoginThrottle() if throttle is None else throttle
         self.private = private
         """Passwords may be sent: the connection is encrypted, or local."""
         self.ip = ip or address
@@ -491,14 +492,19 @@ class Session:
             )
             return
 
+        # Counted as failed until it proves right, so that guesses sent
+        # in parallel are limited as those sent one after another are.
+        tried = self.now
+        throttle.failed(key, ip, tried)
+
         async def log_in() -> None:
             right = await store.verify(name, password)
             if not right:
-                throttle.failed(key, ip, trio.current_time())
                 self.reply(
                     Error(ErrorCode.WRONG_PASSWORD, f"wrong password for {name}")
                 )
                 return
+            throttle.forget(key, ip, tried)
             throttle.succeeded(key, ip, trio.current_time())
             account = await store.account(key)
             kept = await store.offline(key)
@@ -528,6 +534,11 @@ class Session:
         member.replace = self.replaced
         member.version = self.version or 1
         member.echo = self.echo
+        # A new secret (or none, on protocol 1): whoever held the old one
+        # cannot take the account back without its password.
+        self.hub.close_session(member)
+        if self._resumable:
+            self.hub.open_session(member, self._session_frame)
         self._logged_in(member)
         self._answer(self.hub.snapshot(member), force=True)
         log.info("login %s %s (took the session over)", self.address, member.name)
@@ -749,6 +760,9 @@ class Session:
             )
             return
         member.replace()  # whoever held it lets go
+        # Nothing at or below last_id is kept here: a later resume from
+        # further back cannot be whole.
+        self.mailbox.forgotten = max(self.mailbox.forgotten, last_id)
         member.mailbox = self.mailbox
         member.kick = self.kick
         member.replace = self.replaced
