@@ -274,3 +274,29 @@ async def test_a_login_that_takes_over_gives_a_new_secret(tmp_path: Path) -> Non
         await plain.send(f"login|alice|{PASSWORD}")
         await plain.expect("login|alice")
         assert await plain.pong_after("q") == []  # no session frame
+
+
+async def test_a_login_that_takes_over_a_waiting_session_gets_what_it_kept(
+    tmp_path: Path,
+) -> None:
+    async with store_server(tmp_path / "t.db", resume_window=60) as live:
+        alice = await v2(live)
+        await alice.login("alice")
+        await alice.read_line()  # session
+        await alice.send(f"register|{PASSWORD}")
+        await alice.expect("registered|alice")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.read_lines(2)  # session, login|alice
+        await alice.expect("login|bob")
+        await trio.aclose_forcefully(alice.stream)  # her session waits
+        with trio.fail_after(5):
+            while live.server.waiting != 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await bob.send("talk|alice|sent while you were away")
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice")
+        await back.read_lines(2)  # a new session, login|bob
+        kept = Msg.parse(await back.read_line())
+        assert (kept.sender, kept.text) == ("bob", "sent while you were away")

@@ -398,6 +398,14 @@ class Mailbox:
             if number > last_id
         ]
 
+    def take_unwritten_messages(self) -> list[bytes]:
+        """The message frames put and not written yet (while frames are
+        kept), taken out: for whoever takes the session over."""
+        pieces = [data for _, data, _ in self._unwritten]
+        self._unwritten.clear()
+        self._take_unwritten()
+        return [frame for piece in pieces for _, frame in message_frames(piece)]
+
     def drop_unwritten(self) -> None:
         """Drop what the writer has not taken yet (not the batch it is
         writing, so that no frame is cut): at shutdown, for a client whose

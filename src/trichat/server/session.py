@@ -528,6 +528,12 @@ class Session:
         """Take *member*'s session from the connection (or the wait for a
         resume) that holds it: the account logged in again elsewhere.
         Nobody else sees it leave or come back."""
+        # What was accepted for the session and never written (while it
+        # waited for a resume, say) goes to the new connection, if it reads
+        # the same frames (msg: protocol 2).
+        unwritten = member.mailbox.take_unwritten_messages()
+        if member.version != (self.version or 1):
+            unwritten = []
         member.replace()
         member.mailbox = self.mailbox
         member.kick = self.kick
@@ -540,7 +546,7 @@ class Session:
         if self._resumable:
             self.hub.open_session(member, self._session_frame)
         self._logged_in(member)
-        self._answer(self.hub.snapshot(member), force=True)
+        self._answer(self.hub.snapshot(member) + b"".join(unwritten), force=True)
         log.info("login %s %s (took the session over)", self.address, member.name)
 
     def _deliver_kept(self, member: Member, kept: list[StoredMessage]) -> None:
