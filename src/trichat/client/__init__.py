@@ -2,34 +2,59 @@
 terminal front end of ``trichat connect`` (``terminal``).
 
 The events a client yields are the protocol's frames (``trichat.Message``,
-``trichat.Joined``...), but for ``RoomList`` and ``HistoryPage``, which are
-the client's own.
+``trichat.Joined``...), but for ``RoomList``, ``HistoryPage`` and the
+``ConnectionEvent``s of a ``ReconnectingClient`` (``Disconnected``,
+``Reconnecting``, ``Resumed``, ``ResumeFailed``), which are the client's
+own. (``trichat.client.Resumed`` is such an event; ``trichat.Resumed`` is
+the protocol's ``resumed`` frame.)
 """
 
 from .library import (
     DEFAULT_PORT,
     MAX_SERVER_FRAME,
+    Backoff,
     BadServerFrame,
     Client,
+    ConnectionEvent,
     ConnectionLost,
+    Disconnected,
     Event,
     HistoryPage,
     LoginRefused,
+    Reconnecting,
+    ReconnectingClient,
+    ReconnectingEvent,
+    Resumed,
+    ResumeFailed,
     RoomList,
+    StreamOpener,
     connect,
     open_client,
+    open_reconnecting_client,
+    open_stream,
 )
 
 __all__ = [
     "DEFAULT_PORT",
     "MAX_SERVER_FRAME",
+    "Backoff",
     "BadServerFrame",
     "Client",
+    "ConnectionEvent",
     "ConnectionLost",
+    "Disconnected",
     "Event",
     "HistoryPage",
     "LoginRefused",
+    "Reconnecting",
+    "ReconnectingClient",
+    "ReconnectingEvent",
+    "ResumeFailed",
+    "Resumed",
     "RoomList",
+    "StreamOpener",
     "connect",
     "open_client",
+    "open_reconnecting_client",
+    "open_stream",
 ]

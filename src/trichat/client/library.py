@@ -20,9 +20,10 @@ Nothing here writes to a terminal.
 
 from __future__ import annotations
 
+import random
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Final, cast
 
@@ -65,9 +66,11 @@ from ..protocol.messages import (
     Pong,
     Register,
     Registered,
+    Resume,
     RoomInfo,
     RoomsListed,
     ServerMessage,
+    SessionInfo,
     Talk,
     UnknownErrorCode,
     Welcome,
@@ -75,19 +78,33 @@ from ..protocol.messages import (
     is_room,
     name_key,
 )
+from ..protocol.messages import (
+    Resumed as ResumedFrame,
+)
 
 __all__ = [
     "DEFAULT_PORT",
     "MAX_SERVER_FRAME",
+    "Backoff",
     "BadServerFrame",
     "Client",
+    "ConnectionEvent",
     "ConnectionLost",
+    "Disconnected",
     "Event",
     "HistoryPage",
     "LoginRefused",
+    "Reconnecting",
+    "ReconnectingClient",
+    "ReconnectingEvent",
+    "ResumeFailed",
+    "Resumed",
     "RoomList",
+    "StreamOpener",
     "connect",
     "open_client",
+    "open_reconnecting_client",
+    "open_stream",
 ]
 
 DEFAULT_PORT: Final = 8089
@@ -205,9 +222,9 @@ Event = (
     | Pong
 )
 """What iterating a ``Client`` yields: every frame the server sends but the
-answer to ``hello`` (which ``Client.login`` reads) and the frames of a
-``rooms`` answer (yielded together, as one ``RoomList``) and of a ``history``
-answer (as one ``HistoryPage``)."""
+answer to ``hello`` (which ``Client.login`` reads), ``session`` (kept in
+``Client.session``) and the frames of a ``rooms`` answer (yielded together,
+as one ``RoomList``) and of a ``history`` answer (as one ``HistoryPage``)."""
 
 
 @attrs.frozen
@@ -328,6 +345,14 @@ class Client(trio.abc.AsyncResource):
         closes a connection that sends a longer line.
       max_text: the most characters a message's text may have: the
         server's ``max-text`` (the protocol's 4000 without settings).
+      session: the secret of the session, from the server's ``session``
+        frame (protocol 2, with sessions on), or None before it (or
+        without one): what ``Client.resume`` takes back after a drop.
+        Keep it to yourself: whoever has it can take the session.
+      resume_window: how many seconds the server keeps the session after
+        the connection drops (the ``session`` frame's), 0 without one.
+      missed: after ``Client.resume``, how many missed messages the server
+        said it replays (``resumed|NAME|COUNT``); 0 otherwise.
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
@@ -340,6 +365,9 @@ class Client(trio.abc.AsyncResource):
         self.last_heard = trio.current_time()
         self.max_frame = DEFAULT_MAX_LINE
         self.max_text = MAX_TEXT
+        self.session: str | None = None
+        self.resume_window = 0
+        self.missed = 0
         self._stream = stream
         self._connection = Connection(Role.CLIENT, max_line=MAX_SERVER_FRAME)
         self._online: dict[str, str] = {}
@@ -426,6 +454,61 @@ class Client(trio.abc.AsyncResource):
                     pass
                 case _:
                     raise _unexpected(message, "before the login was accepted")
+
+    @classmethod
+    async def resume(
+        cls,
+        stream: trio.abc.Stream,
+        session: str,
+        last_id: int,
+        *,
+        echo: bool = True,
+    ) -> Client:
+        """Take back the dropped session *session* over *stream*, saying
+        that *last_id* is the last message id received (0: none).
+
+        Says ``hello|2`` (with ``echo``), then ``resume|SESSION|ID``, and
+        returns the client once the server answered ``resumed|NAME|COUNT``
+        (``missed`` is COUNT). What follows, read by iteration, is the
+        session's snapshot: the own ``Login``, the presence list, one
+        ``Joined`` list per room (which rebuild ``online`` and ``rooms``),
+        then the COUNT missed messages, each once, in order.
+
+        Raises LoginRefused when the server refuses: with the code
+        ``resume-failed`` the connection stays open, and
+        ``Client.login(stream, name, after=refused)`` may log in on it;
+        ConnectionLost and BadServerFrame as ``Client.login`` does (and
+        BadServerFrame when the server does not speak protocol 2).
+        *stream* is not closed on failure.
+        """
+        request = Resume(session, last_id)
+        client = cls(stream)
+        greeting = await client._greet(PROTOCOL_VERSION, echo)
+        if greeting.version < 2:
+            raise _bad("the server does not speak protocol 2: no resume")
+        client._agree(greeting)
+        await client.send(request)
+        while True:
+            message = await client._next_frame()
+            match message:
+                case None:
+                    raise ConnectionLost(
+                        "the server closed the connection before answering resume"
+                    )
+                case ResumedFrame(name, count):
+                    client.name = name
+                    client.missed = count
+                    client.session = session
+                    client._connection.logged_in(name)
+                    return client
+                case Error():
+                    raise LoginRefused(message, greeting)
+                case Ping(token):
+                    await client._answer(token)
+                case Pong():
+                    pass
+                case _:
+                    raise _unexpected(message, "before the answer to resume")
 
     async def _greet(self, version: int, echo: bool) -> _Greeting:
         """Say ``hello`` (unless *version* is 1) and read the answer."""
@@ -828,6 +911,10 @@ class Client(trio.abc.AsyncResource):
                         f"rooms|{count} ended an answer that listed {len(listed)}",
                     )
                 return RoomList(listed)
+            case SessionInfo(session, seconds):
+                self.session = session
+                self.resume_window = seconds
+                return None
             case (
                 Login()
                 | Registered()
@@ -976,6 +1063,29 @@ async def connect(
     _login_request(name, password)  # a refused name is not worth a connection
     if not 1 <= version <= PROTOCOL_VERSION:
         raise ValueError(f"this client speaks protocol 1 to {PROTOCOL_VERSION}")
+    stream = await open_stream(
+        host, port, ssl_context=ssl_context, server_hostname=server_hostname
+    )
+    try:
+        return await Client.login(
+            stream, name, version=version, echo=echo, password=password
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+async def open_stream(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> trio.abc.Stream:
+    """A connection to the server, TLS with *ssl_context* (handshake
+    done), before any frame: what ``connect`` logs in over. Raises OSError
+    when the server cannot be reached, ConnectionLost when the TLS
+    handshake fails."""
     tcp = await trio.open_tcp_stream(host, port)
     stream: trio.abc.Stream = tcp
     try:
@@ -995,12 +1105,10 @@ async def connect(
             except trio.BrokenResourceError as error:
                 reason = error.__cause__ or error
                 raise ConnectionLost(f"TLS handshake failed: {reason}") from error
-        return await Client.login(
-            stream, name, version=version, echo=echo, password=password
-        )
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+    return stream
 
 
 @asynccontextmanager
@@ -1040,3 +1148,725 @@ def _login_request(name: str, password: str | None) -> Login:
     """The login frame; ValueError for a name the protocol refuses, or a
     password no account can have (the message never shows it)."""
     return Login(name, password)
+
+
+# -- A client that comes back by itself ----------------------------------------
+
+
+@attrs.frozen
+class Disconnected:
+    """The connection dropped (``reason`` says how) without ``exit``: the
+    client reconnects by itself. Sends wait until it is back."""
+
+    reason: str
+
+
+@attrs.frozen
+class Reconnecting:
+    """Attempt number ``attempt`` (from 1) to reconnect starts in ``delay``
+    seconds."""
+
+    attempt: int
+    delay: float
+
+
+@attrs.frozen
+class Resumed:
+    """The session was taken back on a new connection: the name, the rooms
+    and everything said meanwhile are kept. The ``missed`` messages said
+    while away come next, each once, in order; changes to who is online
+    and who is in the rooms (``Login``, ``Exit``, ``Joined``, ``Parted``)
+    come before them.
+
+    Not the protocol's ``trichat.Resumed`` frame (``resumed|NAME|COUNT``),
+    which the client reads itself."""
+
+    missed: int
+
+
+@attrs.frozen
+class ResumeFailed:
+    """The session could not be taken back (``reason``: it ended, the
+    server restarted, keeps no sessions or no longer held every message),
+    so the client logged in again under the same name and joined its rooms
+    again.
+
+    ``after`` is the id of the last message received before the drop.
+    ``recovered`` messages with higher ids were found in the server's
+    history (the server's ``history`` setting above 0): they come next, in
+    order, before the live stream. ``gaps`` lists the conversations (rooms,
+    ``*``) whose messages after ``after`` could not be filled in, and
+    ``direct_gap`` says whether direct messages to this client after it may
+    be missing (the server keeps none for guests). A program can show
+    "messages may be missing here" for each.
+    """
+
+    reason: str
+    after: int
+    recovered: int = 0
+    gaps: tuple[str, ...] = ()
+    direct_gap: bool = True
+
+
+ConnectionEvent = Disconnected | Reconnecting | Resumed | ResumeFailed
+"""What a ``ReconnectingClient`` says about its connection."""
+
+ReconnectingEvent = Event | ConnectionEvent
+"""What iterating a ``ReconnectingClient`` yields."""
+
+StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
+"""Opens a new connection to the server (see ``open_stream``)."""
+
+
+@attrs.frozen
+class Backoff:
+    """How long to wait before each attempt to reconnect: ``first``
+    seconds before the first, then ``factor`` times as long each time, at
+    most ``cap``; a random share of up to ``jitter`` (0 to 1) of each delay
+    is taken off, so many clients cut off at once do not all come back at
+    the same moment."""
+
+    first: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The delay before attempt number *attempt* (from 1)."""
+        steps = min(max(attempt - 1, 0), 64)
+        base = min(self.cap, self.first * self.factor**steps)
+        return base * (1.0 - self.jitter * rng.random())
+
+
+_HISTORY_PAGE: Final = 500
+# How long one attempt (connect, resume or login, the snapshot) may take.
+_ATTEMPT_TIMEOUT: Final = 10.0
+# How long to keep trying without a resume window from the server.
+_DEFAULT_GIVE_UP: Final = 120.0
+
+
+@attrs.frozen
+class _Raise:
+    """A problem the reading task found, for the iterating task to raise."""
+
+    error: BadServerFrame | ConnectionLost
+
+
+class ReconnectingClient:
+    """A ``Client`` that survives dropped connections (protocol 2 with
+    sessions, section 7 of the protocol): build it with
+    ``open_reconnecting_client`` (or ``ReconnectingClient.wrap``), which
+    runs its reconnecting task in a nursery for as long as the ``async
+    with`` block lasts.
+
+    It reads and sends as a ``Client`` does (the same attributes and
+    methods: ``name``, ``settings``, ``online``, ``rooms``, ``talk``,
+    ``join``...) and iterating it yields the same events, plus
+    ``ConnectionEvent``s: when the connection drops without ``exit``
+    (a reset, the server's end closing, a ``shutting-down``, or silence
+    past *keepalive* seconds), it yields ``Disconnected``, then a
+    ``Reconnecting(attempt, delay)`` before each attempt (capped
+    exponential backoff with jitter, see ``Backoff``), and once back:
+
+    - ``Resumed(missed)`` when the server took the session back: then the
+      changes to the roster and the rooms, then the missed messages;
+    - ``ResumeFailed`` when it could not: the client logged in again under
+      the same name, joined its rooms again, filled what it could from
+      the server's history, and the event says where gaps are left.
+
+    Messages are de-duplicated by id and never go backwards: a program
+    sees one ordered stream of messages across drops, or a
+    ``ResumeFailed`` where a gap could not be filled. It does not
+    reconnect after its own ``exit`` or after ``error|replaced`` (another
+    connection took the session over): the iteration ends there. When no
+    attempt succeeds within *give_up_after* seconds (default: the
+    server's resume window), iterating raises ConnectionLost and ends.
+
+    While the connection is down, ``online``, ``rooms`` and the settings
+    are those last known, ``connected`` is false and every send waits
+    until the client is back (bound it with ``trio.move_on_after`` if it
+    must not wait). A send that raises ConnectionLost did not reach the
+    server; one that returned may still be lost in a drop: with ``echo``
+    the server's copy of it, in the stream, says it was taken.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        reopen: StreamOpener,
+        *,
+        backoff: Backoff | None = None,
+        give_up_after: float | None = None,
+        keepalive: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Take over the logged-in *client*; *reopen* opens a new stream to
+        the same server. See ``open_reconnecting_client`` for the rest."""
+        self._client: Client | None = client
+        self._last = client
+        self._reopen = reopen
+        self._backoff = Backoff() if backoff is None else backoff
+        self._give_up_after = give_up_after
+        self._keepalive = keepalive
+        self._rng = random.Random() if rng is None else rng
+        self.last_id = client.last_id
+        """The highest message id received (0 before any), across drops."""
+        self.reconnects = 0
+        """How many times the client came back after a drop."""
+        self._changed = trio.Event()
+        self._send_events, self._receive_events = trio.open_memory_channel[
+            ReconnectingEvent | _Raise
+        ](1024)
+        self._held: ReconnectingEvent | _Raise | None = None
+        self._scope = trio.CancelScope()
+        self._exiting = False
+        self._final = False
+        self._ended = False
+        self._closing_reason: str | None = None
+        self._failure: ConnectionLost | None = None
+        self._pings = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def wrap(
+        cls,
+        client: Client,
+        reopen: StreamOpener,
+        *,
+        backoff: Backoff | None = None,
+        give_up_after: float | None = None,
+        keepalive: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> AsyncIterator[ReconnectingClient]:
+        """Run a ReconnectingClient over the logged-in *client* for the
+        block's length, reopening streams with *reopen*; the block's end
+        closes it (without ``exit``: call ``exit`` first to leave)."""
+        wrapped = cls(
+            client,
+            reopen,
+            backoff=backoff,
+            give_up_after=give_up_after,
+            keepalive=keepalive,
+            rng=rng,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wrapped._run)
+            try:
+                yield wrapped
+            finally:
+                await wrapped.aclose()
+
+    # -- what a Client has --------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The ``Client`` of the current connection (the last one while
+        the connection is down)."""
+        return self._last
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected and logged in just now."""
+        return self._client is not None
+
+    @property
+    def name(self) -> str:
+        return self._last.name
+
+    @property
+    def version(self) -> int:
+        return self._last.version
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return self._last.settings
+
+    @property
+    def echo(self) -> bool:
+        return self._last.echo
+
+    @property
+    def last_heard(self) -> float:
+        return self._last.last_heard
+
+    @property
+    def max_frame(self) -> int:
+        return self._last.max_frame
+
+    @property
+    def max_text(self) -> int:
+        return self._last.max_text
+
+    @property
+    def session(self) -> str | None:
+        return self._last.session
+
+    @property
+    def resume_window(self) -> int:
+        return self._last.resume_window
+
+    @property
+    def online(self) -> tuple[str, ...]:
+        return self._last.online
+
+    @property
+    def rooms(self) -> dict[str, tuple[str, ...]]:
+        return self._last.rooms
+
+    def members(self, room: str) -> tuple[str, ...]:
+        return self._last.members(room)
+
+    def is_own(self, message: Delivery | Message) -> bool:
+        return self._last.is_own(message)
+
+    def conversation(self, message: Delivery | Message) -> str:
+        return self._last.conversation(message)
+
+    async def send(self, message: ClientMessage) -> None:
+        """Send one frame, once connected (see the class)."""
+        client = await self._connected_client()
+        await client.send(message)
+
+    async def talk(self, to: str, text: str) -> None:
+        await self.send(Talk(to, text))
+
+    async def broadcast(self, text: str) -> None:
+        await self.send(Talk(BROADCAST, text))
+
+    async def join(self, room: str) -> None:
+        await self.send(Join(room))
+
+    async def part(self, room: str) -> None:
+        await self.send(Part(room))
+
+    async def list_rooms(self) -> None:
+        await self.send(ListRooms())
+
+    async def ping(self, token: str) -> None:
+        await self.send(Ping(token))
+
+    async def history(
+        self, target: str, count: int, *, after: int | None = None
+    ) -> None:
+        client = await self._connected_client()
+        await client.history(target, count, after=after)
+
+    async def talk_batch(self, to: str, texts: Sequence[str]) -> None:
+        client = await self._connected_client()
+        await client.talk_batch(to, texts)
+
+    async def exit(self) -> None:
+        """Say ``exit`` (when connected) and close: no reconnecting after
+        it. While the connection is down there is nobody to say it to: the
+        server ends the waiting session when its resume window passes."""
+        self._exiting = True
+        client = self._client
+        try:
+            if client is not None:
+                await client.exit()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop reconnecting and close the connection without a word."""
+        self._ended = True
+        self._scope.cancel()
+        self._notify()
+        client, self._client = self._client, None
+        await self._last.aclose()
+        if client is not None:
+            await client.aclose()
+
+    def __aiter__(self) -> ReconnectingClient:
+        return self
+
+    async def __anext__(self) -> ReconnectingEvent:
+        item = self._held
+        self._held = None
+        if item is None:
+            try:
+                item = await self._receive_events.receive()
+            except trio.EndOfChannel:
+                failure, self._failure = self._failure, None
+                if failure is not None:
+                    raise failure from None
+                raise StopAsyncIteration from None
+        if isinstance(item, _Raise):
+            raise item.error
+        return item
+
+    async def receive_batch(self) -> list[ReconnectingEvent]:
+        """The events that iterating would yield next, as many as have
+        arrived (at least one; an empty list at the end), as
+        ``Client.receive_batch``."""
+        try:
+            batch = [await self.__anext__()]
+        except StopAsyncIteration:
+            return []
+        while True:
+            try:
+                item = self._receive_events.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return batch
+            if isinstance(item, _Raise):
+                self._held = item
+                return batch
+            batch.append(item)
+
+    # -- the reconnecting task --------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _connected_client(self) -> Client:
+        while True:
+            if self._client is not None:
+                return self._client
+            if self._ended:
+                raise ConnectionLost("the client is closed")
+            await self._changed.wait()
+
+    async def _run(self) -> None:
+        async with self._send_events, trio.open_nursery() as nursery:
+            with self._scope:
+                if self._keepalive > 0:
+                    nursery.start_soon(self._watch, self._keepalive)
+                await self._follow()
+            self._ended = True
+            self._notify()
+            nursery.cancel_scope.cancel()
+
+    async def _follow(self) -> None:
+        """Read connection after connection until the end."""
+        while True:
+            client = self._client
+            if client is None:
+                return
+            reason = await self._pump(client)
+            if self._final or self._exiting:
+                return
+            self._client = None
+            self._notify()
+            await client.aclose()
+            await self._send_events.send(Disconnected(reason))
+            if not await self._reconnect(reason):
+                return
+
+    async def _pump(self, client: Client) -> str:
+        """Pass on what *client* yields until its connection ends; why."""
+        self._closing_reason = None
+        while True:
+            try:
+                async for event in client:
+                    await self._pass(event)
+            except BadServerFrame as bad:
+                if not bad.fatal:
+                    await self._send_events.send(_Raise(bad))
+                    continue
+                return str(bad)
+            except ConnectionLost as lost:
+                return str(lost)
+            return self._closing_reason or "the server closed the connection"
+
+    async def _pass(self, event: ReconnectingEvent) -> None:
+        match event:
+            case Message(id=message_id):
+                if message_id <= self.last_id:
+                    return
+                self.last_id = message_id
+            case Error(code, detail) if code.closes:
+                if code in (ErrorCode.REPLACED, ErrorCode.TOO_LONG):
+                    self._final = True
+                self._closing_reason = f"{code.value}: {detail}"
+        await self._send_events.send(event)
+
+    async def _watch(self, interval: float) -> None:
+        """Close a connection over which nothing arrives any more: ping
+        after *interval* seconds of silence, close after as many again."""
+        while True:
+            client = await self._connected_client()
+            await trio.sleep_until(client.last_heard + interval)
+            if client is not self._client:
+                continue
+            if trio.current_time() < client.last_heard + interval:
+                continue
+            sent = trio.current_time()
+            self._pings += 1
+            with suppress(ConnectionLost):
+                await client.send(Ping(f"keepalive-{self._pings}"))
+            await trio.sleep_until(sent + interval)
+            if client is self._client and client.last_heard < sent:
+                self._closing_reason = f"no answer from the server for {interval:g} s"
+                await client.aclose()
+
+    async def _reconnect(self, reason: str) -> bool:
+        """Try until back (True), or until it is time to give up."""
+        window = self._give_up_after
+        if window is None:
+            window = float(self._last.resume_window) or _DEFAULT_GIVE_UP
+        give_up = trio.current_time() + window
+        attempt = 0
+        problem = reason
+        while True:
+            attempt += 1
+            delay = self._backoff.delay(attempt, self._rng)
+            if trio.current_time() + delay > give_up:
+                self._failure = ConnectionLost(
+                    f"could not reconnect within {window:g} s: {problem}"
+                )
+                return False
+            await self._send_events.send(Reconnecting(attempt, delay))
+            await trio.sleep(delay)
+            try:
+                with trio.fail_after(_ATTEMPT_TIMEOUT):
+                    client, events = await self._attempt()
+            except trio.TooSlowError:
+                problem = f"no answer within {_ATTEMPT_TIMEOUT:g} s"
+                continue
+            except OSError as error:
+                problem = error.strerror or str(error)
+                continue
+            except (ConnectionLost, BadServerFrame, LoginRefused) as error:
+                problem = str(error)
+                continue
+            self.reconnects += 1
+            self._client = self._last = client
+            self._notify()
+            for event in events:
+                await self._pass(event)
+            return True
+
+    async def _attempt(self) -> tuple[Client, list[ReconnectingEvent]]:
+        """One attempt: connect, take the session back (or log in again),
+        and read the snapshot; the client and what it has to say."""
+        stream = await self._reopen()
+        try:
+            client, failure = await self._take_back(stream)
+            events = await self._settle(client, failure)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return client, events
+
+    async def _take_back(self, stream: trio.abc.Stream) -> tuple[Client, str | None]:
+        """Resume, or log in again: the client, and why a resume failed
+        (None when it worked)."""
+        old = self._last
+        if old.session is None:
+            client = await Client.login(
+                stream, old.name, version=old.version, echo=old.echo
+            )
+            if old.version < 2:
+                return client, "protocol 1 has no sessions"
+            return client, "the server keeps no sessions"
+        try:
+            client = await Client.resume(
+                stream, old.session, self.last_id, echo=old.echo
+            )
+        except LoginRefused as refused:
+            if refused.error.code is not ErrorCode.RESUME_FAILED:
+                raise
+            client = await Client.login(stream, old.name, after=refused)
+            return client, refused.error.detail or "the session has ended"
+        return client, None
+
+    async def _settle(
+        self, client: Client, failure: str | None
+    ) -> list[ReconnectingEvent]:
+        """Read what comes back before the live stream: the snapshot and
+        the missed messages of a resume; or, after a new login, the rooms
+        joined again and what history fills in. Returns the events to pass
+        on: the outcome, the changes to the roster and rooms, then the
+        messages, in id order."""
+        old = self._last
+        after = self.last_id
+        asked: dict[str, str] = {}
+        if failure is not None:
+            rooms = list(old.rooms)
+            for room in rooms:
+                await client.join(room)
+            if client.version >= 2 and client.settings.get("history", "0") != "0":
+                targets = list(rooms)
+                if client.settings.get("presence") != "rooms":
+                    targets.append(BROADCAST)
+                for target in targets:
+                    asked[name_key(target)] = target
+                    await client.history(target, _HISTORY_PAGE, after=after)
+        self._pings += 1
+        token = f"settle-{self._pings}"
+        await client.send(Ping(token))
+        messages: dict[int, Message] = {}
+        recovered: set[int] = set()
+        newest: dict[str, int] = {}
+        filled: set[str] = set()
+        others: list[ReconnectingEvent] = []
+        answered = False
+        while not answered or asked:
+            try:
+                event = await client.__anext__()
+            except StopAsyncIteration:
+                raise ConnectionLost(
+                    "the connection closed during the resume"
+                ) from None
+            match event:
+                case Message(id=message_id) if message_id > after:
+                    messages.setdefault(message_id, event)
+                case HistoryPage(target, found):
+                    for message_id, time, sender, to, text in (
+                        (hist.id, hist.time, hist.sender, hist.to, hist.text)
+                        for hist in found
+                    ):
+                        key = name_key(to) if to == BROADCAST or is_room(to) else ""
+                        if key:
+                            newest[key] = max(newest.get(key, after), message_id)
+                        if message_id > after and message_id not in messages:
+                            messages[message_id] = Message(
+                                message_id, time, sender, to, text
+                            )
+                            recovered.add(message_id)
+                    key = name_key(target)
+                    if key in asked and len(found) >= _HISTORY_PAGE:
+                        await client.history(
+                            target, _HISTORY_PAGE, after=newest.get(key, after)
+                        )
+                    elif asked.pop(key, None) is not None:
+                        filled.add(key)
+                case Pong(answer) if answer == token:
+                    answered = True
+                case Error(code) if code.closes:
+                    raise ConnectionLost(f"{code.value}: {event.detail}")
+                case Error(ErrorCode.NO_HISTORY | ErrorCode.NOT_IN_ROOM, detail) if (
+                    asked and failure is not None
+                ):
+                    # The answer to a history request (or a join) that
+                    # failed: that conversation's gap stays.
+                    for key, target in list(asked.items()):
+                        if target in detail or key in name_key(detail):
+                            del asked[key]
+                            break
+                    else:
+                        others.append(event)
+                case Login() | Exit() | Joined() | Parted() | Ping() | Pong():
+                    pass  # the client keeps the roster; the changes follow
+                case Message():
+                    pass  # seen before the drop
+                case _:
+                    others.append(event)
+        outcome: ReconnectingEvent
+        if failure is None:
+            outcome = Resumed(client.missed)
+        else:
+            conversations = [*old.rooms]
+            if old.settings.get("presence") != "rooms":
+                conversations.append(BROADCAST)
+            outcome = ResumeFailed(
+                failure,
+                after,
+                len(recovered),
+                tuple(c for c in conversations if name_key(c) not in filled),
+            )
+        return [
+            outcome,
+            *_changes(old, client),
+            *others,
+            *(messages[message_id] for message_id in sorted(messages)),
+        ]
+
+
+def _changes(old: Client, new: Client) -> list[Event]:
+    """The events that take a program from what *old* knew of the roster
+    and the rooms to what *new* knows."""
+    events: list[Event] = []
+    gone = {key: name for key, name in old._online.items() if key not in new._online}
+    events.extend(
+        Login(name) for key, name in new._online.items() if key not in old._online
+    )
+    own = new.name
+    for key, room in old._rooms.items():
+        if key not in new._rooms:
+            events.append(Parted(room.name, own))
+    for key, room in new._rooms.items():
+        before = old._rooms.get(key)
+        if before is None:
+            events.append(Joined(room.name, own))
+            events.extend(
+                Joined(room.name, name)
+                for member, name in room.members.items()
+                if member != name_key(own)
+            )
+            continue
+        events.extend(
+            Joined(room.name, name)
+            for member, name in room.members.items()
+            if member not in before.members
+        )
+        events.extend(
+            Parted(room.name, name)
+            for member, name in before.members.items()
+            if member not in room.members and member not in gone
+        )
+    events.extend(Exit(name) for name in gone.values())
+    return events
+
+
+@asynccontextmanager
+async def open_reconnecting_client(
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    echo: bool = True,
+    backoff: Backoff | None = None,
+    give_up_after: float | None = None,
+    keepalive: float = 30.0,
+    rng: random.Random | None = None,
+) -> AsyncIterator[ReconnectingClient]:
+    """``open_client`` for a client that survives dropped connections: log
+    in (protocol 2) as ``connect`` does (and raising what it raises), then
+    run a ``ReconnectingClient`` for the block's length.
+
+        async with open_reconnecting_client("bot", host, port) as client:
+            async for event in client:
+                match event:
+                    case Message(): ...
+                    case Disconnected() | Reconnecting(): ...  # show it
+                    case ResumeFailed(gaps=gaps): ...  # say what may be lost
+
+    *backoff* sets the delays between attempts (``Backoff()``: 1 s,
+    doubling, at most 30 s, up to half taken off at random, from *rng*);
+    after *give_up_after* seconds (default: the server's resume window,
+    else 120 s) without success, iterating raises ConnectionLost.
+    *keepalive* seconds of silence from the server bring a ping; as many
+    again without a word count as a drop (0: never). Leaving the block
+    closes without ``exit``: the server keeps the session for its resume
+    window; call ``client.exit()`` first to leave for good.
+    """
+
+    async def reopen() -> trio.abc.Stream:
+        return await open_stream(
+            host, port, ssl_context=ssl_context, server_hostname=server_hostname
+        )
+
+    first = await connect(
+        name,
+        host,
+        port,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        echo=echo,
+    )
+    try:
+        async with ReconnectingClient.wrap(
+            first,
+            reopen,
+            backoff=backoff,
+            give_up_after=give_up_after,
+            keepalive=keepalive,
+            rng=rng,
+        ) as client:
+            yield client
+    finally:
+        await first.aclose()
