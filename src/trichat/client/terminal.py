@@ -51,14 +51,23 @@ from ..protocol.messages import (
 )
 from .library import (
     DEFAULT_PORT,
+    Backoff,
     BadServerFrame,
     Client,
     ConnectionLost,
+    Disconnected,
     Event,
     HistoryPage,
     LoginRefused,
+    Reconnecting,
+    ReconnectingClient,
+    ReconnectingEvent,
+    Resumed,
+    ResumeFailed,
     RoomList,
+    StreamOpener,
     connect,
+    open_stream,
 )
 
 __all__ = [
@@ -93,6 +102,10 @@ CONNECT_TIMEOUT: Final = 30.0
 """How long connecting and logging in may take, in seconds."""
 JOIN_HISTORY: Final = 20
 """How many earlier messages of a room are shown on joining it."""
+
+AnyClient = Client | ReconnectingClient
+"""What a session chats over: a plain client, which ends with its
+connection, or one that reconnects and resumes by itself."""
 
 PasswordPrompt = Callable[[str], Awaitable[str | None]]
 """Asks the user for a password with the prompt it is given, without
@@ -192,6 +205,29 @@ def describe_error(error: Error) -> str:
     return f"{words}: {escape(error.detail)}"
 
 
+def _seconds(delay: float) -> str:
+    """*delay* in seconds for people: ``2``, ``1.4``, ``0.05``, ``12``."""
+    if delay >= 10:
+        return f"{delay:.0f}"
+    if delay < 0.95:
+        return f"{delay:.1g}"
+    return f"{delay:.1f}".removesuffix(".0")
+
+
+def _gap_words(failed: ResumeFailed) -> str:
+    """Where messages may be missing after a resume that failed."""
+    places = [
+        "to all" if gap == BROADCAST else f"in {escape(gap)}" for gap in failed.gaps
+    ]
+    if failed.direct_gap:
+        places.append("sent to you directly")
+    if not places:
+        return "nothing is missing"
+    if len(places) > 1:
+        places[-2:] = [f"{places[-2]} and {places[-1]}"]
+    return "messages may be missing " + ", ".join(places)
+
+
 def _own_line(to: str, text: str) -> str:
     """How a message of the user's own to *to* is shown, after ``you``."""
     if to == BROADCAST:
@@ -206,7 +242,7 @@ class _Session:
 
     def __init__(
         self,
-        client: Client,
+        client: AnyClient,
         out: TextIO,
         err: TextIO,
         *,
@@ -249,6 +285,9 @@ class _Session:
         # and the rooms whose earlier messages are still to be asked for.
         self._earlier: dict[str, list[Event]] = {}
         self._ask_earlier: deque[str] = deque()
+        # Why the connection dropped, until the first attempt to reconnect
+        # says so.
+        self._lost: str | None = None
 
     # Output
 
@@ -342,13 +381,15 @@ class _Session:
             self.finish(EXIT_FAILURE, "the server closed the connection")
             return
 
-    def show(self, message: Event) -> None:
+    def show(self, message: ReconnectingEvent) -> None:
         if self.silent:
             self.silent = False
             self.info("the server is answering again")
         own = name_key(self.client.name)
         listing, self._listing = self._listing, None
         match message:
+            case Disconnected() | Reconnecting() | Resumed() | ResumeFailed():
+                self.show_connection(message)
             case Message(to=to) if name_key(to) in self._earlier:
                 # Shown after the room's earlier messages.
                 self._earlier[name_key(to)].append(message)
@@ -400,6 +441,46 @@ class _Session:
                 self.problem(describe_error(message))
             case Login() | Exit() | Ping() | Pong():
                 pass
+
+    def show_connection(
+        self, event: Disconnected | Reconnecting | Resumed | ResumeFailed
+    ) -> None:
+        """What a reconnecting client says about its connection: one line
+        for each attempt to reconnect and for how it came back."""
+        match event:
+            case Disconnected(reason):
+                self._lost = reason
+                # The earlier messages asked for may never come: show what
+                # was held back for them.
+                held, self._earlier = self._earlier, {}
+                for events in held.values():
+                    for each in events:
+                        self.show(each)
+            case Reconnecting(attempt, delay):
+                when = f"reconnecting in {_seconds(delay)} s..."
+                lost, self._lost = self._lost, None
+                if lost is not None:
+                    self.problem(f"connection lost ({escape(lost)}), {when}")
+                else:
+                    self.problem(f"still away, {when} (attempt {attempt})")
+            case Resumed(missed):
+                self._lost = None
+                plural = "" if missed == 1 else "s"
+                self.info(f"back: {missed} message{plural} missed while away")
+            case ResumeFailed():
+                self._lost = None
+                recovered = ""
+                if event.recovered:
+                    plural = "" if event.recovered == 1 else "s"
+                    recovered = (
+                        f"; {event.recovered} message{plural} found in the"
+                        " server's history follow"
+                    )
+                self.problem(
+                    f"back, but the session was not kept ({escape(event.reason)}):"
+                    f" logged in again as {escape(self.client.name)} and joined"
+                    f" your rooms again{recovered}; {_gap_words(event)}"
+                )
 
     def keeps_history(self) -> bool:
         """Whether the server keeps messages to show as earlier ones."""
@@ -594,10 +675,11 @@ class _Session:
                 self.problem(f"usage: /{name} (the password is asked for)")
                 return True
             password = await self.new_password()
-            if password is not None:
-                change = self.client.change_password
+            plain = self.plain_client()
+            if password is not None and plain is not None:
+                change = plain.change_password
                 await self.request(
-                    self.client.register if name == "register" else change, password
+                    plain.register if name == "register" else change, password
                 )
         elif name == "help":
             for help_line in HELP.splitlines():
@@ -605,6 +687,23 @@ class _Session:
         else:
             self.problem(f"unknown command /{escape(match[1])}: /help lists them")
         return True
+
+    def plain_client(self) -> Client | None:
+        """The ``Client`` of the connection, for what only it does; None
+        (said why) while a reconnecting client is away."""
+        client = self.client
+        if not isinstance(client, ReconnectingClient):
+            return client
+        if not client.connected:
+            self.problem("not connected just now: try again when back")
+            return None
+        return client.client
+
+    def note_away(self) -> None:
+        """Say that what the user sends waits while the client is away."""
+        client = self.client
+        if isinstance(client, ReconnectingClient) and not client.connected:
+            self.info("away: this goes out once the connection is back")
 
     async def targeted(self, rest: str, *, usage: str) -> None:
         match = _TARGETED.fullmatch(rest)
@@ -707,6 +806,7 @@ class _Session:
     async def send(self, to: str | None, text: str) -> None:
         """Send *text* to *to* (a user or a room), or to everyone when *to*
         is None."""
+        self.note_away()
         try:
             if to is None:
                 await self.client.broadcast(text)
@@ -757,8 +857,17 @@ class _Session:
             self.info(f"current {what}: {escape(self.target)}")
 
 
+def _keeps_sessions(client: Client) -> bool:
+    """Whether the server keeps *client*'s session after a drop: it said
+    so in its settings (``resume``, protocol 2); the secret itself, in its
+    ``session`` frame, comes with the first events."""
+    return client.session is not None or (
+        client.version >= 2 and client.settings.get("resume", "0") != "0"
+    )
+
+
 async def run_session(
-    client: Client,
+    client: AnyClient,
     lines: AsyncIterable[str],
     out: TextIO,
     err: TextIO | None = None,
@@ -769,6 +878,8 @@ async def run_session(
     clock: Callable[[], datetime.datetime] = datetime.datetime.now,
     timezone: datetime.tzinfo | None = None,
     ask_password: PasswordPrompt | None = None,
+    reopen: StreamOpener | None = None,
+    backoff: Backoff | None = None,
 ) -> int:
     """Chat over the logged-in *client*, reading *lines* and writing *out*.
 
@@ -787,7 +898,35 @@ async def run_session(
     With a server that keeps history, joining a room shows its last
     ``JOIN_HISTORY`` messages first, each line marked ``[earlier]``, and
     the room's live messages after them.
+
+    With *reopen* (which opens a new stream to the same server) and a
+    server that keeps sessions (``resume`` in its settings), a dropped connection
+    does not end the chat: the client reconnects with *backoff* and takes
+    its session back (a ``ReconnectingClient``), and each step is shown
+    (``connection lost (...), reconnecting in 2 s...``, ``back: 7
+    messages missed while away``, or where messages may be missing when
+    the session could not be taken back). The session ends with
+    EXIT_FAILURE only when the server cannot be reached within its
+    resume window. *ping_interval* is then the reconnecting client's
+    keepalive: that long without a word brings a ping, and as long again
+    counts as a drop.
     """
+    if reopen is not None and isinstance(client, Client) and _keeps_sessions(client):
+        async with ReconnectingClient.wrap(
+            client, reopen, backoff=backoff, keepalive=ping_interval
+        ) as wrapped:
+            return await run_session(
+                wrapped,
+                lines,
+                out,
+                err,
+                tty=tty,
+                colour=colour,
+                ping_interval=ping_interval,
+                clock=clock,
+                timezone=timezone,
+                ask_password=ask_password,
+            )
     session = _Session(
         client,
         out,
@@ -804,7 +943,8 @@ async def run_session(
         with session.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session.receive)
-                if ping_interval > 0:
+                # A reconnecting client keeps the connection alive itself.
+                if ping_interval > 0 and isinstance(client, Client):
                     nursery.start_soon(session.keepalive, ping_interval)
                 nursery.start_soon(session.read, lines)
         if session.status == EXIT_OK:
@@ -903,6 +1043,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ping the server after this long without a word from it, and warn"
         " when another as long passes in silence; 0 turns it off"
         " (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit when the connection drops instead of reconnecting and"
+        " taking the session back (for scripts that prefer to exit)",
     )
 
 
@@ -1111,6 +1257,15 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
         return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
     except OSError as error:
         return _fail(f"cannot connect to {where}: {_os_reason(error)}")
+    reopen: StreamOpener | None = None
+    if not args.no_reconnect:
+        reopen = partial(
+            open_stream,
+            args.host,
+            args.port,
+            ssl_context=ssl_context,
+            server_hostname=args.server_name,
+        )
     async with client:
         return await run_session(
             client,
@@ -1121,4 +1276,5 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             colour=tty and "NO_COLOR" not in os.environ,
             ping_interval=args.ping_interval,
             ask_password=prompt,
+            reopen=reopen,
         )
