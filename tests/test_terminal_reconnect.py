@@ -125,7 +125,8 @@ class Screen(io.StringIO):
 class Terminal:
     """``run_session`` for alice through the proxy, with typed lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tty: bool = False) -> None:
+        self.tty = tty
         self.out = Screen()
         self.err = Screen()
         self.status: int | None = None
@@ -144,6 +145,8 @@ class Terminal:
                 ping_interval=0,
                 reopen=reopen,
                 backoff=QUICK,
+                tty=self.tty,
+                colour=False,
             )
         self.ended.set()
 
@@ -154,7 +157,7 @@ class Terminal:
 
 @asynccontextmanager
 async def setup(
-    *, reconnect: bool = True
+    *, reconnect: bool = True, tty: bool = False
 ) -> AsyncIterator[tuple[LiveServer, Proxy, Terminal, Client]]:
     """A server with sessions, alice's terminal through a proxy, and bob
     connected directly."""
@@ -164,7 +167,7 @@ async def setup(
         alice = await connect("alice", "127.0.0.1", proxy_port, echo=False)
         assert alice.settings["resume"] == "30"
         bob = await connect("bob", "127.0.0.1", live.port, echo=False)
-        terminal = Terminal()
+        terminal = Terminal(tty=tty)
         nursery.start_soon(
             partial(terminal.run, alice, proxy_port, reconnect=reconnect)
         )
@@ -293,3 +296,24 @@ async def test_no_reconnect_is_an_option() -> None:
     add_arguments(parser)
     assert parser.parse_args(["alice"]).no_reconnect is False
     assert parser.parse_args(["alice", "--no-reconnect"]).no_reconnect is True
+
+
+async def test_on_a_terminal_the_prompt_comes_back_after_each_connection_line() -> None:
+    async with setup(tty=True) as (live, proxy, terminal, bob):
+        await terminal.keyboard.send("@bob hi")
+        await terminal.out.wait_for("you -> bob: hi")
+        proxy.cut()
+        await wait_for_waiting(live, 1)
+        await bob.talk("alice", "while away")
+        await in_sync(bob, "taken")
+        proxy.reopen()
+        await terminal.out.wait_for("bob: while away")
+        screen = terminal.out.getvalue()
+        # Each line clears the prompt (and what is typed after it) and
+        # shows the prompt again below it, with the current target.
+        for shown in ("! connection lost", "* back: 1 message missed"):
+            start = screen.index(shown)
+            before = screen.rindex("\r\x1b[K", 0, start)
+            assert "\n" not in screen[before:start]
+            assert screen[screen.index("\n", start) + 1 :].startswith("bob> ")
+        assert terminal.outcome() is None
