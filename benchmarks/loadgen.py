@@ -410,7 +410,8 @@ def comparisons(
     label: str, results: dict[str, dict[str, list[dict[str, Any]]]]
 ) -> list[str]:
     """Lines comparing *label*'s medians between scenarios of this run
-    (``COMPARISONS``), with each run's own ratio and the target."""
+    (``COMPARISONS``), with each run's own ratio and the target; none for
+    a pair that *label* did not run both of."""
     lines = []
     for scenario, other, figure, target in COMPARISONS:
         ours = results.get(scenario, {}).get(label, [])
@@ -608,7 +609,12 @@ def main() -> int:
             f"(load average {min(loads):.1f} to {max(loads):.1f}):"
         )
         print("\n".join(table(ours.label, columns, failed[scenario])))
-    lines = comparisons(ours.label, results)
+    # Ours first, then any other server that ran both scenarios of a pair.
+    lines = [
+        line
+        for label in [ours.label, *(s.label for s in servers if s is not ours)]
+        for line in comparisons(label, results)
+    ]
     if lines:
         print("\nthe same run's scenarios compared:")
         print("\n".join(lines))
