@@ -698,7 +698,12 @@ async def test_half_closed_client_is_treated_as_leaving() -> None:
                 "talk|half|bob|last words",
                 "exit|half",
             ]
-            assert pair.presence("alice", "half") == ["login|half", "exit|half"]
+            # Both, or neither when the login and the exit fell within one
+            # presence batch (a visit that short costs others nothing).
+            assert pair.presence("alice", "half") in (
+                ["login|half", "exit|half"],
+                [],
+            )
 
 
 async def test_client_that_never_reads_is_dropped() -> None:
