@@ -354,7 +354,7 @@ def msg(number: int) -> bytes:
 
 def _written_one_by_one(mailbox: Mailbox, *numbers: int) -> None:
     for number in numbers:
-        assert mailbox.put(msg(number))
+        assert mailbox.put(msg(number), last_id=number)
         assert mailbox.drain() == msg(number)
 
 
@@ -379,11 +379,11 @@ def test_messages_after_keeps_nothing_by_default() -> None:
 
 def test_messages_after_skips_other_frames_and_takes_what_is_not_written() -> None:
     mailbox = Mailbox(10, 1000, keep=10)
-    mailbox.put(b"login|carol\n" + msg(1) + b"join|#x|dave\n", 3)
+    mailbox.put(b"login|carol\n" + msg(1) + b"join|#x|dave\n", 3, last_id=1)
     mailbox.drain()
-    mailbox.put(msg(2))
+    mailbox.put(msg(2), last_id=2)
     mailbox.put(b"exit|carol\n")
-    mailbox.put(msg(3))
+    mailbox.put(msg(3), last_id=3)
     assert mailbox.messages_after(1) == [msg(2), msg(3)]
     # What was not written is taken out: the resuming connection sends it.
     assert (mailbox.in_channel, mailbox.queued_frames) == (0, 0)
@@ -391,7 +391,7 @@ def test_messages_after_skips_other_frames_and_takes_what_is_not_written() -> No
 
 async def test_messages_after_counts_a_batch_being_written() -> None:
     mailbox = Mailbox(10, 1000, keep=10)
-    mailbox.put(msg(1))
+    mailbox.put(msg(1), last_id=1)
     with trio.fail_after(TIMEOUT):
         batch = await mailbox.next_batch()
     mailbox.writing = batch  # as write_loop does, until it is all written

@@ -39,7 +39,6 @@ from ..protocol._codec import delivery_block, delivery_head, encode, message_blo
 from ..protocol.messages import (
     BROADCAST,
     Exit,
-    Joined,
     Login,
     Parted,
     format_epoch_ms,
@@ -173,10 +172,11 @@ class Member:
     def __repr__(self) -> str:
         return f"Member({self.name!r})"
 
-    def send(self, data: bytes, frames: int = 1) -> bool:
-        """Put *data* (*frames* frames) in this member's mailbox; one that
-        cannot take it is kicked as too slow."""
-        return self.mailbox.put(data, frames) or self._too_slow()
+    def send(self, data: bytes, frames: int = 1, last_id: int = 0) -> bool:
+        """Put *data* (*frames* frames; messages up to id *last_id*, if it
+        is not 0) in this member's mailbox; one that cannot take it is
+        kicked as too slow."""
+        return self.mailbox.put(data, frames, last_id=last_id) or self._too_slow()
 
     def hold(self, frame: bytes) -> bool:
         """``send`` for a presence frame that may wait for ``Hub.release``."""
@@ -201,7 +201,7 @@ def _digest(secret: str) -> bytes:
 class Room:
     """A room and its members; it exists while it has any."""
 
-    __slots__ = ("key", "members", "name")
+    __slots__ = ("join_frames", "key", "members", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -209,6 +209,9 @@ class Room:
         self.key = name_key(name)
         self.members: dict[str, Member] = {}
         """By their clash keys, in the order they joined."""
+        self.join_frames: dict[str, bytes] = {}
+        """Each member's ``join|ROOM|NAME``, made once: a join list is
+        these, joined."""
 
     def __repr__(self) -> str:
         return f"Room({self.name!r}, {len(self.members)} members)"
@@ -339,12 +342,9 @@ class Hub:
             else:  # not online yet
                 frames.extend([other.login_frame for other in others])
         for room in member.rooms.values():
-            frames.append(encode(Joined(room.name, member.name)))
-            frames.extend(
-                encode(Joined(room.name, other.name))
-                for other in room.members.values()
-                if other is not member
-            )
+            own = room.join_frames[member.key]
+            frames.append(own)
+            frames.extend(f for f in room.join_frames.values() if f is not own)
         return b"".join(frames)
 
     def leave(self, member: Member, *, announce: bool = True) -> None:
@@ -359,6 +359,7 @@ class Hub:
         sharing: dict[str, Member] = {}
         for room in member.rooms.values():
             del room.members[member.key]
+            del room.join_frames[member.key]
             if room.members:
                 sharing.update(room.members)
             else:
@@ -483,16 +484,19 @@ class Hub:
             )
         if room is None:
             room = self._rooms[key] = self._rooms_exact[name] = Room(name)
-        frame = encode(Joined(room.name, member.name))
+        # Both names are valid: the frame needs no second look.
+        frame = f"join|{room.name}|{member.name}\n".encode()
         others = list(room.members.values())
-        for other in others:
-            other.send(frame)
-        room.members[member.key] = member
-        member.rooms[key] = room
         # The join list is an answer: it arrives whole, and always fits.
-        answer = [frame]
-        answer.extend(encode(Joined(room.name, other.name)) for other in others)
-        if not member.mailbox.put(b"".join(answer), force=True):
+        answer = frame + b"".join(room.join_frames.values())
+        room.members[member.key] = member
+        room.join_frames[member.key] = frame
+        member.rooms[key] = room
+        if others:
+            # Presence, as logins are: a crowd joining at once costs each
+            # member one write per batch, not one per joiner.
+            self._announce(frame, others)
+        if not member.mailbox.put(answer, force=True):
             member.kick("too slow: outgoing queue full")
 
     def part_room(self, member: Member, name: str) -> None:
@@ -504,9 +508,10 @@ class Hub:
         frame = encode(Parted(room.name, member.name))
         del member.rooms[room.key]
         del room.members[member.key]
+        del room.join_frames[member.key]
         member.send(frame)
-        for other in list(room.members.values()):
-            other.send(frame)
+        if room.members:
+            self._announce(frame, list(room.members.values()))
         if not room.members:
             self._drop_room(room)
 
@@ -604,18 +609,21 @@ class Hub:
         self.next_id = first_id + count
         talk: bytes | None = None
         msg: bytes | None = None
+        last_id = first_id + count - 1
         for member in recipients:
             if member.version == 1:
                 if talk is None:
                     # Encoded once for everyone who speaks version 1...
                     talk = delivery_block(delivery_head(sender.name, to), texts)
                 block = talk
+                sent = member.send(block, count)
             else:
                 if msg is None:
                     # ... and once for everyone who speaks version 2.
                     msg = message_block(first_id, self._time(), sender.name, to, texts)
                 block = msg
-            if not member.send(block, count):
+                sent = member.send(block, count, last_id)
+            if not sent:
                 if direct:
                     # Too slow, and being dropped: refused, not lost unsaid.
                     return Routed(count, Refusal.NO_SUCH_USER, envelope.to)
@@ -628,7 +636,7 @@ class Hub:
         if sender.echo and to != sender.name:
             if msg is None:
                 msg = message_block(first_id, self._time(), sender.name, to, texts)
-            if sender.send(msg, count) and sender.mailbox.congested:
+            if sender.send(msg, count, last_id) and sender.mailbox.congested:
                 congested.append(sender.mailbox)
         # Observers hear of what was delivered, not of what was refused.
         if self._observers:
@@ -661,7 +669,8 @@ class Hub:
         self.next_id = first_id + len(texts)
         if sender.echo:
             msg = message_block(first_id, self._stamp, sender.name, to, texts)
-            if sender.send(msg, len(texts)) and sender.mailbox.congested:
+            last_id = first_id + len(texts) - 1
+            if sender.send(msg, len(texts), last_id) and sender.mailbox.congested:
                 congested.append(sender.mailbox)
         return Routed(len(texts))
 

@@ -61,6 +61,15 @@ class Batch(NamedTuple):
     frames: int
 
 
+class _Kept(NamedTuple):
+    """Messages written and kept for a resume: *frames* frames in *data*,
+    the last of them message *last_id*."""
+
+    last_id: int
+    data: bytes
+    frames: int
+
+
 class Mailbox:
     """One user's outgoing frames, bounded in frames and bytes; see the module."""
 
@@ -111,7 +120,7 @@ class Mailbox:
         """How many written frames to keep for ``written_since``."""
         # Made only if something is kept: an empty deque is half a KiB, and
         # a server holds thousands of mailboxes.
-        self._kept: deque[Batch] | None = deque() if keep else None
+        self._kept: deque[_Kept] | None = deque() if keep else None
         self._kept_frames = 0
         self.last_written = 0
         """The sequence number of the last frame the writer wrote."""
@@ -135,8 +144,9 @@ class Mailbox:
         """Bytes of the server's own answers put with *force* and not
         written yet: they do not count against ``max_bytes``."""
         self._answers: deque[tuple[int, int]] = deque()
-        # What was put and is not written yet, while frames are kept.
-        self._unwritten: deque[_Item] = deque()
+        # What was put and is not written yet, while messages are kept:
+        # (first sequence number, data, the id of its last msg frame or 0).
+        self._unwritten: deque[tuple[int, bytes, int]] = deque()
 
     # -- for senders -----------------------------------------------------------
 
@@ -170,7 +180,9 @@ class Mailbox:
             self.max_bytes // 2 + 1 - self.counted_bytes,
         )
 
-    def put(self, data: bytes, frames: int = 1, *, force: bool = False) -> bool:
+    def put(
+        self, data: bytes, frames: int = 1, *, force: bool = False, last_id: int = 0
+    ) -> bool:
         """Send *data*, one frame or a block of *frames* frames, to the writer.
 
         False when it does not fit (the user is too slow) or the mailbox is
@@ -187,13 +199,13 @@ class Mailbox:
                 held, count = self._take_held()
                 data = held + data
                 frames += count
-            return self._send(data, frames)
+            return self._send(data, frames, last_id)
         size = len(data)
         if self._held:
             held, count = self._take_held()
             data = held + data
             frames += count
-        if not self._send(data, frames):
+        if not self._send(data, frames, last_id):
             return False
         # Counted out until the batch that holds it is written.
         self.answer_bytes += size
@@ -251,16 +263,17 @@ class Mailbox:
         self.queued_bytes -= len(data)
         return data, frames
 
-    def _send(self, data: bytes, frames: int) -> bool:
+    def _send(self, data: bytes, frames: int, last_id: int = 0) -> bool:
         try:
             # A plain tuple: cheaper to make than a Batch, for each recipient.
             self._outbox.send_nowait((self.next_seq, data, frames))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.lost = True
             return False
-        if self._kept is not None:
-            # Until written, a resume may want it (messages_after).
-            self._unwritten.append((self.next_seq, data, frames))
+        if last_id and self._kept is not None:
+            # Messages (*last_id*: the id of the last of them), kept until
+            # written and then some, for a resume (messages_after).
+            self._unwritten.append((self.next_seq, data, last_id))
         self.in_channel += 1
         self.next_seq += frames
         self.queued_frames += frames
@@ -356,18 +369,22 @@ class Mailbox:
         answers = self._answers
         while answers and answers[0][0] <= self.last_written:
             self.answer_bytes -= answers.popleft()[1]
+        kept = self._kept
+        if kept is None:
+            return
+        # Only messages are kept: a resume sends the rest (presence, rooms)
+        # as a snapshot. Each piece with the id of its last message, so
+        # that nothing is parsed to forget it.
         unwritten = self._unwritten
         while unwritten and unwritten[0][0] <= self.last_written:
-            unwritten.popleft()
-        kept = self._kept
-        if kept is not None:
-            kept.append(batch)
-            self._kept_frames += batch.frames
-            while self._kept_frames - kept[0].frames >= self.keep:
-                gone = kept.popleft()
-                self._kept_frames -= gone.frames
-                for number, _ in message_frames(gone.data):
-                    self.forgotten = max(self.forgotten, number)
+            _, data, last_id = unwritten.popleft()
+            frames = data.count(b"\n")
+            kept.append(_Kept(last_id, data, frames))
+            self._kept_frames += frames
+        while kept and self._kept_frames - kept[0].frames >= self.keep:
+            gone = kept.popleft()
+            self._kept_frames -= gone.frames
+            self.forgotten = max(self.forgotten, gone.last_id)
 
     def keep_written(self, count: int) -> None:
         """From now on keep at least the last *count* frames written."""
@@ -384,12 +401,10 @@ class Mailbox:
         if self.lost or self.forgotten > last_id:
             return None
         pieces = [batch.data for batch in self._kept or ()]
-        # Every batch not written yet: in the channel, handed to a writer
+        # Every message not written yet: in the channel, handed to a writer
         # that has not run yet, or being written.
         pieces.extend(data for _, data, _ in self._unwritten)
         self._unwritten.clear()
-        if self._held:
-            pieces.append(self._take_held()[0])
         self._take_unwritten()
         return [
             frame

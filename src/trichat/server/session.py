@@ -546,7 +546,11 @@ class Session:
         if self._resumable:
             self.hub.open_session(member, self._session_frame)
         self._logged_in(member)
-        self._answer(self.hub.snapshot(member) + b"".join(unwritten), force=True)
+        self._answer(
+            self.hub.snapshot(member) + b"".join(unwritten),
+            force=True,
+            last_id=_last_id(unwritten, 0),
+        )
         log.info("login %s %s (took the session over)", self.address, member.name)
 
     def _deliver_kept(self, member: Member, kept: list[StoredMessage]) -> None:
@@ -562,7 +566,7 @@ class Session:
                 )
             else:
                 frames.append(f"talk|{message.sender}|{member.name}|{text}\n")
-        self._answer("".join(frames).encode(), force=True)
+        self._answer("".join(frames).encode(), force=True, last_id=kept[-1].id)
 
     def _register(self, password: str) -> None:
         """``register|PASSWORD``: make the guest name an account."""
@@ -777,19 +781,20 @@ class Session:
         self._logged_in(member)
         answer = encode(Resumed(member.name, len(missed)))
         answer += self.hub.snapshot(member, resumed=True) + b"".join(missed)
-        self._answer(answer, force=True)
+        # Kept like any messages: a drop during the resume can resume again.
+        self._answer(answer, force=True, last_id=_last_id(missed, last_id))
         log.info("resume %s %s (%d missed)", self.address, member.name, len(missed))
 
     def reply(self, message: Frame) -> None:
         """Put a frame of the server's own in this client's mailbox."""
         self._answer(encode(message))
 
-    def _answer(self, data: bytes, *, force: bool = False) -> None:
+    def _answer(self, data: bytes, *, force: bool = False, last_id: int = 0) -> None:
         """Put *data*, the server's answer to the client (one frame, or an
         answer of many that counts as one), in this client's mailbox; with
         *force*, whatever its size."""
         mailbox = self.mailbox
-        if not mailbox.put(data, force=force):
+        if not mailbox.put(data, force=force, last_id=last_id):
             self.kick("too slow: outgoing queue full")
         elif mailbox.congested:
             # Replies are held to the same rule as deliveries: a client that
@@ -889,3 +894,10 @@ class Session:
             self.bucket.forgive(waited)
         if self.member is not None:
             self.last_heard = now
+
+
+def _last_id(frames: list[bytes], default: int) -> int:
+    """The id of the last of *frames* (``msg`` frames), or *default*."""
+    if not frames:
+        return default
+    return int(frames[-1].split(b"|", 2)[1])
