@@ -135,14 +135,16 @@ class FullScreen:
         loop = urwid.MainLoop(
             self.view, PALETTE, screen=screen, event_loop=event_loop, handle_mouse=True
         )
-        with loop.start():
-            loop.process_input(typed)
-            try:
+        try:
+            with loop.start():
+                loop.process_input(typed)
                 await event_loop.run_async()
-            except InputClosedError:
-                # The terminal hung up: nobody is left to type.
-                self.quit()
-                self.status = EXIT_HANGUP
+        except (InputClosedError, OSError):
+            # The terminal hung up (reading it ends, or writing to it, or
+            # giving it back, fails with EIO): nobody is left to type, and
+            # the name is to be freed at once.
+            self.quit()
+            self.status = EXIT_HANGUP
 
     async def _leave_on_hangup(self) -> None:
         """The terminal closed (SIGHUP) or we are told to stop (SIGTERM):
