@@ -426,14 +426,22 @@ CHILD = """
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
             next_id, told = 1, 0
-            while True:
-                for _ in range(50):
-                    store.record(Accepted("alice", "#r", [b"x"], next_id, 0))
-                    next_id += 1
-                await trio.sleep(0)
-                if store.committed_id != told:
-                    told = store.committed_id
-                    print(told, flush=True)
+            # Bounded: the parent reads until a few groups are committed,
+            # and a child that never gets there ends (EOF for the parent).
+            with trio.move_on_after(60):
+                while True:
+                    for _ in range(50):
+                        store.record(Accepted("alice", "#r", [b"x"], next_id, 0))
+                        next_id += 1
+                    # As a sender would: wait for a writer that is behind,
+                    # so memory stays bounded, and give its thread a turn.
+                    if store.congested:
+                        await store.make_room(1.0)
+                    await trio.sleep(0.001)
+                    if store.committed_id != told:
+                        told = store.committed_id
+                        print(told, flush=True)
+            sys.exit(1)
 
     trio.run(main)
 """
