@@ -636,8 +636,7 @@ class Hub:
         if sender.echo and to != sender.name:
             if msg is None:
                 msg = message_block(first_id, self._time(), sender.name, to, texts)
-            if sender.send(msg, count, last_id) and sender.mailbox.congested:
-                congested.append(sender.mailbox)
+            _echo(sender, msg, count, last_id, congested)
         # Observers hear of what was delivered, not of what was refused.
         if self._observers:
             if msg is None:
@@ -669,9 +668,8 @@ class Hub:
         self.next_id = first_id + len(texts)
         if sender.echo:
             msg = message_block(first_id, self._stamp, sender.name, to, texts)
-            last_id = first_id + len(texts) - 1
-            if sender.send(msg, len(texts), last_id) and sender.mailbox.congested:
-                congested.append(sender.mailbox)
+            count = len(texts)
+            _echo(sender, msg, count, first_id + count - 1, congested)
         return Routed(len(texts))
 
     def _time(self) -> bytes:
@@ -682,6 +680,15 @@ class Hub:
             self._stamp_ms = ms
             self._stamp = format_epoch_ms(ms).encode()
         return self._stamp
+
+
+def _echo(
+    sender: Member, block: bytes, count: int, last_id: int, congested: list[Drainable]
+) -> None:
+    """Give *sender* its own accepted messages back (the ``echo`` option);
+    a sender that fills its own mailbox past half lets it drain."""
+    if sender.send(block, count, last_id) and sender.mailbox.congested:
+        congested.append(sender.mailbox)
 
 
 def _fitting(

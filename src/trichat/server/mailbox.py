@@ -99,7 +99,6 @@ class Mailbox:
         "queued_bytes",
         "queued_frames",
         "stalled",
-        "writing",
     )
 
     def __init__(self, max_frames: int, max_bytes: int, *, keep: int = 0) -> None:
@@ -124,8 +123,6 @@ class Mailbox:
         self._kept_frames = 0
         self.last_written = 0
         """The sequence number of the last frame the writer wrote."""
-        self.writing: Batch | None = None
-        """The batch the writer has taken and not written all of yet."""
         self.forgotten = 0
         """The highest message id no longer kept (``messages_after``)."""
         self.lost = False
@@ -365,7 +362,6 @@ class Mailbox:
         """The writer wrote all of *batch*."""
         self.queued_frames -= batch.frames
         self.last_written = batch.first + batch.frames - 1
-        self.writing = None
         answers = self._answers
         while answers and answers[0][0] <= self.last_written:
             self.answer_bytes -= answers.popleft()[1]
@@ -401,11 +397,7 @@ class Mailbox:
         if self.lost or self.forgotten > last_id:
             return None
         pieces = [batch.data for batch in self._kept or ()]
-        # Every message not written yet: in the channel, handed to a writer
-        # that has not run yet, or being written.
-        pieces.extend(data for _, data, _ in self._unwritten)
-        self._unwritten.clear()
-        self._take_unwritten()
+        pieces.extend(self._take_unwritten_messages())
         return [
             frame
             for piece in pieces
@@ -414,12 +406,19 @@ class Mailbox:
         ]
 
     def take_unwritten_messages(self) -> list[bytes]:
-        """The message frames put and not written yet (while frames are
-        kept), taken out: for whoever takes the session over."""
+        """The message frames put and not written yet, taken out: for
+        whoever takes the session over."""
+        pieces = self._take_unwritten_messages()
+        return [frame for piece in pieces for _, frame in message_frames(piece)]
+
+    def _take_unwritten_messages(self) -> list[bytes]:
+        """Take out every piece of messages not written yet (while messages
+        are kept): in the channel, handed to a writer that has not run yet,
+        or being written."""
         pieces = [data for _, data, _ in self._unwritten]
         self._unwritten.clear()
         self._take_unwritten()
-        return [frame for piece in pieces for _, frame in message_frames(piece)]
+        return pieces
 
     def drop_unwritten(self) -> None:
         """Drop what the writer has not taken yet (not the batch it is
@@ -476,8 +475,6 @@ async def write_loop(
     while (batch := await mailbox.next_batch()) is not None:
         if mailbox.discarded:
             return
-        # Until it is all written, a resume looks for messages in it too.
-        mailbox.writing = batch
         await send(batch.data, sent)
         mailbox.written(batch)
     if mailbox.final and not mailbox.discarded:

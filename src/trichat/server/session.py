@@ -534,12 +534,7 @@ class Session:
         unwritten = member.mailbox.take_unwritten_messages()
         if member.version != (self.version or 1):
             unwritten = []
-        member.replace()
-        member.mailbox = self.mailbox
-        member.kick = self.kick
-        member.replace = self.replaced
-        member.version = self.version or 1
-        member.echo = self.echo
+        self._adopt(member)
         # A new secret (or none, on protocol 1): whoever held the old one
         # cannot take the account back without its password.
         self.hub.close_session(member)
@@ -553,19 +548,26 @@ class Session:
         )
         log.info("login %s %s (took the session over)", self.address, member.name)
 
+    def _adopt(self, member: Member) -> None:
+        """Make *member*, a session another connection (or the wait for a
+        resume) holds, this connection's: whoever held it lets go, and
+        what is sent to it comes here, as this connection speaks."""
+        member.replace()
+        member.mailbox = self.mailbox
+        member.kick = self.kick
+        member.replace = self.replaced
+        member.version = self.version or 1
+        member.echo = self.echo
+
     def _deliver_kept(self, member: Member, kept: list[StoredMessage]) -> None:
         """The direct messages kept while *member*'s account was offline,
         in order, with their ids and times, as one piece."""
         frames = []
         for message in kept:
-            text = message.text
             if member.version >= 2:
-                stamp = format_epoch_ms(message.time_ms)
-                frames.append(
-                    f"msg|{message.id}|{stamp}|{message.sender}|{member.name}|{text}\n"
-                )
+                frames.append(_stored_frame("msg", message, member.name))
             else:
-                frames.append(f"talk|{message.sender}|{member.name}|{text}\n")
+                frames.append(f"talk|{message.sender}|{member.name}|{message.text}\n")
         self._answer("".join(frames).encode(), force=True, last_id=kept[-1].id)
 
     def _register(self, password: str) -> None:
@@ -654,10 +656,7 @@ class Session:
                 request.count,
                 account_key=member.key,
             )
-            frames = [
-                f"hist|{m.id}|{format_epoch_ms(m.time_ms)}|{m.sender}|{m.to}|{m.text}\n"
-                for m in found
-            ]
+            frames = [_stored_frame("hist", m, m.to) for m in found]
             data = "".join(frames).encode() + encode(HistoryEnd(target, len(found)))
             self._answer(data, force=True)
 
@@ -769,15 +768,10 @@ class Session:
                 )
             )
             return
-        member.replace()  # whoever held it lets go
+        self._adopt(member)
         # Nothing at or below last_id is kept here: a later resume from
         # further back cannot be whole.
         self.mailbox.forgotten = max(self.mailbox.forgotten, last_id)
-        member.mailbox = self.mailbox
-        member.kick = self.kick
-        member.replace = self.replaced
-        member.version = self.version or 1
-        member.echo = self.echo
         self._logged_in(member)
         answer = encode(Resumed(member.name, len(missed)))
         answer += self.hub.snapshot(member, resumed=True) + b"".join(missed)
@@ -901,3 +895,10 @@ def _last_id(frames: list[bytes], default: int) -> int:
     if not frames:
         return default
     return int(frames[-1].split(b"|", 2)[1])
+
+
+def _stored_frame(kind: str, message: StoredMessage, to: str) -> str:
+    """*message*, from the store, as a ``msg`` or ``hist`` frame to *to*,
+    with its id and time: its fields were checked when it was accepted."""
+    stamp = format_epoch_ms(message.time_ms)
+    return f"{kind}|{message.id}|{stamp}|{message.sender}|{to}|{message.text}\n"
