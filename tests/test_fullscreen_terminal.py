@@ -138,19 +138,46 @@ async def test_keys_typed_while_connecting_are_kept() -> None:
 
 
 async def test_a_closed_terminal_says_exit() -> None:
-    # (Sessions off: a client that dies on the hang-up without saying exit
-    # -- a race in the client, noted for the next work -- would otherwise
-    # leave its session waiting for a resume, and the name taken.)
-    async with running_server(resume_window=0) as live:
+    # With sessions on (the default window): a hang-up is the user closing
+    # the chat, which ends the session with exit, rather than leaving it
+    # waiting for a resume nobody will make.
+    async with running_server() as live:
         bob = await live.login("bob")
         async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
             await terminal.expect(b"/help lists the commands")
+            # Reading the terminal and redrawing it both fail (EIO).
             await terminal.master.aclose()
             with trio.fail_after(STEP_TIMEOUT):
                 status = await terminal.process.wait()
-            # 129 (SIGHUP); or 1 when the server's close after the exit is
-            # read before the hang-up is handled (a race in the client, noted
-            # for the next work): either way it said exit.
-            assert status in (128 + signal.SIGHUP, 1)
+            assert status == 128 + signal.SIGHUP
         # Said goodbye: the name is free at once.
+        await bob.expect("login|alice", "exit|alice")
+
+
+async def test_a_hang_up_signal_with_the_terminal_gone_says_exit() -> None:
+    # As a terminal emulator closes: SIGHUP to the process, and the
+    # terminal gone, in either order.
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            terminal.process.send_signal(signal.SIGHUP)
+            await terminal.master.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                status = await terminal.process.wait()
+            assert status == 128 + signal.SIGHUP
+        await bob.expect("login|alice", "exit|alice")
+
+
+async def test_sigterm_says_exit_and_restores_the_terminal() -> None:
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            terminal.process.send_signal(signal.SIGTERM)
+            assert await terminal.exit_status() == 128 + signal.SIGTERM
+            assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
+                ALTERNATE_SCREEN
+            )
+            assert b"Traceback" not in terminal.output
         await bob.expect("login|alice", "exit|alice")

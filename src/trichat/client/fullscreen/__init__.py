@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import ssl
 import sys
 import termios
+from collections.abc import AsyncIterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +38,9 @@ from ..terminal import (
     escape,
 )
 from ._model import HELP
+
+if TYPE_CHECKING:
+    from ._app import FullScreen
 
 __all__ = ["HELP", "add_arguments", "main"]
 
@@ -184,6 +190,44 @@ def _take_typeahead(fd: int) -> list[str]:
 
 
 async def _connect_and_chat(args: argparse.Namespace) -> int:
+    # From the start to the end, a hang-up (SIGHUP) or SIGTERM is received
+    # here, never by the default action that would kill the process: not
+    # while connecting, and above all not while the chat says exit.
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM) as signals:
+        leaving = _Leaving()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leaving.watch, signals)
+            status = await leaving.run(args)
+            nursery.cancel_scope.cancel()
+    return status
+
+
+class _Leaving:
+    """Where a hang-up goes: to the chat once it runs (which says exit),
+    else it ends the connecting."""
+
+    def __init__(self) -> None:
+        self.app: FullScreen | None = None
+        self.scope = trio.CancelScope()
+        self.signal: int | None = None
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        async for number in signals:
+            if self.app is not None:
+                self.app.hang_up(number)
+            elif self.signal is None:
+                self.signal = number
+                self.scope.cancel()
+
+    async def run(self, args: argparse.Namespace) -> int:
+        with self.scope:
+            return await _chat(args, self)
+        # Cancelled by a signal before the chat started.
+        assert self.signal is not None
+        return 128 + self.signal
+
+
+async def _chat(args: argparse.Namespace, leaving: _Leaving) -> int:
     # urwid is imported only here: ``trichat serve`` has no use for it.
     import urwid
 
@@ -206,5 +250,6 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
         ping_interval=args.ping_interval,
         on_bell=ring,
     )
+    leaving.app = app
     async with client:
         return await app.run(screen, _take_typeahead(sys.stdin.fileno()))

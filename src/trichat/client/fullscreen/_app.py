@@ -114,7 +114,6 @@ class FullScreen:
                     if screen is None:
                         await trio.sleep_forever()
                     else:
-                        nursery.start_soon(self._leave_on_hangup)
                         await self._show(screen, typed)
                         self._scope.cancel()
             leaving = self.status != EXIT_FAILURE
@@ -139,21 +138,22 @@ class FullScreen:
             with loop.start():
                 loop.process_input(typed)
                 await event_loop.run_async()
-        except (InputClosedError, OSError):
+        except* (InputClosedError, OSError):
             # The terminal hung up (reading it ends, or writing to it, or
             # giving it back, fails with EIO): nobody is left to type, and
-            # the name is to be freed at once.
-            self.quit()
-            self.status = EXIT_HANGUP
+            # the name is to be freed at once. Reading and redrawing often
+            # fail together, and urwid's loop then raises both in a group:
+            # hence except*.
+            self.hang_up(signal.SIGHUP)
 
-    async def _leave_on_hangup(self) -> None:
-        """The terminal closed (SIGHUP) or we are told to stop (SIGTERM):
-        say ``exit`` like ``/quit``, so the name is free at once."""
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM) as signals:
-            async for number in signals:
-                self.quit()
-                self.status = 128 + number
-                return
+    def hang_up(self, number: int = signal.SIGHUP) -> None:
+        """The terminal closed (SIGHUP), or we are told to stop (signal
+        *number*, SIGTERM): leave as ``/quit`` does, saying ``exit`` so
+        that the name is free at once (the user closed the chat: nothing
+        is left to resume it), with the signal's exit status. Safe to call
+        at any time, even while leaving."""
+        self.quit()
+        self.status = 128 + number
 
     def quit(self) -> None:
         """Leave: what ``/quit`` does once nothing is left to send."""
