@@ -4,7 +4,9 @@ the terminal's), and the small pieces those tests share."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -15,7 +17,7 @@ import trio.testing
 
 from trichat.client import Client
 from trichat.protocol.connection import CLOSED, NEED_DATA, Connection, Role
-from trichat.protocol.messages import ClientMessage, Hello, Login
+from trichat.protocol.messages import ClientMessage, Hello, Login, Ping, Resume
 
 P = ParamSpec("P")
 
@@ -115,14 +117,48 @@ class FakeServer:
         return message
 
     async def accept(
-        self, name: str, online: Iterable[str] = (), settings: str | None = SETTINGS
+        self,
+        name: str,
+        online: Iterable[str] = (),
+        settings: str | None = SETTINGS,
+        session: str | None = None,
     ) -> None:
         """Take the client's login (answering its hello with *settings*, see
-        ``login_request``) and acknowledge it as *name*; list *online*."""
+        ``login_request``) and acknowledge it as *name*, then (with
+        *session*, a ``session|SECRET|SECONDS`` frame's fields) say the
+        session; list *online*."""
         message = await self.login_request(settings)
         assert isinstance(message, Login)
         self.connection.logged_in(name)
-        await self.send(f"login|{name}", *(f"login|{other}" for other in online))
+        said = [f"session|{session}"] if session is not None else []
+        await self.send(f"login|{name}", *said, *(f"login|{other}" for other in online))
+
+    async def resume_request(self, settings: str = SETTINGS) -> Resume:
+        """The client's ``resume``, after answering its ``hello`` with
+        *settings*."""
+        message = await self.receive()
+        assert isinstance(message, Hello), message
+        self.hello = message
+        await self.send(f"hello|{message.version}|{settings}")
+        resume = await self.receive()
+        assert isinstance(resume, Resume), resume
+        return resume
+
+    async def answer_ping(self) -> list[ClientMessage]:
+        """Read up to the client's next ``ping`` and answer it; the frames
+        before it."""
+        before: list[ClientMessage] = []
+        while True:
+            message = await self.receive()
+            assert message is not None, f"closed after {before}"
+            if isinstance(message, Ping):
+                await self.send(f"pong|{message.token}")
+                return before
+            before.append(message)
+
+    async def drop(self) -> None:
+        """End the connection without a word: the client reads its end."""
+        await self.stream.aclose()
 
 
 class ResetStream(trio.abc.Stream):
@@ -164,15 +200,47 @@ async def logged_in(
     version: int = 2,
     echo: bool = True,
     settings: str | None = SETTINGS,
+    session: str | None = None,
+    password: str | None = None,
 ) -> tuple[Client, FakeServer]:
     """A Client logged in as *name* over a memory stream, *online* listed;
-    with *version* and *echo* as ``Client.login`` takes them, and a server
-    that answers ``hello`` with *settings* (see ``FakeServer.login_request``)."""
+    with *version*, *echo* and *password* as ``Client.login`` takes them,
+    and a server that answers ``hello`` with *settings* (see
+    ``FakeServer.login_request``) and says *session* (see ``accept``)."""
     client_stream, server = fake_server_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.accept, name, online, settings)
-        client = await Client.login(client_stream, name, version=version, echo=echo)
+        nursery.start_soon(server.accept, name, online, settings, session)
+        client = await Client.login(
+            client_stream, name, version=version, echo=echo, password=password
+        )
     return client, server
+
+
+class Reopener:
+    """A ``StreamOpener`` for a reconnecting client's tests: each call
+    opens an in-memory connection, whose FakeServer ``next_server`` hands
+    to the test. While ``refusing`` is above 0, each call takes one off
+    and fails as a server that cannot be reached. ``calls`` holds the time
+    (``trio.current_time()``) of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.refusing = 0
+        self._servers, self._opened = trio.open_memory_channel[FakeServer](math.inf)
+
+    async def __call__(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(trio.current_time())
+        if self.refusing > 0:
+            self.refusing -= 1
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        client_stream, server = fake_server_pair()
+        self._servers.send_nowait(server)
+        return client_stream
+
+    async def next_server(self) -> FakeServer:
+        """The server end of the next connection opened."""
+        return await self._opened.receive()
 
 
 async def serve_fake(

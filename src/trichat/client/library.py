@@ -94,6 +94,7 @@ __all__ = [
     "Event",
     "HistoryPage",
     "LoginRefused",
+    "NotSent",
     "Reconnecting",
     "ReconnectingClient",
     "ReconnectingEvent",
@@ -122,6 +123,15 @@ character of them four bytes in UTF-8. It is longer than the server's own
 limit on what it reads, since a delivery adds FROM (and an id and a time)."""
 
 _RECEIVE_SIZE: Final = 65536
+# How the server refuses a register or change_password request.
+_PASSWORD_REFUSALS: Final = frozenset(
+    {
+        ErrorCode.ALREADY_REGISTERED,
+        ErrorCode.BAD_PASSWORD,
+        ErrorCode.TLS_REQUIRED,
+        ErrorCode.NO_SUCH_ACCOUNT,
+    }
+)
 # How long saying exit, or closing, may take before the stream is just closed.
 _CLOSE_GRACE: Final = 2.0
 
@@ -263,6 +273,14 @@ class ConnectionLost(Exception):
     """The connection broke, or closed before the login was acknowledged."""
 
 
+class NotSent(ConnectionLost):
+    """A ``ReconnectingClient`` did not send a frame, and never will: the
+    client gave up reconnecting (the session could not be taken back
+    within ``give_up_after`` seconds, or logging in again was refused),
+    it was closed, or another connection took the session over. ``str()``
+    says which."""
+
+
 class BadServerFrame(Exception):
     """The server sent a frame that the protocol does not allow.
 
@@ -353,6 +371,11 @@ class Client(trio.abc.AsyncResource):
         the connection drops (the ``session`` frame's), 0 without one.
       missed: after ``Client.resume``, how many missed messages the server
         said it replays (``resumed|NAME|COUNT``); 0 otherwise.
+
+    A client logged in with a password keeps it, in memory only and never
+    shown, for as long as it lives (and takes the new one when the server
+    confirms ``register`` or ``change_password``): what a
+    ``ReconnectingClient`` needs to log in again when a session is gone.
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
@@ -379,6 +402,13 @@ class Client(trio.abc.AsyncResource):
         # order): (target's clash key, direction, count).
         self._paging: list[Hist] = []
         self._history_asked: deque[tuple[str, str, int]] = deque()
+        # Frames that login read past its answer (looking for the session
+        # frame), for iteration to yield first.
+        self._early: deque[ServerMessage] = deque()
+        # The password this client logged in with (None: a guest), and the
+        # new ones sent (register, change_password) not answered yet.
+        self._password: str | None = None
+        self._new_passwords: deque[str] = deque()
         self._send_lock = trio.Lock()
         self._send_broken = False
         self._receiving = False
@@ -445,6 +475,9 @@ class Client(trio.abc.AsyncResource):
                 case Login(acknowledged) if name_key(acknowledged) == name_key(name):
                     client.name = acknowledged
                     client._connection.logged_in(acknowledged)
+                    client._password = password
+                    if client._keeps_sessions():
+                        await client._read_session()
                     return client
                 case Error():
                     raise LoginRefused(message, greeting)
@@ -500,6 +533,7 @@ class Client(trio.abc.AsyncResource):
                     client.missed = count
                     client.session = session
                     client._connection.logged_in(name)
+                    await client._read_session()
                     return client
                 case Error():
                     raise LoginRefused(message, greeting)
@@ -509,6 +543,27 @@ class Client(trio.abc.AsyncResource):
                     pass
                 case _:
                     raise _unexpected(message, "before the answer to resume")
+
+    def _keeps_sessions(self) -> bool:
+        """Whether the server said it keeps sessions (``resume`` in its
+        settings, protocol 2): then ``session`` follows the login's
+        acknowledgement."""
+        window = self.settings.get("resume", "0")
+        return self.version >= 2 and window not in ("", "0")
+
+    async def _read_session(self) -> None:
+        """Read the ``session`` frame that the server sends right after the
+        answer to a login or resume, so that ``session`` and
+        ``resume_window`` are there when that call returns. Any other frame
+        (a server that sends none) is left for iteration."""
+        frame = await self._next_frame()
+        if frame is None:
+            return
+        if isinstance(frame, SessionInfo):
+            self.session = frame.session
+            self.resume_window = frame.seconds
+            return
+        self._early.append(frame)
 
     async def _greet(self, version: int, echo: bool) -> _Greeting:
         """Say ``hello`` (unless *version* is 1) and read the answer."""
@@ -605,6 +660,8 @@ class Client(trio.abc.AsyncResource):
                 (name_key(message.target), message.direction, message.count)
             )
         await self._write(data)
+        if type(message) is Register or type(message) is ChangePassword:
+            self._new_passwords.append(message.password)
 
     async def talk(self, to: str, text: str) -> None:
         """Send *text* to *to*: a user's name (a direct message), a room
@@ -859,6 +916,17 @@ class Client(trio.abc.AsyncResource):
         (left for the next read) or an error that closes the connection;
         None when the stream has ended and every frame has been taken."""
         messages: list[Event] = []
+        while self._early:
+            early = self._early.popleft()
+            try:
+                event = self._event(early)
+            except ProtocolError as problem:
+                if not messages:
+                    raise BadServerFrame(problem) from None
+                self._problem = problem
+                return messages
+            if event is not None:
+                messages.append(event)
         next_event = self._connection.next_event
         while True:
             try:
@@ -981,6 +1049,20 @@ class Client(trio.abc.AsyncResource):
                     joined.members.pop(key, None)
             case Error(code) if code.closes:
                 self._finished = True
+            case Registered() | PasswordChanged() if self._new_passwords:
+                self._password = self._new_passwords.popleft()
+            case Error(code) if code in _PASSWORD_REFUSALS and self._new_passwords:
+                self._new_passwords.popleft()
+
+    def _passwords(self) -> list[str | None]:
+        """The passwords to log in again with, most likely first: the one
+        in use, then the new ones not answered yet, the latest first (the
+        answer may have been lost in a drop)."""
+        candidates: list[str | None] = [self._password]
+        for password in reversed(self._new_passwords):
+            if password not in candidates:
+                candidates.append(password)
+        return candidates
 
     def _joined(self, room: str, name: str) -> None:
         key = name_key(name)
@@ -1014,6 +1096,8 @@ class Client(trio.abc.AsyncResource):
 
     async def _next_frame(self) -> ServerMessage | None:
         """The next frame from the server; None at the end of the stream."""
+        if self._early:
+            return self._early.popleft()
         while True:
             try:
                 frame = self._connection.next_event()
@@ -1156,7 +1240,8 @@ def _login_request(name: str, password: str | None) -> Login:
 @attrs.frozen
 class Disconnected:
     """The connection dropped (``reason`` says how) without ``exit``: the
-    client reconnects by itself. Sends wait until it is back."""
+    client reconnects by itself. Sends wait until it is back (see
+    ``ReconnectingClient``)."""
 
     reason: str
 
@@ -1174,7 +1259,8 @@ class Reconnecting:
 class Resumed:
     """The session was taken back on a new connection: the name, the rooms
     and everything said meanwhile are kept. The ``missed`` messages said
-    while away come next, each once, in order; changes to who is online
+    while away come next, each once, in order (what the server replayed,
+    less any this client had already received); changes to who is online
     and who is in the rooms (``Login``, ``Exit``, ``Joined``, ``Parted``)
     come before them.
 
@@ -1243,6 +1329,16 @@ _HISTORY_PAGE: Final = 500
 _ATTEMPT_TIMEOUT: Final = 10.0
 # How long to keep trying without a resume window from the server.
 _DEFAULT_GIVE_UP: Final = 120.0
+# Refusals of a login that trying again will not change: the client stops.
+_FINAL_REFUSALS: Final = frozenset(
+    {
+        ErrorCode.BAD_NAME,
+        ErrorCode.ACCOUNT_REQUIRED,
+        ErrorCode.NO_SUCH_ACCOUNT,
+        ErrorCode.WRONG_PASSWORD,
+        ErrorCode.TLS_REQUIRED,
+    }
+)
 
 
 @attrs.frozen
@@ -1282,12 +1378,35 @@ class ReconnectingClient:
     attempt succeeds within *give_up_after* seconds (default: the
     server's resume window), iterating raises ConnectionLost and ends.
 
+    A client that logged in with a password (``Client.login``,
+    ``connect``...) logs in again with it when its session is gone; the
+    password stays in memory, for the life of the client, and is never
+    shown or logged. A refusal that trying again cannot change
+    (``wrong-password``, ``account-required``, ``bad-name``...) ends the
+    iteration with ConnectionLost, caused by the LoginRefused.
+
     While the connection is down, ``online``, ``rooms`` and the settings
-    are those last known, ``connected`` is false and every send waits
-    until the client is back (bound it with ``trio.move_on_after`` if it
-    must not wait). A send that raises ConnectionLost did not reach the
-    server; one that returned may still be lost in a drop: with ``echo``
-    the server's copy of it, in the stream, says it was taken.
+    are those last known and ``connected`` is false.
+
+    Sending while away: every send (``talk``, ``join``, ``send``...)
+    waits until the client is back, then goes out over the new
+    connection, after the snapshot (so a message to a room goes once the
+    room is joined again); a send that the drop interrupts waits and goes
+    out again the same way (a frame that a broken write did not finish
+    never reached the server). Nothing is queued behind the program's
+    back: a send either returns, having handed its frame to a live
+    connection, or raises. The wait is bounded by the reconnecting
+    itself: when the client gives up, is closed, or its session is taken
+    over, every waiting send raises ``NotSent`` (a ConnectionLost) saying
+    why. A program that must not wait that long bounds the call
+    (``trio.move_on_after``): cancelled while waiting, nothing was sent.
+    A send that returned may still be lost in a drop right after it (the
+    kernel took it, the server never read it): with ``echo`` the
+    server's copy of it, in the stream, says it was taken; after a
+    ``Resumed`` the copies of everything it took are there.
+    ``talk_batch`` is one write of many frames: a drop in the middle of it
+    raises ConnectionLost (part of the batch may have gone; the client
+    reconnects meanwhile), since sending it again could repeat messages.
     """
 
     def __init__(
@@ -1299,9 +1418,14 @@ class ReconnectingClient:
         give_up_after: float | None = None,
         keepalive: float = 30.0,
         rng: random.Random | None = None,
+        password: str | None = None,
     ) -> None:
         """Take over the logged-in *client*; *reopen* opens a new stream to
-        the same server. See ``open_reconnecting_client`` for the rest."""
+        the same server. *password* is the one to log in again with when a
+        session is gone (default: the one *client* logged in with, if
+        any). See ``open_reconnecting_client`` for the rest."""
+        if password is not None:
+            client._password = password
         self._client: Client | None = client
         self._last = client
         self._reopen = reopen
@@ -1324,6 +1448,8 @@ class ReconnectingClient:
         self._ended = False
         self._closing_reason: str | None = None
         self._failure: ConnectionLost | None = None
+        # Why sends fail from now on, once the client has ended.
+        self._end_reason = "the client is closed"
         self._pings = 0
 
     @classmethod
@@ -1337,6 +1463,7 @@ class ReconnectingClient:
         give_up_after: float | None = None,
         keepalive: float = 30.0,
         rng: random.Random | None = None,
+        password: str | None = None,
     ) -> AsyncIterator[ReconnectingClient]:
         """Run a ReconnectingClient over the logged-in *client* for the
         block's length, reopening streams with *reopen*; the block's end
@@ -1348,6 +1475,7 @@ class ReconnectingClient:
             give_up_after=give_up_after,
             keepalive=keepalive,
             rng=rng,
+            password=password,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wrapped._run)
@@ -1423,9 +1551,11 @@ class ReconnectingClient:
         return self._last.conversation(message)
 
     async def send(self, message: ClientMessage) -> None:
-        """Send one frame, once connected (see the class)."""
-        client = await self._connected_client()
-        await client.send(message)
+        """Send one frame, once connected: while away it waits until the
+        client is back. Raises ValueError (nothing sent) as
+        ``Client.send`` does, and NotSent when the client ends first (see
+        the class)."""
+        await self._deliver(lambda client: client.send(message))
 
     async def talk(self, to: str, text: str) -> None:
         await self.send(Talk(to, text))
@@ -1446,20 +1576,41 @@ class ReconnectingClient:
         await self.send(Ping(token))
 
     async def history(
-        self, target: str, count: int, *, after: int | None = None
+        self,
+        target: str,
+        count: int,
+        *,
+        after: int | None = None,
+        before: int | None = None,
     ) -> None:
-        client = await self._connected_client()
-        await client.history(target, count, after=after)
+        await self._deliver(
+            lambda client: client.history(target, count, after=after, before=before)
+        )
+
+    async def register(self, password: str) -> None:
+        await self._deliver(lambda client: client.register(password))
+
+    async def change_password(self, password: str) -> None:
+        await self._deliver(lambda client: client.change_password(password))
 
     async def talk_batch(self, to: str, texts: Sequence[str]) -> None:
+        """``Client.talk_batch`` once connected; see the class for a drop
+        in the middle of it."""
         client = await self._connected_client()
-        await client.talk_batch(to, texts)
+        try:
+            await client.talk_batch(to, texts)
+        except ConnectionLost as lost:
+            await self._drop(client, lost)
+            raise ConnectionLost(
+                f"{lost}: part of the batch may not have reached the server"
+            ) from lost
 
     async def exit(self) -> None:
         """Say ``exit`` (when connected) and close: no reconnecting after
         it. While the connection is down there is nobody to say it to: the
         server ends the waiting session when its resume window passes."""
         self._exiting = True
+        self._end_reason = "the client has said exit"
         client = self._client
         try:
             if client is not None:
@@ -1489,7 +1640,8 @@ class ReconnectingClient:
             except trio.EndOfChannel:
                 failure, self._failure = self._failure, None
                 if failure is not None:
-                    raise failure from None
+                    # Why it ended (a refused login, say), not the channel.
+                    raise failure from failure.__cause__
                 raise StopAsyncIteration from None
         if isinstance(item, _Raise):
             raise item.error
@@ -1519,13 +1671,38 @@ class ReconnectingClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _connected_client(self) -> Client:
+    async def _connected_client(self, not_this: Client | None = None) -> Client:
+        """The client of the live connection (other than *not_this*, one
+        that broke), once there is one; NotSent when the client ends."""
         while True:
-            if self._client is not None:
-                return self._client
+            client = self._client
             if self._ended:
-                raise ConnectionLost("the client is closed")
+                raise NotSent(f"not sent: {self._end_reason}")
+            if client is not None and client is not not_this:
+                return client
             await self._changed.wait()
+
+    async def _deliver(self, act: Callable[[Client], Awaitable[None]]) -> None:
+        """Do *act* (one frame's send) over the live connection, waiting
+        while away; when the connection breaks under it, again over the
+        next one: the frame did not reach the server whole."""
+        broken: Client | None = None
+        while True:
+            client = await self._connected_client(broken)
+            try:
+                await act(client)
+            except ConnectionLost as lost:
+                await self._drop(client, lost)
+                broken = client
+                continue
+            return
+
+    async def _drop(self, client: Client, lost: ConnectionLost) -> None:
+        """A send found *client*'s connection broken: close it, so that the
+        reading task sees the drop now rather than at its next read."""
+        if client is self._client and self._closing_reason is None:
+            self._closing_reason = str(lost)
+        await client.aclose()
 
     async def _run(self) -> None:
         async with self._send_events, trio.open_nursery() as nursery:
@@ -1533,6 +1710,8 @@ class ReconnectingClient:
                 if self._keepalive > 0:
                     nursery.start_soon(self._watch, self._keepalive)
                 await self._follow()
+            if self._failure is not None:
+                self._end_reason = str(self._failure)
             self._ended = True
             self._notify()
             nursery.cancel_scope.cancel()
@@ -1578,6 +1757,7 @@ class ReconnectingClient:
             case Error(code, detail) if code.closes:
                 if code in (ErrorCode.REPLACED, ErrorCode.TOO_LONG):
                     self._final = True
+                    self._end_reason = f"the connection ended ({code.value}: {detail})"
                 self._closing_reason = f"{code.value}: {detail}"
         await self._send_events.send(event)
 
@@ -1585,7 +1765,10 @@ class ReconnectingClient:
         """Close a connection over which nothing arrives any more: ping
         after *interval* seconds of silence, close after as many again."""
         while True:
-            client = await self._connected_client()
+            try:
+                client = await self._connected_client()
+            except NotSent:
+                return  # the client has ended
             await trio.sleep_until(client.last_heard + interval)
             if client is not self._client:
                 continue
@@ -1612,9 +1795,12 @@ class ReconnectingClient:
             attempt += 1
             delay = self._backoff.delay(attempt, self._rng)
             if trio.current_time() + delay > give_up:
-                self._failure = ConnectionLost(
-                    f"could not reconnect within {window:g} s: {problem}"
-                )
+                if window <= 0:  # reconnecting is off
+                    self._failure = ConnectionLost(problem)
+                else:
+                    self._failure = ConnectionLost(
+                        f"could not reconnect within {window:g} s: {problem}"
+                    )
                 return False
             await self._send_events.send(Reconnecting(attempt, delay))
             await trio.sleep(delay)
@@ -1627,7 +1813,16 @@ class ReconnectingClient:
             except OSError as error:
                 problem = error.strerror or str(error)
                 continue
-            except (ConnectionLost, BadServerFrame, LoginRefused) as error:
+            except LoginRefused as refused:
+                if refused.error.code in _FINAL_REFUSALS:
+                    self._failure = ConnectionLost(
+                        f"cannot log in again as {self.name}: {refused}"
+                    )
+                    self._failure.__cause__ = refused
+                    return False
+                problem = str(refused)
+                continue
+            except (ConnectionLost, BadServerFrame) as error:
                 problem = str(error)
                 continue
             self.reconnects += 1
@@ -1654,9 +1849,7 @@ class ReconnectingClient:
         (None when it worked)."""
         old = self._last
         if old.session is None:
-            client = await Client.login(
-                stream, old.name, version=old.version, echo=old.echo
-            )
+            client = await self._log_in_again(stream, None)
             if old.version < 2:
                 return client, "protocol 1 has no sessions"
             return client, "the server keeps no sessions"
@@ -1667,9 +1860,42 @@ class ReconnectingClient:
         except LoginRefused as refused:
             if refused.error.code is not ErrorCode.RESUME_FAILED:
                 raise
-            client = await Client.login(stream, old.name, after=refused)
+            client = await self._log_in_again(stream, refused)
             return client, refused.error.detail or "the session has ended"
+        client._password = old._password
+        client._new_passwords = old._new_passwords.copy()
         return client, None
+
+    async def _log_in_again(
+        self, stream: trio.abc.Stream, after: LoginRefused | None
+    ) -> Client:
+        """Log in over *stream* as the session's name, with the password
+        the client logged in with (a guest: none); when that is refused,
+        with a new one whose confirmation a drop may have lost."""
+        old = self._last
+        passwords = old._passwords()
+        for tried, password in enumerate(passwords, start=1):
+            try:
+                if after is None:
+                    return await Client.login(
+                        stream,
+                        old.name,
+                        version=old.version,
+                        echo=old.echo,
+                        password=password,
+                    )
+                return await Client.login(
+                    stream, old.name, after=after, password=password
+                )
+            except LoginRefused as refused:
+                retry = refused.error.code in (
+                    ErrorCode.ACCOUNT_REQUIRED,
+                    ErrorCode.WRONG_PASSWORD,
+                )
+                if not retry or tried == len(passwords):
+                    raise
+                after = refused
+        raise AssertionError("unreachable: there is always one password to try")
 
     async def _settle(
         self, client: Client, failure: str | None
@@ -1697,6 +1923,9 @@ class ReconnectingClient:
         token = f"settle-{self._pings}"
         await client.send(Ping(token))
         messages: dict[int, Message] = {}
+        # The replay of a resume is the first COUNT messages; those this
+        # client had not received are the ones it missed.
+        replayed = missed = 0
         recovered: set[int] = set()
         newest: dict[str, int] = {}
         filled: set[str] = set()
@@ -1709,6 +1938,11 @@ class ReconnectingClient:
                 raise ConnectionLost(
                     "the connection closed during the resume"
                 ) from None
+            if isinstance(event, Message):
+                replayed += 1
+                new = event.id > after and event.id not in messages
+                if new and failure is None and replayed <= client.missed:
+                    missed += 1
             match event:
                 case Message(id=message_id) if message_id > after:
                     messages.setdefault(message_id, event)
@@ -1755,7 +1989,7 @@ class ReconnectingClient:
                     others.append(event)
         outcome: ReconnectingEvent
         if failure is None:
-            outcome = Resumed(client.missed)
+            outcome = Resumed(missed)
         else:
             conversations = [*old.rooms]
             if old.settings.get("presence") != "rooms":
@@ -1823,10 +2057,12 @@ async def open_reconnecting_client(
     give_up_after: float | None = None,
     keepalive: float = 30.0,
     rng: random.Random | None = None,
+    password: str | None = None,
 ) -> AsyncIterator[ReconnectingClient]:
     """``open_client`` for a client that survives dropped connections: log
-    in (protocol 2) as ``connect`` does (and raising what it raises), then
-    run a ``ReconnectingClient`` for the block's length.
+    in (protocol 2) as ``connect`` does (with *password*, to the account
+    *name*; raising what it raises), then run a ``ReconnectingClient`` for
+    the block's length.
 
         async with open_reconnecting_client("bot", host, port) as client:
             async for event in client:
@@ -1838,7 +2074,11 @@ async def open_reconnecting_client(
     *backoff* sets the delays between attempts (``Backoff()``: 1 s,
     doubling, at most 30 s, up to half taken off at random, from *rng*);
     after *give_up_after* seconds (default: the server's resume window,
-    else 120 s) without success, iterating raises ConnectionLost.
+    else 120 s) without success, iterating raises ConnectionLost, and
+    sends raise NotSent; ``give_up_after=0`` turns reconnecting off (a
+    drop yields ``Disconnected``, then iterating raises ConnectionLost).
+    The password, if any, is kept in memory for as long as the client
+    lives, to log in again when a session is gone; it is never shown.
     *keepalive* seconds of silence from the server bring a ping; as many
     again without a word count as a drop (0: never). Leaving the block
     closes without ``exit``: the server keeps the session for its resume
@@ -1857,6 +2097,7 @@ async def open_reconnecting_client(
         ssl_context=ssl_context,
         server_hostname=server_hostname,
         echo=echo,
+        password=password,
     )
     try:
         async with ReconnectingClient.wrap(
