@@ -392,8 +392,9 @@ async def test_help_lists_the_commands(
         alice = await world.app("alice")
         type_text(alice, "/help")
         press(alice, "enter")
-        text = shown(alice)
-        for command in ("/msg", "/join", "/part", "/win", "/quit"):
+        text = "\n".join(screen(alice, (80, 40)))
+        commands = ("/msg", "/join", "/part", "/win", "/register", "/password", "/quit")
+        for command in commands:
             assert command in text
 
 

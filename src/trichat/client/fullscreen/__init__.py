@@ -28,7 +28,14 @@ import trio
 from ..._process import until_interrupted
 from ...protocol.messages import PROTOCOL_VERSION, ErrorCode
 from .. import terminal
-from ..library import BadServerFrame, Client, ConnectionLost, LoginRefused
+from ..library import (
+    BadServerFrame,
+    Client,
+    ConnectionLost,
+    LoginRefused,
+    ReconnectingClient,
+    open_stream,
+)
 from ..terminal import (
     CONNECT_TIMEOUT,
     EXIT_FAILURE,
@@ -102,14 +109,28 @@ def _fail(problem: str, status: int = EXIT_FAILURE) -> int:
     return status
 
 
-async def _connect(args: argparse.Namespace) -> Client | int:
-    """The logged-in client, or the exit status of a failure (said)."""
-    ssl_context = None
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | int | None:
+    """The TLS context the options ask for, or the exit status of a
+    failure (said)."""
     if args.tls or args.ca is not None or args.server_name is not None:
         try:
-            ssl_context = ssl.create_default_context(cafile=args.ca)
+            return ssl.create_default_context(cafile=args.ca)
         except (OSError, ssl.SSLError) as error:
             return _fail(f"cannot use the CA file {args.ca}: {error}", EXIT_REFUSED)
+    return None
+
+
+def _keeps_sessions(client: Client) -> bool:
+    """Whether the server keeps a session waiting after a drop (it says
+    ``resume`` in its settings, protocol 2): only then is reconnecting
+    worth more than logging in again by hand."""
+    return client.version >= 2 and client.settings.get("resume", "0") != "0"
+
+
+async def _connect(
+    args: argparse.Namespace, ssl_context: ssl.SSLContext | None
+) -> Client | int:
+    """The logged-in client, or the exit status of a failure (said)."""
     where = f"{args.host}:{args.port}"
     shown_name = escape(args.name)
     password = None
@@ -233,7 +254,10 @@ async def _chat(args: argparse.Namespace, leaving: _Leaving) -> int:
 
     from ._app import FullScreen
 
-    client = await _connect(args)
+    ssl_context = _ssl_context(args)
+    if isinstance(ssl_context, int):
+        return ssl_context
+    client = await _connect(args, ssl_context)
     if isinstance(client, int):
         return client
     screen = urwid.display.raw.Screen(bracketed_paste_mode=True)
@@ -244,12 +268,34 @@ async def _chat(args: argparse.Namespace, leaving: _Leaving) -> int:
         screen.write("\a")
         screen.flush()
 
-    app = FullScreen(
-        client,
-        bell=not args.no_bell,
-        ping_interval=args.ping_interval,
-        on_bell=ring,
-    )
-    leaving.app = app
+    async def chat(chatting: Client | ReconnectingClient) -> int:
+        app = FullScreen(
+            chatting,
+            bell=not args.no_bell,
+            ping_interval=args.ping_interval,
+            on_bell=ring,
+            exit_on_loss=args.no_reconnect,
+        )
+        leaving.app = app
+        status = await app.run(screen, _take_typeahead(sys.stdin.fileno()))
+        if app.farewell is not None:
+            # The screen is given back by now: said where the shell is.
+            _fail(app.farewell)
+        return status
+
     async with client:
-        return await app.run(screen, _take_typeahead(sys.stdin.fileno()))
+        if args.no_reconnect or not _keeps_sessions(client):
+            return await chat(client)
+        reopen = partial(
+            open_stream,
+            args.host,
+            args.port,
+            ssl_context=ssl_context,
+            server_hostname=args.server_name,
+        )
+        # Its keepalive is the lag pings': a connection silent for two
+        # intervals counts as dropped.
+        async with ReconnectingClient.wrap(
+            client, reopen, keepalive=args.ping_interval
+        ) as reconnecting:
+            return await chat(reconnecting)

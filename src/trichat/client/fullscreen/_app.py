@@ -5,6 +5,7 @@ input, all tasks of one Trio nursery."""
 from __future__ import annotations
 
 import itertools
+import math
 import signal
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
@@ -22,15 +23,22 @@ from ...protocol.messages import (
     Login,
     Message,
     Parted,
+    PasswordChanged,
     Ping,
     Pong,
+    Registered,
 )
 from ..library import (
     BadServerFrame,
     Client,
     ConnectionLost,
-    Event,
+    Disconnected,
     HistoryPage,
+    Reconnecting,
+    ReconnectingClient,
+    ReconnectingEvent,
+    Resumed,
+    ResumeFailed,
     RoomList,
 )
 from ..terminal import EXIT_FAILURE, EXIT_OK, describe_error, escape
@@ -54,20 +62,32 @@ class FullScreen:
     ``run`` drives it: with a urwid *screen* it draws there and reads the
     keys from it; without one (tests) ``view`` takes keys by hand
     (``view.keypress``) and renders on demand (``view.render``).
+
+    Over a ``ReconnectingClient`` a dropped connection is shown (the
+    status line counts down to each attempt) and the chat goes on once
+    the client is back: windows, unread counts, the input line and what
+    waits in the outbox are kept. A connection lost for good (a plain
+    ``Client``'s drop, or a reconnecting one that gave up) leaves the
+    windows for reading, or with *exit_on_loss* ends the session
+    (EXIT_FAILURE, ``farewell`` says why).
     """
 
     def __init__(
         self,
-        client: Client,
+        client: Client | ReconnectingClient,
         *,
         bell: bool = True,
         ping_interval: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         zone: tzinfo | None = None,
         on_bell: Callable[[], None] | None = None,
+        exit_on_loss: bool = False,
     ) -> None:
         self.client = client
         self.ping_interval = ping_interval
+        self.exit_on_loss = exit_on_loss
+        self.farewell: str | None = None
+        """Why the session ended, when the connection did (exit_on_loss)."""
         self.model = ChatModel(
             client.name,
             version=client.version,
@@ -91,6 +111,9 @@ class FullScreen:
         self._pacer = Pacer(0, 1)
         self._pings: dict[str, float] = {}
         self._closing: str | None = None
+        # The next attempt to reconnect: (its number, when it starts).
+        self._retry: tuple[int, float] | None = None
+        self._retry_changed = trio.Event()
         self.model.wake_sender = self._wake_sender
         self.model.info(f"logged in as {escape(client.name)}; /help lists the commands")
         self.view.refresh()
@@ -109,6 +132,7 @@ class FullScreen:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive)
                     nursery.start_soon(self._send)
+                    nursery.start_soon(self._count_down)
                     if self.ping_interval > 0:
                         nursery.start_soon(self._measure_lag)
                     if screen is None:
@@ -116,16 +140,23 @@ class FullScreen:
                     else:
                         await self._show(screen, typed)
                         self._scope.cancel()
-            leaving = self.status != EXIT_FAILURE
-            if leaving and self.model.link is not Link.DISCONNECTED:
-                # What was typed before /quit still goes, then goodbye.
-                with trio.move_on_after(_FLUSH_GRACE):
-                    while self.model.outbox and await self._send_next():
-                        pass
-                await self.client.exit()
+            await self._leave()
         finally:
             await self.client.aclose()
         return EXIT_OK if self.status is None else self.status
+
+    async def _leave(self) -> None:
+        """Say goodbye, after what was typed before ``/quit``."""
+        model = self.model
+        if model.link is Link.DISCONNECTED:
+            return
+        with trio.move_on_after(_FLUSH_GRACE):
+            while model.outbox and self._linked():
+                if not await self._send_next():
+                    break
+        # Away, there is nobody to say exit to: a reconnecting client just
+        # closes, and the server ends the session when its window passes.
+        await self.client.exit()
 
     async def _show(self, screen: urwid.BaseScreen, typed: Sequence[str]) -> None:
         """Run urwid's main loop on *screen* until the session ends; the
@@ -161,6 +192,14 @@ class FullScreen:
         self.status = EXIT_FAILURE if failed else EXIT_OK
         self._scope.cancel()
 
+    def _linked(self) -> bool:
+        """Whether the connection is up (as far as is known)."""
+        return self.model.link in {Link.CONNECTED, Link.SILENT}
+
+    @property
+    def _reconnecting(self) -> bool:
+        return isinstance(self.client, ReconnectingClient)
+
     def _changed(self) -> None:
         # The main loop redraws when the tasks that called this are done.
         self.view.refresh()
@@ -193,15 +232,37 @@ class FullScreen:
             self._changed()
 
     def _lost(self, why: str) -> None:
+        self._set_retry(None)
         self.model.lost(why)
         self._changed()
+        if self.exit_on_loss:
+            self.farewell = why
+            self.status = EXIT_FAILURE
+            self._scope.cancel()
 
-    def handle(self, message: Event) -> None:
-        """Bring the model up to date with one frame from the server."""
+    def handle(self, message: ReconnectingEvent) -> None:
+        """Bring the model up to date with one frame from the server, or
+        one change of the connection."""
         model = self.model
         if model.link is Link.SILENT:
             model.link = Link.CONNECTED
         match message:
+            case Disconnected(reason):
+                self._pings.clear()
+                model.dropped(escape(reason))
+            case Reconnecting(attempt, delay):
+                self._set_retry((attempt, trio.current_time() + delay))
+                model.retrying(attempt, max(1, math.ceil(delay)))
+            case Resumed(missed):
+                self._set_retry(None)
+                model.resumed(missed)
+            case ResumeFailed(reason, _, recovered, gaps, direct_gap):
+                self._set_retry(None)
+                model.resume_failed(escape(reason), recovered, gaps, direct_gap)
+            case Registered(name):
+                model.registered(name)
+            case PasswordChanged(name):
+                model.password_changed(name)
             case Message(id, time, sender, to, text):
                 model.delivered(sender, to, text, id=id, time=time)
             case Delivery(sender, to, text):
@@ -229,6 +290,33 @@ class FullScreen:
             case Exit() | Ping() | Pong():
                 pass
 
+    def _set_retry(self, retry: tuple[int, float] | None) -> None:
+        self._retry = retry
+        self._retry_changed.set()
+        self._retry_changed = trio.Event()
+
+    async def _count_down(self) -> None:
+        """While reconnecting: the seconds to the next attempt, in the
+        status line, one a second."""
+        while True:
+            changed = self._retry_changed
+            retry = self._retry
+            if retry is None:
+                await changed.wait()
+                continue
+            attempt, start = retry
+            left = start - trio.current_time()
+            if left <= 0:
+                self._retry = None
+                self.model.retrying(attempt, None)
+                self._changed()
+                continue
+            seconds = math.ceil(left)
+            self.model.retrying(attempt, seconds)
+            self._changed()
+            with trio.move_on_at(start - (seconds - 1)):
+                await changed.wait()
+
     async def _measure_lag(self) -> None:
         """Ping every ``ping_interval`` seconds: the answer's delay is the
         lag in the status line; no answer at all makes it "not answering"."""
@@ -237,9 +325,11 @@ class FullScreen:
             sent = trio.current_time()
             self._pings = {token: sent}
             try:
+                # Over a reconnecting client, waits while it is away.
                 await self.client.ping(token)
             except ConnectionLost:
-                return
+                if not self._reconnecting or self.model.link is Link.DISCONNECTED:
+                    return
             await trio.sleep(self.ping_interval)
             unanswered = token in self._pings and self.client.last_heard < sent
             if unanswered and self.model.link is Link.CONNECTED:
@@ -253,9 +343,10 @@ class FullScreen:
         self._wake.set()
 
     async def _send(self) -> None:
-        """Send what the outbox holds, in order, under the server's rate."""
+        """Send what the outbox holds, in order, under the server's rate;
+        while the connection is away, it waits."""
         while True:
-            if not self.model.outbox:
+            if not self.model.outbox or self.model.link is Link.AWAY:
                 self._wake = trio.Event()
                 await self._wake.wait()
             elif not await self._send_next():
@@ -280,8 +371,22 @@ class FullScreen:
         except ValueError as invalid:
             model.not_sent(item, escape(str(invalid)))
         except ConnectionLost as lost:
-            self._lost(escape(str(lost)))
-            return False
+            if not self._reconnecting:
+                self._lost(escape(str(lost)))
+                return False
+            # It did not reach the server: it goes again once back (the
+            # reading task hears of the drop and says so).
+            model.put_back(item)
+            model.link = Link.AWAY
+            self._changed()
+            return True
+        if scope.cancelled_caught:
+            if self._reconnecting and not self.client_connected:
+                # It waited for a connection that is not back yet.
+                model.put_back(item)
+                model.link = Link.AWAY
+            else:
+                model.not_sent(item, "the server did not take it in time")
         else:
             self._pacer.spend(trio.current_time())
             model.sent(item)
@@ -301,3 +406,17 @@ class FullScreen:
                 await client.list_rooms()
             case "history":
                 await client.history(item.target, item.count)
+            case "register" | "password":
+                # Only a Client does these: the current connection's.
+                plain = (
+                    client.client if isinstance(client, ReconnectingClient) else client
+                )
+                if item.kind == "register":
+                    await plain.register(item.secret)
+                else:
+                    await plain.change_password(item.secret)
+
+    @property
+    def client_connected(self) -> bool:
+        client = self.client
+        return not isinstance(client, ReconnectingClient) or client.connected

@@ -19,6 +19,7 @@ from ...protocol.messages import (
     MAX_HISTORY,
     MAX_TEXT,
     Hist,
+    check_password,
     check_room,
     check_target,
     is_room,
@@ -40,6 +41,7 @@ __all__ = [
     "Listener",
     "Outgoing",
     "Pacer",
+    "PasswordEntry",
     "Window",
     "edit_line",
     "split_text",
@@ -67,6 +69,8 @@ a user, a room or * (everyone). Nothing that arrives changes it.
 /rooms           list the rooms that have members
 /who             who is here: online users, or this room's members
 /history [N]     the last N (default 20) messages here
+/register        make your name an account (the password is asked for)
+/password        set a new password for your account (asked for)
 /all TEXT        send TEXT to everyone (*)
 /win N|NAME      switch to window N, or to NAME's (also Alt-1..9, Ctrl-N/P)
 /close           close this window (not *)
@@ -84,14 +88,26 @@ COMMANDS: Final = (
     "/join",
     "/msg",
     "/part",
+    "/password",
     "/query",
     "/quit",
+    "/register",
     "/rooms",
     "/who",
     "/win",
 )
 
 _COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
+# The refusals that answer a register or password request.
+_ACCOUNT_REFUSALS: Final = frozenset(
+    {
+        "bad-password",
+        "already-registered",
+        "tls-required",
+        "no-such-account",
+        "wrong-password",
+    }
+)
 _TARGETED = re.compile(r"(\S+)(?:\s+(.*))?", re.DOTALL)
 
 
@@ -198,14 +214,31 @@ class Link(enum.Enum):
 
     CONNECTED = "connected"
     SILENT = "not answering"
+    AWAY = "reconnecting"
+    """Dropped; the client is reconnecting to take its session back."""
     DISCONNECTED = "disconnected"
+    """For good: nothing more is sent or received."""
+
+
+@attrs.define
+class PasswordEntry:
+    """A new password being typed (``/register``, ``/password``): asked
+    for twice, hidden, never kept in the input history."""
+
+    command: Literal["register", "password"]
+    first: str | None = attrs.field(default=None, repr=False)
+    """What was typed the first time; None until then."""
+
+    @property
+    def prompt(self) -> str:
+        return "new password: " if self.first is None else "the same again: "
 
 
 @attrs.define(eq=False)
 class Outgoing:
     """A frame the outbox holds until the pacer lets it go."""
 
-    kind: Literal["talk", "join", "part", "rooms", "history"]
+    kind: Literal["talk", "join", "part", "rooms", "history", "register", "password"]
     target: str = ""
     text: str = ""
     entry: Entry | None = None
@@ -213,6 +246,8 @@ class Outgoing:
     pasted: bool = False
     count: int = 0
     """How many messages a ``history`` request asks for."""
+    secret: str = attrs.field(default="", repr=False)
+    """The new password of ``register`` or ``password``."""
 
 
 class Pacer:
@@ -413,6 +448,16 @@ class ChatModel:
         self.ring_bell = bell
         self.link = Link.CONNECTED
         self.link_problem = ""
+        self.link_note = ""
+        """While AWAY: what the status line says about reconnecting."""
+        self.password_entry: PasswordEntry | None = None
+        """A new password being typed: the input line is hidden meanwhile."""
+        self._account_asked: deque[str] = deque()
+        # Own messages unconfirmed at a drop, and how many messages are to
+        # come after the client is back before their echo can no longer.
+        self._unsure: list[Outgoing] = []
+        self._to_come = 0
+        self._unsure_note = ""
         self.lag: float | None = None
         self.online: dict[str, str] = {name_key(user): user for user in online}
         self.windows: list[Window] = [Window(BROADCAST)]
@@ -595,6 +640,22 @@ class ChatModel:
         """A message arrived (``talk`` on protocol 1, ``msg`` on protocol 2;
         with the ``echo`` option our own come back too)."""
         self._end_join()
+        try:
+            self._delivered(sender, to, text, id, time)
+        finally:
+            if self._unsure and id is not None and self._to_come > 0:
+                self._to_come -= 1
+                if not self._to_come:
+                    self._settle_unsure()
+
+    def _delivered(
+        self,
+        sender: str,
+        to: str,
+        text: str,
+        id: int | None,
+        time: datetime | None,
+    ) -> None:
         own = self.is_me(sender)
         if own:
             if self._confirm(to, text, id, time):
@@ -775,6 +836,13 @@ class ChatModel:
         """The server refused a request: ``error|CODE|DETAIL`` (*words*:
         the whole error as the user reads it)."""
         self._end_join()
+        if self._account_asked and (
+            code in _ACCOUNT_REFUSALS
+            or (code == "rate-limited" and not self._awaiting_echo)
+        ):
+            command = self._account_asked.popleft()
+            self.problem(f"/{command} refused: {words}; nothing changed")
+            return
         item = self._failed_request(code, detail)
         if item is not None and item.entry is not None and item.window is not None:
             item.entry.state = EntryState.FAILED
@@ -805,9 +873,14 @@ class ChatModel:
         return None
 
     def lost(self, why: str) -> None:
-        """The connection is gone."""
+        """The connection is gone for good."""
         self.link = Link.DISCONNECTED
         self.link_problem = why
+        self.link_note = ""
+        self.lag = None
+        self._unsure = []
+        self._account_asked.clear()
+        self.cancel_password("the connection was lost")
         for item in self._awaiting_echo:
             if item.entry is not None and item.window is not None:
                 item.entry.state = EntryState.FAILED
@@ -818,6 +891,101 @@ class ChatModel:
         self._drop_outbox("not sent: the connection was lost")
         note = f"; {unsent} queued lines were not sent" if unsent else ""
         self.problem(f"{why}{note} (/quit leaves)", self.current)
+
+    # -- a connection that drops and comes back -------------------------------------
+
+    def dropped(self, why: str) -> None:
+        """The connection dropped; the client reconnects by itself. What is
+        typed meanwhile waits in the outbox."""
+        self.link = Link.AWAY
+        self.link_problem = why
+        self.link_note = "connection lost, reconnecting..."
+        self.lag = None
+        self.cancel_password("the connection dropped")
+        # Sent, but the server's copy has not come back: it may come after
+        # the resume, or never.
+        self._unsure = list(self._awaiting_echo)
+        for item in self._unsure:
+            if item.entry is not None and item.window is not None:
+                item.entry.note = "not confirmed yet: the connection dropped"
+                self.changed(item.window, item.entry)
+        self.problem(
+            f"connection lost ({why}); reconnecting: what you type waits and"
+            " goes once back",
+            self.current,
+        )
+
+    def retrying(self, attempt: int, seconds: int | None) -> None:
+        """Attempt *attempt* to reconnect starts in *seconds* (None: now)."""
+        when = "now" if seconds is None else f"in {seconds} s"
+        tries = f" (attempt {attempt})" if attempt > 1 else ""
+        self.link_note = f"connection lost, reconnecting {when}...{tries}"
+
+    def resumed(self, missed: int) -> None:
+        """Back, with the session: *missed* messages follow."""
+        self._back(missed, "not sent: lost when the connection dropped")
+        plural = "" if missed == 1 else "s"
+        self.info(f"back: {missed} message{plural} missed while away", self.current)
+
+    def resume_failed(
+        self,
+        reason: str,
+        recovered: int,
+        gaps: Sequence[str],
+        direct_gap: bool,
+    ) -> None:
+        """Back, but the session was not kept: logged in again, the rooms
+        joined again; *recovered* messages from the server's history
+        follow; messages to *gaps* (rooms, ``*``) and, with *direct_gap*,
+        direct ones may be missing."""
+        self._back(recovered, "may not have been sent: the connection dropped")
+        found = ""
+        if recovered:
+            plural = "" if recovered == 1 else "s"
+            found = f"; {recovered} message{plural} found in the server's history"
+        self.problem(
+            f"back, but the session was not kept ({display_text(reason)}):"
+            f" logged in again as {display_text(self.name)}, rooms joined"
+            f" again{found}",
+            self.current,
+        )
+        for gap in gaps:
+            window = self.window_for(gap)
+            self.problem(
+                "messages sent here while you were away may be missing"
+                " (the server's history could not fill the gap)",
+                window,
+            )
+        if direct_gap:
+            self.problem(
+                "direct messages sent to you while you were away may be missing",
+                self.current,
+            )
+        elif not gaps:
+            self.info("nothing is missing", self.current)
+
+    def _back(self, to_come: int, unsure_note: str) -> None:
+        self.link = Link.CONNECTED
+        self.link_problem = ""
+        self.link_note = ""
+        self._to_come = to_come
+        self._unsure_note = unsure_note
+        if not to_come:
+            self._settle_unsure()
+        self.wake_sender()
+
+    def _settle_unsure(self) -> None:
+        """Everything missed has come: own messages still unconfirmed from
+        before the drop never reached the server."""
+        unsure, self._unsure = self._unsure, []
+        for item in unsure:
+            if item not in self._awaiting_echo:
+                continue
+            self._awaiting_echo.remove(item)
+            if item.entry is not None and item.window is not None:
+                item.entry.state = EntryState.FAILED
+                item.entry.note = self._unsure_note
+                self.changed(item.window, item.entry)
 
     def _drop_outbox(self, note: str) -> None:
         for item in self.outbox:
@@ -858,11 +1026,27 @@ class ChatModel:
     def sent(self, item: Outgoing) -> None:
         """*item* has been written to the server."""
         self.sent_total += 1
+        entry = item.entry
+        if entry is not None and item.window is not None and entry.note:
+            entry.note = ""  # it waited for the connection: no longer
+            self.changed(item.window, entry)
         if self.echo or item.kind != "talk":
             return
         if item.entry is not None and item.window is not None:
             item.entry.state = EntryState.DONE
             item.entry.time = self.clock()
+            self.changed(item.window, item.entry)
+
+    def put_back(self, item: Outgoing) -> None:
+        """*item*, taken to be written, did not reach the server (the
+        connection dropped first): it goes first when the client is back."""
+        if item in self._awaiting_echo:
+            self._awaiting_echo.remove(item)
+        if item.pasted:
+            self.pasted_waiting += 1
+        self.outbox.appendleft(item)
+        if item.entry is not None and item.window is not None:
+            item.entry.note = "waiting for the connection"
             self.changed(item.window, item.entry)
 
     def not_sent(self, item: Outgoing, why: str) -> None:
@@ -961,11 +1145,76 @@ class ChatModel:
             reason = self.close(self.current)
             if reason is not None:
                 self.problem(reason)
+        elif name in {"register", "password"}:
+            self._ask_password("register" if name == "register" else "password", rest)
         elif name == "help":
             self.show_help()
         else:
             self.problem(f"unknown command /{display_text(match[1])}: /help lists them")
         return True
+
+    # -- accounts -------------------------------------------------------------------
+
+    def _ask_password(
+        self, command: Literal["register", "password"], rest: str
+    ) -> None:
+        if rest:
+            # Typed on the line, it would be on the screen and in the history.
+            self.problem(f"usage: /{command} (the password is asked for, hidden)")
+            return
+        if self.link is Link.AWAY or self.link is Link.DISCONNECTED:
+            self.problem("not connected just now: try again once back")
+            return
+        self.password_entry = PasswordEntry(command)
+        self.info("type the new password (it is not shown), then Enter; Esc cancels")
+
+    def password_entered(self, text: str) -> None:
+        """The hidden input line was entered while a password is asked for."""
+        entry = self.password_entry
+        assert entry is not None
+        if not text:
+            self.cancel_password("no password given")
+            return
+        if entry.first is None:
+            try:
+                check_password(text)
+            except ValueError as invalid:
+                # The reason, never the password.
+                self.password_entry = None
+                self.problem(f"{invalid}; nothing changed")
+                return
+            entry.first = text
+            return
+        self.password_entry = None
+        if text != entry.first:
+            self.problem("the two passwords differ; nothing changed")
+            return
+        self._account_asked.append(entry.command)
+        self.queue(Outgoing(entry.command, secret=text))
+
+    def cancel_password(self, why: str = "cancelled") -> None:
+        if self.password_entry is not None:
+            self.password_entry = None
+            self.info(f"{why}; nothing changed")
+
+    def registered(self, name: str) -> None:
+        """``registered|NAME``: the answer to ``/register``."""
+        self._end_join()
+        self._account_answered("register")
+        self.info(
+            f"{display_text(name)} is an account now: logging in as"
+            f" {display_text(name)} takes this password from now on"
+        )
+
+    def password_changed(self, name: str) -> None:
+        """``password|NAME``: the answer to ``/password``."""
+        self._end_join()
+        self._account_answered("password")
+        self.info(f"the password of {display_text(name)} is changed")
+
+    def _account_answered(self, command: str) -> None:
+        if command in self._account_asked:
+            self._account_asked.remove(command)
 
     def _checked_target(self, target: str) -> str | None:
         try:
@@ -1081,6 +1330,7 @@ class ChatModel:
         except ValueError as invalid:
             self.problem(f"not sent: {invalid}")
             return
+        away = "waiting for the connection" if self.link is Link.AWAY else ""
         for piece in split_text(text, self.max_text, self.max_text_bytes):
             entry = self.add(
                 window,
@@ -1092,6 +1342,7 @@ class ChatModel:
                     to=window.target,
                     own=True,
                     state=EntryState.PENDING,
+                    note=away,
                 ),
             )
             self.queue(Outgoing("talk", window.target, piece, entry, window, pasted))

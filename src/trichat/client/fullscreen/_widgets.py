@@ -102,6 +102,8 @@ def _message_markup(model: ChatModel, entry: Entry, text: str) -> _Markup:
         markup.append(" ")
     if entry.state is EntryState.PENDING:
         markup.append(("pending", text))
+        if entry.note:
+            markup.append(("info", f"  [{entry.note}]"))
     elif entry.state is EntryState.FAILED:
         markup.append(("failed", text))
         markup.append(("error", f"  [{entry.note or 'not sent'}]"))
@@ -239,7 +241,16 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         self.frame.body = self._pane(model.current).listbox
         self.bar.set_text(self._bar_markup())
         self.status.set_text(self._status_markup())
-        self.input.set_caption(("prompt", f"{display_text(model.current.target)}> "))
+        asking = model.password_entry
+        if asking is None:
+            self.input.set_caption(
+                ("prompt", f"{display_text(model.current.target)}> ")
+            )
+            self.input.set_mask(None)
+        else:
+            self.input.set_caption(("prompt", asking.prompt))
+            # Nothing of a password is drawn, not even its length.
+            self.input.set_mask("")
 
     def _bar_markup(self) -> _Markup:
         markup: _Markup = []
@@ -275,6 +286,8 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         markup: _Markup = [f" {display_text(model.name)} | to {where} | "]
         if model.link is Link.CONNECTED:
             markup.append("connected")
+        elif model.link is Link.AWAY:
+            markup.append(("status.bad", model.link_note or model.link.value))
         else:
             markup.append(("status.bad", model.link.value))
         if model.lag is not None:
@@ -296,6 +309,8 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         if self._pasting is not None:
             self._paste_key(key)
             result = None
+        elif self.model.password_entry is not None:
+            result = self._password_key(size, key)
         elif self._key(size, key):
             result = None
         else:
@@ -354,6 +369,33 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         edit.set_edit_pos(edited[1])
         return True
 
+    def _password_key(self, size: _Size, key: str) -> str | None:
+        """A key while a password is typed: Enter takes it, Esc cancels,
+        the line editing keys edit; nothing else (no history, no
+        completion, no switching windows) lest it be shown or kept."""
+        model = self.model
+        edit = self.input
+        if key == "enter":
+            text = edit.edit_text
+            edit.set_edit_text("")
+            model.password_entered(text)
+            return None
+        if key == "esc":
+            edit.set_edit_text("")
+            model.cancel_password()
+            return None
+        if key == "begin paste":
+            self._pasting = []
+            return None
+        edited = edit_line(key, edit.edit_text, edit.edit_pos)
+        if edited is not None:
+            edit.set_edit_text(edited[0])
+            edit.set_edit_pos(edited[1])
+            return None
+        if len(key) == 1 or key in {"backspace", "delete", "left", "right"}:
+            return super().keypress(size, key)
+        return None
+
     def _paste_key(self, key: str) -> None:
         assert self._pasting is not None
         if key != "end paste":
@@ -364,7 +406,10 @@ class ChatView(urwid.WidgetWrap[_Frame]):
             return
         pasted, self._pasting = "".join(self._pasting), None
         edit = self.input
-        if "\n" not in pasted:
+        if self.model.password_entry is not None:
+            # A pasted password: its first line, never sent as a message.
+            edit.insert_text(pasted.split("\n", 1)[0])
+        elif "\n" not in pasted:
             edit.insert_text(pasted)
         else:
             text, position = edit.edit_text, edit.edit_pos
