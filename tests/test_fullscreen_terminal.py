@@ -1,6 +1,7 @@
 """``trichat connect`` on a pseudo-terminal: full-screen there, the line
 client with ``--plain``, and the terminal given back as it was, whether
-the user quits or presses Ctrl-C."""
+the user quits, presses Ctrl-C or closes the terminal; a dropped
+connection taken back (or, with ``--no-reconnect``, the end)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import trio
 from helpers import STEP_TIMEOUT, running_server
+from test_terminal_reconnect import Proxy
 
 ALTERNATE_SCREEN = b"\x1b[?1049h"
 NORMAL_SCREEN = b"\x1b[?1049l"
@@ -181,3 +183,53 @@ async def test_sigterm_says_exit_and_restores_the_terminal() -> None:
             )
             assert b"Traceback" not in terminal.output
         await bob.expect("login|alice", "exit|alice")
+
+
+async def test_a_drop_is_taken_back_with_the_typed_line_kept() -> None:
+    async with (
+        running_server(resume_window=30) as live,
+        trio.open_nursery() as nursery,
+    ):
+        proxy = Proxy(live.port)
+        port = await proxy.serve(nursery)
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            await bob.expect("login|alice")
+            await terminal.type("@bob before\r")
+            await bob.expect("talk|alice|bob|before")
+            await terminal.type("half typed")
+            await terminal.expect(b"half typed")
+            proxy.cut()
+            await terminal.expect(b"connection lost, reconnecting")
+            await bob.send("talk|alice|while away")
+            proxy.reopen()
+            await terminal.expect(b"back: 1 message missed while away")
+            await terminal.expect(b"while away")
+            await terminal.type(" and done\r")
+            await bob.expect("talk|alice|*|half typed and done")
+            await terminal.type("/quit\r")
+            assert await terminal.exit_status() == 0
+            assert b"Traceback" not in terminal.output
+        # Nobody saw alice leave before her /quit.
+        await bob.expect("exit|alice")
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_reconnect_exits_on_a_drop_and_says_why() -> None:
+    async with (
+        running_server(resume_window=30) as live,
+        trio.open_nursery() as nursery,
+    ):
+        proxy = Proxy(live.port)
+        port = await proxy.serve(nursery)
+        async with on_a_terminal(
+            "alice", "--no-reconnect", "--port", str(port)
+        ) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            proxy.cut()
+            assert await terminal.exit_status() == 1
+            after = terminal.output[terminal.output.rindex(NORMAL_SCREEN) :]
+            assert b"trichat: " in after
+            assert b"reconnecting" not in terminal.output
+        nursery.cancel_scope.cancel()
