@@ -1,5 +1,7 @@
 """The full-screen client's model and text rules, without urwid or a server:
-windows and targets, completion, history, pacing, escaping, look-alikes."""
+windows and targets, completion, history, pacing, escaping, look-alikes;
+a connection that drops and comes back; the answers to /register and
+/password."""
 
 from __future__ import annotations
 
@@ -323,3 +325,123 @@ def test_split_text_keeps_pieces_under_both_limits() -> None:
     pieces = split_text(wide, max_chars=100, max_bytes=40)
     assert all(len(piece.encode()) <= 40 for piece in pieces)
     assert "".join(pieces) == wide
+
+
+# -- a connection that drops and comes back ---------------------------------------
+
+
+def link(chat: ChatModel) -> Link:
+    return chat.link
+
+
+def asking(chat: ChatModel) -> bool:
+    """Whether a password is being asked for."""
+    return chat.password_entry is not None
+
+
+def sent_to_bob(chat: ChatModel, text: str) -> Entry:
+    """*text* said in bob's window and written (awaiting its echo)."""
+    chat.show(chat.window_for("bob"))
+    chat.submit(text)
+    item = chat.take_outgoing()
+    chat.sent(item)
+    assert item.entry is not None
+    return item.entry
+
+
+def test_own_messages_unconfirmed_at_a_drop_are_settled_by_the_resume() -> None:
+    chat = model()
+    echoed = sent_to_bob(chat, "this one got through")
+    lost = sent_to_bob(chat, "this one did not")
+    chat.dropped("connection reset")
+    assert link(chat) is Link.AWAY
+    assert lost.note == "not confirmed yet: the connection dropped"
+    chat.resumed(2)
+    assert link(chat) is Link.CONNECTED
+    assert texts(chat.current.entries)[-1] == "back: 2 messages missed while away"
+    chat.delivered("carol", "*", "while away", id=7, time=NOW)
+    # The missed may still hold it.
+    assert (lost.state, lost.note) == (
+        EntryState.PENDING,
+        "not confirmed yet: the connection dropped",
+    )
+    chat.delivered("alice", "bob", "this one got through", id=8, time=NOW)
+    assert (echoed.state, echoed.note) == (EntryState.DONE, "")
+    # Everything missed has come: the other never reached the server.
+    assert (lost.state, lost.note) == (
+        EntryState.FAILED,
+        "not sent: lost when the connection dropped",
+    )
+
+
+def test_what_is_said_while_away_waits_in_the_outbox() -> None:
+    chat = model()
+    chat.dropped("connection reset")
+    chat.show(chat.window_for("bob"))
+    chat.submit("later")
+    assert [item.text for item in chat.outbox] == ["later"]
+    entry = chat.outbox[0].entry
+    assert entry is not None
+    assert entry.note == "waiting for the connection"
+    # Taken, but the connection was gone: it goes first once back.
+    chat.submit("after it")
+    item = chat.take_outgoing()
+    chat.put_back(item)
+    assert [item.text for item in chat.outbox] == ["later", "after it"]
+    chat.resumed(0)
+    chat.sent(chat.take_outgoing())
+    assert entry.note == ""
+
+
+def test_a_session_not_kept_marks_each_gap_in_its_window() -> None:
+    chat = model()
+    chat.joined("#lunch", "alice")
+    chat.outbox.clear()
+    chat.dropped("connection reset")
+    chat.resume_failed("the session has ended", 3, ["#lunch", "*"], True)
+    gap = "messages sent here while you were away may be missing"
+    assert any(gap in text for text in texts(chat.window_for("#lunch").entries))
+    assert any(gap in text for text in texts(chat.window_for("*").entries))
+    shown = " ".join(texts(chat.current.entries))
+    assert "3 messages found in the server's history" in shown
+    assert "direct messages sent to you while you were away may be missing" in shown
+
+
+def test_the_answers_to_register_and_password_are_said_as_such() -> None:
+    chat = model()
+    chat.command("/register")
+    assert asking(chat)
+    chat.password_entered("long enough")
+    chat.password_entered("long enough")
+    assert not asking(chat)
+    assert [(item.kind, item.secret) for item in chat.outbox] == [
+        ("register", "long enough")
+    ]
+    assert "long enough" not in repr(chat.outbox[0])
+    chat.sent(chat.take_outgoing())
+    chat.refused("tls-required", "passwords go over TLS only", "tls required: ...")
+    assert texts(chat.current.entries)[-1] == (
+        "/register refused: tls required: ...; nothing changed"
+    )
+    # Not a refusal of a message waiting for its echo.
+    hi = sent_to_bob(chat, "hi")
+    chat.command("/password")
+    chat.password_entered("long enough")
+    chat.password_entered("long enough")
+    chat.sent(chat.take_outgoing())
+    chat.password_changed("alice")
+    assert texts(chat.current.entries)[-1] == "the password of alice is changed"
+    chat.refused("rate-limited", "slow down", "rate limited: slow down")
+    assert (hi.state, hi.note) == (EntryState.FAILED, "rate limited: slow down")
+
+
+def test_a_drop_cancels_a_password_being_typed_and_forgets_the_unanswered() -> None:
+    chat = model()
+    chat.command("/password")
+    chat.dropped("connection reset")
+    assert not asking(chat)
+    chat.command("/register")
+    assert not asking(chat)
+    assert texts(chat.current.entries)[-1] == (
+        "not connected just now: try again once back"
+    )

@@ -381,12 +381,18 @@ class FullScreen:
             self._changed()
             return True
         if scope.cancelled_caught:
-            if self._reconnecting and not self.client_connected:
+            client = self.client
+            if isinstance(client, ReconnectingClient) and not client.connected:
                 # It waited for a connection that is not back yet.
                 model.put_back(item)
                 model.link = Link.AWAY
             else:
                 model.not_sent(item, "the server did not take it in time")
+                if isinstance(client, ReconnectingClient):
+                    # A write cut off halfway leaves that connection of no
+                    # use for writing: closed, it counts as a drop, and the
+                    # client takes the session back over a new one.
+                    await client.client.aclose()
         else:
             self._pacer.spend(trio.current_time())
             model.sent(item)
@@ -415,8 +421,3 @@ class FullScreen:
                     await plain.register(item.secret)
                 else:
                     await plain.change_password(item.secret)
-
-    @property
-    def client_connected(self) -> bool:
-        client = self.client
-        return not isinstance(client, ReconnectingClient) or client.connected

@@ -902,6 +902,13 @@ class ChatModel:
         self.link_note = "connection lost, reconnecting..."
         self.lag = None
         self.cancel_password("the connection dropped")
+        # Their answers are not among what a resume brings back.
+        for command in self._account_asked:
+            self.problem(
+                f"/{command}: no answer came before the connection dropped;"
+                f" once back, /{command} again to be sure"
+            )
+        self._account_asked.clear()
         # Sent, but the server's copy has not come back: it may come after
         # the resume, or never.
         self._unsure = list(self._awaiting_echo)
