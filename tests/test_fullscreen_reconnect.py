@@ -32,8 +32,13 @@ class Line:
     def __init__(self, server: ClockedServer) -> None:
         self.server = server
         self.stream: trio.abc.Stream | None = None
+        self.refusing = False
+        """Whether the server cannot be reached."""
 
     async def open(self) -> trio.abc.Stream:
+        if self.refusing:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionRefusedError(111, "Connection refused")
         self.stream = await self.server.open_stream()
         return self.stream
 
@@ -68,10 +73,10 @@ async def reconnecting(
         nursery.cancel_scope.cancel()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Until *condition* holds, bounded; on a MockClock that jumps, time
-    passes only as far as the next thing due."""
-    with trio.fail_after(STEP_TIMEOUT):
+async def until(condition: Callable[[], bool], within: float = STEP_TIMEOUT) -> None:
+    """Until *condition* holds, for at most *within* seconds; on a
+    MockClock that jumps, time passes only as far as the next thing due."""
+    with trio.fail_after(within):
         while not condition():  # noqa: ASYNC110 (a screen has no event)
             await trio.sleep(0.01)
 
@@ -187,6 +192,28 @@ async def test_a_session_not_kept_says_where_messages_may_be_missing(
             assert "messages sent here while you were away may be" in text
             press(alice, "meta 1")
             assert "messages sent here while you were away may be" in shown(alice)
+
+
+async def test_a_server_out_of_reach_past_its_window_leaves_the_windows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(300):
+        async with (
+            clocked_server("memory", resume_window=20) as server,
+            reconnecting(server) as (alice, line),
+        ):
+            line.refusing = True
+            await line.cut()
+            # Attempts at 3, 9 and 17 s; the next would be past the window.
+            await until(lambda: "(attempt 3)" in status(alice), within=30)
+            assert alice.status is None
+            await until(lambda: "disconnected" in status(alice), within=30)
+            assert "could not reconnect within 20 s: Connection refused" in shown(alice)
+            # Still there to be read; /quit leaves, as after a failure.
+            assert alice.status is None
+            type_text(alice, "/quit")
+            press(alice, "enter")
+            assert alice.status == 1
 
 
 async def test_without_reconnecting_a_lost_connection_ends_the_session(

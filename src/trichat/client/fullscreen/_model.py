@@ -925,8 +925,11 @@ class ChatModel:
     def retrying(self, attempt: int, seconds: int | None) -> None:
         """Attempt *attempt* to reconnect starts in *seconds* (None: now)."""
         when = "now" if seconds is None else f"in {seconds} s"
-        tries = f" (attempt {attempt})" if attempt > 1 else ""
-        self.link_note = f"connection lost, reconnecting {when}...{tries}"
+        if attempt == 1:
+            self.link_note = f"connection lost, reconnecting {when}..."
+        else:
+            # Short enough for the status line of 80 columns.
+            self.link_note = f"reconnecting {when}... (attempt {attempt})"
 
     def resumed(self, missed: int) -> None:
         """Back, with the session: *missed* messages follow."""
