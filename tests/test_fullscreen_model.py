@@ -445,3 +445,19 @@ def test_a_drop_cancels_a_password_being_typed_and_forgets_the_unanswered() -> N
     assert texts(chat.current.entries)[-1] == (
         "not connected just now: try again once back"
     )
+
+
+def test_a_message_being_written_at_a_drop_is_not_taken_for_lost() -> None:
+    # The reconnecting client sends it again over the new connection.
+    chat = model()
+    chat.show(chat.window_for("bob"))
+    chat.submit("in flight")
+    item = chat.take_outgoing()
+    chat.dropped("connection reset")
+    chat.resumed(0)
+    chat.sent(item)
+    assert item.entry is not None
+    assert item.entry.state is EntryState.PENDING
+    chat.delivered("alice", "bob", "in flight", id=3, time=NOW)
+    assert (item.entry.state, item.entry.note) == (EntryState.DONE, "")
+    assert texts(chat.current.entries).count("in flight") == 1

@@ -25,13 +25,37 @@ STEADY = Backoff(first=3.0, factor=2.0, cap=8.0, jitter=0.0)
 """3 s before the first attempt, then 6 and 8: no randomness."""
 
 
+class Breakable(trio.abc.Stream):
+    """A stream whose writes can be made to fail while it still reads:
+    a connection that breaks one way first."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.broken = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("broken on the way out")
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class Line:
     """How alice reaches the server: a connection the test can cut, and a
     way back that can lead elsewhere (another server: a restart)."""
 
     def __init__(self, server: ClockedServer) -> None:
         self.server = server
-        self.stream: trio.abc.Stream | None = None
+        self.stream: Breakable | None = None
         self.refusing = False
         """Whether the server cannot be reached."""
 
@@ -39,7 +63,7 @@ class Line:
         if self.refusing:
             await trio.lowlevel.checkpoint()
             raise ConnectionRefusedError(111, "Connection refused")
-        self.stream = await self.server.open_stream()
+        self.stream = Breakable(await self.server.open_stream())
         return self.stream
 
     async def cut(self) -> None:
@@ -161,6 +185,30 @@ async def test_what_is_typed_while_away_goes_once_back(
                 assert received == ["sent while away"]
                 await settle()
                 assert "waiting for the connection" not in shown(alice)
+
+
+async def test_a_line_sent_as_the_connection_breaks_goes_once_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The write fails while nothing read says the connection is gone.
+    with trio.fail_after(300):
+        async with clocked_server("memory") as server:
+            bob = await Client.login(await server.open_stream(), "bob")
+            async with reconnecting(server) as (alice, line):
+                assert line.stream is not None
+                line.stream.broken = True
+                type_text(alice, "@bob as it broke")
+                press(alice, "enter")
+                await until(lambda: "back: 0 messages missed" in shown(alice), 30)
+                received: list[str] = []
+                while not received:
+                    events = await bob.receive_batch()
+                    received = [e.text for e in events if isinstance(e, Message)]
+                assert received == ["as it broke"]
+                await settle()
+                press(alice, "meta 2")
+                assert "<alice> as it broke" in shown(alice)
+                assert "[" not in shown(alice)  # neither waiting nor failed
 
 
 async def test_a_session_not_kept_says_where_messages_may_be_missing(

@@ -34,6 +34,7 @@ from ..library import (
     ConnectionLost,
     Disconnected,
     HistoryPage,
+    NotSent,
     Reconnecting,
     ReconnectingClient,
     ReconnectingEvent,
@@ -362,37 +363,37 @@ class FullScreen:
         if not model.outbox:  # dropped meanwhile
             return model.link is not Link.DISCONNECTED
         item = model.take_outgoing()
+        client = self.client
         try:
             # A write cancelled halfway would leave the stream unusable,
             # even for saying exit: quitting waits for it (not for long).
+            # Over a reconnecting client, a write the drop interrupts goes
+            # again once back: this waits for that too (within limits).
             with trio.CancelScope(shield=True) as scope:
                 scope.relative_deadline = _WRITE_GRACE
                 await self._write(item)
         except ValueError as invalid:
             model.not_sent(item, escape(str(invalid)))
+        except NotSent as never:
+            # The reconnecting client has ended; the reading task hears why.
+            model.not_sent(item, escape(str(never)))
+            self._changed()
+            return False
         except ConnectionLost as lost:
-            if not self._reconnecting:
+            if not isinstance(client, ReconnectingClient):
                 self._lost(escape(str(lost)))
                 return False
-            # It did not reach the server: it goes again once back (the
-            # reading task hears of the drop and says so).
+            # Did not reach the server, and the client reconnects: it goes
+            # first once back.
             model.put_back(item)
-            model.link = Link.AWAY
             self._changed()
             return True
         if scope.cancelled_caught:
-            client = self.client
             if isinstance(client, ReconnectingClient) and not client.connected:
-                # It waited for a connection that is not back yet.
+                # Cancelled while waiting for the connection: not sent.
                 model.put_back(item)
-                model.link = Link.AWAY
             else:
                 model.not_sent(item, "the server did not take it in time")
-                if isinstance(client, ReconnectingClient):
-                    # A write cut off halfway leaves that connection of no
-                    # use for writing: closed, it counts as a drop, and the
-                    # client takes the session back over a new one.
-                    await client.client.aclose()
         else:
             self._pacer.spend(trio.current_time())
             model.sent(item)
@@ -412,12 +413,9 @@ class FullScreen:
                 await client.list_rooms()
             case "history":
                 await client.history(item.target, item.count)
-            case "register" | "password":
-                # Only a Client does these: the current connection's.
-                plain = (
-                    client.client if isinstance(client, ReconnectingClient) else client
-                )
-                if item.kind == "register":
-                    await plain.register(item.secret)
-                else:
-                    await plain.change_password(item.secret)
+            case "register":
+                # A reconnecting client keeps the password, to log in with
+                # it again should its session be lost.
+                await client.register(item.secret)
+            case "password":
+                await client.change_password(item.secret)

@@ -458,6 +458,8 @@ class ChatModel:
         self._unsure: list[Outgoing] = []
         self._to_come = 0
         self._unsure_note = ""
+        self._writing: Outgoing | None = None
+        """Taken from the outbox and being written: not yet sent or not."""
         self.lag: float | None = None
         self.online: dict[str, str] = {name_key(user): user for user in online}
         self.windows: list[Window] = [Window(BROADCAST)]
@@ -910,8 +912,9 @@ class ChatModel:
             )
         self._account_asked.clear()
         # Sent, but the server's copy has not come back: it may come after
-        # the resume, or never.
-        self._unsure = list(self._awaiting_echo)
+        # the resume, or never. (What is being written just now is sent
+        # again over the new connection if the drop broke its write.)
+        self._unsure = [i for i in self._awaiting_echo if i is not self._writing]
         for item in self._unsure:
             if item.entry is not None and item.window is not None:
                 item.entry.note = "not confirmed yet: the connection dropped"
@@ -1025,6 +1028,7 @@ class ChatModel:
         """Take the first item of the outbox, to be written now; the app
         then calls ``sent`` or ``not_sent`` for it."""
         item = self.outbox.popleft()
+        self._writing = item
         if item.pasted:
             self.pasted_waiting -= 1
         if item.kind == "talk" and self.echo:
@@ -1035,6 +1039,7 @@ class ChatModel:
 
     def sent(self, item: Outgoing) -> None:
         """*item* has been written to the server."""
+        self._writing = None
         self.sent_total += 1
         entry = item.entry
         if entry is not None and item.window is not None and entry.note:
@@ -1050,17 +1055,23 @@ class ChatModel:
     def put_back(self, item: Outgoing) -> None:
         """*item*, taken to be written, did not reach the server (the
         connection dropped first): it goes first when the client is back."""
+        self._writing = None
         if item in self._awaiting_echo:
             self._awaiting_echo.remove(item)
+        if item in self._unsure:
+            # The drop was heard of before the write failed.
+            self._unsure.remove(item)
         if item.pasted:
             self.pasted_waiting += 1
         self.outbox.appendleft(item)
         if item.entry is not None and item.window is not None:
+            item.entry.state = EntryState.PENDING
             item.entry.note = "waiting for the connection"
             self.changed(item.window, item.entry)
 
     def not_sent(self, item: Outgoing, why: str) -> None:
         """*item* was refused before it went (too long, say)."""
+        self._writing = None
         self.sent_total += 1
         if item in self._awaiting_echo:
             self._awaiting_echo.remove(item)
