@@ -124,7 +124,9 @@ def _keeps_sessions(client: Client) -> bool:
     """Whether the server keeps a session waiting after a drop (it says
     ``resume`` in its settings, protocol 2): only then is reconnecting
     worth more than logging in again by hand."""
-    return client.version >= 2 and client.settings.get("resume", "0") != "0"
+    return client.session is not None or (
+        client.version >= 2 and client.settings.get("resume", "0") != "0"
+    )
 
 
 async def _connect(
