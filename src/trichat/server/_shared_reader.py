@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from collections.abc import Callable
 
 import trio
@@ -31,8 +32,14 @@ __all__ = ["SharedReader", "available"]
 
 log = logging.getLogger("trichat.server")
 
-# Ready sockets handled before the reader lets other tasks run.
+# Ready sockets taken from epoll at a time.
 _BATCH = 64
+# How long one turn of the reader may go on taking batches before it lets
+# other tasks run. Several batches a turn: epoll hands out ready sockets in
+# the order they became ready, so when thousands close at once (a connect
+# flood ending) an honest user's socket waits behind all of them, and one
+# batch per turn of the event loop made that wait seconds long.
+_TURN = 0.005
 
 
 def available() -> bool:
@@ -89,7 +96,12 @@ class SharedReader:
         await trio.lowlevel.wait_task_rescheduled(abort)
         if waiter.error is not None:
             error, waiter.error = waiter.error, None
-            raise error
+            try:
+                raise error
+            finally:
+                # This frame is in the error's traceback: holding the error
+                # too would make a cycle that only the collector frees.
+                del error
 
     def _forget(self, fd: int) -> None:
         del self._waiting[fd]
@@ -106,10 +118,15 @@ class SharedReader:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, _BATCH):
-                    waiter = waiting.get(fd)
-                    if waiter is not None:  # else woken or cancelled since
-                        self._serve(fd, waiter)
+                turn_ends = time.perf_counter() + _TURN
+                while True:
+                    ready = epoll.poll(0, _BATCH)
+                    for fd, _ in ready:
+                        waiter = waiting.get(fd)
+                        if waiter is not None:  # else woken or cancelled since
+                            self._serve(fd, waiter)
+                    if len(ready) < _BATCH or time.perf_counter() > turn_ends:
+                        break
         finally:
             # Only a server that stops before its connections leaves any
             # parked: they see their socket as closed.
@@ -138,3 +155,4 @@ class SharedReader:
                 log.debug("fd %d: %r after its wait ended", fd, error)
             else:
                 log.error("fd %d: error after its wait ended", fd, exc_info=error)
+        del error  # as in wait: this frame is in its traceback

@@ -23,9 +23,11 @@ connections to close. docs/architecture.md draws the task tree.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -52,6 +54,8 @@ log = logging.getLogger("trichat.server")
 _FRAMES_PER_TURN = 64
 # How long presence frames may wait per user online, up to presence_delay.
 _DELAY_PER_USER = 50e-6
+# Full collections Python would wait for: none, in practice.
+_NEVER = 1 << 30
 # How often the queues' sum is looked at, and why one is dropped past it.
 _QUEUE_WATCH = 0.25
 _OVER_BUDGET = "too slow: the server's queues hold too much"
@@ -227,6 +231,16 @@ class _Connection:
         self.close_by = trio.current_time() + self.config.close_timeout
         scope.deadline = self.close_by
 
+    def disown(self) -> None:
+        """The connection is over: let go of its session's callbacks into
+        it, the cycle that would otherwise keep both (and the mailbox,
+        scopes and socket objects they reach) alive until the cycle
+        collector came. Freed by reference counting instead, a crowd of
+        connections that come and go no longer feeds the full collections
+        that stalled every user for hundreds of milliseconds."""
+        self.session.kick = _ignore_kick
+        self.session.replaced = _nothing
+
     async def say_goodbye(self) -> None:
         """After ``run``: let the client read what was sent last (see
         _linger), unless it was dropped or could not be written to."""
@@ -398,6 +412,14 @@ class _Connection:
             self.quiet_scope.deadline = session.wake_at()
 
 
+def _ignore_kick(reason: str) -> None:
+    """A kick for a connection that is over already."""
+
+
+def _nothing() -> None:
+    """A callback with nothing left to call."""
+
+
 async def _drain(mailboxes: list[Drainable], stall_timeout: float) -> None:
     """Wait until each of *mailboxes* has room, taking each off when it has."""
     while mailboxes:
@@ -514,6 +536,8 @@ class ChatServer:
                         accepting.start_soon(self._end_waiting_sessions)
                     if self.config.max_queued_bytes:
                         accepting.start_soon(self._watch_queued_bytes)
+                    if self.config.full_collection_interval:
+                        accepting.start_soon(self._collect_garbage)
                     # It backs off when out of descriptors, and closes the
                     # listeners when cancelled, freeing the port while the
                     # connections close.
@@ -583,6 +607,35 @@ class ChatServer:
                     break
                 drop()
                 total -= size
+
+    async def _collect_garbage(self) -> None:
+        """Run the cycle collector's full collections on a timer.
+
+        Python starts one whenever the objects that survived since the last
+        have grown by a quarter: with thousands of connections coming and
+        going that was every second or two, and each walked every object
+        of every connection, 100-500 ms during which nobody was served
+        (measured with 9,000 connections). Connections make no reference
+        cycles (``_Connection.disown``), so the young collections, which
+        stay, find what little there is; whatever reaches the oldest
+        generation waits for this timer.
+        """
+        first, second, third = gc.get_threshold()
+        gc.freeze()  # what start-up made lives as long as the server
+        gc.set_threshold(first, second, _NEVER)
+        try:
+            while True:
+                await trio.sleep(self.config.full_collection_interval)
+                started = time.perf_counter()
+                found = gc.collect()
+                log.info(
+                    "full collection: %d objects freed in %.0f ms",
+                    found,
+                    1000 * (time.perf_counter() - started),
+                )
+        finally:
+            gc.set_threshold(first, second, third)
+            gc.unfreeze()
 
     def login_bucket(self, ip: str) -> TokenBucket | None:
         """The logins *ip* may still make (``--logins-per-ip``), shared by
@@ -710,6 +763,7 @@ class ChatServer:
             await session.say_goodbye()
         finally:
             await _close(stream, self.config.close_timeout)
+            session.disown()
 
     def _refusal(self, ip: str) -> Error | None:
         config = self.config

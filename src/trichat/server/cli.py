@@ -142,6 +142,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest time logins and exits wait to be sent in one batch; less "
         "with few users online; 0: send each at once (%(default)gs)",
     )
+    limits.add_argument(
+        "--full-collection-interval",
+        type=duration,
+        default=600.0,
+        help="time between the cycle collector's full collections, which "
+        "otherwise pause a server with many connections for hundreds of "
+        "milliseconds whenever Python decides; 0: Python's own schedule "
+        "(%(default)gs)",
+    )
     store = parser.add_argument_group("the store: accounts, offline messages, history")
     store.add_argument(
         "--db",
@@ -305,6 +314,7 @@ def _server_config(
         stall_timeout=args.stall_timeout,
         max_sender_wait=args.max_sender_wait,
         presence_delay=args.presence_delay,
+        full_collection_interval=args.full_collection_interval,
         max_refusing=args.max_refusing,
         max_queued_bytes=args.max_queued_bytes,
         shared_reader=args.shared_reader,

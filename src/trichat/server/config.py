@@ -102,6 +102,11 @@ class ServerConfig:
     """Logins a second from one address, on average (twice as many at
     once); 0: no limit. Loopback addresses have none: a presence storm
     from this machine is the operator's own."""
+    full_collection_interval: float = attrs.field(default=0.0, validator=_not_negative)
+    """Seconds between the cycle collector's full collections, which the
+    server then runs on this timer instead of when Python would (see
+    ``ChatServer._collect_garbage``); 0: Python's own schedule. ``trichat
+    serve`` sets it; a program that embeds the server keeps its own."""
     max_rooms: int = attrs.field(default=50, validator=_not_negative)
     """How many rooms one user may be in at once; 0: no limit."""
     presence: str = attrs.field(default="global", validator=_presence)
