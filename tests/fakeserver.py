@@ -187,6 +187,30 @@ class ResetStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
+class Breakable(trio.abc.Stream):
+    """A stream whose writes fail (a connection reset the reader has not
+    noticed yet) once ``broken`` is set; reads go on as before."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.broken = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("connection reset")
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def fake_server_pair() -> tuple[trio.abc.Stream, FakeServer]:
     """The client's end of an in-memory stream, and a FakeServer on the other."""
     client_stream, server_stream = trio.testing.memory_stream_pair()

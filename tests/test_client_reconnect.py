@@ -13,7 +13,14 @@ from collections.abc import Sequence
 import pytest
 import trio
 import trio.testing
-from fakeserver import SETTINGS, FakeServer, Reopener, fake_server_pair, logged_in
+from fakeserver import (
+    SETTINGS,
+    Breakable,
+    FakeServer,
+    Reopener,
+    fake_server_pair,
+    logged_in,
+)
 
 from trichat.client import (
     Backoff,
@@ -68,30 +75,6 @@ class Scripted(random.Random):
 
     def random(self) -> float:
         return self.values.pop(0)
-
-
-class Breakable(trio.abc.Stream):
-    """A stream whose writes fail (a connection reset the reader has not
-    noticed yet) once ``broken`` is set; reads go on as before."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-        self.broken = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.broken:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("connection reset")
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return bytes(await self.inner.receive_some(max_bytes))
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def msg(message_id: int, sender: str = "bob", to: str = "alice") -> str:

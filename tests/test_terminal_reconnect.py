@@ -15,6 +15,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from fakeserver import Breakable
 from helpers import STEP_TIMEOUT, LiveServer, running_server
 
 from trichat.client import Backoff, Client, connect, open_stream
@@ -317,3 +318,41 @@ async def test_on_a_terminal_the_prompt_comes_back_after_each_connection_line() 
             assert "\n" not in screen[before:start]
             assert screen[screen.index("\n", start) + 1 :].startswith("bob> ")
         assert terminal.outcome() is None
+
+
+async def test_a_line_typed_as_the_connection_breaks_goes_out_once_back() -> None:
+    # The write fails before anything has been read that says the
+    # connection is gone: the session does not end, and the line is sent
+    # over the resumed session.
+    async with (
+        running_server(resume_window=30) as live,
+        trio.open_nursery() as nursery,
+    ):
+        proxy = Proxy(live.port)
+        proxy_port = await proxy.serve(nursery)
+        breakable = Breakable(await open_stream("127.0.0.1", proxy_port))
+        alice = await Client.login(breakable, "alice", echo=False)
+        bob = await connect("bob", "127.0.0.1", live.port, echo=False)
+        terminal = Terminal()
+        nursery.start_soon(partial(terminal.run, alice, proxy_port, reconnect=True))
+        try:
+            await terminal.out.wait_for("logged in as alice")
+            breakable.broken = True
+            await terminal.keyboard.send("@bob typed as it broke")
+            await terminal.out.wait_for("connection lost")
+            await terminal.out.wait_for("back: 0 messages missed while away")
+            with trio.fail_after(STEP_TIMEOUT):
+                async for event in bob:
+                    if isinstance(event, Message):
+                        said = (event.sender, event.text)
+                        assert said == ("alice", "typed as it broke")
+                        break
+            assert terminal.outcome() is None
+            assert terminal.err.getvalue() == ""
+            await terminal.keyboard.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                await terminal.ended.wait()
+            assert terminal.outcome() == EXIT_OK
+        finally:
+            await bob.aclose()
+            nursery.cancel_scope.cancel()
