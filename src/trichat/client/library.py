@@ -364,9 +364,10 @@ class Client(trio.abc.AsyncResource):
       max_text: the most characters a message's text may have: the
         server's ``max-text`` (the protocol's 4000 without settings).
       session: the secret of the session, from the server's ``session``
-        frame (protocol 2, with sessions on), or None before it (or
-        without one): what ``Client.resume`` takes back after a drop.
-        Keep it to yourself: whoever has it can take the session.
+        frame (protocol 2, with sessions on: ``Client.login`` and
+        ``Client.resume`` read it before they return), or None without
+        one: what ``Client.resume`` takes back after a drop. Keep it to
+        yourself: whoever has it can take the session.
       resume_window: how many seconds the server keeps the session after
         the connection drops (the ``session`` frame's), 0 without one.
       missed: after ``Client.resume``, how many missed messages the server
@@ -445,7 +446,10 @@ class Client(trio.abc.AsyncResource):
         server's settings, which set the client's limits. A server that
         answers ``error|bad-frame`` does not know ``hello`` (trichat 1.0):
         the connection then speaks protocol 1, as it does with *version* 1,
-        which says no ``hello`` at all.
+        which says no ``hello`` at all. When the server keeps sessions
+        (``resume`` in its settings), the ``session`` frame that follows
+        the acknowledgement is read too: ``session`` and
+        ``resume_window`` are set when this returns.
 
         Raises ValueError for a name the protocol does not allow or a
         version this client does not speak (nothing is sent then),
