@@ -278,7 +278,8 @@ class NotSent(ConnectionLost):
     client gave up reconnecting (the session could not be taken back
     within ``give_up_after`` seconds, or logging in again was refused),
     it was closed, or another connection took the session over. ``str()``
-    says which."""
+    says which (``could not reconnect within 30 s: ...``, ``the client is
+    closed``...): the type itself says that nothing was sent."""
 
 
 class BadServerFrame(Exception):
@@ -1681,7 +1682,7 @@ class ReconnectingClient:
         while True:
             client = self._client
             if self._ended:
-                raise NotSent(f"not sent: {self._end_reason}")
+                raise NotSent(self._end_reason)
             if client is not None and client is not not_this:
                 return client
             await self._changed.wait()
