@@ -466,6 +466,28 @@ async def test_without_history_the_gaps_are_said(
         }
 
 
+async def test_with_nothing_received_yet_history_is_not_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # "Everything after id 0" would be all the server keeps, said before
+    # alice came: the gaps are said instead.
+    client, server = await with_session(settings=WITH_HISTORY)
+    reopen = Reopener()
+    async with ReconnectingClient.wrap(client, reopen, keepalive=0) as reconnecting:
+        await take(reconnecting, 1)
+        await server.drop()
+        await take(reconnecting, 2)
+        second = await reopen.next_server()
+        await refuse_resume(second, WITH_HISTORY)
+        with trio.fail_after(STEP):
+            await log_in_again(second)
+            await second.send("login|alice", "login|bob")
+            assert await second.answer_ping() == []
+        assert await take(reconnecting, 1) == [
+            ResumeFailed("no such session", after=0, gaps=("*",))
+        ]
+
+
 async def test_a_conversation_whose_history_is_refused_is_a_gap(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

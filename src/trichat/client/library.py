@@ -1289,7 +1289,9 @@ class ResumeFailed:
     ``*``) whose messages after ``after`` could not be filled in, and
     ``direct_gap`` says whether direct messages to this client after it may
     be missing (the server keeps none for guests). A program can show
-    "messages may be missing here" for each.
+    "messages may be missing here" for each. When no message had been
+    received before the drop (``after`` is 0) there is no id to fill
+    from, and every conversation is a gap.
     """
 
     reason: str
@@ -1917,7 +1919,11 @@ class ReconnectingClient:
             rooms = list(old.rooms)
             for room in rooms:
                 await client.join(room)
-            if client.version >= 2 and client.settings.get("history", "0") != "0":
+            keeps = client.version >= 2 and client.settings.get("history", "0") != "0"
+            # With no message received yet there is no id to fill from:
+            # "everything after 0" would pass on what was said before this
+            # client came, as if missed. The event says the gaps instead.
+            if keeps and after > 0:
                 targets = list(rooms)
                 if client.settings.get("presence") != "rooms":
                     targets.append(BROADCAST)
