@@ -87,11 +87,12 @@ import os
 import queue
 import shutil
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
@@ -139,8 +140,19 @@ _SEP = "\x1f"
 _LOOK_EVERY = 1.0
 # Above every message id (SQLite's largest integer).
 _NO_ID = (1 << 63) - 1
-# Conversations pruned between two commits, at most.
-_PRUNE_STEP = 32
+# Conversations pruned in one transaction, at most.
+_PRUNE_STEP = 256
+# Messages in one chunk row, at most: a history read decodes whole chunks.
+_CHUNK_MOST = 256
+# How often the WAL is copied into the file, in seconds; and its size, in
+# pages, past which the writer copies it itself.
+_CHECKPOINT_EVERY = 0.25
+_CHECKPOINT_PAGES = 16384
+# Chunks inserted by one statement, at most (10 values each; SQLite takes
+# 32,766 since version 3.32).
+_INSERT_MOST = 512
+# Spellings of rooms remembered with their conversation, at most.
+_SPELLINGS_MOST = 65536
 
 
 @attrs.frozen
@@ -187,7 +199,139 @@ class NoSuchAccount(StoreError):
 
 # -- the file ------------------------------------------------------------------
 
-MIGRATIONS: tuple[str, ...] = (
+_Row: TypeAlias = tuple[int, int, int, str, str, bytes]
+"""A message as one conversation keeps it: the conversation's id, the
+message's id, time (ms), sender, recipient and text (UTF-8)."""
+
+_CHUNKS = """
+    CREATE TABLE chunks (
+        conversation INTEGER NOT NULL,
+        last_id INTEGER NOT NULL,
+        first_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        ids BLOB NOT NULL,
+        times BLOB NOT NULL,
+        senders TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        lengths BLOB NOT NULL,
+        texts BLOB NOT NULL
+    )
+"""
+_CHUNKS_INDEX = (
+    "CREATE INDEX chunks_by_conversation ON chunks (conversation, last_id, count)"
+)
+_INSERT_CHUNK = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_CHUNK_COLUMNS = "ids, times, senders, recipients, lengths, texts"
+
+_Chunk: TypeAlias = tuple[int, int, int, int, bytes, bytes, str, str, bytes, bytes]
+
+
+def _chunk(conversation: int, rows: Sequence[_Row]) -> _Chunk:
+    """One row of ``chunks``: messages of one *conversation*, oldest first.
+
+    Why chunks: SQLite's cost is per row and per page a commit changes, and
+    a row per message in an index by conversation meant a row to insert
+    and one to delete for every message, and a page of the index changed
+    per conversation per commit. A chunk holds what one commit brought to
+    one conversation: the ids and times as little-endian 64-bit integers,
+    the names joined by newlines (a name holds no control character), the
+    texts' sizes as 32-bit integers and the texts end to end."""
+    _, ids, times, senders, recipients, texts = zip(*rows, strict=True)
+    count = len(ids)
+    return (
+        conversation,
+        ids[-1],
+        ids[0],
+        count,
+        struct.pack(f"<{count}q", *ids),
+        struct.pack(f"<{count}q", *times),
+        "\n".join(senders),
+        "\n".join(recipients),
+        struct.pack(f"<{count}I", *map(len, texts)),
+        b"".join(texts),
+    )
+
+
+def _chunks(rows: list[_Row]) -> Iterator[_Chunk]:
+    """*rows* (in id order) as chunks: one per conversation, or more when
+    it has more than _CHUNK_MOST of them."""
+    by_conversation: dict[int, list[_Row]] = {}
+    for row in rows:
+        some = by_conversation.get(row[0])
+        if some is None:
+            by_conversation[row[0]] = [row]
+        else:
+            some.append(row)
+    for conversation, some in by_conversation.items():
+        if len(some) <= _CHUNK_MOST:
+            yield _chunk(conversation, some)
+        else:
+            for start in range(0, len(some), _CHUNK_MOST):
+                yield _chunk(conversation, some[start : start + _CHUNK_MOST])
+
+
+_INSERT_CHUNKS = (
+    "INSERT INTO chunks SELECT * FROM (VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _INSERT_MOST)
+    + ") WHERE column1 IS NOT NULL"
+)
+_PADDING = (None,) * 10
+
+
+def _insert_chunks(connection: sqlite3.Connection, chunks: list[_Chunk]) -> None:
+    """Insert *chunks*, many to a statement: SQLite runs each statement
+    without the GIL, and the writer thread waits for the GIL again after
+    each one (up to ``sys.getswitchinterval()`` while the event loop runs
+    Python), so a statement per chunk was slow. One statement's text
+    (prepared once), for _INSERT_MOST chunks: the last one is padded with
+    rows of NULLs, left out by its WHERE."""
+    for start in range(0, len(chunks), _INSERT_MOST):
+        some: list[Any] = chunks[start : start + _INSERT_MOST]
+        some += [_PADDING] * (_INSERT_MOST - len(some))
+        connection.execute(_INSERT_CHUNKS, tuple(itertools.chain.from_iterable(some)))
+
+
+def _unpack(
+    ids: bytes,
+    times: bytes,
+    senders: str,
+    recipients: str,
+    lengths: bytes,
+    texts: bytes,
+) -> list[StoredMessage]:
+    """The messages of a chunk, oldest first."""
+    count = len(ids) >> 3
+    messages = []
+    end = 0
+    for id, time_ms, sender, to, length in zip(
+        struct.unpack(f"<{count}q", ids),
+        struct.unpack(f"<{count}q", times),
+        senders.split("\n"),
+        recipients.split("\n"),
+        struct.unpack(f"<{count}I", lengths),
+        strict=True,
+    ):
+        start, end = end, end + length
+        messages.append(
+            StoredMessage(id, time_ms, sender, to, texts[start:end].decode())
+        )
+    return messages
+
+
+def _to_chunks(connection: sqlite3.Connection) -> None:
+    """Migration 2: the messages of version 1, a row each, in chunks."""
+    connection.execute(_CHUNKS)
+    rows = connection.execute(
+        "SELECT conversation, id, time_ms, sender, recipient, text FROM messages "
+        "ORDER BY conversation, id"
+    )
+    for _, some in itertools.groupby(rows, lambda row: row[0]):
+        connection.executemany(_INSERT_CHUNK, _chunks(list(some)))
+    connection.execute("DROP TABLE messages")
+    connection.execute(_CHUNKS_INDEX)
+
+
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 1: the first release.
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -217,9 +361,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (account, id)
     ) WITHOUT ROWID;
     """,
+    # 2: messages in chunks (see _chunk), written and deleted many at a time.
+    _to_chunks,
 )
-"""The schema, as the scripts that take a file from one version to the
-next: ``MIGRATIONS[0]`` makes version 1. Only ever append."""
+"""The schema, as the scripts (or functions, called inside the migration's
+transaction) that take a file from one version to the next:
+``MIGRATIONS[0]`` makes version 1. Only ever append."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -288,10 +435,14 @@ def _migrate(connection: sqlite3.Connection) -> None:
                 f"trichat's {SCHEMA_VERSION}: use a newer trichat"
             )
         for number in range(version + 1, SCHEMA_VERSION + 1):
-            # executescript would commit: run the statements one by one.
-            for statement in MIGRATIONS[number - 1].split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            migration = MIGRATIONS[number - 1]
+            if callable(migration):
+                migration(connection)
+            else:
+                # executescript would commit: run the statements one by one.
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
             connection.execute("DELETE FROM schema_version")
             connection.execute("INSERT INTO schema_version VALUES (?)", (number,))
             log.info("store schema migrated to version %d", number)
@@ -350,17 +501,31 @@ def _delete_account_data(connection: sqlite3.Connection, key: str) -> None:
     low, high = key + _SEP, key + chr(ord(_SEP) + 1)
     conversations = "SELECT id FROM conversations WHERE key >= ? AND key < ?"
     connection.execute(
-        f"DELETE FROM messages WHERE conversation IN ({conversations})", (low, high)
+        f"DELETE FROM chunks WHERE conversation IN ({conversations})", (low, high)
     )
 
 
 # -- what goes to the writer ---------------------------------------------------
 
 
-_Message: TypeAlias = tuple[Accepted, tuple[str, ...], str | None, int]
-"""An accepted message for the writer: the record, the keys of the
-conversations that keep it, the account whose offline mailbox keeps it
-(if any), and its texts' size in bytes. A tuple: the hot path."""
+class _Batch:
+    """Messages recorded, for the writer: everything recorded between two
+    passes of the event loop's scheduler (see ``Store._hand_over``).
+
+    *rows* go to history; *conversations* are those new among them (id,
+    key); *offline* the messages kept for an account that is offline. Once
+    handed over: how many texts (*count*) and bytes (*size*) it holds, and
+    the highest id recorded when it was (*high*)."""
+
+    __slots__ = ("conversations", "count", "high", "offline", "rows", "size")
+
+    def __init__(self) -> None:
+        self.rows: list[_Row] = []
+        self.conversations: list[tuple[int, str]] = []
+        self.offline: list[tuple[str, Accepted]] = []
+        self.count = 0
+        self.size = 0
+        self.high = 0
 
 
 class _Change:
@@ -415,18 +580,24 @@ class _Waiting:
                 yield StoredMessage(first + i, time_ms, sender, to, texts[i].decode())
 
 
+def _newest_first(rows: list[_Row], most: int) -> Iterator[StoredMessage]:
+    """The newest *most* of *rows* (oldest first), newest first."""
+    for _, id, time_ms, sender, to, text in itertools.islice(reversed(rows), most):
+        yield StoredMessage(id, time_ms, sender, to, text.decode())
+
+
 class _Committed:
     """What the writer tells the event loop after a commit."""
 
-    __slots__ = ("changes", "high_id", "messages")
+    __slots__ = ("batches", "changes", "high_id")
 
     def __init__(self) -> None:
-        self.messages: list[_Message] = []
+        self.batches: list[_Batch] = []
         self.changes: list[tuple[_Change, Any]] = []
         self.high_id = 0
 
 
-_Item: TypeAlias = _Message | _Change
+_Item: TypeAlias = _Batch | _Change
 
 
 # -- the store -----------------------------------------------------------------
@@ -488,10 +659,23 @@ class Store:
         self._offline_count: dict[str, int] = {}
         # Offline messages delivered (up to that id) whose deletion is queued.
         self._delivered: dict[str, int] = {}
-        # Messages recorded and not yet committed, by conversation / account.
-        self._pending: dict[str, _Waiting] = {}
+        # Conversations by key, with the id their rows carry; and rooms (and
+        # '*') by the spelling messages to them have: the hot path.
+        self._conversation_ids: dict[str, int] = {}
+        self._next_conversation = 1
+        self._spellings: dict[str, int] = {}
+        # Messages recorded since the scheduler's last pass; those handed to
+        # the writer and not yet committed, oldest first; and how many texts
+        # and bytes of the backlog were handed over.
+        self._batch: _Batch | None = None
+        self._early: list[tuple[Accepted, str | None]] = []  # before run
+        self._handed: deque[_Batch] = deque()
+        self._handed_count = 0
+        self._handed_size = 0
+        # Offline messages recorded and not yet committed, by account.
         self._pending_offline: dict[str, _Waiting] = {}
         self._progress = trio.Event()  # set at every commit
+        self._opened = trio.Event()  # set when a batch is opened
         self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
         self._writer_waiting = False
@@ -526,7 +710,16 @@ class Store:
                 self.committed_id = state.last_id
                 self._accounts = state.accounts
                 self._offline_count = state.offline
+                self._conversation_ids = state.conversations
+                self._next_conversation = (
+                    max(state.conversations.values(), default=0) + 1
+                )
                 self._running = True
+                # What was recorded before the start goes first.
+                for accepted, offline in self._early:
+                    self._add_rows(accepted, offline)
+                self._early.clear()
+                self._hand_over()
                 log.info(
                     "store %s open in %.2f s: %d accounts, last id %d",
                     self.path,
@@ -536,9 +729,10 @@ class Store:
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, writer, state)
+                    nursery.start_soon(self._checkpoint, self._file)
                     task_status.started()
                     try:
-                        await trio.sleep_forever()
+                        await self._handing_over()
                     finally:
                         self._stop_writer()
             finally:
@@ -553,6 +747,8 @@ class Store:
     def _open(self, path: str) -> tuple[sqlite3.Connection, _Loaded]:
         connection = open_database(path)
         try:
+            # The checkpoints are _checkpoint's: this is the backstop.
+            connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             loaded = _Loaded(connection)
         except BaseException:
             connection.close()
@@ -567,7 +763,29 @@ class Store:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
 
+    async def _checkpoint(self, file: str) -> None:
+        """Copy the WAL into the file every _CHECKPOINT_EVERY seconds, in
+        a thread and on a connection of its own, beside the writer: left
+        to the writer, it was done in the commit that filled the WAL past
+        its limit, and the writer waited for the copy and its fsync."""
+        limiter = trio.CapacityLimiter(1)
+        connection = await trio.to_thread.run_sync(_connect, file, limiter=limiter)
+        try:
+            while True:
+                await trio.sleep(_CHECKPOINT_EVERY)
+                try:
+                    await trio.to_thread.run_sync(
+                        connection.execute,
+                        "PRAGMA wal_checkpoint(PASSIVE)",
+                        limiter=limiter,
+                    )
+                except sqlite3.OperationalError as error:
+                    log.warning("store checkpoint failed, will retry: %s", error)
+        finally:
+            connection.close()
+
     def _stop_writer(self) -> None:
+        self._hand_over()
         self._stopping = True
         self._wake.set()
 
@@ -603,35 +821,71 @@ class Store:
             if waited.cancelled_caught:
                 return
 
-    def _conversations(self, accepted: Accepted) -> tuple[str, ...]:
+    def _conversations(self, accepted: Accepted) -> tuple[int, ...]:
+        """The ids of the conversations that keep *accepted* (new ones are
+        made, and written with the next batch)."""
         to = accepted.to
         if not self.history_size:
             return ()
-        if to == BROADCAST:
-            return (BROADCAST,)
-        if to[:1] == "#":
-            return (name_key(to),)
+        if to == BROADCAST or to[:1] == "#":
+            conversation = self._conversation(name_key(to) if to[:1] == "#" else to)
+            spellings = self._spellings
+            if len(spellings) >= _SPELLINGS_MOST:
+                spellings.clear()
+            spellings[to] = conversation
+            return (conversation,)
         sender, recipient = name_key(accepted.sender), name_key(to)
         accounts = self._accounts
+        keys: tuple[str, ...]
         if sender in accounts:
             if recipient in accounts and recipient != sender:
-                return (sender + _SEP + recipient, recipient + _SEP + sender)
-            return (sender + _SEP + recipient,)
-        if recipient in accounts:
-            return (recipient + _SEP + sender,)
-        return ()
+                keys = (sender + _SEP + recipient, recipient + _SEP + sender)
+            else:
+                keys = (sender + _SEP + recipient,)
+        elif recipient in accounts:
+            keys = (recipient + _SEP + sender,)
+        else:
+            return ()
+        return tuple(self._conversation(key) for key in keys)
+
+    def _conversation(self, key: str) -> int:
+        """The id of conversation *key*, made if it is new."""
+        conversation = self._conversation_ids.get(key)
+        if conversation is None:
+            conversation = self._conversation_ids[key] = self._next_conversation
+            self._next_conversation += 1
+            (self._batch or self._open_batch()).conversations.append(
+                (conversation, key)
+            )
+        return conversation
 
     def record(self, accepted: Accepted) -> None:
         """Keep *accepted* (a hub observer): queued for the writer, never
         waiting, never dropped. Kept: messages to rooms and ``*``, and
         direct messages to or from an account (in that account's
         conversation with the other); for the others, only the id."""
-        to = accepted.to
-        if to[:1] == "#" and self.history_size:  # the hot path
-            conversations: tuple[str, ...] = (name_key(to),)
-        else:
-            conversations = self._conversations(accepted)
-        self._queue_message(accepted, conversations, None)
+        # The hot path: one text to a room seen before, as a row at once.
+        conversation = self._spellings.get(accepted.to)
+        texts = accepted.texts
+        if conversation is not None and len(texts) == 1:
+            text = texts[0]
+            first = accepted.first_id
+            (self._batch or self._open_batch()).rows.append(
+                (
+                    conversation,
+                    first,
+                    accepted.time_ms,
+                    accepted.sender,
+                    accepted.to,
+                    text,
+                )
+            )
+            self.backlog += 1
+            self.backlog_bytes += len(text)
+            if first > self.last_id:
+                self.last_id = first
+            return
+        self._record(accepted, None)
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool:
         """Keep *accepted*, a direct message to account *account_key* who is
@@ -648,35 +902,86 @@ class Store:
             waiting = self._pending_offline[account_key] = _Waiting()
         waiting.messages.append(accepted)
         waiting.count += len(accepted.texts)
-        self._queue_message(accepted, self._conversations(accepted), account_key)
+        self._record(accepted, account_key)
         return True
 
-    def _queue_message(
-        self, accepted: Accepted, conversations: tuple[str, ...], offline: str | None
-    ) -> None:
+    def _record(self, accepted: Accepted, offline: str | None) -> None:
         texts = accepted.texts
         count = len(texts)
-        size = len(texts[0]) if count == 1 else sum(map(len, texts))
-        high = accepted.first_id + count - 1
-        if high > self.last_id:
-            self.last_id = high
-        pending = self._pending
-        for key in conversations:
-            waiting = pending.get(key)
-            if waiting is None:
-                waiting = pending[key] = _Waiting()
-            waiting.messages.append(accepted)
-            waiting.count += count
+        first = accepted.first_id
+        if first + count - 1 > self.last_id:
+            self.last_id = first + count - 1
         self.backlog += count
-        self.backlog_bytes += size
-        self._put((accepted, conversations, offline, size))
+        self.backlog_bytes += sum(map(len, texts))
+        if not self._running and not self._stopping:
+            # Before the start: the conversations' ids are not known yet.
+            self._early.append((accepted, offline))
+            return
+        self._add_rows(accepted, offline)
+
+    def _add_rows(self, accepted: Accepted, offline: str | None) -> None:
+        texts = accepted.texts
+        first = accepted.first_id
+        conversations = self._conversations(accepted)
+        batch = self._batch or self._open_batch()
+        if offline is not None:
+            batch.offline.append((offline, accepted))
+        time_ms, sender, to = accepted.time_ms, accepted.sender, accepted.to
+        for conversation in conversations:
+            batch.rows.extend(
+                [
+                    (conversation, first + i, time_ms, sender, to, text)
+                    for i, text in enumerate(texts)
+                ]
+            )
+
+    def _open_batch(self) -> _Batch:
+        """A batch for what is recorded until the scheduler's next pass,
+        which hands it to the writer: once per pass, not per message."""
+        batch = self._batch = _Batch()
+        if self._running:
+            self._opened.set()
+        elif self._stopping:
+            self._lose()
+        return batch
+
+    async def _handing_over(self) -> None:
+        """Hand every batch to the writer, a scheduler's pass after it was
+        opened. (A task of the event loop's own, not ``run_sync_soon``:
+        that writes to a socket, and a system call lets the writer thread
+        take the GIL for as long as it likes.)"""
+        while True:
+            await self._opened.wait()
+            self._opened = trio.Event()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._hand_over()
+
+    def _lose(self) -> None:
+        """After run: nobody will write what is recorded now."""
+        self._lost += 1
+        if self._lost == 1:
+            log.error("store stopped: messages recorded from now on are lost")
+
+    def _hand_over(self) -> None:
+        """Give the writer the batch recorded so far (if any)."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        batch.count = self.backlog - self._handed_count
+        batch.size = self.backlog_bytes - self._handed_size
+        batch.high = self.last_id
+        self._handed_count = self.backlog
+        self._handed_size = self.backlog_bytes
+        self._handed.append(batch)
+        self._put(batch)
 
     def _put(self, item: _Item) -> None:
-        if self._stopping and not self._running:
-            # After run: nobody will write it.
-            self._lost += 1
-            if self._lost == 1:
-                log.error("store stopped: messages recorded from now on are lost")
+        """Queue *item* for the writer, after everything recorded before."""
+        if type(item) is _Change:
+            self._hand_over()
+            if self._stopping and not self._running:
+                self._lose()
         self._queue.append(item)
         if self._writer_waiting:
             self._wake.set()
@@ -716,26 +1021,24 @@ class Store:
 
     def _committed(self, committed: _Committed) -> None:
         """On the event loop: a group is in the file."""
-        pending, pending_offline = self._pending, self._pending_offline
+        pending_offline = self._pending_offline
+        handed = self._handed
         messages = size = 0
-        for accepted, conversations, offline, message_size in committed.messages:
-            count = len(accepted.texts)
-            messages += count
-            size += message_size
-            for key in conversations:
-                waiting = pending[key]
-                waiting.messages.popleft()
-                waiting.count -= count
-                if not waiting.count:
-                    del pending[key]
-            if offline is not None:
+        for batch in committed.batches:
+            assert handed[0] is batch
+            handed.popleft()
+            messages += batch.count
+            size += batch.size
+            for offline, accepted in batch.offline:
                 waiting = pending_offline[offline]
                 waiting.messages.popleft()
-                waiting.count -= count
+                waiting.count -= len(accepted.texts)
                 if not waiting.count:
                     del pending_offline[offline]
         self.backlog -= messages
         self.backlog_bytes -= size
+        self._handed_count -= messages
+        self._handed_size -= size
         if committed.high_id > self.committed_id:
             self.committed_id = committed.high_id
         for change, result in committed.changes:
@@ -823,16 +1126,21 @@ class Store:
         if direction != "latest" and anchor_id is None:
             raise ValueError(f"{direction} needs an id")
         key = self._conversation_key(target, account_key)
+        if not self._running:
+            raise StoreClosed("the store is not running")
         kept = self.history_size
         if n <= 0 or not kept:
             return []
         anchor = anchor_id or 0
-        waiting = self._pending.get(key)
-        if waiting is None:
+        conversation = self._conversation_ids.get(key)
+        if conversation is None:
+            return []
+        waiting = self._waiting(conversation)
+        if not waiting:
             page = _Page([], 0, _NO_ID)
         else:
             # What the file cannot have yet: the newest messages.
-            newest = waiting.newest_first(kept)
+            newest = _newest_first(waiting, kept)
             if direction == "latest":
                 part = list(itertools.islice(newest, n))
             elif direction == "before":
@@ -842,12 +1150,24 @@ class Store:
                 part = list(itertools.takewhile(lambda m: m.id > anchor, newest))
                 part = part[-n:]
             part.reverse()
-            page = _Page(part, waiting.count, waiting.messages[0].first_id)
+            page = _Page(part, len(waiting), waiting[0][1])
         return await self._read(
             lambda connection: _read_history(
-                connection, key, direction, anchor, n, page, kept
+                connection, conversation, direction, anchor, n, page, kept
             )
         )
+
+    def _waiting(self, conversation: int) -> list[_Row]:
+        """The rows of *conversation* recorded and not yet committed,
+        oldest first. (Looked for among all of them: a few milliseconds'
+        worth, or half *max_backlog* at most.)"""
+        rows: list[_Row] = []
+        batches = list(self._handed)
+        if self._batch is not None:
+            batches.append(self._batch)
+        for batch in batches:
+            rows += [row for row in batch.rows if row[0] == conversation]
+        return rows
 
     async def offline(self, account_key: str) -> list[StoredMessage]:
         """The offline messages kept for *account_key*, in order."""
@@ -993,7 +1313,7 @@ def _nothing(_: sqlite3.Connection) -> None:
 _COLUMNS = "id, time_ms, sender, recipient, text"
 
 
-def _messages(rows: Iterable[tuple[int, int, str, str, bytes]]) -> list[StoredMessage]:
+def _messages(rows: Iterator[tuple[int, int, str, str, bytes]]) -> list[StoredMessage]:
     return [
         StoredMessage(id, time_ms, sender, to, text.decode())
         for id, time_ms, sender, to, text in rows
@@ -1013,7 +1333,7 @@ class _Page(NamedTuple):
 
 def _read_history(
     connection: sqlite3.Connection,
-    key: str,
+    conversation: int,
     direction: Direction,
     anchor: int,
     n: int,
@@ -1023,46 +1343,102 @@ def _read_history(
     """A page of history: read from the file, with the *waiting* part on
     top. Only the newest *kept* messages of a conversation are shown."""
     newer = waiting.messages
-    # Rows committed since the page was asked for are among the waiting.
+    # Chunks committed since the page was asked for are among the waiting
+    # (a chunk's messages are either all below `below` or none).
     below = waiting.below
-    # How many of the file's newest rows (below `below`) may be shown, and
-    # how many this page wants from the file.
+    # How many of the file's newest messages (below `below`) may be shown,
+    # and how many this page wants from the file.
     shown = kept - waiting.waiting
     need = n - len(newer) if direction != "after" else n
-    row = connection.execute(
-        "SELECT id FROM conversations WHERE key = ?", (key,)
-    ).fetchone()
-    if row is None or shown <= 0 or need <= 0:
+    if shown <= 0 or need <= 0:
         return newer
-    (conversation,) = row
-    select = f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND "
+    select = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE conversation = ? AND "
     if direction == "latest":
-        rows = connection.execute(
-            select + "id < ? ORDER BY id DESC LIMIT ?",
-            (conversation, below, min(need, shown)),
-        ).fetchall()
-        rows.reverse()
-        return _messages(rows) + newer
-    # Before or after: the oldest row shown bounds the read.
-    row = connection.execute(
-        "SELECT id FROM messages WHERE conversation = ? AND id < ? "
-        "ORDER BY id DESC LIMIT 1 OFFSET ?",
-        (conversation, below, shown - 1),
-    ).fetchone()
-    oldest = 0 if row is None else row[0]
+        want = min(need, shown)
+        messages: list[StoredMessage] = []
+        for row in connection.execute(
+            select + "last_id < ? ORDER BY last_id DESC", (conversation, below)
+        ):
+            messages[:0] = _unpack(*row)
+            if len(messages) >= want:
+                break
+        return messages[-want:] + newer
+    oldest = _oldest_shown(connection, conversation, below, shown)
     if direction == "before":
-        rows = connection.execute(
-            select + "id >= ? AND id < ? ORDER BY id DESC LIMIT ?",
-            (conversation, oldest, min(anchor, below), need),
-        ).fetchall()
-        rows.reverse()
-        return _messages(rows) + newer
-    rows = connection.execute(
-        select + "id > ? AND id >= ? AND id < ? ORDER BY id LIMIT ?",
-        (conversation, anchor, oldest, below, n),
-    ).fetchall()
-    # The page goes on among the waiting, all newer than the file's rows.
-    return (_messages(rows) + newer)[:n]
+        top = min(anchor, below)
+        messages = []
+        for row in connection.execute(
+            select + "last_id >= ? AND first_id < ? ORDER BY last_id DESC",
+            (conversation, oldest, top),
+        ):
+            messages[:0] = [m for m in _unpack(*row) if oldest <= m.id < top]
+            if len(messages) >= need:
+                break
+        return messages[-need:] + newer
+    messages = []
+    for row in connection.execute(
+        select + "last_id > ? AND last_id >= ? AND first_id < ? ORDER BY last_id",
+        (conversation, anchor, oldest, below),
+    ):
+        messages += [m for m in _unpack(*row) if m.id > anchor and m.id >= oldest]
+        if len(messages) >= n:
+            break
+    # The page goes on among the waiting, all newer than the file's ones.
+    return (messages + newer)[:n]
+
+
+def _oldest_shown(
+    connection: sqlite3.Connection, conversation: int, below: int, shown: int
+) -> int:
+    """The id of the oldest of the newest *shown* messages of
+    *conversation* in the file below id *below* (0 if it has fewer)."""
+    row = connection.execute(
+        "SELECT ids, total FROM (SELECT last_id, ids, sum(count) OVER "
+        "(ORDER BY last_id DESC) AS total FROM chunks "
+        "WHERE conversation = ? AND last_id < ?) WHERE total >= ? LIMIT 1",
+        (conversation, below, shown),
+    ).fetchone()
+    if row is None:
+        return 0
+    ids, total = row
+    # The chunk where the count reaches `shown`: its ids, oldest first.
+    (oldest,) = struct.unpack_from("<q", ids, 8 * (total - shown))
+    return int(oldest)
+
+
+def _trim(connection: sqlite3.Connection, chunks: list[tuple[int, int]]) -> None:
+    """Delete the oldest messages of *chunks*: (rowid, how many), fewer
+    than each has; in two statements."""
+    drops = dict(chunks)
+    rowids = ", ".join(map(str, drops))
+    trimmed = []
+    for rowid, conversation, last_id, count, *packed in connection.execute(
+        f"SELECT rowid, conversation, last_id, count, {_CHUNK_COLUMNS} FROM chunks "
+        f"WHERE rowid IN ({rowids})"
+    ):
+        drop = drops[rowid]
+        ids, times, senders, recipients, lengths, texts = packed
+        gone = sum(struct.unpack_from(f"<{drop}I", lengths))
+        (first_id,) = struct.unpack_from("<q", ids, 8 * drop)
+        trimmed += [
+            rowid,
+            conversation,
+            last_id,
+            first_id,
+            count - drop,
+            ids[8 * drop :],
+            times[8 * drop :],
+            "\n".join(senders.split("\n")[drop:]),
+            "\n".join(recipients.split("\n")[drop:]),
+            lengths[4 * drop :],
+            texts[gone:],
+        ]
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * (len(trimmed) // 11))
+    connection.execute(
+        f"REPLACE INTO chunks (rowid, conversation, last_id, first_id, count, "
+        f"{_CHUNK_COLUMNS}) VALUES {values}",
+        trimmed,
+    )
 
 
 def _read_offline(
@@ -1103,7 +1479,6 @@ class _Loaded:
         }
 
 
-_INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_OFFLINE = "INSERT OR IGNORE INTO offline VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -1115,12 +1490,13 @@ class _Writer:
     ) -> None:
         self.store = store
         self.connection = connection
-        self.conversations = state.conversations
         self.last_history = state.history
         self.high_id = state.last_id
         # Appends per conversation since it was last pruned, and those due.
         self.appended: dict[int, int] = {}
         self.to_prune: dict[int, None] = {}
+        # Chunks (conversation, messages) in the transaction being written.
+        self.inserted: list[tuple[int, int]] = []
         self.slack = max(1, store.history_size // 4)
         self.data_version = self._data_version()
         self.looked_at = time.monotonic()
@@ -1151,7 +1527,8 @@ class _Writer:
             elif store._stopping:
                 return
             if stop_by is None:
-                self._prune_some()
+                if not batch:
+                    self._prune_some()
                 self._look_for_changes()
             elif time.monotonic() > stop_by:
                 left = len(store._queue)
@@ -1173,59 +1550,42 @@ class _Writer:
         popleft = queued.popleft
         return [popleft() for _ in range(len(queued))]
 
-    def _commit(self, batch: list[_Item]) -> None:
+    def _commit(self, items: list[_Item]) -> None:
         connection = self.connection
-        conversations = self.conversations
-        new: list[str] = []
         committed = _Committed()
-        rows: list[tuple[int, int, int, str, str, bytes]] = []
+        rows: list[_Row] = []
         offline: list[tuple[str, int, int, str, str, bytes]] = []
-        appended = self.appended
         high = self.high_id
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for item in batch:
-                if type(item) is tuple:
-                    accepted, keys, account, _ = item
-                    first, time_ms = accepted.first_id, accepted.time_ms
-                    sender, to = accepted.sender, accepted.to
-                    texts = accepted.texts
-                    for key in keys:
-                        conversation = conversations.get(key)
-                        if conversation is None:
-                            conversation = self._new_conversation(key)
-                            new.append(key)
-                        if len(texts) == 1:
-                            rows.append(
-                                (conversation, first, time_ms, sender, to, texts[0])
-                            )
-                        else:
-                            rows.extend(
-                                [
-                                    (conversation, first + i, time_ms, sender, to, t)
-                                    for i, t in enumerate(texts)
-                                ]
-                            )
-                        appended[conversation] = appended.get(conversation, 0) + len(
-                            texts
+            for item in items:
+                if type(item) is _Batch:
+                    if item.conversations:
+                        connection.executemany(
+                            "INSERT INTO conversations (id, key) VALUES (?, ?)",
+                            item.conversations,
                         )
-                    if account is not None:
-                        offline.extend(
-                            [
-                                (account, first + i, time_ms, sender, to, text)
-                                for i, text in enumerate(texts)
-                            ]
-                        )
-                    last = first + len(texts) - 1
-                    if last > high:
-                        high = last
-                    committed.messages.append(item)
+                    rows += item.rows
+                    for account, accepted in item.offline:
+                        first, time_ms = accepted.first_id, accepted.time_ms
+                        sender, to = accepted.sender, accepted.to
+                        offline += [
+                            (account, first + i, time_ms, sender, to, text)
+                            for i, text in enumerate(accepted.texts)
+                        ]
+                    if item.high > high:
+                        high = item.high
+                    committed.batches.append(item)
                 else:
                     assert isinstance(item, _Change)
                     # In order: what came before it is written first.
                     self._insert(rows, offline)
+                    rows, offline = [], []
                     committed.changes.append((item, item.write(connection)))
             self._insert(rows, offline)
+            # Pruning in the same transaction: a statement fewer or two
+            # (BEGIN, COMMIT), and a commit to the WAL fewer.
+            pruned = self._prune() if not self.store._stopping else []
             if high > self.high_id:
                 connection.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (high,)
@@ -1233,36 +1593,28 @@ class _Writer:
             connection.execute("COMMIT")
         except BaseException:
             _roll_back(connection)
-            for key in new:
-                del conversations[key]
+            self.inserted.clear()
             raise
+        self._pruned(pruned)
         self.high_id = committed.high_id = high
-        slack = self.slack
-        for conversation, count in appended.items():
-            if count >= slack:
-                self.to_prune[conversation] = None
         self.store._tell(self.store._committed, committed)
+        appended, to_prune, slack = self.appended, self.to_prune, self.slack
+        for conversation, count in self.inserted:
+            count += appended.get(conversation, 0)
+            appended[conversation] = count
+            if count >= slack:
+                to_prune[conversation] = None
+        self.inserted.clear()
 
     def _insert(
-        self,
-        rows: list[tuple[int, int, int, str, str, bytes]],
-        offline: list[tuple[str, int, int, str, str, bytes]],
+        self, rows: list[_Row], offline: list[tuple[str, int, int, str, str, bytes]]
     ) -> None:
         if rows:
-            self.connection.executemany(_INSERT, rows)
-            rows.clear()
+            chunks = list(_chunks(rows))
+            _insert_chunks(self.connection, chunks)
+            self.inserted += [(chunk[0], chunk[3]) for chunk in chunks]
         if offline:
             self.connection.executemany(_INSERT_OFFLINE, offline)
-            offline.clear()
-
-    def _new_conversation(self, key: str) -> int:
-        cursor = self.connection.execute(
-            "INSERT INTO conversations (key) VALUES (?)", (key,)
-        )
-        conversation = cursor.lastrowid
-        assert conversation is not None
-        self.conversations[key] = conversation
-        return conversation
 
     def _find_overfull(self) -> None:
         """At the start, after a restart with a smaller *history*: the
@@ -1276,40 +1628,22 @@ class _Writer:
         if self.last_history is not None and self.last_history < keep:
             return
         rows = self.connection.execute(
-            "SELECT conversation FROM messages GROUP BY conversation "
-            "HAVING count(*) > ?",
-            (self.store.history_size,),
+            "SELECT conversation FROM chunks GROUP BY conversation "
+            "HAVING sum(count) > ?",
+            (keep,),
         )
         for (conversation,) in rows:
             self.to_prune[conversation] = None
 
     def _prune_some(self) -> None:
-        """Delete what is beyond *history* in a few conversations, in a
-        transaction of its own."""
+        """Prune a few conversations, in a transaction of its own (when
+        there is nothing to commit: else ``_commit`` prunes)."""
         if not self.to_prune:
             return
-        some = list(self.to_prune)[:_PRUNE_STEP]
-        keep = self.store.history_size
         connection = self.connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for conversation in some:
-                if keep:
-                    row = connection.execute(
-                        "SELECT id FROM messages WHERE conversation = ? "
-                        "ORDER BY id DESC LIMIT 1 OFFSET ?",
-                        (conversation, keep - 1),
-                    ).fetchone()
-                    if row is None:
-                        continue
-                    connection.execute(
-                        "DELETE FROM messages WHERE conversation = ? AND id < ?",
-                        (conversation, row[0]),
-                    )
-                else:
-                    connection.execute(
-                        "DELETE FROM messages WHERE conversation = ?", (conversation,)
-                    )
+            some = self._prune()
             connection.execute("COMMIT")
         except sqlite3.OperationalError as error:
             _roll_back(connection)
@@ -1318,6 +1652,48 @@ class _Writer:
         except BaseException:
             _roll_back(connection)
             raise
+        self._pruned(some)
+
+    def _prune(self) -> list[int]:
+        """Delete what is older than the newest *history* messages of a few
+        conversations (inside a transaction), in a few statements: each one
+        lets the event loop have the GIL, and the writer then waits to get
+        it back. The conversations pruned."""
+        some = list(itertools.islice(self.to_prune, _PRUNE_STEP))
+        if not some:
+            return some
+        # Integers of the store's own: safe to write into the statement.
+        due = ", ".join(map(str, some))
+        keep = self.store.history_size
+        connection = self.connection
+        if not keep:
+            connection.execute(f"DELETE FROM chunks WHERE conversation IN ({due})")
+            return some
+        # For each chunk, how many messages of its conversation are as new
+        # as its own or newer (`total`).
+        counted = (
+            "SELECT rowid AS chunk, count, sum(count) OVER (PARTITION BY "
+            "conversation ORDER BY last_id DESC) AS total FROM chunks "
+            f"WHERE conversation IN ({due})"
+        )
+        # Chunks that hold the oldest of the newest `keep`, and more.
+        straddling = connection.execute(
+            f"SELECT chunk, total - ? FROM ({counted}) "
+            "WHERE total > ? AND total - count < ?",
+            (keep, keep, keep),
+        ).fetchall()
+        # Chunks with none of the newest `keep`.
+        connection.execute(
+            f"DELETE FROM chunks WHERE rowid IN (SELECT chunk FROM ({counted}) "
+            "WHERE total - count >= ?)",
+            (keep,),
+        )
+        if straddling:
+            _trim(connection, straddling)
+        return some
+
+    def _pruned(self, some: list[int]) -> None:
+        """Conversations *some* were pruned (and committed)."""
         for conversation in some:
             del self.to_prune[conversation]
             self.appended.pop(conversation, None)
