@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from trichat.server.hub import Accepted
 from trichat.server.passwords import Hasher
 from trichat.server.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AccountExists,
     NoSuchAccount,
@@ -200,6 +201,128 @@ async def test_only_the_newest_are_kept_and_the_rest_deleted(tmp_path: Path) -> 
             while len(stored_ids(path)) > 4:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert stored_ids(path) == [8, 9, 10, 11]
+
+
+def stored_by_conversation(path: Path) -> dict[str, list[int]]:
+    """The ids kept in the file for each conversation, by its key."""
+    connection = sqlite3.connect(path)
+    try:
+        found: dict[str, list[int]] = {}
+        for key, packed in connection.execute(
+            "SELECT key, ids FROM chunks JOIN conversations "
+            "ON conversations.id = chunks.conversation"
+        ):
+            found.setdefault(key, []).extend(
+                struct.unpack(f"<{len(packed) // 8}q", packed)
+            )
+        return {key: sorted(ids) for key, ids in found.items()}
+    finally:
+        connection.close()
+
+
+async def test_pruning_keeps_exactly_the_newest_of_each_conversation(
+    tmp_path: Path,
+) -> None:
+    """Written in groups of every size, some far larger than what is kept,
+    some smaller: each conversation ends with exactly its newest 5."""
+    path = tmp_path / "t.db"
+    sent: dict[str, list[int]] = {"#a": [], "#b": [], "*": []}
+    next_id = 1
+    async with running(path, history=5) as store:
+        for group in (1, 3, 17, 2, 40, 1, 1, 9, 300, 4):
+            for i in range(group):
+                to = ("#a", "#b", "*")[(next_id + i // 3) % 3]
+                texts = ["x"] * (1 + next_id % 2)
+                store.record(talk("alice", to, next_id, *texts))
+                sent[to] += range(next_id, next_id + len(texts))
+                next_id += len(texts)
+            await store.flush()
+        newest = {to.lower(): ids[-5:] for to, ids in sent.items()}
+        with trio.fail_after(STEP):
+            while stored_by_conversation(path) != newest:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        for to, kept in newest.items():
+            assert ids(await store.history(to, "after", 0, 100)) == kept
+
+
+async def test_a_long_burst_to_one_room_pages_whole(tmp_path: Path) -> None:
+    """One group of 1,200 messages to a room (and others between them):
+    pages of 100 going back and forth give each of the newest 1,000 once."""
+    path = tmp_path / "t.db"
+    async with running(path, history=1000) as store:
+        expected: list[int] = []
+        for i in range(1, 1601):
+            if i % 4:
+                store.record(talk("alice", "#r", i, "x"))
+                expected.append(i)
+            else:
+                store.record(talk("alice", "#s", i, "y"))
+        await store.flush()
+        newest = expected[-1000:]
+        assert await _walk(store, 100) == (newest, newest)
+        assert await _walk(store, 333) == (newest, newest)
+        with trio.fail_after(STEP):
+            while len(stored_by_conversation(path)["#r"]) > 1000:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert stored_by_conversation(path)["#r"] == newest
+        assert await _walk(store, 100) == (newest, newest)
+
+
+async def test_what_is_recorded_before_the_start_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with running(path) as store:
+        await store.register("bob", "password2")
+        store.record(talk("alice", "#r", 1, "first"))
+    store = Store(path, hasher=cheap_hasher())
+    # As a hub may, before the store has started.
+    store.record(talk("alice", "#r", 2, "early", "bird"))
+    assert store.record_offline(talk("alice", "bob", 4, "psst"), "bob")
+    assert store.last_id == 4
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        assert store.last_id == 4
+        assert [m.text for m in await store.history("#r", "latest", None, 9)] == [
+            "first",
+            "early",
+            "bird",
+        ]
+        assert ids(await store.offline("bob")) == [4]
+        await store.flush()
+        assert store.committed_id == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_version_1_file_is_migrated(tmp_path: Path) -> None:
+    """A file made by the first schema (a row per message) keeps its
+    history, ids and accounts."""
+    path = tmp_path / "t.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in str(MIGRATIONS[0]).split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (1)")
+    connection.execute("INSERT INTO meta VALUES ('last_id', 12)")
+    connection.execute("INSERT INTO conversations VALUES (1, '#r'), (2, '*')")
+    connection.executemany(
+        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+        [(1, i, 1000 + i, "alice", "#R", f"text {i}".encode()) for i in (1, 3, 5)]
+        + [(2, 4, 1004, "bob", "*", "é".encode())],
+    )
+    connection.close()
+    async with running(path) as store:
+        assert store.last_id == 12
+        assert await store.history("#r", "latest", None, 9) == [
+            StoredMessage(i, 1000 + i, "alice", "#R", f"text {i}") for i in (1, 3, 5)
+        ]
+        assert await store.history("*", "latest", None, 9) == [
+            StoredMessage(4, 1004, "bob", "*", "é")
+        ]
+        store.record(talk("alice", "#r", 13, "new"))
+        assert ids(await store.history("#r", "before", 13, 2)) == [3, 5]
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert rows(path, "SELECT name FROM sqlite_master WHERE name = 'messages'") == []
+    assert stored_ids(path) == [1, 3, 4, 5, 13]
 
 
 async def test_history_zero_keeps_no_message_but_the_last_id(tmp_path: Path) -> None:

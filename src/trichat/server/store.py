@@ -664,6 +664,9 @@ class Store:
         self._conversation_ids: dict[str, int] = {}
         self._next_conversation = 1
         self._spellings: dict[str, int] = {}
+        # And direct messages' by (sender, recipient) as written, while the
+        # accounts stay as they are.
+        self._pairs: dict[tuple[str, str], tuple[int, ...]] = {}
         # Messages recorded since the scheduler's last pass; those handed to
         # the writer and not yet committed, oldest first; and how many texts
         # and bytes of the backlog were handed over.
@@ -834,9 +837,13 @@ class Store:
                 spellings.clear()
             spellings[to] = conversation
             return (conversation,)
+        pair = (accepted.sender, to)
+        known = self._pairs.get(pair)
+        if known is not None:
+            return known
         sender, recipient = name_key(accepted.sender), name_key(to)
         accounts = self._accounts
-        keys: tuple[str, ...]
+        keys: tuple[str, ...] = ()
         if sender in accounts:
             if recipient in accounts and recipient != sender:
                 keys = (sender + _SEP + recipient, recipient + _SEP + sender)
@@ -844,9 +851,11 @@ class Store:
                 keys = (sender + _SEP + recipient,)
         elif recipient in accounts:
             keys = (recipient + _SEP + sender,)
-        else:
-            return ()
-        return tuple(self._conversation(key) for key in keys)
+        known = tuple(self._conversation(key) for key in keys)
+        if len(self._pairs) >= _SPELLINGS_MOST:
+            self._pairs.clear()
+        self._pairs[pair] = known
+        return known
 
     def _conversation(self, key: str) -> int:
         """The id of conversation *key*, made if it is new."""
@@ -1060,6 +1069,7 @@ class Store:
             self._delivered[key] = self.last_id
             self._put(_Change(partial(_delete_account_data, key=key), _ignore))
         self._accounts = keys
+        self._pairs.clear()  # who is an account changed
 
     def _tell(self, function: Callable[..., None], *args: Any) -> None:
         """From the writer thread: call *function* on the event loop."""
@@ -1068,21 +1078,29 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(
+        self, read: Callable[[sqlite3.Connection], T], *, one_statement: bool = False
+    ) -> T:
         """*read* in a reader thread, on a read connection, in one read
-        transaction (one snapshot of the file)."""
+        transaction (one snapshot of the file): its own if *read* runs
+        *one_statement* (two statements fewer, and each lets the thread
+        wait for the GIL again)."""
         if not self._running or self._file is None:
             raise StoreClosed("the store is not running")
         return await trio.to_thread.run_sync(
-            self._read_in_thread, self._file, read, limiter=self.limiter
+            self._read_in_thread, self._file, read, one_statement, limiter=self.limiter
         )
 
-    def _read_in_thread(self, file: str, read: Callable[[sqlite3.Connection], T]) -> T:
+    def _read_in_thread(
+        self, file: str, read: Callable[[sqlite3.Connection], T], one_statement: bool
+    ) -> T:
         try:
             connection = self._readers.get_nowait()
         except queue.Empty:
             connection = _connect(file, read_only=True)
         try:
+            if one_statement:
+                return read(connection)
             connection.execute("BEGIN")
             try:
                 return read(connection)
@@ -1154,7 +1172,8 @@ class Store:
         return await self._read(
             lambda connection: _read_history(
                 connection, conversation, direction, anchor, n, page, kept
-            )
+            ),
+            one_statement=direction == "latest",
         )
 
     def _waiting(self, conversation: int) -> list[_Row]:
@@ -1225,6 +1244,7 @@ class Store:
         if key in self._accounts:  # registered while we hashed
             raise AccountExists(name)
         self._accounts.add(key)
+        self._pairs.clear()  # who is an account changed
         account = Account(name, key, password_hash, int(time.time() * 1000))
 
         def write(connection: sqlite3.Connection) -> bool:
@@ -1286,6 +1306,7 @@ class Store:
         if key not in self._accounts:
             raise NoSuchAccount(name)
         self._accounts.discard(key)
+        self._pairs.clear()  # who is an account changed
         self._offline_count.pop(key, None)
         # Its offline messages still queued are written, then deleted.
         done = self._delivered[key] = self.last_id
@@ -1527,8 +1548,10 @@ class _Writer:
             elif store._stopping:
                 return
             if stop_by is None:
-                if not batch:
-                    self._prune_some()
+                # In a transaction of its own: what comes meanwhile makes
+                # the next group larger, and its chunks too (measured:
+                # 10 us of CPU a message against 11 in the commit's).
+                self._prune_some()
                 self._look_for_changes()
             elif time.monotonic() > stop_by:
                 left = len(store._queue)
@@ -1583,9 +1606,6 @@ class _Writer:
                     rows, offline = [], []
                     committed.changes.append((item, item.write(connection)))
             self._insert(rows, offline)
-            # Pruning in the same transaction: a statement fewer or two
-            # (BEGIN, COMMIT), and a commit to the WAL fewer.
-            pruned = self._prune() if not self.store._stopping else []
             if high > self.high_id:
                 connection.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (high,)
@@ -1595,7 +1615,6 @@ class _Writer:
             _roll_back(connection)
             self.inserted.clear()
             raise
-        self._pruned(pruned)
         self.high_id = committed.high_id = high
         self.store._tell(self.store._committed, committed)
         appended, to_prune, slack = self.appended, self.to_prune, self.slack
@@ -1636,8 +1655,7 @@ class _Writer:
             self.to_prune[conversation] = None
 
     def _prune_some(self) -> None:
-        """Prune a few conversations, in a transaction of its own (when
-        there is nothing to commit: else ``_commit`` prunes)."""
+        """Prune a few conversations, in a transaction of its own."""
         if not self.to_prune:
             return
         connection = self.connection
