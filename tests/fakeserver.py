@@ -189,16 +189,22 @@ class ResetStream(trio.abc.Stream):
 
 class Breakable(trio.abc.Stream):
     """A stream whose writes fail (a connection reset the reader has not
-    noticed yet) once ``broken`` is set; reads go on as before."""
+    noticed yet) once ``broken`` is set, or with ``stalling`` set write
+    half of what they are given and then wait for ever (a peer that stopped
+    reading); reads go on as before."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.broken = False
+        self.stalling = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.broken:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError("connection reset")
+        if self.stalling:
+            await self.inner.send_all(bytes(data)[: len(data) // 2])
+            await trio.sleep_forever()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:

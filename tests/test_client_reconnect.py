@@ -685,6 +685,33 @@ async def test_a_send_the_drop_breaks_goes_out_again_after_the_resume(
     assert await server.receive_all() == []
 
 
+async def test_a_send_cancelled_halfway_ends_that_connection_and_resumes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_stream, server = fake_server_pair()
+    breakable = Breakable(client_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept, "alice", ["bob"], SESSIONS, f"{SECRET}|30")
+        client = await Client.login(breakable, "alice")
+    reopen = Reopener()
+    async with ReconnectingClient.wrap(client, reopen, keepalive=0) as reconnecting:
+        await take(reconnecting, 1)
+        breakable.stalling = True
+        with trio.move_on_after(5) as waited:
+            await reconnecting.talk("bob", "half of it")
+        assert waited.cancelled_caught
+        # Half a frame, then the end: the server takes nothing from it.
+        with trio.fail_after(STEP):
+            assert await server.receive_all() == []
+        assert await take(reconnecting, 1) == [Disconnected("a send was interrupted")]
+        await take(reconnecting, 1)  # Reconnecting
+        second = await reopen.next_server()
+        await take_back(second)
+        await reconnecting.talk("bob", "whole")
+        with trio.fail_after(STEP):
+            assert await second.receive() == Talk("bob", "whole")
+
+
 async def test_sends_waiting_when_the_client_closes_raise_not_sent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

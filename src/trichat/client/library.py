@@ -1702,6 +1702,17 @@ class ReconnectingClient:
                 await self._drop(client, lost)
                 broken = client
                 continue
+            except trio.Cancelled:
+                if client._send_broken:
+                    # Cancelled in the middle of the write: the connection
+                    # holds part of a frame and can carry no other. Ending
+                    # it now makes the server drop that part (a frame is
+                    # only whole with its line end) and the session is
+                    # taken back over a new connection.
+                    with trio.CancelScope(shield=True):
+                        interrupted = ConnectionLost("a send was interrupted")
+                        await self._drop(client, interrupted)
+                raise
             return
 
     async def _drop(self, client: Client, lost: ConnectionLost) -> None:
