@@ -1406,7 +1406,10 @@ class ReconnectingClient:
     itself: when the client gives up, is closed, or its session is taken
     over, every waiting send raises ``NotSent`` (a ConnectionLost) saying
     why. A program that must not wait that long bounds the call
-    (``trio.move_on_after``): cancelled while waiting, nothing was sent.
+    (``trio.move_on_after``): cancelled while waiting, nothing was sent;
+    cancelled in the middle of the write, nothing was taken either (that
+    connection is ended, so the server drops the part it got, and the
+    session is taken back over a new one).
     A send that returned may still be lost in a drop right after it (the
     kernel took it, the server never read it): with ``echo`` the
     server's copy of it, in the stream, says it was taken; after a
