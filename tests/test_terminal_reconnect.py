@@ -11,25 +11,30 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 from fakeserver import Breakable
-from helpers import STEP_TIMEOUT, LiveServer, running_server
+from helpers import STEP_TIMEOUT, LiveServer, running_server, serving
 
-from trichat.client import Backoff, Client, connect, open_stream
+from trichat.client import Backoff, Client, connect, open_client, open_stream
 from trichat.client.terminal import (
     EXIT_FAILURE,
     EXIT_OK,
     add_arguments,
     run_session,
 )
-from trichat.protocol.messages import Message, Pong
+from trichat.protocol.messages import Message, Pong, Registered
+from trichat.server import ChatServer, ServerConfig
+from trichat.server.passwords import Hasher
 
 pytestmark = pytest.mark.trio
 
 NOW = datetime.datetime(2024, 5, 17, 12, 0, 1)
+PASSWORD = "correct horse battery"
+CHEAP = Hasher(memory_kib=8, time_cost=1, parallelism=1)
 QUICK = Backoff(first=0.01, factor=1.0, cap=0.01, jitter=0.0)
 
 
@@ -355,4 +360,47 @@ async def test_a_line_typed_as_the_connection_breaks_goes_out_once_back() -> Non
             assert terminal.outcome() == EXIT_OK
         finally:
             await bob.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_account_whose_session_ended_logs_in_again_with_its_password(
+    tmp_path: Path,
+) -> None:
+    config = ServerConfig(port=0, db=str(tmp_path / "t.db"), resume_window=0.5)
+    async with (
+        serving(ChatServer(config, hasher=CHEAP)) as live,
+        trio.open_nursery() as nursery,
+    ):
+        proxy = Proxy(live.port)
+        proxy_port = await proxy.serve(nursery)
+        async with open_client("alice", port=live.port) as first:
+            await first.register(PASSWORD)
+            with trio.fail_after(STEP_TIMEOUT):
+                async for event in first:
+                    if isinstance(event, Registered):
+                        break
+            await first.exit()
+        alice = await connect(
+            "alice", "127.0.0.1", proxy_port, password=PASSWORD, echo=False
+        )
+        terminal = Terminal()
+        nursery.start_soon(partial(terminal.run, alice, proxy_port, reconnect=True))
+        try:
+            await terminal.out.wait_for("logged in as alice")
+            proxy.cut()
+            await wait_for_waiting(live, 1)
+            # The window passes while the proxy holds the next attempt: the
+            # session has ended when the attempt gets through.
+            await wait_for_waiting(live, 0)
+            proxy.reopen()
+            line = await terminal.out.wait_for("back, but the session was not kept")
+            assert "logged in again as alice" in line
+            assert terminal.outcome() is None
+            # Logged in for real: a message to her arrives.
+            async with open_client("bob", port=live.port, echo=False) as bob:
+                await bob.talk("alice", "welcome back")
+                await terminal.out.wait_for("bob: welcome back")
+            assert PASSWORD not in terminal.out.getvalue()
+            assert terminal.err.getvalue() == ""
+        finally:
             nursery.cancel_scope.cancel()
