@@ -18,6 +18,7 @@ from fakeserver import (
     Breakable,
     FakeServer,
     Reopener,
+    fail_after,
     fake_server_pair,
     logged_in,
 )
@@ -64,6 +65,10 @@ NEW_PASSWORD = "staple tuna zebra"
 # Long enough for any step here: on the autojump clock it costs nothing
 # unless a test is stuck, and then it fails it.
 STEP = 60.0
+# Each test's bound: on the autojump clock (virtual seconds, which a stuck
+# test reaches at once), and on the real one (tests that take milliseconds).
+VIRTUAL_BOUND = 600.0
+REAL_BOUND = 10.0
 
 
 class Scripted(random.Random):
@@ -163,6 +168,7 @@ async def with_session(
 # -- what a login hands over ---------------------------------------------------
 
 
+@fail_after(REAL_BOUND)
 async def test_the_session_is_known_as_soon_as_login_returns() -> None:
     client, server = await with_session()
     assert client.session == SECRET
@@ -173,6 +179,7 @@ async def test_the_session_is_known_as_soon_as_login_returns() -> None:
         assert await anext(client) == Login("bob")
 
 
+@fail_after(REAL_BOUND)
 async def test_a_server_that_says_no_session_frame_loses_no_frame() -> None:
     # Sessions in the settings, but the login's answer goes straight on
     # with the presence list: nothing of it is lost.
@@ -188,12 +195,14 @@ async def test_a_server_that_says_no_session_frame_loses_no_frame() -> None:
     assert client.session == SECRET
 
 
+@fail_after(REAL_BOUND)
 async def test_without_sessions_login_waits_for_no_session_frame() -> None:
     client, _server = await logged_in("alice", ["bob"])
     assert client.session is None
     assert client.resume_window == 0
 
 
+@fail_after(REAL_BOUND)
 async def test_resume_knows_the_window_as_soon_as_it_returns() -> None:
     client_stream, server = fake_server_pair()
     async with trio.open_nursery() as nursery:
@@ -214,6 +223,7 @@ async def test_resume_knows_the_window_as_soon_as_it_returns() -> None:
 # -- the delays ---------------------------------------------------------------
 
 
+@fail_after(REAL_BOUND)
 async def test_backoff_doubles_up_to_the_cap_and_jitter_takes_a_share_off() -> None:
     steady = Backoff(first=1.0, factor=2.0, cap=30.0, jitter=0.0)
     assert [steady.delay(n, random.Random(1)) for n in range(1, 8)] == [
@@ -236,6 +246,7 @@ async def test_backoff_doubles_up_to_the_cap_and_jitter_takes_a_share_off() -> N
         assert base / 2 < delay <= base
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_attempts_wait_capped_exponential_delays_with_jitter(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -270,6 +281,7 @@ async def test_attempts_wait_capped_exponential_delays_with_jitter(
 # -- resuming -----------------------------------------------------------------
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_resume_asks_from_the_last_id_and_passes_each_message_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -314,6 +326,7 @@ async def test_a_resume_asks_from_the_last_id_and_passes_each_message_once(
         assert reconnecting.reconnects == 2
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_replaced_connection_ends_without_reconnecting(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -333,6 +346,7 @@ async def test_a_replaced_connection_ends_without_reconnecting(
     assert reopen.calls == []
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_give_up_after_zero_does_not_reconnect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -351,6 +365,7 @@ async def test_give_up_after_zero_does_not_reconnect(
     assert reopen.calls == []
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_it_gives_up_when_the_resume_window_has_passed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -391,6 +406,7 @@ async def test_it_gives_up_when_the_resume_window_has_passed(
 # -- when the session is gone -----------------------------------------------
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_resume_failed_logs_in_again_and_fills_the_gaps_from_history(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -434,6 +450,7 @@ async def test_resume_failed_logs_in_again_and_fills_the_gaps_from_history(
         assert reconnecting.rooms == {"#lunch": ("alice", "bob")}
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_without_history_the_gaps_are_said(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -466,6 +483,7 @@ async def test_without_history_the_gaps_are_said(
         }
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_with_nothing_received_yet_history_is_not_asked(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -488,6 +506,7 @@ async def test_with_nothing_received_yet_history_is_not_asked(
         ]
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_conversation_whose_history_is_refused_is_a_gap(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -522,6 +541,7 @@ async def test_a_conversation_whose_history_is_refused_is_a_gap(
         assert ids(events) == [4]
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_an_account_logs_in_again_with_its_password(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -552,6 +572,7 @@ async def test_an_account_logs_in_again_with_its_password(
             assert await third.login_request(SESSIONS) == Login("alice", PASSWORD)
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_name_registered_meanwhile_logs_in_again_with_its_password(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -570,6 +591,7 @@ async def test_a_name_registered_meanwhile_logs_in_again_with_its_password(
             assert await second.receive() == Login("alice", PASSWORD)
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_new_password_whose_answer_was_lost_is_tried_next(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -593,6 +615,7 @@ async def test_a_new_password_whose_answer_was_lost_is_tried_next(
         assert isinstance(event, ResumeFailed)
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_refusal_that_retrying_cannot_change_ends_the_client(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -620,6 +643,7 @@ async def test_a_refusal_that_retrying_cannot_change_ends_the_client(
 # -- sending while away ----------------------------------------------------------
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_send_while_away_goes_out_once_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -651,6 +675,7 @@ async def test_a_send_while_away_goes_out_once_back(
         assert reconnecting.connected
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_send_the_drop_breaks_goes_out_again_after_the_resume(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -685,6 +710,7 @@ async def test_a_send_the_drop_breaks_goes_out_again_after_the_resume(
     assert await server.receive_all() == []
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_send_cancelled_halfway_ends_that_connection_and_resumes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -712,6 +738,7 @@ async def test_a_send_cancelled_halfway_ends_that_connection_and_resumes(
             assert await second.receive() == Talk("bob", "whole")
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_sends_waiting_when_the_client_closes_raise_not_sent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -741,6 +768,7 @@ async def test_sends_waiting_when_the_client_closes_raise_not_sent(
 # -- keepalive ------------------------------------------------------------------
 
 
+@fail_after(VIRTUAL_BOUND)
 async def test_a_silent_server_is_pinged_then_counts_as_a_drop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
