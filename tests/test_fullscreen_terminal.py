@@ -210,6 +210,9 @@ async def test_a_drop_is_taken_back_with_the_typed_line_kept() -> None:
             await bob.expect("talk|alice|*|half typed and done")
             await terminal.type("/quit\r")
             assert await terminal.exit_status() == 0
+            assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
+                ALTERNATE_SCREEN
+            )
             assert b"Traceback" not in terminal.output
         # Nobody saw alice leave before her /quit.
         await bob.expect("exit|alice")

@@ -53,7 +53,9 @@ __all__ = ["HELP", "add_arguments", "main"]
 
 _EPILOG = f"""\
 On a terminal, a full-screen client (with a pipe, or --plain, the line
-client that scripts use). In it:
+client that scripts use). A dropped connection is taken back within the
+server's resume window (--no-reconnect: exit instead); closing the
+terminal leaves as /quit does. In it:
 
 {HELP}"""
 
