@@ -14,7 +14,7 @@ from helpers import ClockedServer, clocked_server
 
 from trichat.client.fullscreen._app import FullScreen
 from trichat.client.library import Client, Event
-from trichat.protocol.messages import Message
+from trichat.protocol.messages import Exit, Message
 
 SIZE = (80, 24)
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji, three people
@@ -452,3 +452,21 @@ async def test_without_global_presence_the_star_window_says_so(
         press(alice, "enter")
         await settle()
         assert "anyone?  [not in room: *]" in shown(alice)
+
+
+async def test_ctrl_c_leaves_at_once_saying_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat(rate=1.0, burst=3) as world:
+        alice = await world.app("alice")
+        bob = await world.client("bob")
+        press(alice, "begin paste", *"".join(f"line {n}\n" for n in range(20)))
+        press(alice, "end paste")
+        await settle()
+        alice.interrupt()
+        await settle()
+        assert alice.status == 130
+        events = await drain(bob)
+        # What waited to be sent was not, and alice said goodbye.
+        assert len(texts(events)) < 20
+        assert Exit("alice") in events

@@ -102,20 +102,22 @@ async def test_on_a_terminal_it_is_full_screen_and_quit_restores_it() -> None:
         await bob.expect("login|alice", "exit|alice")
 
 
-async def test_ctrl_c_leaves_with_no_traceback() -> None:
-    async with (
-        running_server() as live,
-        on_a_terminal("alice", "--port", str(live.port)) as terminal,
-    ):
-        await terminal.expect(b"/help lists the commands")
-        await terminal.type("typed but not sent")
-        await terminal.expect(b"typed but not sent")
-        terminal.process.send_signal(signal.SIGINT)
-        assert await terminal.exit_status() == 130
-        assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
-            ALTERNATE_SCREEN
-        )
-        assert b"Traceback" not in terminal.output
+async def test_ctrl_c_leaves_with_no_traceback_and_says_exit() -> None:
+    # With sessions on: Ctrl-C is the user leaving, not a drop, so the
+    # session ends (exit) instead of waiting for a resume.
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal("alice", "--port", str(live.port)) as terminal:
+            await terminal.expect(b"/help lists the commands")
+            await terminal.type("typed but not sent")
+            await terminal.expect(b"typed but not sent")
+            terminal.process.send_signal(signal.SIGINT)
+            assert await terminal.exit_status() == 130
+            assert terminal.output.rindex(NORMAL_SCREEN) > terminal.output.rindex(
+                ALTERNATE_SCREEN
+            )
+            assert b"Traceback" not in terminal.output
+        await bob.expect("login|alice", "exit|alice")
 
 
 async def test_plain_keeps_the_line_client_on_a_terminal() -> None:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..._process import until_interrupted
 from ...protocol.messages import PROTOCOL_VERSION, ErrorCode
 from .. import terminal
 from ..library import (
@@ -87,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
         return terminal.main(args)
     try:
-        status = trio.run(until_interrupted, partial(_connect_and_chat, args))
+        status: int | None = trio.run(_connect_and_chat, args)
     except KeyboardInterrupt:  # before the signal handler was in place
         status = None
     except BaseExceptionGroup as group:
@@ -215,10 +214,13 @@ def _take_typeahead(fd: int) -> list[str]:
 
 
 async def _connect_and_chat(args: argparse.Namespace) -> int:
-    # From the start to the end, a hang-up (SIGHUP) or SIGTERM is received
-    # here, never by the default action that would kill the process: not
-    # while connecting, and above all not while the chat says exit.
-    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM) as signals:
+    # From the start to the end, Ctrl-C (SIGINT), a hang-up (SIGHUP) or
+    # SIGTERM is received here, never by the default action that would
+    # kill the process (or a KeyboardInterrupt anywhere): not while
+    # connecting, and above all not while the chat says exit.
+    with trio.open_signal_receiver(
+        signal.SIGINT, signal.SIGHUP, signal.SIGTERM
+    ) as signals:
         leaving = _Leaving()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(leaving.watch, signals)
@@ -228,8 +230,9 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
 
 
 class _Leaving:
-    """Where a hang-up goes: to the chat once it runs (which says exit),
-    else it ends the connecting."""
+    """Where a signal goes: to the chat once it runs, which leaves saying
+    exit (the user is gone: no session is to be kept for a resume); else
+    it ends the connecting. A second one ends everything at once."""
 
     def __init__(self) -> None:
         self.app: FullScreen | None = None
@@ -238,16 +241,22 @@ class _Leaving:
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for number in signals:
-            if self.app is not None:
-                self.app.hang_up(number)
-            elif self.signal is None:
+            if self.app is not None and self.signal is None:
                 self.signal = number
+                if number == signal.SIGINT:
+                    self.app.interrupt()
+                else:
+                    self.app.hang_up(number)
+            else:
+                # Before the chat, or again while it says goodbye: now.
+                if self.signal is None:
+                    self.signal = number
                 self.scope.cancel()
 
     async def run(self, args: argparse.Namespace) -> int:
         with self.scope:
             return await _chat(args, self)
-        # Cancelled by a signal before the chat started.
+        # Cancelled by a signal before the chat started, or by a second.
         assert self.signal is not None
         return 128 + self.signal
 

@@ -187,6 +187,12 @@ class FullScreen:
         self.quit()
         self.status = 128 + number
 
+    def interrupt(self) -> None:
+        """Ctrl-C: leave now, saying ``exit`` (as a hang-up), without
+        waiting for what is still to be sent."""
+        self.model.abandon_outbox()
+        self.hang_up(signal.SIGINT)
+
     def quit(self) -> None:
         """Leave: what ``/quit`` does once nothing is left to send."""
         failed = self.model.link is Link.DISCONNECTED

@@ -1000,6 +1000,10 @@ class ChatModel:
                 item.entry.note = self._unsure_note
                 self.changed(item.window, item.entry)
 
+    def abandon_outbox(self) -> None:
+        """Leaving at once: what waits in the outbox is not sent."""
+        self._drop_outbox("not sent: you left")
+
     def _drop_outbox(self, note: str) -> None:
         for item in self.outbox:
             if item.entry is not None and item.window is not None:
