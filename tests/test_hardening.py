@@ -12,10 +12,9 @@ import pytest
 import trio
 from helpers import LineClient, LiveServer, running_server
 
-from trichat.server.app import _Turnstile
 from trichat.server.config import ServerConfig
 from trichat.server.hub import Hub, Member
-from trichat.server.mailbox import Mailbox
+from trichat.server.mailbox import Mailbox, Turnstile
 from trichat.server.session import Session
 
 BIG = "x" * 1000
@@ -301,7 +300,7 @@ async def test_connections_that_end_in_a_crowd_take_turns() -> None:
     # of each other, made each turn of the event loop run thousands of
     # endings, and everyone else waited a second for each of their steps.
     # Endings now pass a turnstile: a few per turn, all of them in the end.
-    turnstile = _Turnstile(per_turn=4)
+    turnstile = Turnstile(per_turn=4)
     turn = 0
     passed_in: list[int] = []
 

@@ -388,7 +388,7 @@ def test_held_presence_waits_for_release_and_goes_in_order() -> None:
     assert crowd.read_all() == {
         # bob came and went within the batch: alice hears of neither.
         "alice": b"login|carol\n",
-        "bob": b"login|carol\n",  # heard while online (its close sends it)
+        "bob": b"",  # gone before it went out
         # carol's roster named bob: she hears that he left.
         "carol": b"exit|bob\n",
     }
@@ -406,6 +406,56 @@ def test_a_message_goes_after_the_presence_held_before_it() -> None:
     hub.release()
     assert crowd.read("alice") == b""
     assert crowd.read("bob") == b"login|carol\n"
+
+
+def test_a_crowd_leaving_at_once_costs_each_member_one_put() -> None:
+    # 4,000 users dropped at once cost every other user 4,000 holds in
+    # its mailbox, one exit after another: seconds of the event loop. The
+    # batch's exits are now logged once and go to each member as one block.
+    crowd = Crowd("alice", "bob", *(f"u{n}" for n in range(50)))
+    hub = crowd.hub
+    hub.hold_presence = True
+    for n in range(50):
+        hub.leave(crowd[f"u{n}"])
+    seq = crowd["alice"].mailbox.next_seq
+    hub.release()
+    assert crowd["alice"].mailbox.next_seq == seq + 1  # one put
+    assert crowd.read("alice") == b"".join(b"exit|u%d\n" % n for n in range(50))
+    assert crowd.read("bob") == b"".join(b"exit|u%d\n" % n for n in range(50))
+
+
+def test_a_login_taken_back_is_told_to_whoever_was_given_it() -> None:
+    crowd = Crowd("alice", "bob")
+    hub = crowd.hub
+    hub.hold_presence = True
+    crowd.join("carol")
+    # carol talks to alice: alice is given carol's login first.
+    hub.route(crowd["carol"], Envelope("carol", "alice", [b"hi"]), [])
+    hub.leave(crowd["carol"])
+    hub.release()
+    assert crowd.read_all() == {
+        "alice": b"login|carol\ntalk|carol|alice|hi\nexit|carol\n",
+        "bob": b"",  # heard of neither
+        "carol": b"login|carol\nlogin|alice\nlogin|bob\n",
+    }
+
+
+def test_room_presence_goes_only_to_the_rooms_members() -> None:
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    hub.join_room(crowd["alice"], "#x")
+    hub.join_room(crowd["bob"], "#y")
+    crowd.read_all()
+    hub.hold_presence = True
+    hub.join_room(crowd["carol"], "#x")
+    hub.leave(crowd["bob"])
+    assert crowd.read("carol") == b"join|#x|carol\njoin|#x|alice\n"  # its answer
+    hub.release()
+    assert crowd.read_all() == {
+        "alice": b"join|#x|carol\nexit|bob\n",
+        "bob": b"",
+        "carol": b"exit|bob\n",
+    }
 
 
 def test_presence_not_held_goes_at_once() -> None:

@@ -243,9 +243,13 @@ async def test_name_taken_then_log_in_with_another_name() -> None:
         alice = await live.login("alice")
         other = await live.connect()
         await other.send("login|alice")
-        await expect_error(other, "name-taken")
+        assert await other.read_line() == "error|name-taken|alice is already online"
         await other.send("login|ALICE")
-        await expect_error(other, "name-taken")
+        # Who holds it, as they wrote it: ALICE is not online.
+        assert (
+            await other.read_line()
+            == "error|name-taken|ALICE is taken: alice is online"
+        )
         await other.login("alice2")
         await other.expect("login|alice")
         await alice.expect("login|alice2")

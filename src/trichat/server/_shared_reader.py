@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import select
 import time
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -40,6 +41,12 @@ _BATCH = 64
 # flood ending) an honest user's socket waits behind all of them, and one
 # batch per turn of the event loop made that wait seconds long.
 _TURN = 0.005
+# How many connections that ended (the client closed, an error) the reader
+# hands back to their tasks per turn. Each task's ending costs far more than
+# the reader's look at its socket, so a crowd that closes at once is read
+# at once (an honest user's bytes behind it are not kept waiting), and its
+# tasks go on a few at a time.
+_ENDINGS_PER_TURN = 32
 
 
 def available() -> bool:
@@ -47,12 +54,13 @@ def available() -> bool:
 
 
 class _Waiter:
-    __slots__ = ("error", "on_ready", "task")
+    __slots__ = ("cancelled", "error", "on_ready", "task")
 
     def __init__(self, on_ready: Callable[[], bool], task: trio.lowlevel.Task) -> None:
         self.on_ready = on_ready
         self.task = task
         self.error: Exception | None = None
+        self.cancelled = False
 
 
 class SharedReader:
@@ -64,6 +72,8 @@ class SharedReader:
     ) -> None:
         self._epoll = select.epoll()
         self._waiting: dict[int, _Waiter] = {}
+        # Ended connections whose tasks wait for their turn to be woken.
+        self._endings: deque[_Waiter] = deque()
         self._expected = expected
         """Errors that are no news (a connection's end) when their owner has
         stopped waiting already; any other is logged with its traceback."""
@@ -90,7 +100,10 @@ class SharedReader:
         self._waiting[fd] = waiter
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            self._forget(fd)
+            if self._waiting.get(fd) is waiter:
+                self._forget(fd)
+            else:  # among the endings: not to be woken now
+                waiter.cancelled = True
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -115,9 +128,17 @@ class SharedReader:
         """Watch the parked sockets until cancelled; then close."""
         epoll = self._epoll
         waiting = self._waiting
+        endings = self._endings
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
+                if endings:
+                    await trio.lowlevel.checkpoint()  # a turn for the others
+                    for _ in range(min(len(endings), _ENDINGS_PER_TURN)):
+                        ended = endings.popleft()
+                        if not ended.cancelled:
+                            trio.lowlevel.reschedule(ended.task)
+                else:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
                 turn_ends = time.perf_counter() + _TURN
                 while True:
                     ready = epoll.poll(0, _BATCH)
@@ -133,6 +154,10 @@ class SharedReader:
             for fd, waiter in list(waiting.items()):
                 waiter.error = trio.ClosedResourceError("the shared reader stopped")
                 self._wake(fd, waiter)
+            for ended in endings:
+                if not ended.cancelled:
+                    trio.lowlevel.reschedule(ended.task)
+            endings.clear()
             self._closed = True
             epoll.close()
 
@@ -145,8 +170,11 @@ class SharedReader:
         except Exception as raised:
             stay, error = False, raised
         if self._waiting.get(fd) is waiter:
-            if not stay:
+            if error is not None:  # its connection ended: woken in its turn
                 waiter.error = error
+                self._forget(fd)
+                self._endings.append(waiter)
+            elif not stay:  # its task takes over: at once
                 self._wake(fd, waiter)
         elif error is not None:
             # Its task was cancelled meanwhile (a kick, say) and ends for

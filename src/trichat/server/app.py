@@ -39,7 +39,7 @@ from ..protocol.messages import Error, ErrorCode
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
 from .hub import Hub, Member
-from .mailbox import Drainable, Mailbox, write_loop
+from .mailbox import Drainable, Mailbox, Turnstile, write_loop
 from .passwords import Hasher, LoginThrottle
 from .session import Session, SessionEnded, TokenBucket
 from .store import Store
@@ -56,6 +56,10 @@ _FRAMES_PER_TURN = 64
 _DELAY_PER_USER = 50e-6
 # Connections that start their closing work in one turn of the event loop.
 _ENDINGS_PER_TURN = 32
+# Members given a batch of presence per turn of the event loop.
+_PRESENCE_PER_TURN = 128
+# Writers that write a large block (mailbox.BIG_WRITE) in one turn.
+_BIG_WRITES_PER_TURN = 64
 # Full collections Python would wait for: none, in practice.
 _NEVER = 1 << 30
 # How often the queues' sum is looked at, and why one is dropped past it.
@@ -268,7 +272,7 @@ class _Connection:
     async def write(self) -> None:
         """The writer task: the only one that writes to the client."""
         try:
-            await write_loop(self.mailbox, self.transport.send)
+            await write_loop(self.mailbox, self.transport.send, self.server.big_writes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.kick("connection lost")
 
@@ -416,28 +420,6 @@ class _Connection:
             self.quiet_scope.deadline = session.wake_at()
 
 
-class _Turnstile:
-    """Lets at most *per_turn* tasks through per turn of the event loop.
-
-    Connections end in crowds: thousands time out within a second of each
-    other, a connect flood closes, a crowd drops at once. Each ending
-    costs a few hundred microseconds of work, and Trio runs every task
-    that is ready in one turn, so a crowd's endings made a turn last a
-    second, and every other user waited that long for their next step.
-    Through the turnstile they take turns: the crowd ends a little later,
-    and everyone else's latency stays that of a few endings.
-    """
-
-    def __init__(self, per_turn: int) -> None:
-        self._limiter = trio.CapacityLimiter(per_turn)
-
-    async def take_turn(self) -> None:
-        async with self._limiter:
-            # Hold a place until the next turn: the work after this call
-            # runs then, with at most per_turn others doing theirs.
-            await trio.lowlevel.checkpoint()
-
-
 def _ignore_kick(reason: str) -> None:
     """A kick for a connection that is over already."""
 
@@ -471,8 +453,10 @@ class ChatServer:
         self._per_ip: Counter[str] = Counter()
         self._refusing = 0  # refused connections still being told why
         self._accepting = trio.CancelScope()
-        self.endings = _Turnstile(_ENDINGS_PER_TURN)
+        self.endings = Turnstile(_ENDINGS_PER_TURN)
         """Where ending connections wait their turn to close."""
+        self.big_writes = Turnstile(_BIG_WRITES_PER_TURN)
+        """Where writers with a large block wait their turn to write it."""
         self.shared_reader: SharedReader | None = None
         config = self.config
         self.store: Store | None = None
@@ -588,8 +572,11 @@ class ChatServer:
         When many users come and go at once (a reconnect storm, a benchmark)
         each online user then gets one write per batch instead of one per
         login, which is what keeps presence from costing O(users) writes for
-        every login. Logins still see one another in order: a frame put in
-        a mailbox always goes after the presence frames held in it.
+        every login. The batch's frames are logged once in the hub and go
+        to the members _PRESENCE_PER_TURN at a time, so that the writes to
+        thousands (4,000 exits at once, say) do not all fall in one turn of
+        the event loop. Logins still see one another in order: whatever is
+        put in a mailbox goes after the presence logged before it.
         """
         hub = self.hub
         hub.hold_presence = True
@@ -601,7 +588,7 @@ class ChatServer:
                 await trio.sleep(
                     min(self.config.presence_delay, len(hub) * _DELAY_PER_USER)
                 )
-                hub.release()
+                await hub.release_in_turns(_PRESENCE_PER_TURN)
         finally:
             hub.hold_presence = False
             hub.release()
@@ -614,6 +601,12 @@ class ChatServer:
         limit = self.config.max_queued_bytes
         while True:
             await trio.sleep(_QUEUE_WATCH)
+            # Added up first, as cheaply as can be: this runs in one step,
+            # over every connection, while everyone waits.
+            total = sum(c.mailbox.queued_bytes for c in self._connections)
+            total += sum(m.mailbox.queued_bytes for m in self._waiting)
+            if total <= limit:
+                continue
             holders: list[tuple[int, Callable[[], None]]] = [
                 (c.mailbox.queued_bytes, partial(c.kick, _OVER_BUDGET))
                 for c in self._connections

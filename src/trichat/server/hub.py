@@ -178,10 +178,6 @@ class Member:
         kicked as too slow."""
         return self.mailbox.put(data, frames, last_id=last_id) or self._too_slow()
 
-    def hold(self, frame: bytes) -> bool:
-        """``send`` for a presence frame that may wait for ``Hub.release``."""
-        return self.mailbox.hold(frame) or self._too_slow()
-
     def _too_slow(self) -> bool:
         self.kick("too slow: outgoing queue full")
         return False
@@ -219,6 +215,19 @@ class Room:
 
 class NameTaken(Exception):
     """Another online user holds a name that clashes with the one asked for."""
+
+    def __init__(self, asked: str, holder: str) -> None:
+        super().__init__(asked, holder)
+        self.asked = asked
+        self.holder = holder
+        """The name as the user who holds it wrote it."""
+
+    def __str__(self) -> str:
+        if self.asked == self.holder:
+            return f"{self.asked} is already online"
+        # Told as it is: "ALICE is already online" while alice holds it
+        # sent users looking for someone who is not there.
+        return f"{self.asked} is taken: {self.holder} is online"
 
 
 Observer = Callable[[Accepted], None]
@@ -263,14 +272,17 @@ class Hub:
         self._stamp_ms = -1
         self._stamp = b""
         self.hold_presence = False
-        """When True, logins and exits wait in the mailboxes for
-        ``release``, so that everyone gets the presence of a busy moment in
-        one write; whoever sets it must call ``release`` after
-        ``presence_held``."""
+        """When True, logins, exits, joins and parts wait in the hub's
+        presence log for ``release``, so that everyone gets the presence of
+        a busy moment in one write; whoever sets it must call ``release``
+        after ``presence_held``."""
         self.presence_held = trio.Event()
-        self._holding: list[Member] = []
-        # Who logged in since the last release, their logins still held.
-        self._fresh: dict[str, Member] = {}
+        # The presence of the batch under way, and of those being sent.
+        self._batch = _PresenceBatch()
+        self._sending: list[_PresenceBatch] = []
+        # The logins in the batch under way, by member: taken back if the
+        # member leaves before the batch is sent.
+        self._fresh: dict[Member, int] = {}
         self._announcements: list[tuple[bytes, list[Member] | None]] = []
 
     def __len__(self) -> int:
@@ -312,11 +324,11 @@ class Hub:
         Raises NameTaken when an online user's name clashes with the member's.
         """
         if member.key in self._members:
-            raise NameTaken(member.name)
+            raise NameTaken(member.name, self._members[member.key].name)
         if self.global_presence:
-            self._announce(member.login_frame)
             if self.hold_presence:
-                self._fresh[member.key] = member
+                self._fresh[member] = len(self._batch.frames)
+            self._announce(member.login_frame)
         roster = self.snapshot(member)
         self._members[member.key] = member
         self._exact[member.name] = member
@@ -331,6 +343,11 @@ class Hub:
         when it logs in, before it when it *resumed*), one ``login`` per
         other user in its presence scope, and one ``join`` list per room it
         is in."""
+        # What it is told reflects the presence so far: none is for it.
+        for batch in self._sending:
+            batch.given[member] = len(batch.frames)
+        if self._batch.frames:
+            self._batch.given[member] = len(self._batch.frames)
         if resumed:
             frames = [member.session_frame, member.login_frame]
         else:
@@ -365,13 +382,17 @@ class Hub:
             else:
                 self._drop_room(room)
         member.rooms.clear()
-        fresh = self._fresh.pop(member.key, None) is member
+        self._batch.given.pop(member, None)
+        for batch in self._sending:
+            batch.given.pop(member, None)
+        login = self._fresh.pop(member, None)
         if not announce:
             return
-        if fresh:
-            # In and out within one batch: those who still hold its login
-            # need neither frame (a presence storm costs them nothing).
-            self._take_back(member)
+        if login is not None:
+            # In and out within one batch: those who were not given its
+            # login yet need neither frame (a presence storm costs them
+            # nothing).
+            self._take_back(login, member.exit_frame)
         elif self.global_presence:
             self._announce(member.exit_frame)
         elif sharing:
@@ -405,26 +426,64 @@ class Hub:
             return None
         return member
 
-    def _take_back(self, member: Member) -> None:
-        """*member* leaves while its login is held: take the login back
-        where it is still held, and tell the exit where it went already."""
-        login, exit_frame = member.login_frame, member.exit_frame
-        online = self._members
-        told = []
-        for other in online.values():
-            if not other.mailbox.unhold(login):
-                told.append(other)
+    def _take_back(self, login: int, exit_frame: bytes) -> None:
+        """A user leaves while its login, at *login* in the batch under way,
+        is not sent yet: take the login out, and tell the exit only to those
+        given it already (or shown it in what they were told on arrival)."""
+        batch = self._batch
+        batch.frames[login] = b""
+        told = [member for member, given in batch.given.items() if given > login]
         if told:
             self._announce(exit_frame, told)
 
-    def release(self) -> None:
-        """Send the presence frames held back (see ``hold_presence``)."""
-        self._fresh.clear()
-        holding, self._holding = self._holding, []
+    def catch_up(self, member: Member) -> None:
+        """Give *member* the presence held for it that it has not been given
+        yet: whatever is put in its mailbox next then comes after the
+        logins, exits, joins and parts that happened before it."""
+        if self._members.get(member.key) is not member:
+            return
+        for batch in self._sending:
+            batch.give(member)
+        if self._batch.frames:
+            self._batch.give(member)
+
+    def _seal(self) -> _PresenceBatch:
+        """End the batch under way; a new one starts."""
+        batch, self._batch = self._batch, _PresenceBatch()
+        self._fresh = {}
         self.presence_held = trio.Event()
-        for member in holding:
-            if not member.mailbox.release():
-                member.kick("too slow: outgoing queue full")
+        batch.seal()
+        self._sending.append(batch)
+        return batch
+
+    def release(self) -> None:
+        """Send all the presence held, to every online member, at once."""
+        self._seal()
+        while self._sending:
+            batch = self._sending[0]
+            for member in list(self._members.values()):
+                batch.give(member)
+            self._sending.remove(batch)
+
+    async def release_in_turns(self, per_turn: int) -> None:
+        """Send the presence held, to *per_turn* members per turn of the
+        event loop: to thousands it takes thousands of writes, and each
+        member's writer has its own step, so all at once the turn that
+        holds them would keep everyone waiting. Those not given theirs yet
+        get it first if anything else is sent to them meanwhile."""
+        batch = self._seal()
+        members = list(self._members.values())
+        try:
+            for start in range(0, len(members), per_turn):
+                for member in members[start : start + per_turn]:
+                    if self._members.get(member.key) is member:
+                        batch.give(member)
+                await trio.lowlevel.checkpoint()
+        finally:
+            # (Cancelled midway, as the server stops: the rest at once.)
+            for member in list(self._members.values()):
+                batch.give(member)
+            self._sending.remove(batch)
 
     def _announce(self, frame: bytes, audience: list[Member] | None = None) -> None:
         """Tell *frame* (a login or an exit) to the *audience*, or to
@@ -442,28 +501,22 @@ class Hub:
         try:
             while self._announcements:
                 frame, audience = self._announcements[0]
-                if audience is None:
-                    audience = list(self._members.values())
                 self._tell(frame, audience)
                 del self._announcements[0]
         finally:
             self._announcements.clear()
 
-    def _tell(self, frame: bytes, audience: list[Member]) -> None:
-        online = self._members
-        if not self.hold_presence:
-            for member in audience:
-                if online.get(member.key) is member:  # not kicked meanwhile
-                    member.send(frame)
+    def _tell(self, frame: bytes, audience: list[Member] | None) -> None:
+        """Send *frame* to the *audience* (None: everyone online) now, or,
+        while presence is held, log it for ``release``."""
+        if self.hold_presence:
+            self._batch.add(frame, audience)
+            self.presence_held.set()
             return
-        holding = self._holding
-        for member in audience:
-            if online.get(member.key) is not member:
-                continue
-            if not member.mailbox.held:
-                holding.append(member)  # once, however many it holds
-            member.hold(frame)
-        self.presence_held.set()
+        online = self._members
+        for member in list(online.values()) if audience is None else audience:
+            if online.get(member.key) is member:  # not kicked meanwhile
+                member.send(frame)
 
     # -- rooms -------------------------------------------------------------
 
@@ -496,6 +549,7 @@ class Hub:
             # Presence, as logins are: a crowd joining at once costs each
             # member one write per batch, not one per joiner.
             self._announce(frame, others)
+        self.catch_up(member)  # the logins of those it lists come first
         if not member.mailbox.put(answer, force=True):
             member.kick("too slow: outgoing queue full")
 
@@ -509,6 +563,7 @@ class Hub:
         del member.rooms[room.key]
         del room.members[member.key]
         del room.join_frames[member.key]
+        self.catch_up(member)
         member.send(frame)
         if room.members:
             self._announce(frame, list(room.members.values()))
@@ -610,6 +665,12 @@ class Hub:
         talk: bytes | None = None
         msg: bytes | None = None
         last_id = first_id + count - 1
+        if self._batch.frames or self._sending:
+            # Presence first: nobody hears from a user before its login.
+            for member in recipients:
+                self.catch_up(member)
+            if sender.echo:
+                self.catch_up(sender)
         for member in recipients:
             if member.version == 1:
                 if talk is None:
@@ -680,6 +741,63 @@ class Hub:
             self._stamp_ms = ms
             self._stamp = format_epoch_ms(ms).encode()
         return self._stamp
+
+
+class _PresenceBatch:
+    """Logins, exits, joins and parts held to be sent together (see
+    ``Hub.hold_presence``): their frames in order (b"" where taken back),
+    the members some of them are for (the others are for everyone online),
+    and how far into it each member has been given it already (absent: not
+    at all)."""
+
+    __slots__ = ("_everyone", "_some", "frames", "given", "only_for")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.only_for: dict[int, set[Member]] = {}
+        self.given: dict[Member, int] = {}
+        self._everyone: bytes | None = None
+        self._some: set[Member] = set()
+
+    def add(self, frame: bytes, audience: list[Member] | None) -> None:
+        if audience is not None:
+            self.only_for[len(self.frames)] = set(audience)
+        self.frames.append(frame)
+
+    def seal(self) -> None:
+        """No more frames: the block most members get is made, once."""
+        frames, only_for = self.frames, self.only_for
+        self._everyone = b"".join(
+            f for index, f in enumerate(frames) if index not in only_for
+        )
+        self._some = set().union(*only_for.values())
+
+    def give(self, member: Member) -> None:
+        """Put the frames for *member* it has not been given in its mailbox,
+        in one write; a member with no room for them is kicked."""
+        frames = self.frames
+        start = self.given.get(member, 0)
+        end = len(frames)
+        if start >= end:
+            return
+        self.given[member] = end
+        only_for = self.only_for
+        if self._everyone is not None and start == 0 and member not in self._some:
+            block = self._everyone
+        elif not only_for:
+            block = b"".join(frames[start:end])
+        else:
+            block = b"".join(
+                frame
+                for index in range(start, end)
+                if (frame := frames[index])
+                and ((audience := only_for.get(index)) is None or member in audience)
+            )
+        # One frame for the limits however many it holds: a crowd's
+        # presence is the server's news, and a reader that keeps up must
+        # not be dropped for a storm it did not make.
+        if block and not member.mailbox.put(block):
+            member.kick("too slow: outgoing queue full")
 
 
 def _echo(

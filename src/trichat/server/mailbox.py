@@ -35,11 +35,10 @@ import trio
 
 from ..protocol._codec import message_frames
 
-__all__ = ["Batch", "Drainable", "Mailbox", "write_loop"]
+__all__ = ["Batch", "Drainable", "Mailbox", "Turnstile", "write_loop"]
 
-# Presence frames held back (``hold``) are sent at once when this many pile up.
-_HELD_FRAMES = 256
-
+# Writes at least this large take turns (see write_loop).
+BIG_WRITE = 16 * 1024
 
 # What travels in the channel: a Batch's fields.
 _Item = tuple[int, bytes, int]
@@ -75,8 +74,6 @@ class Mailbox:
 
     __slots__ = (
         "_answers",
-        "_held",
-        "_held_frames",
         "_idle_since",
         "_inbox",
         "_kept",
@@ -113,8 +110,6 @@ class Mailbox:
         """Batches in the channel, not yet taken by the writer."""
         self.next_seq = 1
         """The sequence number the next frame put will get."""
-        self._held: list[bytes] = []
-        self._held_frames = 0
         self.keep = keep
         """How many written frames to keep for ``written_since``."""
         # Made only if something is kept: an empty deque is half a KiB, and
@@ -191,74 +186,14 @@ class Mailbox:
             self.lost = True
             return False
         if not force:
-            if self._held:
-                # Held presence goes first: a user sees events in order.
-                held, count = self._take_held()
-                data = held + data
-                frames += count
             return self._send(data, frames, last_id)
         size = len(data)
-        if self._held:
-            held, count = self._take_held()
-            data = held + data
-            frames += count
         if not self._send(data, frames, last_id):
             return False
         # Counted out until the batch that holds it is written.
         self.answer_bytes += size
         self._answers.append((self.next_seq - 1, size))
         return True
-
-    def hold(self, frame: bytes) -> bool:
-        """Add a presence frame that may wait for ``release``, so that the
-        logins and exits of a busy moment reach the user in one write; False
-        when it does not fit. Held frames count against the limits but
-        cannot drain: once _HELD_FRAMES (or half the queue) are held they go
-        at once."""
-        if self.closed or not self.fits(len(frame), 1):
-            self.lost = True
-            return False
-        self._held.append(frame)
-        self._held_frames += 1
-        self.queued_frames += 1
-        self.queued_bytes += len(frame)
-        if self._held_frames < min(_HELD_FRAMES, self.max_frames // 2):
-            return True
-        return self.release()
-
-    def unhold(self, frame: bytes) -> bool:
-        """Take back a held presence frame (a login whose exit came before
-        the frames were sent: neither need go); False if it is not held
-        (it went already)."""
-        try:
-            self._held.remove(frame)
-        except ValueError:
-            return False
-        self._held_frames -= 1
-        self.queued_frames -= 1
-        self.queued_bytes -= len(frame)
-        return True
-
-    @property
-    def held(self) -> int:
-        """How many presence frames are held for ``release``."""
-        return self._held_frames
-
-    def release(self) -> bool:
-        """Send the held frames on; False if the mailbox cannot take them."""
-        if not self._held:
-            return True
-        return self._send(*self._take_held())
-
-    def _take_held(self) -> tuple[bytes, int]:
-        data = b"".join(self._held)
-        frames = self._held_frames
-        self._held.clear()
-        self._held_frames = 0
-        # Counted again as they are sent.
-        self.queued_frames -= frames
-        self.queued_bytes -= len(data)
-        return data, frames
 
     def _send(self, data: bytes, frames: int, last_id: int = 0) -> bool:
         try:
@@ -313,7 +248,6 @@ class Mailbox:
 
     def close(self, final: bytes = b"") -> None:
         """Take no more frames; the writer writes what is queued, then *final*."""
-        self.release()
         self.closed = True
         self.final = final
         self._outbox.close()
@@ -465,14 +399,42 @@ class Mailbox:
             self._progress = None
 
 
+class Turnstile:
+    """Lets at most *per_turn* tasks through per turn of the event loop.
+
+    Trio runs every task that is ready in one turn, so when thousands have
+    work at once (connections ending together, writers each given a large
+    block) that turn lasts as long as all their work, and every other user
+    waits that long for their next step. Through a turnstile they take
+    turns: the crowd's work is done a little later, and everyone else's
+    latency stays that of a few of them.
+    """
+
+    def __init__(self, per_turn: int) -> None:
+        self._limiter = trio.CapacityLimiter(per_turn)
+
+    async def take_turn(self) -> None:
+        async with self._limiter:
+            # Hold a place until the next turn: the work after this call
+            # runs then, with at most per_turn others doing theirs.
+            await trio.lowlevel.checkpoint()
+
+
 async def write_loop(
-    mailbox: Mailbox, send: Callable[[bytes, Callable[[int], None]], Awaitable[None]]
+    mailbox: Mailbox,
+    send: Callable[[bytes, Callable[[int], None]], Awaitable[None]],
+    big_writes: Turnstile | None = None,
 ) -> None:
     """The writer task: write each batch from *mailbox* with *send*, which
     reports each piece it writes, until the mailbox is closed and empty;
-    then the mailbox's final frame. Nothing else writes to the connection."""
+    then the mailbox's final frame. Nothing else writes to the connection.
+    A batch of BIG_WRITE bytes or more first passes *big_writes*: a crowd's
+    presence, thousands of exits for every user at once, is written a few
+    users a turn, not all in one."""
     sent = mailbox.sent
     while (batch := await mailbox.next_batch()) is not None:
+        if big_writes is not None and len(batch.data) >= BIG_WRITE:
+            await big_writes.take_turn()
         if mailbox.discarded:
             return
         await send(batch.data, sent)

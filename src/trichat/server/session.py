@@ -719,8 +719,8 @@ class Session:
         try:
             # A session waiting for a resume holds its name too.
             self.hub.join(member)
-        except NameTaken:
-            self.reply(Error(ErrorCode.NAME_TAKEN, f"{name} is already online"))
+        except NameTaken as taken:
+            self.reply(Error(ErrorCode.NAME_TAKEN, str(taken)))
             return
         self._logged_in(member)
         log.info("login %s %s", self.address, name)
@@ -788,6 +788,8 @@ class Session:
         answer of many that counts as one), in this client's mailbox; with
         *force*, whatever its size."""
         mailbox = self.mailbox
+        if self.member is not None:
+            self.hub.catch_up(self.member)  # answers come after what happened
         if not mailbox.put(data, force=force, last_id=last_id):
             self.kick("too slow: outgoing queue full")
         elif mailbox.congested:
