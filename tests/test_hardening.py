@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 import trio
+import trio.testing
 from helpers import LineClient, LiveServer, running_server
 
 from trichat.server.config import ServerConfig
@@ -204,6 +205,39 @@ async def test_all_the_queues_together_are_bounded() -> None:
         # small stays, and so does the sender.
         assert await sender.pong_after("still here") == []
         assert live.server.hub.member("small") is not None
+
+
+@pytest.mark.trio
+async def test_the_queues_of_one_address_are_bounded() -> None:
+    # 900 non-readers from one address, filled by a helper: past
+    # --max-queued-bytes-per-ip that address's largest holders are dropped,
+    # long before the server-wide budget, and nobody else is.
+    config = {"rate": 0, "max_queued_bytes_per_ip": 300_000, "presence_delay": 0}
+    async with running_server(**config) as live:
+        sender = await live.login("sender")  # loopback: no such limit
+        async with trio.open_nursery() as remote:
+            for name in ("big", "small"):
+                # One address, 192.0.2.7, whose clients read their login
+                # and then nothing: the server's writes to them block.
+                client, server_side = trio.testing.lockstep_stream_pair()
+                remote.start_soon(
+                    live.server.serve_connection, server_side, "192.0.2.7"
+                )
+                await client.send_all(f"login|{name}\n".encode())
+                answer = await client.receive_some()
+                assert answer.startswith(f"login|{name}\nlogin|sender\n".encode())
+                assert await sender.read_line() == f"login|{name}"
+            with trio.fail_after(10):
+                # big gets 250 KB, small 100 KB: together over the limit.
+                for _ in range(250):
+                    await sender.send(f"talk|big|{BIG}")
+                for _ in range(100):
+                    await sender.send(f"talk|small|{BIG}")
+                while (line := await sender.read_line()) != "exit|big":
+                    assert line == "error|no-such-user|big", line
+            assert await sender.pong_after("still here") == []
+            assert live.server.hub.member("small") is not None
+            remote.cancel_scope.cancel()
 
 
 @pytest.mark.trio

@@ -65,6 +65,7 @@ _NEVER = 1 << 30
 # How often the queues' sum is looked at, and why one is dropped past it.
 _QUEUE_WATCH = 0.25
 _OVER_BUDGET = "too slow: the server's queues hold too much"
+_OVER_IP_BUDGET = "too slow: the queues of this address hold too much"
 # At shutdown, a queue holding more than this is dropped before the
 # goodbye: over TLS, thousands of clients' backlogs cannot all be encrypted
 # and sent within the close timeout, and the goodbye would be lost.
@@ -91,6 +92,7 @@ class _Connection:
         "connection_scope",
         "end_error",
         "end_reason",
+        "ip",
         "kicked",
         "mailbox",
         "parked",
@@ -111,6 +113,7 @@ class _Connection:
         self.config = config
         self.stream = stream
         self.address = address
+        self.ip = ip
         self.transport = transport_for(stream)
         self.shared = (
             server.shared_reader if isinstance(self.transport, PlainSocket) else None
@@ -223,7 +226,7 @@ class _Connection:
         keeps taking frames; the writer stops where it is."""
         member = self.session.member
         assert member is not None
-        self.server.park(member, self.end_reason)
+        self.server.park(member, self.end_reason, self.ip)
         self.parked = True
         scope.cancel()
 
@@ -472,6 +475,8 @@ class ChatServer:
         self._login_buckets: dict[str, TokenBucket] = {}
         # Sessions waiting for a resume, and when each ends.
         self._waiting: dict[Member, float] = {}
+        # The address each waiting session's connection came from.
+        self._waiting_ip: dict[Member, str] = {}
         self._waiting_changed = trio.Event()
 
     @property
@@ -546,7 +551,10 @@ class ChatServer:
                         accepting.start_soon(self._send_presence)
                     if self.config.resume_window:
                         accepting.start_soon(self._end_waiting_sessions)
-                    if self.config.max_queued_bytes:
+                    if (
+                        self.config.max_queued_bytes
+                        or self.config.max_queued_bytes_per_ip
+                    ):
                         accepting.start_soon(self._watch_queued_bytes)
                     if self.config.full_collection_interval:
                         accepting.start_soon(self._collect_garbage)
@@ -594,40 +602,77 @@ class ChatServer:
             hub.release()
 
     async def _watch_queued_bytes(self) -> None:
-        """Keep what all the queues hold together under ``max_queued_bytes``:
-        a few times a second, add it up (a look at each connection, no cost
-        on the hot path), and past the limit drop the connections (and end
-        the waiting sessions) that hold the most, until a tenth is free."""
-        limit = self.config.max_queued_bytes
+        """A few times a second, ``keep_queues_in_budget``."""
         while True:
             await trio.sleep(_QUEUE_WATCH)
-            # Added up first, as cheaply as can be: this runs in one step,
-            # over every connection, while everyone waits.
-            total = sum(c.mailbox.queued_bytes for c in self._connections)
-            total += sum(m.mailbox.queued_bytes for m in self._waiting)
-            if total <= limit:
-                continue
-            holders: list[tuple[int, Callable[[], None]]] = [
-                (c.mailbox.queued_bytes, partial(c.kick, _OVER_BUDGET))
-                for c in self._connections
-                if not c.kicked
-            ]
-            holders.extend(
-                (m.mailbox.queued_bytes, partial(self._end_waiting, m, _OVER_BUDGET))
-                for m in self._waiting
-            )
-            total = sum(size for size, _ in holders)
-            if total <= limit:
-                continue
+            self.keep_queues_in_budget()
+
+    def keep_queues_in_budget(self) -> None:
+        """Keep what the outgoing queues hold under ``max_queued_bytes`` in
+        all, and under ``max_queued_bytes_per_ip`` for the connections (and
+        waiting sessions) of any one address but loopback: past a limit,
+        drop those that hold the most, until a tenth of it is free.
+
+        It looks at every connection, in one step while everyone waits, but
+        costs nothing on the hot path: adding up first, the list of who
+        holds what is made only when a limit is passed.
+        """
+        config = self.config
+        limit, per_ip = config.max_queued_bytes, config.max_queued_bytes_per_ip
+        total = 0
+        by_ip: Counter[str] = Counter()
+        for connection in self._connections:
+            if size := connection.mailbox.queued_bytes:
+                total += size
+                by_ip[connection.ip] += size
+        for member, ip in self._waiting_ip.items():
+            if size := member.mailbox.queued_bytes:
+                total += size
+                by_ip[ip] += size
+        if per_ip:
+            for ip, size in by_ip.items():
+                if size > per_ip and not _is_loopback(ip):
+                    log.warning(
+                        "queues of %s hold %d bytes, over %d: dropping the largest",
+                        ip,
+                        size,
+                        per_ip,
+                    )
+                    self._drop_largest(self._queue_holders(ip), per_ip, _OVER_IP_BUDGET)
+        if limit and total > limit:
             log.warning(
                 "queues hold %d bytes, over %d: dropping the largest", total, limit
             )
-            holders.sort(key=lambda holder: holder[0], reverse=True)
-            for size, drop in holders:
-                if total <= limit * 0.9:
-                    break
-                drop()
-                total -= size
+            self._drop_largest(self._queue_holders(), limit, _OVER_BUDGET)
+
+    def _queue_holders(
+        self, ip: str | None = None
+    ) -> list[tuple[int, Callable[[str], None]]]:
+        """What each connection and waiting session (of *ip*, or all) holds
+        in its queue, with how to drop it."""
+        holders: list[tuple[int, Callable[[str], None]]] = [
+            (c.mailbox.queued_bytes, c.kick)
+            for c in self._connections
+            if not c.kicked and (ip is None or c.ip == ip)
+        ]
+        holders.extend(
+            (m.mailbox.queued_bytes, partial(self._end_waiting, m))
+            for m, its_ip in self._waiting_ip.items()
+            if ip is None or its_ip == ip
+        )
+        return holders
+
+    @staticmethod
+    def _drop_largest(
+        holders: list[tuple[int, Callable[[str], None]]], limit: int, reason: str
+    ) -> None:
+        total = sum(size for size, _ in holders)
+        holders.sort(key=lambda holder: holder[0], reverse=True)
+        for size, drop in holders:
+            if total <= limit * 0.9:
+                break
+            drop(reason)
+            total -= size
 
     async def _collect_garbage(self) -> None:
         """Run the cycle collector's full collections on a timer.
@@ -678,7 +723,7 @@ class ChatServer:
         """Sessions waiting for a resume."""
         return len(self._waiting)
 
-    def park(self, member: Member, reason: str) -> None:
+    def park(self, member: Member, reason: str, ip: str) -> None:
         """Keep *member*'s session, whose connection dropped, for a resume:
         its name, rooms and mailbox stay; nobody is told it left. It ends
         when the resume window passes, or when its mailbox overflows."""
@@ -687,16 +732,19 @@ class ChatServer:
         # Nobody waits for a mailbox that has no writer.
         member.mailbox.stalled = True
         self._waiting[member] = trio.current_time() + self.config.resume_window
+        self._waiting_ip[member] = ip
         self._waiting_changed.set()
         log.info("wait %s (%s)", member.name, reason)
 
     def _resumed(self, member: Member) -> None:
         """A connection takes *member*'s waiting session back."""
+        self._waiting_ip.pop(member, None)
         if self._waiting.pop(member, None) is not None:
             member.mailbox.discard()
 
     def _end_waiting(self, member: Member, reason: str) -> None:
         """End *member*'s waiting session: now everyone hears it left."""
+        self._waiting_ip.pop(member, None)
         if self._waiting.pop(member, None) is None:
             return
         member.mailbox.discard()

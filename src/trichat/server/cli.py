@@ -210,6 +210,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a quarter of this machine's memory, %(default)s)",
     )
     limits.add_argument(
+        "--max-queued-bytes-per-ip",
+        type=int,
+        default=d.max_queued_bytes_per_ip,
+        help="bytes the outgoing queues of one address's connections may hold "
+        "together (loopback: no limit); beyond it that address's connections "
+        "holding the most are dropped first; 0: no limit (%(default)s)",
+    )
+    limits.add_argument(
         "--max-refusing",
         type=int,
         default=d.max_refusing,
@@ -317,6 +325,7 @@ def _server_config(
         full_collection_interval=args.full_collection_interval,
         max_refusing=args.max_refusing,
         max_queued_bytes=args.max_queued_bytes,
+        max_queued_bytes_per_ip=args.max_queued_bytes_per_ip,
         shared_reader=args.shared_reader,
         max_rooms=args.max_rooms,
         logins_per_ip=args.logins_per_ip,

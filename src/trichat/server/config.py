@@ -66,6 +66,12 @@ class ServerConfig:
     )
     """Bytes all the outgoing queues together may hold (0: no limit);
     beyond it, the connections holding the most are dropped first."""
+    max_queued_bytes_per_ip: int = attrs.field(
+        default=64 << 20, validator=_not_negative
+    )
+    """Bytes the outgoing queues of one address's connections may hold
+    together (0: no limit; loopback: none); beyond it, that address's
+    connections holding the most are dropped first."""
     max_clients: int = attrs.field(default=10_000, validator=_positive)
     max_per_ip: int = attrs.field(default=1000, validator=_not_negative)
     login_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -154,4 +160,5 @@ class ServerConfig:
             ("queue-size", str(self.queue_size)),
             ("queue-bytes", str(self.queue_bytes)),
             ("max-queued-bytes", str(self.max_queued_bytes)),
+            ("max-queued-bytes-per-ip", str(self.max_queued_bytes_per_ip)),
         )
