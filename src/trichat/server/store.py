@@ -144,6 +144,8 @@ _NO_ID = (1 << 63) - 1
 _PRUNE_STEP = 256
 # Messages in one chunk row, at most: a history read decodes whole chunks.
 _CHUNK_MOST = 256
+# The least time between the starts of two commits, in seconds.
+_COMMIT_EVERY = 0.01
 # How often the WAL is copied into the file, in seconds; and its size, in
 # pages, past which the writer copies it itself.
 _CHECKPOINT_EVERY = 0.25
@@ -873,27 +875,40 @@ class Store:
         waiting, never dropped. Kept: messages to rooms and ``*``, and
         direct messages to or from an account (in that account's
         conversation with the other); for the others, only the id."""
-        # The hot path: one text to a room seen before, as a row at once.
-        conversation = self._spellings.get(accepted.to)
         texts = accepted.texts
-        if conversation is not None and len(texts) == 1:
-            text = texts[0]
-            first = accepted.first_id
-            (self._batch or self._open_batch()).rows.append(
-                (
-                    conversation,
-                    first,
-                    accepted.time_ms,
-                    accepted.sender,
-                    accepted.to,
-                    text,
+        if len(texts) == 1:
+            # The hot paths: one text to a room, or between two names, seen
+            # before: rows at once.
+            to = accepted.to
+            conversation = self._spellings.get(to)
+            if conversation is not None:
+                text = texts[0]
+                first = accepted.first_id
+                (self._batch or self._open_batch()).rows.append(
+                    (conversation, first, accepted.time_ms, accepted.sender, to, text)
                 )
-            )
-            self.backlog += 1
-            self.backlog_bytes += len(text)
-            if first > self.last_id:
-                self.last_id = first
-            return
+                self.backlog += 1
+                self.backlog_bytes += len(text)
+                if first > self.last_id:
+                    self.last_id = first
+                return
+            sender = accepted.sender
+            conversations = self._pairs.get((sender, to))
+            if conversations is not None:
+                text = texts[0]
+                first = accepted.first_id
+                if conversations:
+                    rows = (self._batch or self._open_batch()).rows
+                    time_ms = accepted.time_ms
+                    for conversation in conversations:
+                        rows.append((conversation, first, time_ms, sender, to, text))
+                elif self._batch is None:
+                    self._open_batch()  # for the id
+                self.backlog += 1
+                self.backlog_bytes += len(text)
+                if first > self.last_id:
+                    self.last_id = first
+                return
         self._record(accepted, None)
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool:
@@ -1517,6 +1532,14 @@ class _Loaded:
             "SELECT value FROM meta WHERE key = 'last_id'"
         ).fetchone()
         self.last_id: int = 0 if row is None else int(row[0])
+        # Not written with every group: the newest chunk may be above it.
+        # (An index seek per conversation.)
+        row = connection.execute(
+            "SELECT max((SELECT max(last_id) FROM chunks "
+            "WHERE conversation = conversations.id)) FROM conversations"
+        ).fetchone()
+        if row[0] is not None and row[0] > self.last_id:
+            self.last_id = row[0]
         self.accounts = {
             key for (key,) in connection.execute("SELECT key FROM accounts")
         }
@@ -1550,6 +1573,7 @@ class _Writer:
         # Appends per conversation since it was last pruned, and those due.
         self.appended: dict[int, int] = {}
         self.to_prune: dict[int, None] = {}
+        self.commit_started = 0.0
         # Chunks (conversation, messages) in the transaction being written.
         self.inserted: list[tuple[int, int]] = []
         self.slack = max(1, store.history_size // 4)
@@ -1598,6 +1622,13 @@ class _Writer:
         second, or the stop)."""
         store = self.store
         queued = store._queue
+        # A commit costs the same few statements however little it holds,
+        # and each statement lets the event loop's thread wait for the GIL
+        # again (the writer takes it whenever the loop makes a system call).
+        # Under a light but steady load, groups of _COMMIT_EVERY at least.
+        pause = self.commit_started + _COMMIT_EVERY - time.monotonic()
+        if pause > 0 and not store._stopping:
+            time.sleep(pause)
         if wait and not queued and not store._stopping:
             store._writer_waiting = True
             if not queued and not store._stopping:
@@ -1608,6 +1639,9 @@ class _Writer:
         return [popleft() for _ in range(len(queued))]
 
     def _commit(self, items: list[_Item]) -> None:
+        self.commit_started = time.monotonic()
+        if self._commit_alone(items):
+            return
         connection = self.connection
         committed = _Committed()
         rows: list[_Row] = []
@@ -1649,6 +1683,11 @@ class _Writer:
             _roll_back(connection)
             self.inserted.clear()
             raise
+        self._done(committed, high)
+
+    def _done(self, committed: _Committed, high: int) -> None:
+        """A group is committed: tell the event loop, note what is due a
+        pruning."""
         self.high_id = committed.high_id = high
         self.store._tell(self.store._committed, committed)
         appended, to_prune, slack = self.appended, self.to_prune, self.slack
@@ -1658,6 +1697,33 @@ class _Writer:
             if count >= slack:
                 to_prune[conversation] = None
         self.inserted.clear()
+
+    def _commit_alone(self, items: list[_Item]) -> bool:
+        """Commit *items* as one INSERT statement, a transaction by itself,
+        if they are only history that fits one (the common case): three
+        statements fewer than BEGIN, INSERT, the last id, COMMIT, and each
+        statement lets the event loop's thread wait for the GIL again.
+        The last id need not be written when the newest message is in the
+        rows (``_Loaded`` takes the highest id of the chunks too)."""
+        rows: list[_Row] = []
+        batches: list[_Batch] = []
+        for item in items:
+            if not isinstance(item, _Batch) or item.conversations or item.offline:
+                return False
+            rows += item.rows
+            batches.append(item)
+        high = max(self.high_id, batches[-1].high)
+        if not rows or rows[-1][1] < high:
+            return False
+        chunks = list(_chunks(rows))
+        if len(chunks) > _INSERT_MOST:
+            return False
+        _insert_chunks(self.connection, chunks)
+        self.inserted += [(chunk[0], chunk[3]) for chunk in chunks]
+        committed = _Committed()
+        committed.batches = batches
+        self._done(committed, high)
+        return True
 
     def _insert(
         self, rows: list[_Row], offline: list[tuple[str, int, int, str, str, bytes]]

@@ -1,0 +1,269 @@
+r"""The cost of history to the server: the same ``trichat serve`` twice,
+with ``--db FILE --history 1000`` and with ``--history 0``, in the same
+runs, measured with the Go load generator (``../shared/bench``)::
+
+    python benchmarks/history_servers.py             # 3 runs, ~4 minutes
+    python benchmarks/history_servers.py --runs 5 --duration 5s
+
+Two scenarios, those issue 12 sets a target for (history at least 0.7x
+of no history, medians of 3):
+
+- ``fanout-room2``: one protocol-2 sender to a room of 200 protocol-2
+  receivers (``-hello -room '#bench'``): every message is stored once,
+  in the room's history;
+- ``dm2-accounts``: 50 protocol-2 pairs, sender to receiver, all of them
+  accounts that log in with a password: every message is stored twice,
+  in the history of each account's conversation with the other.
+
+Each run of each scenario starts a new server on a copy of one store file
+made beforehand with the 100 accounts (so the two servers start alike),
+in a temporary directory. Runs go run by run, and within a run the two
+servers take turns first, so that both meet the same machine. Each run's
+one-line summary, with the load average when it started, goes to stderr
+as it finishes; then the medians, and the ratio of history 1000 to
+history 0 in each run and of the medians.
+
+The generator logs in without a password (``login|NAME``); for the
+accounts this script builds a copy of it, in the temporary directory,
+that adds ``|PASSWORD`` to its logins when ``LOADGEN_PASSWORD`` is set
+(a change of two lines, made to the copy only). Go is needed, as for
+``build.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = ROOT.parent / "shared" / "bench" / "loadgen"
+PREFIX = "hb"  # the generator's names: hbs0.. send to hbr0.. (dm)
+PAIRS = 50
+PASSWORD = "history-bench-password"
+
+SCENARIOS: dict[str, list[str]] = {
+    "fanout-room2": [
+        "-scenario", "fanout", "-N", "200", "-W", "16", "-hello", "-room", "#bench",
+    ],
+    "dm2-accounts": ["-scenario", "dm", "-P", str(PAIRS), "-W", "16", "-hello"],
+}  # fmt: skip
+FIGURES = ["msgs_per_s", "p50_ms", "p99_ms", "srv_cpu_pct"]
+
+# The copy's change: a login line ends with |PASSWORD when asked to.
+_LOGIN = 'err = c.write([]byte("hello|2\\nlogin|" + name + "\\n"))'
+_LOGIN_WITH_PASSWORD = (
+    'err = c.write([]byte("hello|2\\nlogin|" + name + passwordSuffix() + "\\n"))'
+)
+_PASSWORD_SUFFIX = """
+// passwordSuffix: |PASSWORD for accounts (LOADGEN_PASSWORD), else nothing.
+func passwordSuffix() string {
+	if p := os.Getenv("LOADGEN_PASSWORD"); p != "" {
+		return "|" + p
+	}
+	return ""
+}
+"""
+
+
+def build_generator(directory: Path) -> str:
+    """The generator, built from a copy that can log in with a password."""
+    source = directory / "loadgen-src"
+    shutil.copytree(GENERATOR, source)
+    for path in source.iterdir():
+        path.chmod(0o644)
+    main = source / "main.go"
+    text = main.read_text()
+    if text.count(_LOGIN) != 1:
+        raise SystemExit(f"{main}: the login line changed; update {__file__}")
+    main.write_text(text.replace(_LOGIN, _LOGIN_WITH_PASSWORD) + _PASSWORD_SUFFIX)
+    binary = directory / "loadgen"
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=source,
+        check=True,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+    )
+    return str(binary)
+
+
+async def make_accounts(path: Path) -> None:
+    """The store file every server starts from: the dm pairs' accounts,
+    hashed with the server's own parameters (no rehash at login)."""
+    from trichat.server.store import Store
+
+    store = Store(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for role in ("s", "r"):
+            for i in range(PAIRS):
+                await store.register(f"{PREFIX}{role}{i}", PASSWORD)
+        nursery.cancel_scope.cancel()
+
+
+def port_in_use(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def server(port: int, db: Path, history: int) -> Iterator[int]:
+    """A new ``trichat serve`` of this checkout on *db*; its process id."""
+    if port_in_use(port):
+        raise SystemExit(f"something else is listening on port {port}")
+    command = [
+        sys.executable, "-m", "trichat", "serve", "--port", str(port),
+        "--rate", "0", "--max-per-ip", "0", "--log-level", "warning",
+        "--db", str(db), "--history", str(history),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_in_use(port):
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited ({process.returncode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server is not listening after 20 s")
+            time.sleep(0.05)
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_once(
+    generator: str, template: Path, directory: Path, port: int,
+    scenario: str, history: int, duration: str,
+) -> dict[str, Any]:  # fmt: skip
+    db = directory / f"run-{history}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(template, db)
+    load = os.getloadavg()[0]
+    env = dict(os.environ)
+    if scenario == "dm2-accounts":
+        env["LOADGEN_PASSWORD"] = PASSWORD
+    with server(port, db, history) as pid:
+        done = subprocess.run(
+            [
+                generator,
+                "-proto",
+                "trichat",
+                "-addr",
+                f"127.0.0.1:{port}",
+                "-pid",
+                str(pid),
+                "-label",
+                f"history-{history}",
+                "-prefix",
+                PREFIX,
+                "-D",
+                duration,
+                *SCENARIOS[scenario],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    lines = done.stdout.splitlines()
+    result: dict[str, Any] = json.loads(lines[0]) if lines else {"ok": False}
+    result["load"] = load
+    if not result.get("ok", True) or not lines:
+        raise SystemExit(f"{scenario}, history {history}: {done.stdout}{done.stderr}")
+    print(
+        f"  {scenario:13} history {history:4}: load {load:.1f}; "
+        + (lines[1].lstrip("# ") if len(lines) > 1 else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", default="10s", help="the generator's -D")
+    parser.add_argument("--port", type=int, default=7391)
+    parser.add_argument("--history", type=int, default=1000)
+    args = parser.parse_args()
+    scenarios = args.scenarios or list(SCENARIOS)
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            parser.error(f"no such scenario: {scenario}")
+    variants = [args.history, 0]
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="trichat-history-") as name:
+        directory = Path(name)
+        generator = build_generator(directory)
+        template = directory / "accounts.db"
+        trio.run(make_accounts, template)
+        for run in range(args.runs):
+            print(f"run {run + 1} of {args.runs}", file=sys.stderr, flush=True)
+            order = variants if run % 2 == 0 else variants[::-1]
+            for scenario in scenarios:
+                for history in order:
+                    result = run_once(
+                        generator, template, directory, args.port,
+                        scenario, history, args.duration,
+                    )  # fmt: skip
+                    results.setdefault((scenario, history), []).append(result)
+    for scenario in scenarios:
+        loads = _loads(results, scenario)
+        print(f"{scenario} (medians of {args.runs}; load averages {loads})")
+        for history in variants:
+            runs = results[(scenario, history)]
+            figures = "  ".join(
+                f"{figure} {statistics.median(float(r[figure]) for r in runs):,.1f}"
+                for figure in FIGURES
+                if all(figure in r for r in runs)
+            )
+            print(f"  history {history:4}: {figures}")
+        ours = [float(r["msgs_per_s"]) for r in results[(scenario, args.history)]]
+        theirs = [float(r["msgs_per_s"]) for r in results[(scenario, 0)]]
+        each = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        print(
+            f"  msgs_per_s, history {args.history} / history 0: {ratio:.2f} "
+            f"(each run: {each}); target at least 0.7: "
+            + ("met" if ratio >= 0.7 else "MISSED")
+        )
+
+
+def _loads(results: dict[tuple[str, int], list[dict[str, Any]]], scenario: str) -> str:
+    loads = [
+        r["load"] for (s, _), runs in results.items() if s == scenario for r in runs
+    ]
+    return f"{min(loads):.1f} to {max(loads):.1f}"
+
+
+if __name__ == "__main__":
+    main()
