@@ -162,6 +162,27 @@ async def test_a_drop_keeps_the_typed_line_and_windows_and_says_what_was_missed(
                 ]
 
 
+async def test_joining_a_room_lists_who_was_there_not_as_new_joins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The join's answer (own join, then one per member) is one write of
+    # the server's: over a reconnecting client too it is one list, not
+    # "bob joined" for users who were there before alice came.
+    with trio.fail_after(300):
+        async with clocked_server("memory") as server:
+            for name in ("bob", "carol"):
+                member = await Client.login(await server.open_stream(), name)
+                await member.join("#lunch")
+            async with reconnecting(server) as (alice, _):
+                type_text(alice, "/join #lunch")
+                press(alice, "enter")
+                await until(lambda: "you joined #lunch" in shown(alice))
+                await settle()
+                text = shown(alice)
+                assert "you joined #lunch; here: bob, carol" in text
+                assert "joined #lunch" not in text.replace("you joined #lunch", "")
+
+
 async def test_what_is_typed_while_away_goes_once_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

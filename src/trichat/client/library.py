@@ -1758,8 +1758,7 @@ class ReconnectingClient:
         self._closing_reason = None
         while True:
             try:
-                async for event in client:
-                    await self._pass(event)
+                batch = await client.receive_batch()
             except BadServerFrame as bad:
                 if not bad.fatal:
                     await self._send_events.send(_Raise(bad))
@@ -1767,20 +1766,32 @@ class ReconnectingClient:
                 return str(bad)
             except ConnectionLost as lost:
                 return str(lost)
-            return self._closing_reason or "the server closed the connection"
+            if not batch:
+                return self._closing_reason or "the server closed the connection"
+            await self._pass(batch)
 
-    async def _pass(self, event: ReconnectingEvent) -> None:
-        match event:
-            case Message(id=message_id):
-                if message_id <= self.last_id:
-                    return
-                self.last_id = message_id
-            case Error(code, detail) if code.closes:
-                if code in (ErrorCode.REPLACED, ErrorCode.TOO_LONG):
-                    self._final = True
-                    self._end_reason = f"the connection ended ({code.value}: {detail})"
-                self._closing_reason = f"{code.value}: {detail}"
-        await self._send_events.send(event)
+    async def _pass(self, events: Sequence[ReconnectingEvent]) -> None:
+        """Pass on *events*, what one read brought, as one batch: they go
+        into the channel without a checkpoint between them while it has
+        room, so the reader's ``receive_batch`` takes them together (a
+        join's member list, say, stays one answer)."""
+        for event in events:
+            match event:
+                case Message(id=message_id):
+                    if message_id <= self.last_id:
+                        continue
+                    self.last_id = message_id
+                case Error(code, detail) if code.closes:
+                    if code in (ErrorCode.REPLACED, ErrorCode.TOO_LONG):
+                        self._final = True
+                        self._end_reason = (
+                            f"the connection ended ({code.value}: {detail})"
+                        )
+                    self._closing_reason = f"{code.value}: {detail}"
+            try:
+                self._send_events.send_nowait(event)
+            except trio.WouldBlock:
+                await self._send_events.send(event)
 
     async def _watch(self, interval: float) -> None:
         """Close a connection over which nothing arrives any more: ping
@@ -1849,8 +1860,7 @@ class ReconnectingClient:
             self.reconnects += 1
             self._client = self._last = client
             self._notify()
-            for event in events:
-                await self._pass(event)
+            await self._pass(events)
             return True
 
     async def _attempt(self) -> tuple[Client, list[ReconnectingEvent]]:
