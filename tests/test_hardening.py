@@ -129,6 +129,34 @@ def test_lines_that_waited_for_the_server_are_not_a_burst() -> None:
     assert mailbox.drain().count(b"error|rate-limited|") == 20
 
 
+def test_lines_that_waited_for_a_busy_server_are_not_a_burst() -> None:
+    # 9,000 connections opened and closed every 5 s kept the event loop in
+    # turns of seconds; alice, within her rate, had her lines pile up
+    # unread meanwhile, and 389 of them were refused as a burst. Time the
+    # server was too busy to read anyone is forgiven as the wait for
+    # recipients is.
+    config = ServerConfig(rate=10, burst=10)
+    hub = Hub()
+    hub.join(Member("bob", Mailbox(1000, 1 << 20), lambda _: None))
+    mailbox = Mailbox(1000, 1 << 20)
+    stalled = [0.0]
+    alice = Session(
+        config, hub, mailbox, lambda _: None, "test", 0.0, stalls=lambda: stalled[0]
+    )
+    alice.received(b"login|alice\n", 0.0)
+    alice.handle_ready(64, 0.0)
+    mailbox.drain()
+    # A 2 s turn of the loop: 20 lines within the rate piled up unread.
+    stalled[0] = 2.0
+    alice.received(b"".join(b"talk|bob|%d\n" % n for n in range(20)), 2.0)
+    alice.handle_ready(64, 2.0)
+    assert mailbox.drain() == b""  # no rate-limited
+    # A burst of its own making is still one.
+    alice.received(b"".join(b"talk|bob|%d\n" % n for n in range(20)), 2.0)
+    alice.handle_ready(64, 2.0)
+    assert mailbox.drain().count(b"error|rate-limited|") == 20
+
+
 @pytest.mark.trio
 async def test_a_congested_reader_that_reads_nothing_is_not_waited_for_again() -> None:
     # The time without progress adds up over every sender's waits: a reader

@@ -60,6 +60,8 @@ _ENDINGS_PER_TURN = 32
 _PRESENCE_PER_TURN = 128
 # Writers that write a large block (mailbox.BIG_WRITE) in one turn.
 _BIG_WRITES_PER_TURN = 64
+# A turn of the event loop this long is a stall (see _Stalls).
+_LONG_TURN = 0.05
 # Full collections Python would wait for: none, in practice.
 _NEVER = 1 << 30
 # How often the queues' sum is looked at, and why one is dropped past it.
@@ -132,6 +134,7 @@ class _Connection:
             private=_private(stream, ip),
             ip=ip,
             login_bucket=server.login_bucket(ip),
+            stalls=server.stalls.seconds,
         )
         self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
@@ -423,6 +426,33 @@ class _Connection:
             self.quiet_scope.deadline = session.wake_at()
 
 
+class _Stalls(trio.abc.Instrument):
+    """Adds up the turns of the event loop that took longer than _LONG_TURN.
+
+    No socket is read during a turn: while one lasts, a client's lines pile
+    up in its socket, and are then read all at once. A sender within its
+    rate must not be charged them as a burst (``Session.received`` forgives
+    that much time's worth), whatever made the turn long: a crowd, a full
+    garbage collection, the machine itself.
+    """
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._turn_began = time.perf_counter()
+
+    def seconds(self) -> float:
+        """The time spent in long turns so far."""
+        return self._total
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._turn_began = time.perf_counter()
+
+    def before_io_wait(self, timeout: float) -> None:
+        turn = time.perf_counter() - self._turn_began
+        if turn > _LONG_TURN:
+            self._total += turn
+
+
 def _ignore_kick(reason: str) -> None:
     """A kick for a connection that is over already."""
 
@@ -460,6 +490,9 @@ class ChatServer:
         """Where ending connections wait their turn to close."""
         self.big_writes = Turnstile(_BIG_WRITES_PER_TURN)
         """Where writers with a large block wait their turn to write it."""
+        self.stalls = _Stalls()
+        """How long the event loop, while serving, spent in turns so long
+        that nothing was read meanwhile."""
         self.shared_reader: SharedReader | None = None
         config = self.config
         self.store: Store | None = None
@@ -503,6 +536,7 @@ class ChatServer:
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
+        trio.lowlevel.add_instrument(self.stalls)
         try:
             async with trio.open_nursery() as storing:
                 if self.store is not None:
@@ -516,6 +550,7 @@ class ChatServer:
                 await self._listen(listeners, task_status)
                 storing.cancel_scope.cancel()
         finally:
+            trio.lowlevel.remove_instrument(self.stalls)
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         log.info("stopped")

@@ -154,6 +154,8 @@ class Session:
     __slots__ = (
         "_lines",
         "_pings",
+        "_stalled",
+        "_stalls",
         "_too_long",
         "address",
         "bucket",
@@ -201,6 +203,7 @@ class Session:
         private: bool = False,
         ip: str = "",
         login_bucket: TokenBucket | None = None,
+        stalls: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -260,6 +263,10 @@ class Session:
         self.version: int | None = None
         """The protocol version agreed in ``hello``; None: no ``hello`` (yet),
         which is version 1."""
+        self._stalls = stalls
+        """Seconds the whole server has been too busy to read any socket
+        (see ``ChatServer.stalls``), so far; None: not known."""
+        self._stalled = 0.0 if stalls is None else stalls()
         self.echo = False
         """The client asked for its own messages back (``hello|2|echo``)."""
 
@@ -277,6 +284,12 @@ class Session:
             self.deadline_moved = True
         self.read = self._take_lines(data)
         self.wait_left = self.config.max_sender_wait
+        if self._stalls is not None and (stalled := self._stalls()) > self._stalled:
+            # The server was too busy to read anyone meanwhile: what piled
+            # up in this socket then is not a burst of the client's making.
+            if self.bucket is not None:
+                self.bucket.forgive(stalled - self._stalled)
+            self._stalled = stalled
 
     def _take_lines(self, data: bytes) -> Read:
         if self._too_long is not None:
