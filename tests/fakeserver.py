@@ -85,9 +85,14 @@ class FakeServer:
             return cast(ClientMessage, event)
 
     async def receive_all(self) -> list[ClientMessage]:
-        """Every frame until the client closes."""
+        """Every frame until the client closes. The pings a script's
+        session sends on leaving (``last-N``, to see the answers to what it
+        sent) are answered, as a server would, and not listed."""
         frames = []
         while (message := await self.receive()) is not None:
+            if isinstance(message, Ping) and message.token.startswith("last-"):
+                await self.send(f"pong|{message.token}")
+                continue
             frames.append(message)
         return frames
 

@@ -1150,6 +1150,31 @@ async def test_main_chats_through_pipes() -> None:
     assert b"> " not in result.stdout
 
 
+@fail_after(30)
+async def test_a_script_joins_talks_in_the_room_and_reads_the_answers() -> None:
+    # A script does not wait for the join's answer before its next line:
+    # that line goes to the room all the same (bob, the only other user
+    # online, would otherwise get it directly), and leaving waits for the
+    # answers to what it asked (the members, /history, a refusal).
+    async with (
+        running_server(db=":memory:") as live,
+        open_client("bob", port=live.port) as bob,
+    ):
+        await bob.join("#lunch")
+        await bob.talk("#lunch", "earlier words")
+        script = b"/join #lunch\nin the room\n/history 5\n@nobody hi\n"
+        result = await connect_process("alice", "--port", str(live.port), stdin=script)
+        said = await next_said(bob)
+        if said.sender == "bob":  # his own, as a member of the room
+            said = await next_said(bob)
+        assert (said.sender, said.to, said.text) == ("alice", "#lunch", "in the room")
+    assert result.returncode == EXIT_OK, result.stderr
+    out = result.stdout.decode()
+    assert re.search(rf"^{STAMP}\* bob is in #lunch$", out, re.M), out
+    assert re.search(r"\[earlier\] bob \(#lunch\): earlier words$", out, re.M), out
+    assert re.search(rf"^{STAMP}! no such user: nobody$", out, re.M), out
+
+
 @pytest.mark.parametrize(
     ("argv", "settings", "expected"),
     [

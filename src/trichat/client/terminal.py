@@ -102,6 +102,9 @@ CONNECT_TIMEOUT: Final = 30.0
 """How long connecting and logging in may take, in seconds."""
 JOIN_HISTORY: Final = 20
 """How many earlier messages of a room are shown on joining it."""
+LAST_ANSWERS_TIMEOUT: Final = 5.0
+"""How long, in seconds, a script's session waits on leaving for the
+answers to what it asked (a join's members, /history, an error)."""
 
 AnyClient = Client | ReconnectingClient
 """What a session chats over: a plain client, which ends with its
@@ -251,10 +254,13 @@ class _Session:
         clock: Callable[[], datetime.datetime],
         timezone: datetime.tzinfo | None,
         ask_password: PasswordPrompt | None = None,
+        wait_for_answers: bool = False,
     ) -> None:
         self.client = client
         self.ask_password = ask_password
         """How a password is asked for; None: it is the next input line."""
+        self.wait_for_answers = wait_for_answers
+        """Whether leaving waits for the answers to what was sent."""
         self.out = out
         self.err = err
         self.tty = tty
@@ -288,6 +294,10 @@ class _Session:
         # Why the connection dropped, until the first attempt to reconnect
         # says so.
         self._lost: str | None = None
+        # The ping whose pong says that every answer to what was sent
+        # before it has arrived, and the event its pong sets.
+        self._last_ping: str | None = None
+        self._answered = trio.Event()
 
     # Output
 
@@ -439,6 +449,8 @@ class _Session:
                 self.finish(EXIT_FAILURE, describe_error(message))
             case Error():
                 self.problem(describe_error(message))
+            case Pong(token) if token == self._last_ping:
+                self._answered.set()
             case Login() | Exit() | Ping() | Pong():
                 pass
 
@@ -623,7 +635,32 @@ class _Session:
         async for line in self._lines:
             if not await self.handle(line):
                 break
+        if self.wait_for_answers:
+            await self.last_answers()
         self.finish(EXIT_OK)
+
+    async def last_answers(self) -> None:
+        """Wait (at most LAST_ANSWERS_TIMEOUT) until the server has answered
+        what was sent: a script that ends with ``/join``, ``/history`` or a
+        message the server refuses sees the answer. The server answers in
+        order, so the pong of a ping sent last comes after every answer;
+        the earlier messages of a room just joined are asked for only when
+        the join's answer arrives, so it pings again while any are due."""
+        client = self.client
+        with trio.move_on_after(LAST_ANSWERS_TIMEOUT):
+            while True:
+                if isinstance(client, ReconnectingClient) and not client.connected:
+                    return  # nobody to answer now
+                self._pings += 1
+                self._last_ping = f"last-{self._pings}"
+                self._answered = trio.Event()
+                try:
+                    await client.ping(self._last_ping)
+                except ConnectionLost:
+                    return
+                await self._answered.wait()
+                if not self._earlier and not self._ask_earlier:
+                    return
 
     async def handle(self, line: str) -> bool:
         """Act on one input line; False when it asks to quit."""
@@ -716,7 +753,12 @@ class _Session:
         if len(room.split()) != 1:
             self.problem("usage: /join #ROOM")
             return
-        await self.request(self.client.join, room)
+        if await self.request(self.client.join, room):
+            # The room is the target from now on, not once the answer
+            # arrives: the server takes the lines that follow after the
+            # join, so a script's next line goes to the room (or, if the
+            # join was refused, is refused too), never to the last peer.
+            self.target = room
 
     async def part(self, room: str) -> None:
         if not room and self.target is not None and is_room(self.target):
@@ -728,15 +770,18 @@ class _Session:
 
     async def request(
         self, send: Callable[[*Args], Awaitable[None]], *args: *Args
-    ) -> None:
+    ) -> bool:
         """Send a request with ``send(*args)``; its answer is shown when it
-        arrives."""
+        arrives. False (said why) when it was not sent."""
         try:
             await send(*args)
         except ValueError as invalid:
             self.problem(f"not sent: {invalid}")
         except ConnectionLost as lost:
             self.finish(EXIT_FAILURE, escape(str(lost)))
+        else:
+            return True
+        return False
 
     async def history(self, rest: str) -> None:
         """``/history [N]``: ask for the last N messages with the current
@@ -880,6 +925,7 @@ async def run_session(
     ask_password: PasswordPrompt | None = None,
     reopen: StreamOpener | None = None,
     backoff: Backoff | None = None,
+    wait_for_answers: bool = False,
 ) -> int:
     """Chat over the logged-in *client*, reading *lines* and writing *out*.
 
@@ -893,7 +939,11 @@ async def run_session(
     time stamps, and *timezone* the zone the server's times are shown in
     (default: the system's). ``/register`` and ``/password`` ask for the
     password with *ask_password* (see ``ask_password``), or without it
-    take the next line of *lines*.
+    take the next line of *lines*. With *wait_for_answers* (for scripts),
+    ``/quit`` and the end of *lines* first wait, at most
+    LAST_ANSWERS_TIMEOUT seconds, until the server has answered what was
+    sent (a join's member list, ``/history``, a refused message), and
+    show it.
 
     With a server that keeps history, joining a room shows its last
     ``JOIN_HISTORY`` messages first, each line marked ``[earlier]``, and
@@ -926,6 +976,7 @@ async def run_session(
                 clock=clock,
                 timezone=timezone,
                 ask_password=ask_password,
+                wait_for_answers=wait_for_answers,
             )
     session = _Session(
         client,
@@ -936,6 +987,7 @@ async def run_session(
         clock=clock,
         timezone=timezone,
         ask_password=ask_password,
+        wait_for_answers=wait_for_answers,
     )
     welcome = f"logged in as {escape(client.name)}"
     session.info(welcome + ("; /help lists the commands" if tty else ""))
@@ -1277,4 +1329,6 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             ping_interval=args.ping_interval,
             ask_password=prompt,
             reopen=reopen,
+            # A script reads what it asked for; a person saw it arrive.
+            wait_for_answers=not tty,
         )
