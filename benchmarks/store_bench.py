@@ -80,7 +80,9 @@ class Traffic:
     Who talks to whom is drawn once, beforehand: what is timed is the
     store, not the drawing."""
 
-    def __init__(self, first_id: int, rooms: int, accounts: int, direct: int) -> None:
+    def __init__(
+        self, first_id: int, rooms: int, accounts: int, direct: int, fixed: int = 0
+    ) -> None:
         self.next_id = first_id
         self.count = 0
         room_names = [f"#Room{i}" for i in range(rooms)]
@@ -88,8 +90,13 @@ class Traffic:
         pairs: list[tuple[str, str]] = []
         for i in range(10_007):
             if direct and i % direct == 0:
-                sender, to = random.sample(users, 2)
-                pairs.append((sender, to))
+                if fixed:
+                    # As the generator's dm: user{k} to user{fixed + k}.
+                    k = i % fixed
+                    pairs.append((users[k], users[fixed + k]))
+                else:
+                    sender, to = random.sample(users, 2)
+                    pairs.append((sender, to))
             else:
                 pairs.append((random.choice(users), random.choice(room_names)))
         self.pairs = pairs
@@ -143,10 +150,12 @@ async def drive(
 async def sustained(args: argparse.Namespace, directory: str) -> None:
     path = os.path.join(directory, "sustained.db")
     store = Store(path, history=args.history)
-    traffic = Traffic(1, args.rooms, args.accounts, args.direct)
+    traffic = Traffic(1, args.rooms, args.accounts, args.direct, args.pairs)
     print(
         f"sustained: {args.rate or 'max'} messages/s for {args.seconds:g} s, "
-        f"{args.rooms} rooms, {args.accounts} accounts, history {args.history}"
+        f"{args.rooms} rooms, {args.accounts} accounts"
+        + (f" ({args.pairs} pairs)" if args.pairs else "")
+        + f", one in {args.direct} direct, history {args.history}"
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
@@ -312,6 +321,13 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument(
         "--direct", type=int, default=10, help="one message in N is direct (0: none)"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="direct messages between N fixed pairs of accounts, as the "
+        "generator's dm (0: any two)",
     )
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=1_000_000)

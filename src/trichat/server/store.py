@@ -30,13 +30,16 @@ The event loop never waits for the disk:
   then runs the **writer**: one thread, the only one that writes, inside a
   task ``run`` owns (``trio.to_thread.run_sync``). It takes everything that
   arrived while it was committing and commits it as one transaction
-  (group commit), then prunes a little, and so on until ``run`` is
-  cancelled: then it writes everything recorded so far and returns. That
+  (group commit; two commits start _COMMIT_EVERY apart at least), then
+  prunes some conversations, and so on until ``run`` is cancelled: then it
+  writes everything recorded so far and returns. That
   final write is bounded by *stop_timeout* (10 s by default), enforced by
   the writer itself; the task waiting for it cannot be cancelled sooner
   (a thread cannot be interrupted), which shields it.
 - ``record`` (a hub observer) and ``record_offline`` are synchronous and
-  never block: they queue the message for the writer. The queue is never
+  never block: they add the message's rows (one per conversation that
+  keeps it) to a batch, which a task of ``run`` hands to the writer once
+  per pass of the scheduler. The queue is never
   cut short (the message was delivered already); its length is bounded
   by the server instead: ``congested`` is True while more than half of
   *max_backlog* messages (or *max_backlog_bytes* bytes of text) wait, and
@@ -56,8 +59,12 @@ is the room's clash key, ``name_key("#Lunch")``), to ``*``, and direct
 messages where the sender or the recipient is an account (kept in that
 account's conversation with the other name, twice if both are accounts).
 Each conversation keeps its *history* newest messages (0: none); older
-ones are deleted in the background, in the writer, a few conversations
-between two commits, and are never shown meanwhile. Message ids are the
+ones are deleted in the background, in the writer, up to _PRUNE_STEP
+conversations after each commit (a conversation is due once a quarter of
+*history* came since its last pruning), and are never shown meanwhile.
+The file keeps a conversation's messages in chunks, a row for what one
+commit brought to it (see ``_chunk``), which pruning deletes whole or
+trims. Message ids are the
 hub's: ``last_id`` is the highest id the store has seen, kept across
 restarts even for messages it does not keep.
 
@@ -70,7 +77,7 @@ group starts (``synchronous=NORMAL``: a killed process loses no committed
 group; a power cut may lose the last commits before a checkpoint but
 leaves a consistent file). A ``kill -9`` loses what was queued and not
 yet committed: the group being written and what came since, normally the
-last few milliseconds, up to half *max_backlog* messages while the
+last 10 to 30 milliseconds, up to half *max_backlog* messages while the
 writer is behind (``congested``).
 
 Another process (``trichat accounts``) may change accounts while the
