@@ -7,6 +7,7 @@ Issue 15's attacks in full size, against a running server on loopback::
     python benchmarks/storm.py drop 4000 --port 7000      # logged in, gone at once
     python benchmarks/storm.py timeout 10000 --port 7000  # never log in: timed out
     python benchmarks/storm.py churn 9000 --port 7000     # connect, close, again
+    python benchmarks/storm.py slow 20 --port 7000        # slow readers, filled
 
 Throughout, a second process (the "honest pair") sends one direct message
 from ``alice`` to ``bob`` every 10 ms and times each from send to receipt.
@@ -52,7 +53,7 @@ def honest_pair(
 
     def receive() -> None:
         buffer = b""
-        prefix = f"talk|{a_name}|".encode()
+        prefix = f"talk|{a_name}|{b_name}|".encode()
         bob.settimeout(0.5)
         while not done.is_set() or len(timings) < sent:
             try:
@@ -92,7 +93,13 @@ def honest_pair(
         thread.start()
     time.sleep(0.5)  # both logged in before the first message is timed
     next_at = time.monotonic()
-    while not results.poll():
+    while True:
+        if results.poll():
+            if results.recv() != "broadcast":
+                break
+            # The slow-reader attack: one message to everyone from alice,
+            # among them the slow readers a helper filled.
+            alice.sendall(b"talk|*|" + b"x" * 4000 + b"\n")
         alice.sendall(f"talk|{b_name}|{time.monotonic():.6f}\n".encode())
         sent += 1
         next_at += INTERVAL
@@ -184,6 +191,61 @@ def timeout(host: str, port: int, count: int, wait: float) -> tuple[float, float
     return started + wait, time.monotonic()
 
 
+def slow(
+    host: str, port: int, count: int, pair: multiprocessing.connection.Connection
+) -> tuple[float, float]:
+    """*count* readers that are slow but steady (a 4 KB receive buffer,
+    8 KB read every 0.5 s), each filled with 200 x 4 KB by a helper; then
+    alice (of the honest pair) sends one message to everyone, and goes on
+    talking to bob. Lasts until the readers have read 30 s."""
+    readers = []
+    for number in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        sock.sendall(f"login|slow{number}\n".encode())
+        readers.append(sock)
+    helper = socket.create_connection((host, port))
+    helper.sendall(b"login|helper\n")
+    stop = threading.Event()
+
+    def read_slowly() -> None:
+        for sock in readers:
+            sock.setblocking(False)
+        while not stop.wait(0.5):
+            for sock in readers:
+                with contextlib.suppress(OSError):
+                    sock.recv(8192)
+
+    def drain_helper() -> None:
+        helper.settimeout(0.5)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                helper.recv(65536)
+
+    threads = [
+        threading.Thread(target=read_slowly),
+        threading.Thread(target=drain_helper),
+    ]
+    for thread in threads:
+        thread.start()
+    filler = b"x" * 4000
+    for _ in range(200):
+        helper.sendall(
+            b"".join(b"talk|slow%d|%s\n" % (n, filler) for n in range(count))
+        )
+    time.sleep(1.0)
+    started = time.monotonic()
+    pair.send("broadcast")
+    time.sleep(30.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    for sock in [*readers, helper]:
+        sock.close()
+    return started, time.monotonic()
+
+
 def churn(host: str, port: int, count: int, seconds: float) -> tuple[float, float]:
     """Open *count* connections and close them, every 5 s, for *seconds*."""
     started = time.monotonic()
@@ -197,7 +259,7 @@ def churn(host: str, port: int, count: int, seconds: float) -> tuple[float, floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("attack", choices=["drop", "timeout", "churn"])
+    parser.add_argument("attack", choices=["drop", "timeout", "churn", "slow"])
     parser.add_argument("count", type=int)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
@@ -219,6 +281,8 @@ def main() -> int:
             start, end = drop(args.host, args.port, args.count)
         elif args.attack == "timeout":
             start, end = timeout(args.host, args.port, args.count, args.login_timeout)
+        elif args.attack == "slow":
+            start, end = slow(args.host, args.port, args.count, ours)
         else:
             start, end = churn(args.host, args.port, args.count, args.seconds)
         time.sleep(max(0.0, end - time.monotonic()) + 1.0)
