@@ -279,11 +279,16 @@ def _chunks(rows: list[_Row]) -> Iterator[_Chunk]:
                 yield _chunk(conversation, some[start : start + _CHUNK_MOST])
 
 
-_INSERT_CHUNKS = (
-    "INSERT INTO chunks SELECT * FROM (VALUES "
-    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _INSERT_MOST)
-    + ") WHERE column1 IS NOT NULL"
-)
+def _insert_statement(count: int) -> str:
+    return (
+        "INSERT INTO chunks SELECT * FROM (VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+        + ") WHERE column1 IS NOT NULL"
+    )
+
+
+# For 1, 2, 4 ... _INSERT_MOST chunks.
+_INSERT_CHUNKS = [_insert_statement(1 << n) for n in range(_INSERT_MOST.bit_length())]
 _PADDING = (None,) * 10
 
 
@@ -291,13 +296,17 @@ def _insert_chunks(connection: sqlite3.Connection, chunks: list[_Chunk]) -> None
     """Insert *chunks*, many to a statement: SQLite runs each statement
     without the GIL, and the writer thread waits for the GIL again after
     each one (up to ``sys.getswitchinterval()`` while the event loop runs
-    Python), so a statement per chunk was slow. One statement's text
-    (prepared once), for _INSERT_MOST chunks: the last one is padded with
-    rows of NULLs, left out by its WHERE."""
+    Python), so a statement per chunk was slow. A few statements' texts
+    (each prepared once), for a power of two of chunks: the smallest that
+    takes what is left (up to _INSERT_MOST), padded with rows of NULLs
+    that its WHERE leaves out."""
     for start in range(0, len(chunks), _INSERT_MOST):
         some: list[Any] = chunks[start : start + _INSERT_MOST]
-        some += [_PADDING] * (_INSERT_MOST - len(some))
-        connection.execute(_INSERT_CHUNKS, tuple(itertools.chain.from_iterable(some)))
+        size = (len(some) - 1).bit_length()
+        some += [_PADDING] * ((1 << size) - len(some))
+        connection.execute(
+            _INSERT_CHUNKS[size], tuple(itertools.chain.from_iterable(some))
+        )
 
 
 def _unpack(
