@@ -22,6 +22,7 @@ from fakeserver import (
     fake_server_pair,
     logged_in,
 )
+from helpers import clocked_server
 
 from trichat.client import (
     Backoff,
@@ -36,6 +37,7 @@ from trichat.client import (
     Resumed,
     ResumeFailed,
 )
+from trichat.client.library import EXIT_WHILE_AWAY_TIMEOUT
 from trichat.protocol.messages import (
     ChangePassword,
     Error,
@@ -786,3 +788,33 @@ async def test_a_silent_server_is_pinged_then_counts_as_a_drop(
         assert trio.current_time() == pytest.approx(quiet_since + 10)
         assert isinstance(events[1], Reconnecting)
         assert await take_back(await reopen.next_server()) == Resume(SECRET, 0)
+
+
+async def test_exit_while_away_takes_the_session_back_to_say_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # /quit (or a closed terminal) while the connection is down: one quick
+    # resume says exit, so the name is free at once, not when the real
+    # server's resume window (120 s) has passed.
+    with trio.fail_after(VIRTUAL_BOUND):
+        async with clocked_server("memory") as server:
+            bob = await Client.login(await server.open_stream(), "bob")
+            first = await server.open_stream()
+            alice = await Client.login(first, "alice")
+            slow = Backoff(first=50.0, factor=1.0, cap=50.0, jitter=0.0)
+            async with ReconnectingClient.wrap(
+                alice, server.open_stream, backoff=slow, keepalive=0
+            ) as wrapped:
+                await trio.aclose_forcefully(first)
+                async for event in wrapped:
+                    if isinstance(event, Disconnected):
+                        break
+                left = trio.current_time()
+                await wrapped.exit()
+            with trio.fail_after(EXIT_WHILE_AWAY_TIMEOUT):
+                async for event in bob:
+                    if event == Exit("alice"):
+                        break
+            assert trio.current_time() - left <= EXIT_WHILE_AWAY_TIMEOUT
+            again = await Client.login(await server.open_stream(), "alice")
+            assert again.name == "alice"

@@ -1334,6 +1334,8 @@ class Backoff:
 _HISTORY_PAGE: Final = 500
 # How long one attempt (connect, resume or login, the snapshot) may take.
 _ATTEMPT_TIMEOUT: Final = 10.0
+# How long ``exit`` while away tries to reach the server to say it.
+EXIT_WHILE_AWAY_TIMEOUT: Final = 2.0
 # How long to keep trying without a resume window from the server.
 _DEFAULT_GIVE_UP: Final = 120.0
 # Refusals of a login that trying again will not change: the client stops.
@@ -1616,17 +1618,51 @@ class ReconnectingClient:
             ) from lost
 
     async def exit(self) -> None:
-        """Say ``exit`` (when connected) and close: no reconnecting after
-        it. While the connection is down there is nobody to say it to: the
-        server ends the waiting session when its resume window passes."""
+        """Say ``exit`` and close: no reconnecting after it. While the
+        connection is down, one quick attempt (EXIT_WHILE_AWAY_TIMEOUT
+        seconds at most) takes the session back only to say it, so that
+        the name is free at once; when that fails too, the server ends the
+        waiting session when its resume window passes."""
         self._exiting = True
         self._end_reason = "the client has said exit"
-        client = self._client
         try:
-            if client is not None:
-                await client.exit()
+            with trio.move_on_after(EXIT_WHILE_AWAY_TIMEOUT):
+                await self._say_exit()
         finally:
             await self.aclose()
+
+    async def _say_exit(self) -> None:
+        client = self._client
+        if client is None and not self._ended:
+            # Stop reconnecting first, so that no attempt of its own takes
+            # the session over from the one made here; one that has just
+            # come back is used instead.
+            self._scope.cancel()
+            await self._stopped()
+            client = self._client
+        if client is not None:
+            with suppress(ConnectionLost):
+                await client.exit()
+            return
+        session = self._last.session
+        if session is None or self._failure is not None:
+            return  # no session waiting (or it is known to be over)
+        try:
+            stream = await self._reopen()
+        except OSError:
+            return
+        try:
+            back = await Client.resume(stream, session, self.last_id)
+            await back.exit()
+        except (LoginRefused, ConnectionLost, BadServerFrame):
+            pass  # the session is over already, or out of reach
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _stopped(self) -> None:
+        """Until the reconnecting task has ended."""
+        while not self._ended:
+            await self._changed.wait()
 
     async def aclose(self) -> None:
         """Stop reconnecting and close the connection without a word."""

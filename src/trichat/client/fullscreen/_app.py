@@ -155,8 +155,9 @@ class FullScreen:
             while model.outbox and self._linked():
                 if not await self._send_next():
                     break
-        # Away, there is nobody to say exit to: a reconnecting client just
-        # closes, and the server ends the session when its window passes.
+        # Away, a reconnecting client tries once, briefly, to take the
+        # session back just to say exit (else the server ends it when its
+        # window passes).
         await self.client.exit()
 
     async def _show(self, screen: urwid.BaseScreen, typed: Sequence[str]) -> None:
