@@ -182,6 +182,16 @@ async def test_the_session_is_known_as_soon_as_login_returns() -> None:
 
 
 @fail_after(REAL_BOUND)
+async def test_keeps_sessions_says_whether_reconnecting_can_resume() -> None:
+    with_one, _ = await with_session()
+    said_so, _ = await logged_in("alice", ["bob"], settings=SESSIONS)
+    without, _ = await logged_in("alice")  # resume=0
+    old, _ = await logged_in("alice", ["bob"], version=1, settings=SESSIONS)
+    assert (with_one.keeps_sessions, said_so.keeps_sessions) == (True, True)
+    assert (without.keeps_sessions, old.keeps_sessions) == (False, False)
+
+
+@fail_after(REAL_BOUND)
 async def test_a_server_that_says_no_session_frame_loses_no_frame() -> None:
     # Sessions in the settings, but the login's answer goes straight on
     # with the presence list: nothing of it is lost.

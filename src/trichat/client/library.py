@@ -614,6 +614,14 @@ class Client(trio.abc.AsyncResource):
         )
 
     @property
+    def keeps_sessions(self) -> bool:
+        """Whether the server keeps this client's session waiting after a
+        drop, to be resumed: it gave it a ``session``, or said in its
+        settings that it keeps them (``resume`` above 0, protocol 2). Only
+        then is a ``ReconnectingClient`` worth more than a new login."""
+        return self.session is not None or self._keeps_sessions()
+
+    @property
     def online(self) -> tuple[str, ...]:
         """Who else is online, as far as the ``login`` and ``exit`` frames
         read so far tell. Under ``--presence rooms`` (``settings["presence"]``)
@@ -1544,6 +1552,10 @@ class ReconnectingClient:
     @property
     def resume_window(self) -> int:
         return self._last.resume_window
+
+    @property
+    def keeps_sessions(self) -> bool:
+        return self._last.keeps_sessions
 
     @property
     def online(self) -> tuple[str, ...]:

@@ -902,15 +902,6 @@ class _Session:
             self.info(f"current {what}: {escape(self.target)}")
 
 
-def _keeps_sessions(client: Client) -> bool:
-    """Whether the server keeps *client*'s session after a drop: it said
-    so in its settings (``resume``, protocol 2); the secret itself, in its
-    ``session`` frame, comes with the first events."""
-    return client.session is not None or (
-        client.version >= 2 and client.settings.get("resume", "0") != "0"
-    )
-
-
 async def run_session(
     client: AnyClient,
     lines: AsyncIterable[str],
@@ -961,7 +952,7 @@ async def run_session(
     keepalive: that long without a word brings a ping, and as long again
     counts as a drop.
     """
-    if reopen is not None and isinstance(client, Client) and _keeps_sessions(client):
+    if reopen is not None and isinstance(client, Client) and client.keeps_sessions:
         async with ReconnectingClient.wrap(
             client, reopen, backoff=backoff, keepalive=ping_interval
         ) as wrapped:

@@ -121,15 +121,6 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | int | None:
     return None
 
 
-def _keeps_sessions(client: Client) -> bool:
-    """Whether the server keeps a session waiting after a drop (it says
-    ``resume`` in its settings, protocol 2): only then is reconnecting
-    worth more than logging in again by hand."""
-    return client.session is not None or (
-        client.version >= 2 and client.settings.get("resume", "0") != "0"
-    )
-
-
 async def _connect(
     args: argparse.Namespace, ssl_context: ssl.SSLContext | None
 ) -> Client | int:
@@ -297,7 +288,7 @@ async def _chat(args: argparse.Namespace, leaving: _Leaving) -> int:
         return status
 
     async with client:
-        if args.no_reconnect or not _keeps_sessions(client):
+        if args.no_reconnect or not client.keeps_sessions:
             return await chat(client)
         reopen = partial(
             open_stream,
