@@ -302,6 +302,23 @@ async def test_a_mention_rings_and_a_look_alike_is_flagged(
         assert "looks like another name" in screen(alice)[-2]
 
 
+async def test_the_name_with_the_foreign_letters_is_named_whoever_came_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The impostor is online first: when the real bob comes, the note
+    # says which of the two hides a letter of another script, not only
+    # that they differ (which reads as if bob were the odd one).
+    async with chat() as world:
+        alice = await world.app("alice")
+        await world.client("b\u043eb")
+        await world.client("bob")
+        wide = "\n".join(screen(alice, (120, 24)))
+        assert (
+            "bob is online (looks like b\u043eb, which has"
+            " U+043E CYRILLIC SMALL LETTER O)" in wide
+        )
+
+
 async def test_protocol_1_times_are_marked_as_local(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -626,6 +626,15 @@ class ChatModel:
         letters = unusual_letters(name)
         if letters:
             return f" (looks like {shown}, but has {', '.join(letters)})"
+        # A plain name that came after its look-alike: say which one hides
+        # the letters of another script, lest this one seem the odd one.
+        hiding = [
+            f"{display_text(other)}, which has {', '.join(unusual_letters(other))}"
+            for other in others
+            if unusual_letters(other)
+        ]
+        if hiding:
+            return f" (looks like {'; '.join(hiding)})"
         return f" (looks like {shown}: not the same name!)"
 
     # -- what arrives ---------------------------------------------------------------
