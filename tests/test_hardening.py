@@ -208,6 +208,21 @@ async def test_logins_from_one_address_are_limited_but_not_from_loopback() -> No
             nursery.cancel_scope.cancel()
 
 
+async def big_is_dropped_not_small(live: LiveServer, sender: LineClient) -> None:
+    """*sender* sends 250 KB to big and 100 KB to small, two non-readers:
+    together over the limit under test, but not each. big is dropped (its
+    messages refused, then its exit), small and the sender stay."""
+    with trio.fail_after(10):
+        for _ in range(250):
+            await sender.send(f"talk|big|{BIG}")
+        for _ in range(100):
+            await sender.send(f"talk|small|{BIG}")
+        while (line := await sender.read_line()) != "exit|big":
+            assert line == "error|no-such-user|big", line
+    assert await sender.pong_after("still here") == []
+    assert live.server.hub.member("small") is not None
+
+
 @pytest.mark.trio
 async def test_all_the_queues_together_are_bounded() -> None:
     # 900 non-readers filled by a helper took a server from 28 MB to 802 MB:
@@ -222,17 +237,7 @@ async def test_all_the_queues_together_are_bounded() -> None:
             await mute.send(f"login|{name}")  # and never reads
             assert await sender.read_line() == f"login|{name}"
             mutes.append(mute)
-        with trio.fail_after(10):
-            # big gets 250 KB, small 100 KB: together over the limit.
-            for _ in range(250):
-                await sender.send(f"talk|big|{BIG}")
-            for _ in range(100):
-                await sender.send(f"talk|small|{BIG}")
-            while (line := await sender.read_line()) != "exit|big":
-                assert line == "error|no-such-user|big", line
-        # small stays, and so does the sender.
-        assert await sender.pong_after("still here") == []
-        assert live.server.hub.member("small") is not None
+        await big_is_dropped_not_small(live, sender)
 
 
 @pytest.mark.trio
@@ -255,16 +260,7 @@ async def test_the_queues_of_one_address_are_bounded() -> None:
                 answer = await client.receive_some()
                 assert answer.startswith(f"login|{name}\nlogin|sender\n".encode())
                 assert await sender.read_line() == f"login|{name}"
-            with trio.fail_after(10):
-                # big gets 250 KB, small 100 KB: together over the limit.
-                for _ in range(250):
-                    await sender.send(f"talk|big|{BIG}")
-                for _ in range(100):
-                    await sender.send(f"talk|small|{BIG}")
-                while (line := await sender.read_line()) != "exit|big":
-                    assert line == "error|no-such-user|big", line
-            assert await sender.pong_after("still here") == []
-            assert live.server.hub.member("small") is not None
+            await big_is_dropped_not_small(live, sender)
             remote.cancel_scope.cancel()
 
 
