@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
-from helpers import ClockedServer, clocked_server
+from helpers import STEP_TIMEOUT, ClockedServer, clocked_server, running_server
 
 from trichat.client.fullscreen._app import FullScreen
 from trichat.client.library import Client, Event
@@ -317,6 +317,44 @@ async def test_the_name_with_the_foreign_letters_is_named_whoever_came_first(
             "bob is online (looks like b\u043eb, which has"
             " U+043E CYRILLIC SMALL LETTER O)" in wide
         )
+
+
+async def test_history_says_what_it_brought_even_out_of_sight() -> None:
+    # Earlier messages merge in id order, above what is in view: the
+    # answer to /history says how many it found, and how many are new.
+    # (A server with a store, which runs on a real port.)
+    async def until(text: str) -> None:
+        with trio.fail_after(STEP_TIMEOUT):
+            while text not in shown(alice):  # noqa: ASYNC110 (a screen has no event)
+                await trio.sleep(0.01)
+
+    async def close_at_the_end(server: ClockedServer) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            await server.close_clients()
+
+    async with (
+        running_server(db=":memory:") as live,
+        trio.open_nursery() as nursery,
+    ):
+        world = Chat(ClockedServer(live.server, nursery, live.port), nursery)
+        nursery.start_soon(close_at_the_end, world.server)
+        bob = await world.client("bob")
+        await bob.join("#lunch")
+        for number in range(25):
+            await bob.talk("#lunch", f"said {number}")
+        alice = await world.app("alice")
+        type_text(alice, "/join #lunch")
+        press(alice, "enter")
+        await until("said 24")
+        type_text(alice, "/history 25")
+        press(alice, "enter")
+        await until("25 earlier messages: 5 more in this window (PageUp)")
+        type_text(alice, "/history 3")
+        press(alice, "enter")
+        await until("3 earlier messages, all in this window already")
+        nursery.cancel_scope.cancel()
 
 
 async def test_protocol_1_times_are_marked_as_local(

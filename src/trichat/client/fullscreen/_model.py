@@ -477,6 +477,9 @@ class ChatModel:
         self._join_entry: Entry | None = None
         self._look_alikes: dict[str, list[str]] = {}
         self.known_rooms: dict[str, str] = {}
+        # The conversations (clash keys) whose /history answer is awaited:
+        # that answer says what it brought, which may all be out of sight.
+        self._history_asked: set[str] = set()
         self.wake_sender: Callable[[], None] = lambda: None
         self._check_look_alikes()
 
@@ -808,9 +811,19 @@ class ChatModel:
             )
             for hist in messages
         ]
-        self.insert_history(window, entries)
+        added = self.insert_history(window, entries)
         if not entries:
             self.info("no earlier messages", window)
+        elif name_key(target) in self._history_asked:
+            # Merged in id order, they may all be above what is in view,
+            # or be there already: either way the screen looks the same.
+            count = len(entries)
+            found = f"{count} earlier message{'' if count == 1 else 's'}"
+            if not added:
+                self.info(f"{found}, all in this window already", window)
+            else:
+                self.info(f"{found}: {added} more in this window (PageUp)", window)
+        self._history_asked.discard(name_key(target))
 
     def end_of_batch(self) -> None:
         """What arrived in one read has been taken in."""
@@ -1282,6 +1295,7 @@ class ChatModel:
         if self.version < 2:
             self.problem("the server keeps no history on protocol 1")
             return
+        self._history_asked.add(name_key(self.current.target))
         self.queue(Outgoing("history", self.current.target, count=count))
 
     def _query(self, rest: str) -> None:
