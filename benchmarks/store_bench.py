@@ -88,6 +88,10 @@ class Traffic:
         room_names = [f"#Room{i}" for i in range(rooms)]
         users = [f"user{i}" for i in range(accounts)]
         pairs: list[tuple[str, str]] = []
+        # Every room as often (a room drawn at random for each of the 10,007
+        # could come up once, or never, in 1,000,000 messages).
+        rooms_in_turn = [room_names[i % rooms] for i in range(10_007)]
+        random.shuffle(rooms_in_turn)
         for i in range(10_007):
             if direct and i % direct == 0:
                 if fixed:
@@ -98,7 +102,7 @@ class Traffic:
                     sender, to = random.sample(users, 2)
                     pairs.append((sender, to))
             else:
-                pairs.append((random.choice(users), random.choice(room_names)))
+                pairs.append((random.choice(users), rooms_in_turn[i]))
         self.pairs = pairs
         self.texts = (TEXT,)
 

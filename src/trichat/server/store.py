@@ -980,7 +980,12 @@ class Store:
         which hands it to the writer: once per pass, not per message."""
         batch = self._batch = _Batch()
         if self._running:
-            self._opened.set()
+            if self._stopping:
+                # Stopping, still writing: _handing_over has ended.
+                assert self._token is not None
+                self._token.run_sync_soon(self._hand_over)
+            else:
+                self._opened.set()
         elif self._stopping:
             self._lose()
         return batch
@@ -1602,6 +1607,9 @@ class _Writer:
         carried: list[_Item] = []
         stop_by: float | None = None
         while True:
+            # Read before taking: once it is set, everything recorded is
+            # queued (the event loop hands the last batch over first).
+            stopping = store._stopping
             batch = carried + self._take(wait=not carried)
             carried = []
             if store._stopping and stop_by is None:
@@ -1619,7 +1627,7 @@ class _Writer:
                         return
                     store._wake.wait(0.5 if stop_by is None else 0.1)
                     continue
-            elif store._stopping:
+            elif stopping:
                 return
             if stop_by is None:
                 # In a transaction of its own: what comes meanwhile makes
