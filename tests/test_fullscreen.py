@@ -217,6 +217,30 @@ async def test_completion_of_commands_names_and_rooms(
         assert screen(alice)[-1] == "*> /msg bob"
 
 
+async def test_tab_completes_a_room_others_made_from_the_servers_list(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A room alice has never seen: the first Tab asks the server for its
+    # rooms, without a word on the screen, and the next completes.
+    async with chat() as world:
+        alice = await world.app("alice")
+        bob = await world.client("bob")
+        await bob.join("#lunch")
+        await settle()
+        type_text(alice, "/join #lu")
+        press(alice, "tab")
+        await settle()
+        assert screen(alice)[-1] == "*> /join #lu"
+        press(alice, "tab")
+        assert screen(alice)[-1] == "*> /join #lunch"
+        assert "rooms:" not in shown(alice)
+        press(alice, "ctrl u")
+        type_text(alice, "/rooms")
+        press(alice, "enter")
+        await settle()
+        assert "rooms: #lunch (1)" in shown(alice)
+
+
 async def test_a_paste_is_paced_under_the_servers_rate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -248,6 +248,8 @@ class Outgoing:
     """How many messages a ``history`` request asks for."""
     secret: str = attrs.field(default="", repr=False)
     """The new password of ``register`` or ``password``."""
+    quiet: bool = False
+    """A ``rooms`` request whose answer only feeds Tab completion."""
 
 
 class Pacer:
@@ -480,6 +482,11 @@ class ChatModel:
         # The conversations (clash keys) whose /history answer is awaited:
         # that answer says what it brought, which may all be out of sight.
         self._history_asked: set[str] = set()
+        # Whether each ``rooms`` request sent is a quiet one (for Tab
+        # completion), in the order the answers will come; and whether a
+        # quiet one is on its way.
+        self._rooms_answers: deque[bool] = deque()
+        self._asking_rooms = False
         self.wake_sender: Callable[[], None] = lambda: None
         self._check_look_alikes()
 
@@ -850,6 +857,9 @@ class ChatModel:
         self._end_join()
         for room, _ in rooms:
             self.known_rooms[name_key(room)] = room
+        if self._rooms_answers and self._rooms_answers.popleft():
+            self._asking_rooms = False
+            return  # asked for Tab completion, not by the user
         if not rooms:
             self.info("no room has members: /join #ROOM makes one")
             return
@@ -923,6 +933,9 @@ class ChatModel:
         typed meanwhile waits in the outbox."""
         self.link = Link.AWAY
         self.link_problem = why
+        # The answers to requests in flight may be lost with the connection.
+        self._rooms_answers.clear()
+        self._asking_rooms = False
         self.link_note = "connection lost, reconnecting..."
         self.lag = None
         self.cancel_password("the connection dropped")
@@ -1071,6 +1084,8 @@ class ChatModel:
         if entry is not None and item.window is not None and entry.note:
             entry.note = ""  # it waited for the connection: no longer
             self.changed(item.window, entry)
+        if item.kind == "rooms":
+            self._rooms_answers.append(item.quiet)
         if self.echo or item.kind != "talk":
             return
         if item.entry is not None and item.window is not None:
@@ -1099,6 +1114,9 @@ class ChatModel:
         """*item* was refused before it went (too long, say)."""
         self._writing = None
         self.sent_total += 1
+        if item.quiet:
+            self._asking_rooms = False
+            return
         if item in self._awaiting_echo:
             self._awaiting_echo.remove(item)
         if item.entry is not None and item.window is not None:
@@ -1405,7 +1423,13 @@ class ChatModel:
             rooms = {w.key: w.target for w in self.windows if w.is_room}
             for key, room in self.known_rooms.items():
                 rooms.setdefault(key, room)
-            return _matching(word, rooms.values())
+            found = _matching(word, rooms.values())
+            if not found and not self._asking_rooms and self.link is Link.CONNECTED:
+                # Rooms made by others are known only from a room list: ask
+                # for one, quietly; the next Tab completes from it.
+                self._asking_rooms = True
+                self.queue(Outgoing("rooms", quiet=True))
+            return found
         prefix = "@" if word.startswith("@") else ""
         stem = word[len(prefix) :]
         names: dict[str, str] = {}
