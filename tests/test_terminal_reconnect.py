@@ -287,6 +287,25 @@ async def test_a_session_that_cannot_be_taken_back_says_what_may_be_missing() ->
         assert terminal.outcome() == EXIT_OK
 
 
+async def test_when_only_direct_messages_may_be_missing_it_says_so_plainly() -> None:
+    async with setup() as (_live, proxy, terminal, bob):
+        await terminal.keyboard.send("/join #lunch")
+        await terminal.out.wait_for("you joined #lunch")
+        await bob.talk("alice", "a first word")  # alice has an id to fill from
+        await terminal.out.wait_for("bob: a first word")
+        # The restarted server keeps history: it fills the room and "*",
+        # but keeps no direct messages of a guest.
+        async with running_server(resume_window=30, db=":memory:") as other:
+            proxy.server_port = other.port
+            proxy.cut()
+            proxy.reopen()
+            line = await terminal.out.wait_for("back, but the session was not kept")
+            assert line.endswith("; messages sent to you directly may be missing")
+            await terminal.keyboard.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                await terminal.ended.wait()
+
+
 async def test_without_reconnecting_a_drop_ends_the_session() -> None:
     async with setup(reconnect=False) as (_live, proxy, terminal, _bob):
         proxy.cut()

@@ -223,6 +223,8 @@ def _gap_words(failed: ResumeFailed) -> str:
         "to all" if gap == BROADCAST else f"in {escape(gap)}" for gap in failed.gaps
     ]
     if failed.direct_gap:
+        if not places:
+            return "messages sent to you directly may be missing"
         places.append("sent to you directly")
     if not places:
         return "nothing is missing"
