@@ -52,6 +52,10 @@ class Proxy:
         self.linked = 0
         self.refusing = False
         self.changed = trio.Event()
+        self.swallowing = False
+        """Whether what clients send is lost on the way (read, not passed
+        on): the kernel took it, the server never gets it."""
+        self.swallowed = trio.Event()
 
     async def serve(self, nursery: trio.Nursery) -> int:
         listeners = await nursery.start(
@@ -95,6 +99,9 @@ class Proxy:
                             trio.BrokenResourceError, trio.ClosedResourceError
                         ):
                             while data := await source.receive_some(65536):
+                                if self.swallowing and source is client:
+                                    self.swallowed.set()
+                                    continue
                                 await sink.send_all(data)
                         nursery.cancel_scope.cancel()
 
@@ -163,14 +170,14 @@ class Terminal:
 
 @asynccontextmanager
 async def setup(
-    *, reconnect: bool = True, tty: bool = False
+    *, reconnect: bool = True, tty: bool = False, echo: bool = False
 ) -> AsyncIterator[tuple[LiveServer, Proxy, Terminal, Client]]:
-    """A server with sessions, alice's terminal through a proxy, and bob
-    connected directly."""
+    """A server with sessions, alice's terminal through a proxy (her
+    client with *echo*), and bob connected directly."""
     async with running_server(resume_window=30) as live, trio.open_nursery() as nursery:
         proxy = Proxy(live.port)
         proxy_port = await proxy.serve(nursery)
-        alice = await connect("alice", "127.0.0.1", proxy_port, echo=False)
+        alice = await connect("alice", "127.0.0.1", proxy_port, echo=echo)
         assert alice.settings["resume"] == "30"
         bob = await connect("bob", "127.0.0.1", live.port, echo=False)
         terminal = Terminal(tty=tty)
@@ -304,6 +311,38 @@ async def test_when_only_direct_messages_may_be_missing_it_says_so_plainly() -> 
             await terminal.keyboard.aclose()
             with trio.fail_after(STEP_TIMEOUT):
                 await terminal.ended.wait()
+
+
+async def test_a_line_lost_on_the_way_in_goes_again_after_the_resume() -> None:
+    # The line left alice's client (the kernel took it) but never reached
+    # the server. The resume's replay, which holds every message the
+    # server took (her own too, with echo), does not have it: it goes
+    # again, once, and lines the server did take are not sent twice.
+    async with setup(tty=True, echo=True) as (live, proxy, terminal, bob):
+        await terminal.keyboard.send("@bob taken")
+        await terminal.out.wait_for("you -> bob: taken")
+        await terminal.keyboard.send("@nobody refused")
+        await terminal.out.wait_for("no such user: nobody")
+        proxy.swallowing = True
+        await terminal.keyboard.send("@bob into the void")
+        with trio.fail_after(STEP_TIMEOUT):
+            await proxy.swallowed.wait()
+        proxy.cut()
+        await wait_for_waiting(live, 1)
+        proxy.swallowing = False
+        proxy.reopen()
+        await terminal.out.wait_for("back: 0 messages missed while away")
+        await terminal.out.wait_for("you -> bob: into the void")
+        await terminal.keyboard.send("@bob last")
+        texts: list[str] = []
+        with trio.fail_after(STEP_TIMEOUT):
+            async for event in bob:
+                if isinstance(event, Message):
+                    texts.append(event.text)
+                    if event.text == "last":
+                        break
+        assert texts == ["taken", "into the void", "last"]
+        assert terminal.out.getvalue().count("no such user: nobody") == 1
 
 
 async def test_without_reconnecting_a_drop_ends_the_session() -> None:
