@@ -367,11 +367,16 @@ def test_own_messages_unconfirmed_at_a_drop_are_settled_by_the_resume() -> None:
     )
     chat.delivered("alice", "bob", "this one got through", id=8, time=NOW)
     assert (echoed.state, echoed.note) == (EntryState.DONE, "")
-    # Everything missed has come: the other never reached the server.
+    # Everything missed has come: the other never reached the server,
+    # and goes again, first.
     assert (lost.state, lost.note) == (
-        EntryState.FAILED,
-        "not sent: lost when the connection dropped",
+        EntryState.PENDING,
+        "sent again: the server never got it",
     )
+    assert [item.text for item in chat.outbox] == ["this one did not"]
+    chat.sent(chat.take_outgoing())
+    chat.delivered("alice", "bob", "this one did not", id=9, time=NOW)
+    assert (lost.state, lost.note) == (EntryState.DONE, "")
 
 
 def test_what_is_said_while_away_waits_in_the_outbox() -> None:

@@ -32,11 +32,17 @@ class Breakable(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.broken = False
+        self.swallowing = False
+        """Whether writes "succeed" but never reach the server: taken by
+        the kernel, lost with the connection."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.broken:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError("broken on the way out")
+        if self.swallowing:
+            await trio.lowlevel.checkpoint()
+            return
         await self.stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -229,6 +235,38 @@ async def test_a_line_sent_as_the_connection_breaks_goes_once_back(
                 await settle()
                 press(alice, "meta 2")
                 assert "<alice> as it broke" in shown(alice)
+                assert "[" not in shown(alice)  # neither waiting nor failed
+
+
+async def test_a_line_the_server_never_got_goes_again_after_the_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Written (the kernel took it) but lost with the connection: the
+    # resume's missed messages, which hold every one the server took,
+    # do not have it, so it goes again, once.
+    with trio.fail_after(300):
+        async with clocked_server("memory") as server:
+            bob = await Client.login(await server.open_stream(), "bob")
+            async with reconnecting(server) as (alice, line):
+                type_text(alice, "/query bob")
+                press(alice, "enter")
+                type_text(alice, "got through")
+                press(alice, "enter")
+                await settle()
+                assert line.stream is not None
+                line.stream.swallowing = True
+                type_text(alice, "into the void")
+                press(alice, "enter")
+                await settle()
+                await line.cut()
+                await until(lambda: "back: 0 messages missed" in shown(alice))
+                received: list[str] = []
+                while "into the void" not in received:
+                    events = await bob.receive_batch()
+                    received += [e.text for e in events if isinstance(e, Message)]
+                assert received == ["got through", "into the void"]
+                await settle()
+                assert "<alice> into the void" in shown(alice)
                 assert "[" not in shown(alice)  # neither waiting nor failed
 
 

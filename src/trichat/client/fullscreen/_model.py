@@ -970,8 +970,9 @@ class ChatModel:
             self.link_note = f"reconnecting {when}... (attempt {attempt})"
 
     def resumed(self, missed: int) -> None:
-        """Back, with the session: *missed* messages follow."""
-        self._back(missed, "not sent: lost when the connection dropped")
+        """Back, with the session: *missed* messages follow. Own messages
+        they do not give back never reached the server: they go again."""
+        self._back(missed, "")
         plural = "" if missed == 1 else "s"
         self.info(f"back: {missed} message{plural} missed while away", self.current)
 
@@ -1024,16 +1025,31 @@ class ChatModel:
 
     def _settle_unsure(self) -> None:
         """Everything missed has come: own messages still unconfirmed from
-        before the drop never reached the server."""
+        before the drop never reached the server. After a resume (whose
+        missed messages hold every one the server took, our own among
+        them) they go again, first; after a new login nobody can tell, and
+        they are marked with the note."""
         unsure, self._unsure = self._unsure, []
+        again: list[Outgoing] = []
         for item in unsure:
             if item not in self._awaiting_echo:
                 continue
             self._awaiting_echo.remove(item)
-            if item.entry is not None and item.window is not None:
+            if not self._unsure_note:
+                again.append(item)
+            elif item.entry is not None and item.window is not None:
                 item.entry.state = EntryState.FAILED
                 item.entry.note = self._unsure_note
                 self.changed(item.window, item.entry)
+        for item in reversed(again):
+            if item.pasted:
+                self.pasted_waiting += 1
+            self.outbox.appendleft(item)
+            if item.entry is not None and item.window is not None:
+                item.entry.note = "sent again: the server never got it"
+                self.changed(item.window, item.entry)
+        if again:
+            self.wake_sender()
 
     def abandon_outbox(self) -> None:
         """Leaving at once: what waits in the outbox is not sent."""
