@@ -1363,8 +1363,10 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             args,
             ssl_context=ssl_context,
             version=args.protocol,
-            # Only a terminal shows the user's own messages.
-            echo=tty,
+            # Only a terminal shows the user's own messages; a script's
+            # copies tell which lines a dropped connection lost on the way
+            # in, to be sent again after the resume.
+            echo=tty or not args.no_reconnect,
             password=password,
             ask=prompt,
         )
