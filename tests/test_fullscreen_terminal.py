@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from fakeserver import free_port
 from helpers import STEP_TIMEOUT, running_server
 from test_terminal_reconnect import Proxy
 
@@ -238,3 +239,11 @@ async def test_no_reconnect_exits_on_a_drop_and_says_why() -> None:
             assert b"trichat: " in after
             assert b"reconnecting" not in terminal.output
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_server_is_said_in_the_systems_words() -> None:
+    port = free_port()
+    async with on_a_terminal("alice", "--port", str(port)) as terminal:
+        assert await terminal.exit_status() == 1
+        said = f"trichat: cannot connect to 127.0.0.1:{port}: Connection refused"
+        assert said.encode() in terminal.output

@@ -1235,7 +1235,7 @@ def _fail(problem: str, status: int = EXIT_FAILURE) -> int:
     return status
 
 
-def _os_reason(error: OSError) -> str:
+def os_reason(error: OSError) -> str:
     """Why connecting failed, in the words of the system calls."""
     if error.strerror:
         return error.strerror
@@ -1380,7 +1380,7 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
     except trio.TooSlowError:
         return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
     except OSError as error:
-        return _fail(f"cannot connect to {where}: {_os_reason(error)}")
+        return _fail(f"cannot connect to {where}: {os_reason(error)}")
     reopen: StreamOpener | None = None
     if not args.no_reconnect:
         reopen = partial(

@@ -42,6 +42,7 @@ from ..terminal import (
     EXIT_REFUSED,
     describe_error,
     escape,
+    os_reason,
 )
 from ._model import HELP
 
@@ -168,7 +169,7 @@ async def _connect(
     except trio.TooSlowError:
         return _fail(f"no answer from {where} within {CONNECT_TIMEOUT:.0f} s")
     except OSError as error:
-        return _fail(f"cannot connect to {where}: {error.strerror or error}")
+        return _fail(f"cannot connect to {where}: {os_reason(error)}")
 
 
 _TYPED_KEYS = {"\n": "enter", "\r": "enter", "\t": "tab", "\x7f": "backspace"}
