@@ -444,7 +444,9 @@ async def test_the_server_going_away_is_shown_and_quit_says_so(
         await settle()
         rows = screen(alice)
         assert "disconnected" in rows[-2]
-        assert "shutting down" in shown(alice)
+        # Said once, with what to do.
+        assert shown(alice).count("shutting down") == 1
+        assert "the server is stopping (/quit leaves)" in shown(alice)
         type_text(alice, "still typing")
         press(alice, "enter")
         assert "not sent: not connected" in shown(alice)

@@ -291,6 +291,8 @@ class FullScreen:
                 words = describe_error(message)
                 if code.closes:
                     self._closing = words
+                    if not self._reconnecting:
+                        return  # the end of the connection says it next
                 model.refused(code.value, message.detail, words)
             case Pong(token) if token in self._pings:
                 sent = self._pings.pop(token)
