@@ -104,6 +104,9 @@ class SharedReader:
                 self._forget(fd)
             else:  # among the endings: not to be woken now
                 waiter.cancelled = True
+                # Nobody will raise it: let it go (its traceback holds the
+                # frame that holds the waiter, a cycle otherwise).
+                waiter.error = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)

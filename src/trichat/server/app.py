@@ -426,6 +426,18 @@ class _Connection:
             self.quiet_scope.deadline = session.wake_at()
 
 
+class _CollectionTimer:
+    """The servers of this process that time full collections, and the
+    thresholds the process had before the first of them."""
+
+    def __init__(self) -> None:
+        self.servers = 0
+        self.thresholds = gc.get_threshold()
+
+
+_collection_timer = _CollectionTimer()
+
+
 class _Stalls(trio.abc.Instrument):
     """Adds up the turns of the event loop that took longer than _LONG_TURN.
 
@@ -721,9 +733,13 @@ class ChatServer:
         stay, find what little there is; whatever reaches the oldest
         generation waits for this timer.
         """
-        first, second, third = gc.get_threshold()
-        gc.freeze()  # what start-up made lives as long as the server
-        gc.set_threshold(first, second, _NEVER)
+        timer = _collection_timer
+        if not timer.servers:
+            timer.thresholds = gc.get_threshold()
+            gc.freeze()  # what start-up made lives as long as the server
+            first, second, _ = timer.thresholds
+            gc.set_threshold(first, second, _NEVER)
+        timer.servers += 1
         try:
             while True:
                 await trio.sleep(self.config.full_collection_interval)
@@ -735,8 +751,12 @@ class ChatServer:
                     1000 * (time.perf_counter() - started),
                 )
         finally:
-            gc.set_threshold(first, second, third)
-            gc.unfreeze()
+            # The process's own schedule is back when the last server that
+            # timed collections stops (several may run in one process).
+            timer.servers -= 1
+            if not timer.servers:
+                gc.set_threshold(*timer.thresholds)
+                gc.unfreeze()
 
     def login_bucket(self, ip: str) -> TokenBucket | None:
         """The logins *ip* may still make (``--logins-per-ip``), shared by

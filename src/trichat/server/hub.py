@@ -280,9 +280,10 @@ class Hub:
         # The presence of the batch under way, and of those being sent.
         self._batch = _PresenceBatch()
         self._sending: list[_PresenceBatch] = []
-        # The logins in the batch under way, by member: taken back if the
-        # member leaves before the batch is sent.
-        self._fresh: dict[Member, int] = {}
+        # Where the logins in the batch under way are in it, with the room
+        # joins and parts of the same members after them: all taken back if
+        # the member leaves before the batch is sent.
+        self._fresh: dict[Member, list[int]] = {}
         self._announcements: list[tuple[bytes, list[Member] | None]] = []
 
     def __len__(self) -> int:
@@ -327,7 +328,7 @@ class Hub:
             raise NameTaken(member.name, self._members[member.key].name)
         if self.global_presence:
             if self.hold_presence:
-                self._fresh[member] = len(self._batch.frames)
+                self._fresh[member] = [len(self._batch.frames)]
             self._announce(member.login_frame)
         roster = self.snapshot(member)
         self._members[member.key] = member
@@ -385,14 +386,14 @@ class Hub:
         self._batch.given.pop(member, None)
         for batch in self._sending:
             batch.given.pop(member, None)
-        login = self._fresh.pop(member, None)
+        fresh = self._fresh.pop(member, None)
         if not announce:
             return
-        if login is not None:
+        if fresh is not None:
             # In and out within one batch: those who were not given its
-            # login yet need neither frame (a presence storm costs them
-            # nothing).
-            self._take_back(login, member.exit_frame)
+            # login yet need none of its frames (a presence storm costs
+            # them nothing).
+            self._take_back(fresh, member.exit_frame)
         elif self.global_presence:
             self._announce(member.exit_frame)
         elif sharing:
@@ -426,15 +427,25 @@ class Hub:
             return None
         return member
 
-    def _take_back(self, login: int, exit_frame: bytes) -> None:
-        """A user leaves while its login, at *login* in the batch under way,
-        is not sent yet: take the login out, and tell the exit only to those
-        given it already (or shown it in what they were told on arrival)."""
+    def _take_back(self, entries: list[int], exit_frame: bytes) -> None:
+        """A user leaves while its login, at *entries[0]* in the batch under
+        way, is not sent yet: take the login out, and its room joins and
+        parts after it (the rest of *entries*), and tell the exit only to
+        those given the login already (or shown it on arrival)."""
         batch = self._batch
-        batch.frames[login] = b""
+        for index in entries:
+            batch.frames[index] = b""
+        login = entries[0]
         told = [member for member, given in batch.given.items() if given > login]
         if told:
             self._announce(exit_frame, told)
+
+    def _note_fresh(self, member: Member) -> None:
+        """If *member*'s login is in the batch under way, the frame logged
+        next is its too: taken back with the login."""
+        entries = self._fresh.get(member)
+        if entries is not None:
+            entries.append(len(self._batch.frames))
 
     def catch_up(self, member: Member) -> None:
         """Give *member* the presence held for it that it has not been given
@@ -548,6 +559,7 @@ class Hub:
         if others:
             # Presence, as logins are: a crowd joining at once costs each
             # member one write per batch, not one per joiner.
+            self._note_fresh(member)
             self._announce(frame, others)
         self.catch_up(member)  # the logins of those it lists come first
         if not member.mailbox.put(answer, force=True):
@@ -566,6 +578,7 @@ class Hub:
         self.catch_up(member)
         member.send(frame)
         if room.members:
+            self._note_fresh(member)
             self._announce(frame, list(room.members.values()))
         if not room.members:
             self._drop_room(room)
@@ -730,6 +743,7 @@ class Hub:
         if sender.echo:
             msg = message_block(first_id, self._stamp, sender.name, to, texts)
             count = len(texts)
+            self.catch_up(sender)
             _echo(sender, msg, count, first_id + count - 1, congested)
         return Routed(len(texts))
 
@@ -750,7 +764,15 @@ class _PresenceBatch:
     and how far into it each member has been given it already (absent: not
     at all)."""
 
-    __slots__ = ("_everyone", "_some", "frames", "given", "only_for")
+    __slots__ = (
+        "_everyone",
+        "_segments",
+        "_some",
+        "_specific",
+        "frames",
+        "given",
+        "only_for",
+    )
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -758,6 +780,8 @@ class _PresenceBatch:
         self.given: dict[Member, int] = {}
         self._everyone: bytes | None = None
         self._some: set[Member] = set()
+        self._specific: list[int] = []
+        self._segments: list[bytes] = []
 
     def add(self, frame: bytes, audience: list[Member] | None) -> None:
         if audience is not None:
@@ -767,9 +791,18 @@ class _PresenceBatch:
     def seal(self) -> None:
         """No more frames: the block most members get is made, once."""
         frames, only_for = self.frames, self.only_for
-        self._everyone = b"".join(
-            f for index, f in enumerate(frames) if index not in only_for
-        )
+        # The frames for everyone between those for some, each run joined
+        # once: a member of some audience gets the runs and, between them,
+        # the frames for it, at a cost in the frames for some, not in all.
+        self._specific = specific = sorted(only_for)
+        segments = []
+        after = 0
+        for index in specific:
+            segments.append(b"".join(frames[after:index]))
+            after = index + 1
+        segments.append(b"".join(frames[after:]))
+        self._segments = segments
+        self._everyone = b"".join(segments)
         self._some = set().union(*only_for.values())
 
     def give(self, member: Member) -> None:
@@ -782,8 +815,17 @@ class _PresenceBatch:
             return
         self.given[member] = end
         only_for = self.only_for
-        if self._everyone is not None and start == 0 and member not in self._some:
-            block = self._everyone
+        if self._everyone is not None and start == 0:
+            if member not in self._some:
+                block = self._everyone
+            else:
+                segments = self._segments
+                parts = [segments[0]]
+                for number, index in enumerate(self._specific, 1):
+                    if member in only_for[index]:
+                        parts.append(frames[index])
+                    parts.append(segments[number])
+                block = b"".join(parts)
         elif not only_for:
             block = b"".join(frames[start:end])
         else:
