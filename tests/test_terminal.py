@@ -1176,6 +1176,22 @@ async def test_a_script_joins_talks_in_the_room_and_reads_the_answers() -> None:
     assert re.search(rf"^{STAMP}! no such user: nobody$", out, re.M), out
 
 
+@fail_after(30)
+async def test_a_script_goes_no_faster_than_the_server_takes_it() -> None:
+    # 12 lines against a flood limit of 10 a second (a burst of 2): each
+    # goes, none is refused, whatever the pipe gives at once.
+    async with (
+        running_server(rate=10, burst=2) as live,
+        open_client("bob", port=live.port) as bob,
+    ):
+        script = b"".join(b"@bob line %d\n" % number for number in range(12))
+        result = await connect_process("alice", "--port", str(live.port), stdin=script)
+        said = [(await next_said(bob)).text for _ in range(12)]
+    assert result.returncode == EXIT_OK, result.stderr
+    assert b"rate limited" not in result.stdout, result.stdout
+    assert said == [f"line {number}" for number in range(12)]
+
+
 @pytest.mark.parametrize(
     ("argv", "settings", "expected"),
     [

@@ -325,6 +325,75 @@ class _Room:
         self.members: dict[str, str] = {}
 
 
+DEFAULT_RATE: Final = 10.0
+DEFAULT_BURST: Final = 10
+"""How fast a client sends when the server does not say (protocol 1):
+well under the rate any trichat server allows by default."""
+
+
+class Pacer:
+    """A token bucket that keeps what this client sends under the server's
+    flood limit: *rate* frames a second after a burst of *burst*.
+
+    Times are ``trio.current_time()`` values given by the caller; rate 0
+    means no limit.
+    """
+
+    def __init__(
+        self, rate: float, burst: float, now: float = 0.0, *, spent: int = 0
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = max(0.0, self.burst - spent)
+        self._at = now
+
+    @classmethod
+    def under(cls, rate: float, burst: float, now: float = 0.0) -> Pacer:
+        """A pacer with room to spare under a server's *rate* and *burst*:
+        its pongs, pings and other frames count too."""
+        if rate <= 0:
+            return cls(0, 1, now)
+        # Logging in (hello, login) took two frames of the burst.
+        return cls(rate * 0.8, max(1.0, burst / 2), now, spent=2)
+
+    @classmethod
+    def for_server(cls, settings: dict[str, str], now: float = 0.0) -> Pacer:
+        """A pacer under the ``rate`` and ``burst`` a server gave in its
+        *settings* (``under``), or a cautious default when it gave none
+        (protocol 1)."""
+        if "rate" not in settings:
+            return cls(DEFAULT_RATE, DEFAULT_BURST, now)
+
+        def number(key: str, default: float) -> float:
+            try:
+                return float(settings[key])
+            except (KeyError, ValueError):
+                return default
+
+        return cls.under(number("rate", 0), number("burst", 1), now)
+
+    def _refill(self, now: float) -> None:
+        if now > self._at:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+
+    def delay(self, now: float) -> float:
+        """How long to wait, from *now*, before the next frame may go."""
+        if self.rate <= 0:
+            return 0.0
+        self._refill(now)
+        if self._tokens >= 1:
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    def spend(self, now: float) -> None:
+        """Count one frame sent at *now*."""
+        if self.rate <= 0:
+            return
+        self._refill(now)
+        self._tokens -= 1
+
+
 class Client(trio.abc.AsyncResource):
     """A logged-in trichat connection; build it with ``connect``,
     ``open_client`` or ``Client.login``.

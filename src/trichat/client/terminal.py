@@ -59,6 +59,7 @@ from .library import (
     Event,
     HistoryPage,
     LoginRefused,
+    Pacer,
     Reconnecting,
     ReconnectingClient,
     ReconnectingEvent,
@@ -310,6 +311,9 @@ class _Session:
         self._suspects: list[tuple[str | None, str]] = []
         self._replay_left: int | None = None
         self._resend: deque[tuple[str | None, str]] = deque()
+        # What is sent goes no faster than the server takes it: a script's
+        # lines would otherwise be refused by its flood limit.
+        self._pacer = Pacer.for_server(client.settings, trio.current_time())
         # The ping whose pong says that every answer to what was sent
         # before it has arrived, and the event its pong sets.
         self._last_ping: str | None = None
@@ -731,6 +735,7 @@ class _Session:
                 self._pings += 1
                 self._last_ping = f"last-{self._pings}"
                 self._answered = trio.Event()
+                await self.pace()
                 try:
                     await client.ping(self._last_ping)
                 except ConnectionLost:
@@ -802,6 +807,15 @@ class _Session:
             self.problem(f"unknown command /{escape(match[1])}: /help lists them")
         return True
 
+    async def pace(self) -> None:
+        """Wait, if need be, until one more frame is within the flood limit
+        the server gave (``rate``, ``burst``): a script's lines all go, as
+        fast as the server takes them. A person typing never waits."""
+        delay = self._pacer.delay(trio.current_time())
+        if delay > 0:
+            await trio.sleep(delay)
+        self._pacer.spend(trio.current_time())
+
     def plain_client(self) -> Client | None:
         """The ``Client`` of the connection, for what only it does; None
         (said why) while a reconnecting client is away."""
@@ -850,6 +864,7 @@ class _Session:
     ) -> bool:
         """Send a request with ``send(*args)``; its answer is shown when it
         arrives. False (said why) when it was not sent."""
+        await self.pace()
         try:
             await send(*args)
         except ValueError as invalid:
@@ -929,6 +944,7 @@ class _Session:
         """Send *text* to *to* (a user or a room), or to everyone when *to*
         is None."""
         self.note_away()
+        await self.pace()
         try:
             if to is None:
                 await self.client.broadcast(text)

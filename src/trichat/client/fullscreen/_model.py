@@ -25,6 +25,7 @@ from ...protocol.messages import (
     is_room,
     name_key,
 )
+from ..library import Pacer
 from ._text import confusables, display_text, mentions, unusual_letters
 
 __all__ = [
@@ -53,11 +54,6 @@ _TRIM_CHUNK: Final = 500
 
 JOIN_HISTORY: Final = 20
 """How many earlier messages of a room are shown on joining it."""
-
-DEFAULT_RATE: Final = 10.0
-DEFAULT_BURST: Final = 10
-"""How fast the client sends when the server does not say (protocol 1):
-well under the rate any trichat server allows by default."""
 
 HELP: Final = """\
 Enter sends the input line to the window's target, shown in the prompt:
@@ -250,53 +246,6 @@ class Outgoing:
     """The new password of ``register`` or ``password``."""
     quiet: bool = False
     """A ``rooms`` request whose answer only feeds Tab completion."""
-
-
-class Pacer:
-    """A token bucket that keeps what this client sends under the server's
-    flood limit: *rate* frames a second after a burst of *burst*.
-
-    Times are ``trio.current_time()`` values given by the caller; rate 0
-    means no limit.
-    """
-
-    def __init__(
-        self, rate: float, burst: float, now: float = 0.0, *, spent: int = 0
-    ) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._tokens = max(0.0, self.burst - spent)
-        self._at = now
-
-    @classmethod
-    def under(cls, rate: float, burst: float, now: float = 0.0) -> Pacer:
-        """A pacer with room to spare under a server's *rate* and *burst*:
-        its pongs, pings and other frames count too."""
-        if rate <= 0:
-            return cls(0, 1, now)
-        # Logging in (hello, login) took two frames of the burst.
-        return cls(rate * 0.8, max(1.0, burst / 2), now, spent=2)
-
-    def _refill(self, now: float) -> None:
-        if now > self._at:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-
-    def delay(self, now: float) -> float:
-        """How long to wait, from *now*, before the next frame may go."""
-        if self.rate <= 0:
-            return 0.0
-        self._refill(now)
-        if self._tokens >= 1:
-            return 0.0
-        return (1 - self._tokens) / self.rate
-
-    def spend(self, now: float) -> None:
-        """Count one frame sent at *now*."""
-        if self.rate <= 0:
-            return
-        self._refill(now)
-        self._tokens -= 1
 
 
 def split_text(text: str, max_chars: int = MAX_TEXT, max_bytes: int = 0) -> list[str]:
@@ -492,18 +441,10 @@ class ChatModel:
 
     # -- settings -------------------------------------------------------------------
 
-    def _setting(self, key: str, default: float) -> float:
-        try:
-            return float(self.settings[key])
-        except (KeyError, ValueError):
-            return default
-
     def pacer(self, now: float) -> Pacer:
         """A pacer for the server's advertised ``rate`` and ``burst``, or
         for a cautious default when it advertised none (protocol 1)."""
-        if "rate" not in self.settings:
-            return Pacer(DEFAULT_RATE, DEFAULT_BURST, now)
-        return Pacer.under(self._setting("rate", 0), self._setting("burst", 1), now)
+        return Pacer.for_server(self.settings, now)
 
     # -- windows --------------------------------------------------------------------
 
