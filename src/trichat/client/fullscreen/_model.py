@@ -1381,7 +1381,12 @@ class ChatModel:
             for key, room in self.known_rooms.items():
                 rooms.setdefault(key, room)
             found = _matching(word, rooms.values())
-            if not found and not self._asking_rooms and self.link is Link.CONNECTED:
+            if (
+                not found
+                and not self._asking_rooms
+                and self.link is Link.CONNECTED
+                and self.version >= 2  # a trichat 1.0 server may know no rooms
+            ):
                 # Rooms made by others are known only from a room list: ask
                 # for one, quietly; the next Tab completes from it.
                 self._asking_rooms = True
