@@ -14,6 +14,7 @@ import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from fakeserver import free_port
 from helpers import STEP_TIMEOUT, running_server
@@ -247,3 +248,39 @@ async def test_an_unreachable_server_is_said_in_the_systems_words() -> None:
         assert await terminal.exit_status() == 1
         said = f"trichat: cannot connect to 127.0.0.1:{port}: Connection refused"
         assert said.encode() in terminal.output
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("interrupt", 128 + signal.SIGINT),
+        ("hang up", 128 + signal.SIGHUP),
+        ("close the terminal", 128 + signal.SIGHUP),
+        ("terminate", 128 + signal.SIGTERM),
+    ],
+)
+async def test_the_line_client_says_exit_however_it_is_left(
+    how: str, status: int
+) -> None:
+    # Ctrl-C, a closed terminal or a polite kill is a user who left: the
+    # name is free at once, not held for a resume nobody will make.
+    async with running_server() as live:
+        bob = await live.login("bob")
+        async with on_a_terminal(
+            "alice", "--plain", "--port", str(live.port)
+        ) as terminal:
+            await terminal.expect(b"logged in as alice")
+            if how == "close the terminal":
+                await terminal.master.aclose()  # reading it fails (EIO)
+                with trio.fail_after(STEP_TIMEOUT):
+                    assert await terminal.process.wait() == status
+            else:
+                number = {
+                    "interrupt": signal.SIGINT,
+                    "hang up": signal.SIGHUP,
+                    "terminate": signal.SIGTERM,
+                }[how]
+                terminal.process.send_signal(number)
+                assert await terminal.exit_status() == status
+                assert b"Traceback" not in terminal.output
+        await bob.expect("login|alice", "exit|alice")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import codecs
 import datetime
+import errno
 import getpass
 import os
 import re
+import signal
 import ssl
 import sys
 import unicodedata
@@ -278,6 +280,8 @@ class _Session:
         self.target: str | None = None
         """Where plain TEXT goes: a user or a room."""
         self.status: int | None = None
+        self.signalled = False
+        """Whether a signal ended the session (it says exit all the same)."""
         self.silent = False
         self.scope = trio.CancelScope()
         self._pings = 0
@@ -349,13 +353,24 @@ class _Session:
                 shown = local.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S")
             text = self.paint(shown, _DIM) + " " + text
         self._written += 1
-        if self.tty:
-            before = _LINE_UP + _CLEAR_LINE if replace_input else _CLEAR_LINE
-            self.out.write(before + text + "\n" + self.prompt_text())
-            self._prompted = True
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
+        try:
+            if self.tty:
+                before = _LINE_UP + _CLEAR_LINE if replace_input else _CLEAR_LINE
+                self.out.write(before + text + "\n" + self.prompt_text())
+                self._prompted = True
+            else:
+                self.out.write(text + "\n")
+            self.out.flush()
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            self.hung_up()
+
+    def hung_up(self) -> None:
+        """The terminal is gone (reading or writing it fails with EIO):
+        the user left, as with SIGHUP, which may not have come yet."""
+        self.signalled = True
+        self.finish(128 + signal.SIGHUP)
 
     def info(self, text: str) -> None:
         self.emit(self.paint(f"* {text}", _DIM))
@@ -376,8 +391,12 @@ class _Session:
 
     def end(self) -> None:
         if self.tty:
-            self.out.write(_CLEAR_LINE)
-            self.out.flush()
+            try:
+                self.out.write(_CLEAR_LINE)
+                self.out.flush()
+            except OSError as error:
+                if error.errno != errno.EIO:  # EIO: the terminal is gone
+                    raise
 
     def finish(self, status: int, problem: str | None = None) -> None:
         """Record how the session ends (the first call wins) and end it."""
@@ -713,9 +732,15 @@ class _Session:
 
     async def read(self, lines: AsyncIterable[str]) -> None:
         self._lines = aiter(lines)
-        async for line in self._lines:
-            if not await self.handle(line):
-                break
+        try:
+            async for line in self._lines:
+                if not await self.handle(line):
+                    break
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            self.hung_up()
+            return
         if self.wait_for_answers:
             await self.last_answers()
         self.finish(EXIT_OK)
@@ -806,6 +831,15 @@ class _Session:
         else:
             self.problem(f"unknown command /{escape(match[1])}: /help lists them")
         return True
+
+    async def leave_on(self, signals: AsyncIterator[int]) -> None:
+        """End the session at the first of *signals*: Ctrl-C, a closed
+        terminal or a polite kill is a user who left, not a dropped
+        connection to be resumed."""
+        async for number in signals:
+            self.signalled = True
+            self.finish(128 + number)
+            return
 
     async def pace(self) -> None:
         """Wait, if need be, until one more frame is within the flood limit
@@ -1012,6 +1046,7 @@ async def run_session(
     reopen: StreamOpener | None = None,
     backoff: Backoff | None = None,
     wait_for_answers: bool = False,
+    signals: AsyncIterator[int] | None = None,
 ) -> int:
     """Chat over the logged-in *client*, reading *lines* and writing *out*.
 
@@ -1030,6 +1065,11 @@ async def run_session(
     LAST_ANSWERS_TIMEOUT seconds, until the server has answered what was
     sent (a join's member list, ``/history``, a refused message), and
     show it.
+
+    *signals* (the numbers of signals received, such as SIGINT, SIGHUP,
+    SIGTERM) end the session as a user who left: ``exit`` is said, so the
+    name is free at once, and the status is 128 plus the signal's number;
+    a second signal while saying it stops at once.
 
     With a server that keeps history, joining a room shows its last
     ``JOIN_HISTORY`` messages first, each line marked ``[earlier]``, and
@@ -1063,6 +1103,7 @@ async def run_session(
                 timezone=timezone,
                 ask_password=ask_password,
                 wait_for_answers=wait_for_answers,
+                signals=signals,
             )
     session = _Session(
         client,
@@ -1085,13 +1126,25 @@ async def run_session(
                 if ping_interval > 0 and isinstance(client, Client):
                     nursery.start_soon(session.keepalive, ping_interval)
                 nursery.start_soon(session.read, lines)
-        if session.status == EXIT_OK:
-            await client.exit()
+                if signals is not None:
+                    nursery.start_soon(session.leave_on, signals)
+        if session.status == EXIT_OK or session.signalled:
+            async with trio.open_nursery() as leaving:
+                if signals is not None and session.signalled:
+                    leaving.start_soon(_stop_on_next, signals, leaving.cancel_scope)
+                await client.exit()
+                leaving.cancel_scope.cancel()
     finally:
         await client.aclose()
         session.end()
     assert session.status is not None
     return session.status
+
+
+async def _stop_on_next(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
 
 
 class _Lines:
@@ -1406,17 +1459,23 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             ssl_context=ssl_context,
             server_hostname=args.server_name,
         )
+    # Received here, not as the process's end: Ctrl-C, a closed terminal
+    # (SIGHUP) and SIGTERM say exit before leaving (a second one stops at
+    # once).
+    leave = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
     async with client:
-        return await run_session(
-            client,
-            _Lines(sys.stdin.fileno()),
-            sys.stdout,
-            sys.stderr,
-            tty=tty,
-            colour=tty and "NO_COLOR" not in os.environ,
-            ping_interval=args.ping_interval,
-            ask_password=prompt,
-            reopen=reopen,
-            # A script reads what it asked for; a person saw it arrive.
-            wait_for_answers=not tty,
-        )
+        with trio.open_signal_receiver(*leave) as signals:
+            return await run_session(
+                client,
+                _Lines(sys.stdin.fileno()),
+                sys.stdout,
+                sys.stderr,
+                tty=tty,
+                colour=tty and "NO_COLOR" not in os.environ,
+                ping_interval=args.ping_interval,
+                ask_password=prompt,
+                reopen=reopen,
+                # A script reads what it asked for; a person saw it arrive.
+                wait_for_answers=not tty,
+                signals=signals,
+            )
