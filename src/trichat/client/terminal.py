@@ -416,7 +416,7 @@ class _Session:
                 async for message in self.client:
                     self.show(message)
                     while self._resend:
-                        await self.send(*self._resend.popleft())
+                        await self.send(*self._resend.popleft(), again=True)
                     while self._ask_earlier:
                         room = self._ask_earlier.popleft()
                         await self.request(self.client.history, room, JOIN_HISTORY)
@@ -974,10 +974,12 @@ class _Session:
                 return
         await self.send(to, text)
 
-    async def send(self, to: str | None, text: str) -> None:
+    async def send(self, to: str | None, text: str, *, again: bool = False) -> None:
         """Send *text* to *to* (a user or a room), or to everyone when *to*
-        is None."""
-        self.note_away()
+        is None; *again*: a line a dropped connection lost, sent once more,
+        which changes neither the target nor the line being typed."""
+        if not again:
+            self.note_away()
         await self.pace()
         try:
             if to is None:
@@ -992,6 +994,8 @@ class _Session:
             return
         if self.client.echo:
             self._unechoed.append((to, text))
+        if again:
+            return  # its copy, when it comes, is shown as any other
         if to is not None:
             self.target = to
         if not self.tty:
