@@ -375,13 +375,16 @@ class Hub:
         if member.secret is not None:
             del self._sessions[_digest(member.secret)]
         sharing: dict[str, Member] = {}
+        # Who shared a room with it matters only without global presence:
+        # with it, a crowd leaving a large room would pay O(room) each.
+        by_rooms = announce and not self.global_presence
         for room in member.rooms.values():
             del room.members[member.key]
             del room.join_frames[member.key]
-            if room.members:
-                sharing.update(room.members)
-            else:
+            if not room.members:
                 self._drop_room(room)
+            elif by_rooms:
+                sharing.update(room.members)
         member.rooms.clear()
         self._batch.given.pop(member, None)
         for batch in self._sending:
