@@ -31,7 +31,8 @@ medians meet the target. Every run's one-line summary, with the load
 average when it started, goes to stderr as it finishes.
 
 The trichat under test is this checkout's (``python -m trichat serve`` with
-``src`` on the path, on the Python running this script); ``--trichat
+``src`` on the path, on the Python running this script, keeping nothing:
+``--db :memory: --history 0``); ``--trichat
 [LABEL=]COMMAND`` runs another one instead. ``--against [LABEL=]COMMAND``,
 repeatable, measures other servers in the same run: for each run index
 every server runs once, each on a new process, in an order that rotates
@@ -252,6 +253,13 @@ def this_checkout(port: int) -> Server:
         "--rate",
         "0",
         "--max-per-ip",
+        "0",
+        # Nothing kept, as 1.0 kept nothing (and nothing written to the
+        # user's data directory): history's own cost is measured by
+        # history_servers.py.
+        "--db",
+        ":memory:",
+        "--history",
         "0",
         "--log-level",
         "warning",
