@@ -458,6 +458,41 @@ def test_room_presence_goes_only_to_the_rooms_members() -> None:
     }
 
 
+def test_room_presence_held_follows_who_was_in_the_room_at_the_time() -> None:
+    # Without global presence an exit goes to the rooms the user was in;
+    # held, it is logged for those rooms, and who was in them when it was
+    # logged gets it: not one who parted before, nor one who joined after.
+    crowd = Crowd("alice", "bob", "carol", "dave", global_presence=False)
+    hub = crowd.hub
+    for name in ("alice", "bob", "carol"):
+        hub.join_room(crowd[name], "#x")
+    crowd.read_all()
+    hub.hold_presence = True
+    hub.part_room(crowd["bob"], "#x")  # before carol leaves
+    hub.leave(crowd["carol"])
+    hub.join_room(crowd["dave"], "#x")  # after
+    hub.release()
+    assert crowd.read_all() == {
+        "alice": b"part|#x|bob\nexit|carol\njoin|#x|dave\n",
+        "bob": b"part|#x|bob\n",  # its own, at once
+        "carol": b"",
+        "dave": b"join|#x|dave\njoin|#x|alice\n",  # its answer, at once
+    }
+
+
+def test_a_member_who_joined_an_empty_room_hears_who_joins_next() -> None:
+    crowd = Crowd("alice", "bob", global_presence=False)
+    hub = crowd.hub
+    hub.hold_presence = True
+    hub.join_room(crowd["alice"], "#new")  # nobody told: nobody there
+    hub.join_room(crowd["bob"], "#new")
+    hub.release()
+    assert crowd.read_all() == {
+        "alice": b"join|#new|alice\njoin|#new|bob\n",
+        "bob": b"join|#new|bob\njoin|#new|alice\n",
+    }
+
+
 def test_presence_not_held_goes_at_once() -> None:
     crowd = Crowd("alice")
     crowd.join("bob")

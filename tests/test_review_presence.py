@@ -373,14 +373,6 @@ def _rooms_release_time(members: int, *, rooms: bool) -> float:
     return took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.py _PresenceBatch (seal, give) under --presence rooms: every "
-    "exit is for some (those sharing a room), so seal unites every audience "
-    "in one step and each member walks every exit: O(members x exits) "
-    "(4,000 in #lobby, 2,000 dropping: 1.6 s, one turn of release_in_turns "
-    "250-600 ms; the audiences' sets hold about 260 MB meanwhile)",
-)
 def test_rooms_mode_a_crowd_dropping_costs_about_what_it_does_in_global() -> None:
     global_mode = _rooms_release_time(1000, rooms=False)
     rooms_mode = _rooms_release_time(1000, rooms=True)

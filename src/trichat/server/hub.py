@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
+from functools import partial
 from typing import NamedTuple, Protocol
 
 import trio
@@ -284,7 +286,9 @@ class Hub:
         # joins and parts of the same members after them: all taken back if
         # the member leaves before the batch is sent.
         self._fresh: dict[Member, list[int]] = {}
-        self._announcements: list[tuple[bytes, list[Member] | None]] = []
+        self._announcements: list[
+            tuple[bytes, list[Member] | None, tuple[Room, ...], Member | None]
+        ] = []
 
     def __len__(self) -> int:
         return len(self._members)
@@ -374,17 +378,14 @@ class Hub:
         del self._exact[member.name]
         if member.secret is not None:
             del self._sessions[_digest(member.secret)]
-        sharing: dict[str, Member] = {}
-        # Who shared a room with it matters only without global presence:
-        # with it, a crowd leaving a large room would pay O(room) each.
-        by_rooms = announce and not self.global_presence
+        shared: list[Room] = []
         for room in member.rooms.values():
             del room.members[member.key]
             del room.join_frames[member.key]
-            if not room.members:
+            if room.members:
+                shared.append(room)
+            else:
                 self._drop_room(room)
-            elif by_rooms:
-                sharing.update(room.members)
         member.rooms.clear()
         self._batch.given.pop(member, None)
         for batch in self._sending:
@@ -399,9 +400,9 @@ class Hub:
             self._take_back(fresh, member.exit_frame)
         elif self.global_presence:
             self._announce(member.exit_frame)
-        elif sharing:
+        elif shared:
             # One exit per user who shared any room with it.
-            self._announce(member.exit_frame, list(sharing.values()))
+            self._announce(member.exit_frame, rooms=tuple(shared))
 
     def open_session(self, member: Member, frame: Callable[[str], bytes]) -> None:
         """Give *member* (not online yet) a session that ``resume`` can take
@@ -499,8 +500,15 @@ class Hub:
                 batch.give(member)
             self._sending.remove(batch)
 
-    def _announce(self, frame: bytes, audience: list[Member] | None = None) -> None:
-        """Tell *frame* (a login or an exit) to the *audience*, or to
+    def _announce(
+        self,
+        frame: bytes,
+        audience: list[Member] | None = None,
+        rooms: tuple[Room, ...] = (),
+        but: Member | None = None,
+    ) -> None:
+        """Tell *frame* (a login, an exit, a join or a part) to the
+        *audience*, or to the members of *rooms* (*but* one), or to
         everyone online.
 
         Telling a user too slow to take it kicks them; a kick that takes
@@ -509,25 +517,38 @@ class Hub:
         told here, one after another, so that a crowd of stalled users
         cannot nest a call per user.
         """
-        self._announcements.append((frame, audience))
+        self._announcements.append((frame, audience, rooms, but))
         if len(self._announcements) > 1:
             return  # an announcement is under way and will tell this one
         try:
             while self._announcements:
-                frame, audience = self._announcements[0]
-                self._tell(frame, audience)
+                self._tell(*self._announcements[0])
                 del self._announcements[0]
         finally:
             self._announcements.clear()
 
-    def _tell(self, frame: bytes, audience: list[Member] | None) -> None:
-        """Send *frame* to the *audience* (None: everyone online) now, or,
-        while presence is held, log it for ``release``."""
+    def _tell(
+        self,
+        frame: bytes,
+        audience: list[Member] | None,
+        rooms: tuple[Room, ...],
+        but: Member | None,
+    ) -> None:
+        """Send *frame* to the *audience*, or the members of *rooms* but
+        *but*, or everyone online, now; or, while presence is held, log it
+        for ``release``."""
         if self.hold_presence:
-            self._batch.add(frame, audience)
+            keys = tuple(room.key for room in rooms) if rooms else None
+            self._batch.add(frame, audience, keys)
             self.presence_held.set()
             return
         online = self._members
+        if rooms:
+            sharing: dict[str, Member] = {}
+            for room in rooms:
+                sharing.update(room.members)
+            sharing.pop("" if but is None else but.key, None)
+            audience = list(sharing.values())
         for member in list(online.values()) if audience is None else audience:
             if online.get(member.key) is member:  # not kicked meanwhile
                 member.send(frame)
@@ -553,9 +574,11 @@ class Hub:
             room = self._rooms[key] = self._rooms_exact[name] = Room(name)
         # Both names are valid: the frame needs no second look.
         frame = f"join|{room.name}|{member.name}\n".encode()
-        others = list(room.members.values())
+        others = bool(room.members)
         # The join list is an answer: it arrives whole, and always fits.
         answer = frame + b"".join(room.join_frames.values())
+        if self.hold_presence:
+            self._batch.move(member, key, joined=True, told=others)
         room.members[member.key] = member
         room.join_frames[member.key] = frame
         member.rooms[key] = room
@@ -563,7 +586,7 @@ class Hub:
             # Presence, as logins are: a crowd joining at once costs each
             # member one write per batch, not one per joiner.
             self._note_fresh(member)
-            self._announce(frame, others)
+            self._announce(frame, rooms=(room,), but=member)
         self.catch_up(member)  # the logins of those it lists come first
         if not member.mailbox.put(answer, force=True):
             member.kick("too slow: outgoing queue full")
@@ -575,6 +598,8 @@ class Hub:
         if room is None:
             raise RoomRefused("not-in-room", name)
         frame = encode(Parted(room.name, member.name))
+        if self.hold_presence:
+            self._batch.move(member, room.key, joined=False, told=True)
         del member.rooms[room.key]
         del room.members[member.key]
         del room.join_frames[member.key]
@@ -582,7 +607,7 @@ class Hub:
         member.send(frame)
         if room.members:
             self._note_fresh(member)
-            self._announce(frame, list(room.members.values()))
+            self._announce(frame, rooms=(room,))
         if not room.members:
             self._drop_room(room)
 
@@ -763,41 +788,101 @@ class Hub:
 class _PresenceBatch:
     """Logins, exits, joins and parts held to be sent together (see
     ``Hub.hold_presence``): their frames in order (b"" where taken back),
-    the members some of them are for (the others are for everyone online),
-    and how far into it each member has been given it already (absent: not
-    at all)."""
+    who some of them are for (the others are for everyone online), and how
+    far into it each member has been given it already (absent: not at
+    all).
+
+    A frame is for some either as a set of members (``only_for``) or as the
+    members of some rooms at the time it was logged (``rooms_for``, by room
+    key): a crowd leaving a room of thousands costs a key per exit, not a
+    set of thousands. Who was in a room at the time is who is in it now,
+    but for the members who joined or parted rooms during the batch
+    (``moves``: their spans in each such room, as frame positions).
+    """
 
     __slots__ = (
+        "_by_rooms",
         "_everyone",
+        "_room_keys",
         "_segments",
         "_some",
         "_specific",
         "frames",
         "given",
+        "moves",
         "only_for",
+        "rooms_for",
     )
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.only_for: dict[int, set[Member]] = {}
+        self.rooms_for: dict[int, tuple[str, ...]] = {}
+        self.moves: dict[Member, dict[str, list[list[float]]]] = {}
         self.given: dict[Member, int] = {}
         self._everyone: bytes | None = None
         self._some: set[Member] = set()
+        self._room_keys: set[str] = set()
         self._specific: list[int] = []
         self._segments: list[bytes] = []
+        self._by_rooms: dict[frozenset[str], bytes] = {}
 
-    def add(self, frame: bytes, audience: list[Member] | None) -> None:
+    def add(
+        self,
+        frame: bytes,
+        audience: list[Member] | None,
+        rooms: tuple[str, ...] | None = None,
+    ) -> None:
         if audience is not None:
             self.only_for[len(self.frames)] = set(audience)
+        elif rooms is not None:
+            self.rooms_for[len(self.frames)] = rooms
         self.frames.append(frame)
+
+    def move(self, member: Member, room_key: str, *, joined: bool, told: bool) -> None:
+        """*member* joins (or parts) room *room_key* now: it is in the room
+        for the frames logged from now on (or until now). If its join or
+        part is *told* to the room, it is the frame logged next, which is
+        not for it."""
+        here = len(self.frames) - (joined and not told)
+        spans = self.moves.setdefault(member, {}).get(room_key)
+        if spans is None:
+            # Its first move in this room: before it, it was in the room
+            # if it parts now.
+            spans = self.moves[member][room_key] = [] if joined else [[-1, math.inf]]
+        if joined:
+            spans.append([here, math.inf])
+        elif spans:
+            spans[-1][1] = here
+
+    def _in_rooms(self, member: Member, rooms: tuple[str, ...], index: int) -> bool:
+        """Whether *member* was in any of *rooms* when frame *index* was
+        logged."""
+        moves = self.moves.get(member)
+        for key in rooms:
+            spans = None if moves is None else moves.get(key)
+            if spans is None:
+                if key in member.rooms:
+                    return True
+            elif any(start < index < end for start, end in spans):
+                return True
+        return False
+
+    def _for(self, member: Member, index: int) -> bool:
+        """Whether frame *index* is for *member*."""
+        audience = self.only_for.get(index)
+        if audience is not None:
+            return member in audience
+        rooms = self.rooms_for.get(index)
+        return rooms is None or self._in_rooms(member, rooms, index)
 
     def seal(self) -> None:
         """No more frames: the block most members get is made, once."""
-        frames, only_for = self.frames, self.only_for
+        frames, only_for, rooms_for = self.frames, self.only_for, self.rooms_for
         # The frames for everyone between those for some, each run joined
         # once: a member of some audience gets the runs and, between them,
         # the frames for it, at a cost in the frames for some, not in all.
-        self._specific = specific = sorted(only_for)
+        self._specific = specific = sorted([*only_for, *rooms_for])
         segments = []
         after = 0
         for index in specific:
@@ -807,6 +892,17 @@ class _PresenceBatch:
         self._segments = segments
         self._everyone = b"".join(segments)
         self._some = set().union(*only_for.values())
+        self._room_keys = set().union(*rooms_for.values())
+
+    def _block(self, wanted: Callable[[int], bool]) -> bytes:
+        """The runs for everyone, and between them the frames *wanted*."""
+        frames, segments = self.frames, self._segments
+        parts = [segments[0]]
+        for number, index in enumerate(self._specific, 1):
+            if wanted(index):
+                parts.append(frames[index])
+            parts.append(segments[number])
+        return b"".join(parts)
 
     def give(self, member: Member) -> None:
         """Put the frames for *member* it has not been given in its mailbox,
@@ -817,27 +913,27 @@ class _PresenceBatch:
         if start >= end:
             return
         self.given[member] = end
-        only_for = self.only_for
-        if self._everyone is not None and start == 0:
-            if member not in self._some:
-                block = self._everyone
-            else:
-                segments = self._segments
-                parts = [segments[0]]
-                for number, index in enumerate(self._specific, 1):
-                    if member in only_for[index]:
-                        parts.append(frames[index])
-                    parts.append(segments[number])
-                block = b"".join(parts)
-        elif not only_for:
-            block = b"".join(frames[start:end])
-        else:
+        if self._everyone is None or start:
             block = b"".join(
                 frame
                 for index in range(start, end)
-                if (frame := frames[index])
-                and ((audience := only_for.get(index)) is None or member in audience)
+                if (frame := frames[index]) and self._for(member, index)
             )
+        elif member in self._some or member in self.moves:
+            block = self._block(partial(self._for, member))
+        else:
+            # The common case: members who did not move get what the
+            # rooms they are in were told, the same for all in the same
+            # rooms, made once.
+            keys = frozenset(k for k in member.rooms if k in self._room_keys)
+            if not keys:
+                block = self._everyone
+            elif (found := self._by_rooms.get(keys)) is not None:
+                block = found
+            else:
+                block = self._by_rooms[keys] = self._block(
+                    lambda index: not keys.isdisjoint(self.rooms_for.get(index, ()))
+                )
         # One frame for the limits however many it holds: a crowd's
         # presence is the server's news, and a reader that keeps up must
         # not be dropped for a storm it did not make.
