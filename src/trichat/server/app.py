@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import trio
 
@@ -134,7 +135,8 @@ class _Connection:
             private=_private(stream, ip),
             ip=ip,
             login_bucket=server.login_bucket(ip),
-            stalls=server.stalls.seconds,
+            # Only flood control needs to know (rate 0: none).
+            stalls=server.stalls.seconds if config.rate else None,
         )
         self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
@@ -426,6 +428,14 @@ class _Connection:
             self.quiet_scope.deadline = session.wake_at()
 
 
+class _Waiting(NamedTuple):
+    """A session waiting for a resume: when the wait ends, and the address
+    its connection came from (its queue counts towards that address's)."""
+
+    deadline: float
+    ip: str
+
+
 class _CollectionTimer:
     """The servers of this process that time full collections, and the
     thresholds the process had before the first of them."""
@@ -518,10 +528,8 @@ class ChatServer:
         self.throttle = LoginThrottle()
         # Logins allowed per address, while it has connections.
         self._login_buckets: dict[str, TokenBucket] = {}
-        # Sessions waiting for a resume, and when each ends.
-        self._waiting: dict[Member, float] = {}
-        # The address each waiting session's connection came from.
-        self._waiting_ip: dict[Member, str] = {}
+        # Sessions waiting for a resume: when each ends, where it came from.
+        self._waiting: dict[Member, _Waiting] = {}
         self._waiting_changed = trio.Event()
 
     @property
@@ -548,7 +556,8 @@ class ChatServer:
         listeners = await trio.open_tcp_listeners(
             self.config.port, host=self.config.host
         )
-        trio.lowlevel.add_instrument(self.stalls)
+        if self.config.rate:
+            trio.lowlevel.add_instrument(self.stalls)
         try:
             async with trio.open_nursery() as storing:
                 if self.store is not None:
@@ -562,7 +571,8 @@ class ChatServer:
                 await self._listen(listeners, task_status)
                 storing.cancel_scope.cancel()
         finally:
-            trio.lowlevel.remove_instrument(self.stalls)
+            if self.config.rate:
+                trio.lowlevel.remove_instrument(self.stalls)
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         log.info("stopped")
@@ -672,7 +682,7 @@ class ChatServer:
             if size := connection.mailbox.queued_bytes:
                 total += size
                 by_ip[connection.ip] += size
-        for member, ip in self._waiting_ip.items():
+        for member, (_, ip) in self._waiting.items():
             if size := member.mailbox.queued_bytes:
                 total += size
                 by_ip[ip] += size
@@ -704,8 +714,8 @@ class ChatServer:
         ]
         holders.extend(
             (m.mailbox.queued_bytes, partial(self._end_waiting, m))
-            for m, its_ip in self._waiting_ip.items()
-            if ip is None or its_ip == ip
+            for m, waiting in self._waiting.items()
+            if ip is None or waiting.ip == ip
         )
         return holders
 
@@ -786,20 +796,19 @@ class ChatServer:
         member.replace = partial(self._resumed, member)
         # Nobody waits for a mailbox that has no writer.
         member.mailbox.stalled = True
-        self._waiting[member] = trio.current_time() + self.config.resume_window
-        self._waiting_ip[member] = ip
+        self._waiting[member] = _Waiting(
+            trio.current_time() + self.config.resume_window, ip
+        )
         self._waiting_changed.set()
         log.info("wait %s (%s)", member.name, reason)
 
     def _resumed(self, member: Member) -> None:
         """A connection takes *member*'s waiting session back."""
-        self._waiting_ip.pop(member, None)
         if self._waiting.pop(member, None) is not None:
             member.mailbox.discard()
 
     def _end_waiting(self, member: Member, reason: str) -> None:
         """End *member*'s waiting session: now everyone hears it left."""
-        self._waiting_ip.pop(member, None)
         if self._waiting.pop(member, None) is None:
             return
         member.mailbox.discard()
@@ -811,10 +820,11 @@ class ChatServer:
         while True:
             self._waiting_changed = trio.Event()
             now = trio.current_time()
-            for member, deadline in list(self._waiting.items()):
+            for member, (deadline, _) in list(self._waiting.items()):
                 if deadline <= now:
                     self._end_waiting(member, "resume window passed")
-            with trio.move_on_at(min(self._waiting.values(), default=math.inf)):
+            ends = (waiting.deadline for waiting in self._waiting.values())
+            with trio.move_on_at(min(ends, default=math.inf)):
                 await self._waiting_changed.wait()
 
     def shutdown(self) -> None:
