@@ -68,13 +68,16 @@ def port_in_use(port: int) -> bool:
 
 
 @contextmanager
-def fresh_server(command: list[str], env: dict[str, str], port: int) -> Iterator[int]:
-    """A new server for one run; yields its process id."""
+def fresh_server(
+    command: list[str], env: dict[str, str], port: int, within: float = 10.0
+) -> Iterator[int]:
+    """A new server for one run, listening within *within* seconds; yields
+    its process id."""
     if port_in_use(port):
         raise SystemExit(f"something else is listening on port {port}")
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + within
         while not port_in_use(port):
             if process.poll() is not None:
                 raise SystemExit(f"the server exited with status {process.returncode}")

@@ -36,19 +36,17 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
+from bench_rooms import fresh_server
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT.parent / "shared" / "bench" / "loadgen"
@@ -115,42 +113,18 @@ async def make_accounts(path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-def port_in_use(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 @contextmanager
 def server(port: int, db: Path, history: int) -> Iterator[int]:
     """A new ``trichat serve`` of this checkout on *db*; its process id."""
-    if port_in_use(port):
-        raise SystemExit(f"something else is listening on port {port}")
     command = [
         sys.executable, "-m", "trichat", "serve", "--port", str(port),
         "--rate", "0", "--max-per-ip", "0", "--log-level", "warning",
         "--db", str(db), "--history", str(history),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while not port_in_use(port):
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited ({process.returncode})")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server is not listening after 20 s")
-            time.sleep(0.05)
-        yield process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # A store on disk may take a while to open: 20 s.
+    with fresh_server(command, env, port, within=20.0) as pid:
+        yield pid
 
 
 def run_once(
