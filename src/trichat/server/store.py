@@ -261,9 +261,9 @@ def _chunk(conversation: int, rows: Sequence[_Row]) -> _Chunk:
     )
 
 
-def _chunks(rows: list[_Row]) -> Iterator[_Chunk]:
+def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
     """*rows* (in id order) as chunks: one per conversation, or more when
-    it has more than _CHUNK_MOST of them."""
+    it has more than *most* of them."""
     by_conversation: dict[int, list[_Row]] = {}
     for row in rows:
         some = by_conversation.get(row[0])
@@ -272,11 +272,11 @@ def _chunks(rows: list[_Row]) -> Iterator[_Chunk]:
         else:
             some.append(row)
     for conversation, some in by_conversation.items():
-        if len(some) <= _CHUNK_MOST:
+        if len(some) <= most:
             yield _chunk(conversation, some)
         else:
-            for start in range(0, len(some), _CHUNK_MOST):
-                yield _chunk(conversation, some[start : start + _CHUNK_MOST])
+            for start in range(0, len(some), most):
+                yield _chunk(conversation, some[start : start + most])
 
 
 def _insert_statement(count: int) -> str:
@@ -1497,41 +1497,6 @@ def _oldest_shown(
     return int(oldest)
 
 
-def _trim(connection: sqlite3.Connection, chunks: list[tuple[int, int]]) -> None:
-    """Delete the oldest messages of *chunks*: (rowid, how many), fewer
-    than each has; in two statements."""
-    drops = dict(chunks)
-    rowids = ", ".join(map(str, drops))
-    trimmed = []
-    for rowid, conversation, last_id, count, *packed in connection.execute(
-        f"SELECT rowid, conversation, last_id, count, {_CHUNK_COLUMNS} FROM chunks "
-        f"WHERE rowid IN ({rowids})"
-    ):
-        drop = drops[rowid]
-        ids, times, senders, recipients, lengths, texts = packed
-        gone = sum(struct.unpack_from(f"<{drop}I", lengths))
-        (first_id,) = struct.unpack_from("<q", ids, 8 * drop)
-        trimmed += [
-            rowid,
-            conversation,
-            last_id,
-            first_id,
-            count - drop,
-            ids[8 * drop :],
-            times[8 * drop :],
-            "\n".join(senders.split("\n")[drop:]),
-            "\n".join(recipients.split("\n")[drop:]),
-            lengths[4 * drop :],
-            texts[gone:],
-        ]
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * (len(trimmed) // 11))
-    connection.execute(
-        f"REPLACE INTO chunks (rowid, conversation, last_id, first_id, count, "
-        f"{_CHUNK_COLUMNS}) VALUES {values}",
-        trimmed,
-    )
-
-
 def _read_offline(
     connection: sqlite3.Connection, account: str, below: int | None
 ) -> list[StoredMessage]:
@@ -1598,6 +1563,10 @@ class _Writer:
         # Chunks (conversation, messages) in the transaction being written.
         self.inserted: list[tuple[int, int]] = []
         self.slack = max(1, store.history_size // 4)
+        # Pruning leaves the chunk that straddles the newest *history* whole
+        # (see _prune): with chunks of at most an eighth of it, the file
+        # holds at most that many more than history shows.
+        self.chunk_most = max(1, min(_CHUNK_MOST, store.history_size // 8))
         self.data_version = self._data_version()
         self.looked_at = time.monotonic()
 
@@ -1739,7 +1708,7 @@ class _Writer:
         high = max(self.high_id, batches[-1].high)
         if not rows or rows[-1][1] < high:
             return False
-        chunks = list(_chunks(rows))
+        chunks = list(_chunks(rows, self.chunk_most))
         if len(chunks) > _INSERT_MOST:
             return False
         _insert_chunks(self.connection, chunks)
@@ -1753,7 +1722,7 @@ class _Writer:
         self, rows: list[_Row], offline: list[tuple[str, int, int, str, str, bytes]]
     ) -> None:
         if rows:
-            chunks = list(_chunks(rows))
+            chunks = list(_chunks(rows, self.chunk_most))
             _insert_chunks(self.connection, chunks)
             self.inserted += [(chunk[0], chunk[3]) for chunk in chunks]
         if offline:
@@ -1797,10 +1766,10 @@ class _Writer:
         self._pruned(some)
 
     def _prune(self) -> list[int]:
-        """Delete what is older than the newest *history* messages of a few
-        conversations (inside a transaction), in a few statements: each one
-        lets the event loop have the GIL, and the writer then waits to get
-        it back. The conversations pruned."""
+        """Delete the chunks of a few conversations that hold none of their
+        newest *history* messages (inside a transaction), in one statement:
+        each statement lets the event loop have the GIL, and the writer
+        then waits to get it back. The conversations pruned."""
         some = list(itertools.islice(self.to_prune, _PRUNE_STEP))
         if not some:
             return some
@@ -1812,26 +1781,21 @@ class _Writer:
             connection.execute(f"DELETE FROM chunks WHERE conversation IN ({due})")
             return some
         # For each chunk, how many messages of its conversation are as new
-        # as its own or newer (`total`).
+        # as its own or newer (`total`): the chunks with none of the newest
+        # `keep` go. The one that straddles the limit stays whole until a
+        # later pruning (history never shows what it holds beyond `keep`):
+        # cutting it cost a read, an unpacking and a rewrite of a chunk per
+        # conversation pruned, more than a third of pruning's time.
         counted = (
             "SELECT rowid AS chunk, count, sum(count) OVER (PARTITION BY "
             "conversation ORDER BY last_id DESC) AS total FROM chunks "
             f"WHERE conversation IN ({due})"
         )
-        # Chunks that hold the oldest of the newest `keep`, and more.
-        straddling = connection.execute(
-            f"SELECT chunk, total - ? FROM ({counted}) "
-            "WHERE total > ? AND total - count < ?",
-            (keep, keep, keep),
-        ).fetchall()
-        # Chunks with none of the newest `keep`.
         connection.execute(
             f"DELETE FROM chunks WHERE rowid IN (SELECT chunk FROM ({counted}) "
             "WHERE total - count >= ?)",
             (keep,),
         )
-        if straddling:
-            _trim(connection, straddling)
         return some
 
     def _pruned(self, some: list[int]) -> None:
