@@ -469,6 +469,34 @@ async def test_away_from_loopback_register_is_tls_required_too(
             await trio.aclose_forcefully(ours)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "server bug (by the table's wording): a password sent over plain TCP "
+        "from a non-loopback address for a name that is no account, or one "
+        "too short for an account, is answered no-such-account / "
+        "wrong-password; protocol.md 8: tls-required is 'a password over "
+        "plain TCP from a non-loopback address', whatever the name"
+    ),
+)
+@pytest.mark.parametrize(
+    ("name", "password"), [("nobody", PASSWORD), ("alice", "short")]
+)
+async def test_away_from_loopback_any_password_is_tls_required(
+    tmp_path: Path, name: str, password: str
+) -> None:
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await registered(live, "alice")
+        await alice.send("exit")
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.server.serve_connection, theirs, "192.0.2.7")
+            remote = LineClient(ours)
+            await remote.send(f"login|{name}|{password}")
+            await expect_error_frame(remote, "tls-required")
+            await trio.aclose_forcefully(ours)
+
+
 async def test_allow_plain_passwords_lets_passwords_in_from_elsewhere(
     tmp_path: Path,
 ) -> None:
