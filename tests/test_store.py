@@ -38,6 +38,7 @@ from trichat.server.store import (
     StoreError,
     default_path,
 )
+from trichat.server.store import _chunks as chunks_of_a_commit
 
 # No step of these tests should take anywhere near this long.
 STEP = 10.0
@@ -265,6 +266,29 @@ async def test_pruning_keeps_the_newest_of_each_conversation(
                 await trio.sleep(0.01)
         for to, sent_to in sent.items():
             assert ids(await store.history(to, "after", 0, 100)) == sent_to[-5:]
+
+
+def test_both_sides_of_a_conversation_share_chunks_that_never_overlap() -> None:
+    """Messages either way between two accounts are packed once for both of
+    their conversations; when a conversation is in two groups in one
+    commit (an account made or deleted between two of its messages), its
+    chunks still hold its messages in order, none overlapping another."""
+
+    def row(conversations: tuple[int, ...], id: int) -> Any:
+        return (conversations, id, 1000 + id, "alice", "bob", b"hi")
+
+    shared = list(chunks_of_a_commit([row((1, 2), 1), row((1, 2), 2)]))
+    assert [chunk[0] for chunk in shared] == [1, 2]
+    assert shared[0][1:] == shared[1][1:]
+    mixed = [row((1, 2), 1), row((1,), 2), row((1, 2), 3), row((3,), 4)]
+    by_conversation: dict[int, list[int]] = {}
+    for chunk in chunks_of_a_commit(mixed):
+        packed = chunk[4]
+        assert isinstance(packed, bytes)
+        by_conversation.setdefault(chunk[0], []).extend(
+            struct.unpack(f"<{len(packed) // 8}q", packed)
+        )
+    assert by_conversation == {1: [1, 2, 3], 2: [1, 3], 3: [4]}
 
 
 async def test_a_long_burst_to_one_room_pages_whole(tmp_path: Path) -> None:

@@ -208,9 +208,11 @@ class NoSuchAccount(StoreError):
 
 # -- the file ------------------------------------------------------------------
 
-_Row: TypeAlias = tuple[int, int, int, str, str, bytes]
-"""A message as one conversation keeps it: the conversation's id, the
-message's id, time (ms), sender, recipient and text (UTF-8)."""
+_Row: TypeAlias = tuple[tuple[int, ...], int, int, str, str, bytes]
+"""A message as the conversations that keep it keep it: their ids (in
+order: the same tuple for every message between the same two accounts,
+whoever sent it), the message's id, time (ms), sender, recipient and text
+(UTF-8)."""
 
 _CHUNKS = """
     CREATE TABLE chunks (
@@ -263,20 +265,31 @@ def _chunk(conversation: int, rows: Sequence[_Row]) -> _Chunk:
 
 def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
     """*rows* (in id order) as chunks: one per conversation, or more when
-    it has more than *most* of them."""
-    by_conversation: dict[int, list[_Row]] = {}
+    it has more than *most* of them. Conversations that keep the same
+    messages (both sides of one between two accounts) get the same
+    chunks, packed once."""
+    by_conversations: dict[tuple[int, ...], list[_Row]] = {}
     for row in rows:
-        some = by_conversation.get(row[0])
+        some = by_conversations.get(row[0])
         if some is None:
-            by_conversation[row[0]] = [row]
+            by_conversations[row[0]] = [row]
         else:
             some.append(row)
-    for conversation, some in by_conversation.items():
-        if len(some) <= most:
-            yield _chunk(conversation, some)
-        else:
-            for start in range(0, len(some), most):
-                yield _chunk(conversation, some[start : start + most])
+    named = [conversation for key in by_conversations for conversation in key]
+    if len(named) != len(set(named)):
+        # A conversation among two groups (an account made or deleted
+        # between two messages of this commit): its rows in one group, in
+        # id order, so that its chunks do not overlap.
+        by_conversations = {}
+        for row in rows:
+            for conversation in row[0]:
+                by_conversations.setdefault((conversation,), []).append(row)
+    for conversations, some in by_conversations.items():
+        for start in range(0, len(some), most):
+            packed = _chunk(conversations[0], some[start : start + most])
+            yield packed
+            for conversation in conversations[1:]:
+                yield (conversation, *packed[1:])
 
 
 def _insert_statement(count: int) -> str:
@@ -343,8 +356,9 @@ def _to_chunks(connection: sqlite3.Connection) -> None:
         "SELECT conversation, id, time_ms, sender, recipient, text FROM messages "
         "ORDER BY conversation, id"
     )
-    for _, some in itertools.groupby(rows, lambda row: row[0]):
-        connection.executemany(_INSERT_CHUNK, _chunks(list(some)))
+    for conversation, some in itertools.groupby(rows, lambda row: row[0]):
+        kept = [((conversation,), *row[1:]) for row in some]
+        connection.executemany(_INSERT_CHUNK, _chunks(kept))
     connection.execute("DROP TABLE messages")
     connection.execute(_CHUNKS_INDEX)
 
@@ -681,7 +695,7 @@ class Store:
         # '*') by the spelling messages to them have: the hot path.
         self._conversation_ids: dict[str, int] = {}
         self._next_conversation = 1
-        self._spellings: dict[str, int] = {}
+        self._spellings: dict[str, tuple[int, ...]] = {}
         # And direct messages' by (sender, recipient) as written, while the
         # accounts stay as they are.
         self._pairs: dict[tuple[str, str], tuple[int, ...]] = {}
@@ -853,8 +867,8 @@ class Store:
             spellings = self._spellings
             if len(spellings) >= _SPELLINGS_MOST:
                 spellings.clear()
-            spellings[to] = conversation
-            return (conversation,)
+            spellings[to] = (conversation,)
+            return spellings[to]
         pair = (accepted.sender, to)
         known = self._pairs.get(pair)
         if known is not None:
@@ -869,7 +883,9 @@ class Store:
                 keys = (sender + _SEP + recipient,)
         elif recipient in accounts:
             keys = (recipient + _SEP + sender,)
-        known = tuple(self._conversation(key) for key in keys)
+        # In order: a message either way between two accounts goes to the
+        # same two conversations, in the same chunks (see _chunks).
+        known = tuple(sorted(self._conversation(key) for key in keys))
         if len(self._pairs) >= _SPELLINGS_MOST:
             self._pairs.clear()
         self._pairs[pair] = known
@@ -896,12 +912,12 @@ class Store:
             # The hot paths: one text to a room, or between two names, seen
             # before: rows at once.
             to = accepted.to
-            conversation = self._spellings.get(to)
-            if conversation is not None:
+            conversations = self._spellings.get(to)
+            if conversations is not None:
                 text = texts[0]
                 first = accepted.first_id
                 (self._batch or self._open_batch()).rows.append(
-                    (conversation, first, accepted.time_ms, accepted.sender, to, text)
+                    (conversations, first, accepted.time_ms, accepted.sender, to, text)
                 )
                 self.backlog += 1
                 self.backlog_bytes += len(text)
@@ -914,10 +930,9 @@ class Store:
                 text = texts[0]
                 first = accepted.first_id
                 if conversations:
-                    rows = (self._batch or self._open_batch()).rows
-                    time_ms = accepted.time_ms
-                    for conversation in conversations:
-                        rows.append((conversation, first, time_ms, sender, to, text))
+                    (self._batch or self._open_batch()).rows.append(
+                        (conversations, first, accepted.time_ms, sender, to, text)
+                    )
                 elif self._batch is None:
                     self._open_batch()  # for the id
                 self.backlog += 1
@@ -967,10 +982,10 @@ class Store:
         if offline is not None:
             batch.offline.append((offline, accepted))
         time_ms, sender, to = accepted.time_ms, accepted.sender, accepted.to
-        for conversation in conversations:
+        if conversations:
             batch.rows.extend(
                 [
-                    (conversation, first + i, time_ms, sender, to, text)
+                    (conversations, first + i, time_ms, sender, to, text)
                     for i, text in enumerate(texts)
                 ]
             )
@@ -1221,7 +1236,7 @@ class Store:
         if self._batch is not None:
             batches.append(self._batch)
         for batch in batches:
-            rows += [row for row in batch.rows if row[0] == conversation]
+            rows += [row for row in batch.rows if conversation in row[0]]
         return rows
 
     async def offline(self, account_key: str) -> list[StoredMessage]:
