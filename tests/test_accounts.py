@@ -3,6 +3,7 @@ section 6), black-box over TCP, with the store in a temporary file."""
 
 from __future__ import annotations
 
+import sqlite3
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,30 @@ async def test_history_needs_a_store_that_keeps_it(tmp_path: Path) -> None:
         await alice.login("alice")
         await alice.send("history|*|latest|5")
         await expect_error_frame(alice, "no-history")
+
+
+async def test_a_history_read_that_fails_is_an_error_not_a_lost_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read the store cannot do (a disk error, a file locked too long)
+    fails that request: the client is told, and stays connected."""
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await v2(live)
+        await alice.login("alice")
+        await alice.send("talk|*|kept")
+        store = live.server.store
+        assert store is not None
+
+        def broken(*args: object) -> object:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store, "_read_in_thread", broken)
+        await alice.send("history|*|latest|5")
+        await expect_error_frame(alice, "no-history")
+        monkeypatch.undo()
+        await alice.send("history|*|latest|5")
+        assert (await alice.read_line()).startswith("hist|")
+        await alice.expect("history|*|1")
 
 
 async def test_accounts_history_and_ids_survive_a_restart(tmp_path: Path) -> None:

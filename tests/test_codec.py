@@ -10,6 +10,7 @@ from strategies import client_messages, names, server_messages, targets, texts
 from trichat.protocol._codec import (
     ProtocolError,
     Role,
+    as_deliveries,
     decode,
     delivery_block,
     delivery_head,
@@ -301,6 +302,20 @@ def test_a_login_of_32_characters_is_fine() -> None:
     assert decode(b"login|" + b"a" * 32, SERVER) == Login("a" * 32)
 
 
+@pytest.mark.parametrize("password", ["short", "x" * 300, "with|bars and spaces"])
+def test_a_login_password_of_any_length_is_the_servers_to_judge(password: str) -> None:
+    # Whether it matches, or the name is an account at all, the server says
+    # (wrong-password, no-such-account, tls-required), not the decoder.
+    line = f"login|alice|{password}".encode()
+    assert decode(line, SERVER) == Login("alice", password)
+
+
+def test_a_login_password_with_a_control_character_is_a_bad_frame() -> None:
+    error = decode_error(b"login|alice|secr\x01et", SERVER)
+    assert error.code is ErrorCode.BAD_FRAME
+    assert "secr" not in error.detail  # the password is never shown
+
+
 def test_the_reply_to_an_invisible_character_in_a_name_is_a_frame() -> None:
     error = decode_error("login|alice\u3164".encode(), SERVER)
     assert encode(error.reply) == (
@@ -551,3 +566,20 @@ def test_decode_raises_only_protocol_errors(line: bytes, role: Role) -> None:
     else:
         # The reply is always a frame the server can send.
         assert encode(outcome).startswith(b"error|")
+
+
+def test_messages_as_protocol_1_deliveries() -> None:
+    """What a protocol-2 session kept, for a protocol-1 connection that took
+    it over: talk frames, bars in the text kept, echoes left out."""
+    kept = [
+        b"msg|7|2026-12-03T09:15:02.125Z|bob|alice|hi|there\n",
+        b"msg|8|2026-12-03T09:15:03.000Z|alice|#r|my own, echoed\n",
+        b"msg|9|2026-12-03T09:15:04.000Z|alice|alice|a note to myself\n",
+        b"msg|10|2026-12-03T09:15:05.000Z|carol|*|to everyone\n",
+    ]
+    assert as_deliveries(kept, "alice") == [
+        b"talk|bob|alice|hi|there\n",
+        b"talk|alice|alice|a note to myself\n",
+        b"talk|carol|*|to everyone\n",
+    ]
+    assert as_deliveries([], "alice") == []

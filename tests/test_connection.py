@@ -215,7 +215,7 @@ def test_ping_and_pong_after_login() -> None:
         (b"TALK|bob|hi", ErrorCode.BAD_FRAME),
         (b"typing|bob|hi", ErrorCode.BAD_FRAME),
         (b"login|al\xffice", ErrorCode.BAD_FRAME),
-        (b"login|a|short", ErrorCode.WRONG_PASSWORD),
+        (b"login|a|con\x01trol", ErrorCode.BAD_FRAME),
         (b"register|long enough", ErrorCode.NOT_LOGGED_IN),
         (b"history|*|latest|501", ErrorCode.BAD_FRAME),
         (b"login|", ErrorCode.BAD_FRAME),

@@ -7,7 +7,7 @@ Adding a frame kind means adding its class to ``messages`` and one row to
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -52,6 +52,7 @@ from .messages import (
 __all__ = [
     "ProtocolError",
     "Role",
+    "as_deliveries",
     "decode",
     "delivery_block",
     "delivery_head",
@@ -134,6 +135,20 @@ def message_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
         if line.startswith(b"msg|"):
             bar = line.find(b"|", 4)
             yield int(line[4:bar]), line + b"\n"
+
+
+def as_deliveries(frames: Iterable[bytes], name: str) -> list[bytes]:
+    """``msg`` frames (whole, as a server writes them) for user *name*, as
+    the ``talk`` deliveries protocol 1 has for the same messages: no id,
+    no time, and no echo of *name*'s own messages (protocol 1 has none)."""
+    own = name.encode()
+    deliveries = []
+    for frame in frames:
+        _, _, _, sender, rest = frame.split(b"|", 4)
+        if sender == own and rest.split(b"|", 1)[0] != own:
+            continue  # an echo
+        deliveries.append(b"talk|" + sender + b"|" + rest)
+    return deliveries
 
 
 def talk_texts(lines: Sequence[bytes], start: int, end: int, to: bytes) -> list[bytes]:

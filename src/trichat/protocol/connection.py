@@ -180,7 +180,7 @@ def decode_client_line(line: bytes, logged_in_as: str | None) -> ClientMessage:
         # holds (a malformed frame is still a bad frame).
         if (
             logged_in_as is not None
-            and error.code in (ErrorCode.BAD_NAME, ErrorCode.WRONG_PASSWORD)
+            and error.code == ErrorCode.BAD_NAME
             and line.startswith(b"login|")
         ):
             raise _already_logged_in(logged_in_as) from None

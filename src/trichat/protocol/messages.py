@@ -497,12 +497,13 @@ def _new_password(_: Any, __: Any, value: str) -> None:
 
 
 def _given_password(_: Any, __: Any, value: str | None) -> None:
-    # A password that breaks the rules for new ones matches no account.
-    if value is not None:
-        try:
-            check_password(value)
-        except ValueError as problem:
-            raise FieldError(ErrorCode.WRONG_PASSWORD, str(problem)) from None
+    # Only what no password can hold: whether it matches an account, of
+    # any length, is the server's to say, after whether the name is one
+    # (no-such-account) and whether passwords may come this way.
+    if value is not None and _CONTROL.search(value):
+        raise FieldError(
+            ErrorCode.BAD_FRAME, "a password may not contain control characters"
+        )
 
 
 @attrs.frozen

@@ -97,7 +97,7 @@ class OfflineKeeper(Protocol):
     """Where direct messages to an account that is offline are kept until
     it logs in (the store)."""
 
-    def is_account(self, key: str) -> bool: ...
+    def account_name(self, key: str) -> str | None: ...
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool: ...
 
@@ -754,12 +754,14 @@ class Hub:
         """A direct message to nobody online: kept for the account it is
         to, if it is one (its sender is told ``mailbox-full`` when the
         account has as many as it may keep), refused otherwise."""
-        to = envelope.to
         texts = envelope.texts
-        key = name_key(to)
+        key = name_key(envelope.to)
         offline = self.offline
-        if offline is None or not offline.is_account(key):
-            return Routed(len(texts), Refusal.NO_SUCH_USER, to)
+        # Named as its owner wrote it, however the sender spelled it (as a
+        # message to the account online would be).
+        to = None if offline is None else offline.account_name(key)
+        if offline is None or to is None:
+            return Routed(len(texts), Refusal.NO_SUCH_USER, envelope.to)
         first_id = self.next_id
         self._time()
         accepted = Accepted(sender.name, to, texts, first_id, self._stamp_ms)

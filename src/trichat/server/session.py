@@ -31,6 +31,7 @@ import trio
 
 from ..protocol._codec import (
     ProtocolError,
+    as_deliveries,
     encode,
     plain_talk_run,
     printable,
@@ -73,7 +74,14 @@ from .config import ServerConfig
 from .hub import Envelope, Hub, Member, NameTaken, RoomRefused
 from .mailbox import Drainable, Mailbox
 from .passwords import LoginThrottle
-from .store import AccountExists, Direction, NoSuchAccount, Store, StoredMessage
+from .store import (
+    AccountExists,
+    Direction,
+    NoSuchAccount,
+    Store,
+    StoredMessage,
+    StoreError,
+)
 
 __all__ = ["Session", "SessionEnded", "TokenBucket"]
 
@@ -490,10 +498,13 @@ class Session:
         same account, elsewhere), and deliver what was kept meanwhile."""
         store = self.store
         key = name_key(name)
+        # Whatever the name: a password sent where it may not come was
+        # seen on the way already, and whether the name is an account is
+        # nobody's business there.
+        if not self._may_send_passwords():
+            return
         if store is None or not store.is_account(key):
             self.reply(Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account"))
-            return
-        if not self._may_send_passwords():
             return
         throttle, ip = self.throttle, self.ip
         if not throttle.allowed(key, ip, self.now):
@@ -542,11 +553,13 @@ class Session:
         resume) that holds it: the account logged in again elsewhere.
         Nobody else sees it leave or come back."""
         # What was accepted for the session and never written (while it
-        # waited for a resume, say) goes to the new connection, if it reads
-        # the same frames (msg: protocol 2).
+        # waited for a resume, say) goes to the new connection, as it
+        # speaks. (Only a protocol-2 session keeps it: one on protocol 1
+        # never waits, and its connection writes what it holds.)
         unwritten = member.mailbox.take_unwritten_messages()
-        if member.version != (self.version or 1):
-            unwritten = []
+        last_id = _last_id(unwritten, 0)
+        if not self.version or self.version < 2:
+            unwritten, last_id = as_deliveries(unwritten, member.name), 0
         self._adopt(member)
         # A new secret (or none, on protocol 1): whoever held the old one
         # cannot take the account back without its password.
@@ -557,7 +570,7 @@ class Session:
         self._answer(
             self.hub.snapshot(member) + b"".join(unwritten),
             force=True,
-            last_id=_last_id(unwritten, 0),
+            last_id=last_id,
         )
         log.info("login %s %s (took the session over)", self.address, member.name)
 
@@ -662,13 +675,20 @@ class Session:
             return
 
         async def answer() -> None:
-            found = await store.history(
-                target,
-                cast(Direction, request.direction),  # checked when decoded
-                request.anchor,
-                request.count,
-                account_key=member.key,
-            )
+            try:
+                found = await store.history(
+                    target,
+                    cast(Direction, request.direction),  # checked when decoded
+                    request.anchor,
+                    request.count,
+                    account_key=member.key,
+                )
+            except StoreError as error:
+                # The request failed, not the connection: say so (the
+                # closest code there is), and the client may ask again.
+                log.warning("history for %s failed: %s", self.address, error)
+                self.reply(Error(ErrorCode.NO_HISTORY, "history cannot be read now"))
+                return
             frames = [_stored_frame("hist", m, m.to) for m in found]
             data = "".join(frames).encode() + encode(HistoryEnd(target, len(found)))
             self._answer(data, force=True)

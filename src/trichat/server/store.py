@@ -122,6 +122,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "StoreUnreadable",
     "StoredMessage",
     "account_names",
     "default_path",
@@ -195,6 +196,11 @@ class StoreError(Exception):
 class StoreClosed(StoreError):
     """The store is not running (``Store.run`` has not started or has
     ended)."""
+
+
+class StoreUnreadable(StoreError):
+    """A read failed in SQLite (a disk error, a file locked for too long):
+    that request failed, the store goes on."""
 
 
 class AccountExists(StoreError):
@@ -685,7 +691,8 @@ class Store:
         self._temporary: str | None = None  # the directory of a :memory: one
         self._running = False
         self._token: trio.lowlevel.TrioToken | None = None
-        self._accounts: set[str] = set()
+        # Every account's name as its owner wrote it, by clash key.
+        self._accounts: dict[str, str] = {}
         # Account changes queued and not yet committed: key -> exists after.
         self._account_changes: dict[str, list[bool]] = {}
         self._offline_count: dict[str, int] = {}
@@ -832,6 +839,11 @@ class Store:
                 return
 
     # -- recording -----------------------------------------------------------------
+
+    def account_name(self, key: str) -> str | None:
+        """Account *key*'s name as its owner wrote it (in memory), or None
+        when *key* is no account."""
+        return self._accounts.get(key)
 
     def is_account(self, key: str) -> bool:
         """Whether clash key *key* (``name_key(name)``) is an account."""
@@ -1106,20 +1118,22 @@ class Store:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _accounts_changed(self, keys: set[str]) -> None:
-        """On the event loop: another process changed the accounts."""
+    def _accounts_changed(self, accounts: dict[str, str]) -> None:
+        """On the event loop: another process changed the accounts (now
+        *accounts*, names by key)."""
         for key, after in self._account_changes.items():
-            if after[-1]:
-                keys.add(key)
-            else:
-                keys.discard(key)
-        for key in self._accounts - keys:
+            # Our own changes not committed yet stand.
+            if not after[-1]:
+                accounts.pop(key, None)
+            elif key in self._accounts:
+                accounts[key] = self._accounts[key]
+        for key in self._accounts.keys() - accounts.keys():
             # Deleted by another process, with its offline messages and its
             # history; and what was queued for it since is deleted too.
             self._offline_count.pop(key, None)
             self._delivered[key] = self.last_id
             self._put(_Change(partial(_delete_account_data, key=key), _ignore))
-        self._accounts = keys
+        self._accounts = accounts
         self._pairs.clear()  # who is an account changed
 
     def _tell(self, function: Callable[..., None], *args: Any) -> None:
@@ -1138,9 +1152,16 @@ class Store:
         wait for the GIL again)."""
         if not self._running or self._file is None:
             raise StoreClosed("the store is not running")
-        return await trio.to_thread.run_sync(
-            self._read_in_thread, self._file, read, one_statement, limiter=self.limiter
-        )
+        try:
+            return await trio.to_thread.run_sync(
+                self._read_in_thread,
+                self._file,
+                read,
+                one_statement,
+                limiter=self.limiter,
+            )
+        except sqlite3.Error as error:
+            raise StoreUnreadable(f"the store could not be read: {error}") from error
 
     def _read_in_thread(
         self, file: str, read: Callable[[sqlite3.Connection], T], one_statement: bool
@@ -1200,7 +1221,9 @@ class Store:
         kept = self.history_size
         if n <= 0 or not kept:
             return []
-        anchor = anchor_id or 0
+        # Ids run to 20 digits, SQLite's integers to 2**63 - 1: above every
+        # id there is.
+        anchor = min(anchor_id or 0, _NO_ID)
         conversation = self._conversation_ids.get(key)
         if conversation is None:
             return []
@@ -1294,7 +1317,7 @@ class Store:
         password_hash = await self.hasher.hash(password)
         if key in self._accounts:  # registered while we hashed
             raise AccountExists(name)
-        self._accounts.add(key)
+        self._accounts[key] = name
         self._pairs.clear()  # who is an account changed
         account = Account(name, key, password_hash, int(time.time() * 1000))
 
@@ -1356,7 +1379,7 @@ class Store:
             raise StoreClosed("the store is not running")
         if key not in self._accounts:
             raise NoSuchAccount(name)
-        self._accounts.discard(key)
+        del self._accounts[key]
         self._pairs.clear()  # who is an account changed
         self._offline_count.pop(key, None)
         # Its offline messages still queued are written, then deleted.
@@ -1541,9 +1564,9 @@ class _Loaded:
         ).fetchone()
         if row[0] is not None and row[0] > self.last_id:
             self.last_id = row[0]
-        self.accounts = {
-            key for (key,) in connection.execute("SELECT key FROM accounts")
-        }
+        self.accounts: dict[str, str] = dict(
+            connection.execute("SELECT key, name FROM accounts")
+        )
         self.offline: dict[str, int] = dict(
             connection.execute("SELECT account, count(*) FROM offline GROUP BY account")
         )
@@ -1834,5 +1857,5 @@ class _Writer:
         if version == self.data_version:
             return
         self.data_version = version
-        keys = {key for (key,) in self.connection.execute("SELECT key FROM accounts")}
-        self.store._tell(self.store._accounts_changed, keys)
+        accounts = dict(self.connection.execute("SELECT key, name FROM accounts"))
+        self.store._tell(self.store._accounts_changed, accounts)
