@@ -196,17 +196,26 @@ class Breakable(trio.abc.Stream):
     """A stream whose writes fail (a connection reset the reader has not
     noticed yet) once ``broken`` is set, or with ``stalling`` set write
     half of what they are given and then wait for ever (a peer that stopped
-    reading); reads go on as before."""
+    reading), or with ``swallowing`` set return as if written while
+    nothing reaches the peer (the kernel took it; the connection is lost
+    before the server reads it); reads go on as before."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.broken = False
         self.stalling = False
+        self.swallowing = False
+        self.swallowed = trio.Event()
+        """Set once a write has been swallowed."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.broken:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError("connection reset")
+        if self.swallowing:
+            await trio.lowlevel.checkpoint()
+            self.swallowed.set()
+            return
         if self.stalling:
             await self.inner.send_all(bytes(data)[: len(data) // 2])
             await trio.sleep_forever()

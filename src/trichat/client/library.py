@@ -23,7 +23,14 @@ from __future__ import annotations
 import random
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Final, cast
 
@@ -85,6 +92,7 @@ from ..protocol.messages import (
 __all__ = [
     "DEFAULT_PORT",
     "MAX_SERVER_FRAME",
+    "MAX_UNCONFIRMED",
     "Backoff",
     "BadServerFrame",
     "Client",
@@ -270,7 +278,15 @@ class LoginRefused(Exception):
 
 
 class ConnectionLost(Exception):
-    """The connection broke, or closed before the login was acknowledged."""
+    """The connection broke, or closed before the login was acknowledged.
+
+    ``unconfirmed``: when a ``ReconnectingClient`` ends with it (it gave
+    up, or could not log in again), the talks it had handed to a
+    connection whose delivery the server never confirmed (with echo;
+    see ``ReconnectingClient.unconfirmed``), oldest first; empty
+    otherwise."""
+
+    unconfirmed: tuple[Talk, ...] = ()
 
 
 class NotSent(ConnectionLost):
@@ -1369,6 +1385,13 @@ class ResumeFailed:
     "messages may be missing here" for each. When no message had been
     received before the drop (``after`` is 0) there is no id to fill
     from, and every conversation is a gap.
+
+    ``unconfirmed`` lists the talks (with echo) handed to the lost
+    connection whose copy never came back, oldest first, less those
+    found among the recovered messages: whether the server took them
+    before the session was lost cannot be known, so they are not sent
+    again (a repeat may be a duplicate); a program can show them as
+    "may not have been delivered" and let its user send them again.
     """
 
     reason: str
@@ -1376,6 +1399,7 @@ class ResumeFailed:
     recovered: int = 0
     gaps: tuple[str, ...] = ()
     direct_gap: bool = True
+    unconfirmed: tuple[Talk, ...] = ()
 
 
 ConnectionEvent = Disconnected | Reconnecting | Resumed | ResumeFailed
@@ -1425,6 +1449,39 @@ _FINAL_REFUSALS: Final = frozenset(
         ErrorCode.TLS_REQUIRED,
     }
 )
+
+
+MAX_UNCONFIRMED: Final = 1024
+"""How many talks a ``ReconnectingClient`` keeps, handed to a connection
+and not yet confirmed by their echo, before a new talk waits for one to
+be confirmed (a single ``talk_batch`` may go past it). It is the
+default ``--queue-size`` of a trichat server, the most messages a
+session's queue holds: more of our own messages than that on their way
+back would overflow the queue the server keeps for us while we are
+away, and the session could not be resumed anyway."""
+# How many pings whose pong is awaited are kept as points that confirm
+# what was sent before them.
+_MAX_BARRIERS: Final = 64
+# Refusals of a talk that name its target (the detail is TO).
+_REFUSES_A_TALK: Final = frozenset(
+    {ErrorCode.NO_SUCH_USER, ErrorCode.NOT_IN_ROOM, ErrorCode.MAILBOX_FULL}
+)
+
+
+@attrs.define(eq=False)
+class _Kept:
+    """A talk handed to a connection (``client``) whose echo has not come
+    yet; ``key`` is its target's clash key, what an echo is matched on
+    with the text."""
+
+    to: str
+    text: str
+    key: str
+    client: Client
+
+    @property
+    def talk(self) -> Talk:
+        return Talk(self.to, self.text)
 
 
 @attrs.frozen
@@ -1490,12 +1547,49 @@ class ReconnectingClient:
     connection is ended, so the server drops the part it got, and the
     session is taken back over a new one).
     A send that returned may still be lost in a drop right after it (the
-    kernel took it, the server never read it): with ``echo`` the
-    server's copy of it, in the stream, says it was taken; after a
-    ``Resumed`` the copies of everything it took are there.
-    ``talk_batch`` is one write of many frames: a drop in the middle of it
-    raises ConnectionLost (part of the batch may have gone; the client
-    reconnects meanwhile), since sending it again could repeat messages.
+    kernel took it, the server never read it). With ``echo`` (protocol 2
+    with the ``echo`` option, the default) the client makes up for it by
+    itself, for the talks sent through it (``talk``, ``broadcast``,
+    ``talk_batch``, ``send`` of a ``Talk``): it keeps each one, in the
+    order written, until the server's copy of it (a ``Message`` from this
+    client to the target it named, with the same text) comes back, or the
+    server refuses it (an ``Error`` naming its target: ``no-such-user``,
+    ``not-in-room``, ``mailbox-full``; or a later copy, or the pong of a
+    later ``ping``, since the server answers in order). ``unconfirmed``
+    lists them. After a drop:
+
+    - on ``Resumed``, the missed messages hold the copy of every one the
+      server took; the others never reached it and are sent again over the
+      new connection, in order, once, before anything the program sends
+      next (their copies then come back as any other);
+    - on ``ResumeFailed`` nobody can tell which the server took before the
+      session was lost: those found among the messages recovered from the
+      server's history are confirmed, the rest are listed in the event's
+      ``unconfirmed`` and not sent again (a repeat may be a duplicate);
+    - when the client gives up (or logging in again is refused), the
+      ConnectionLost that ends the iteration lists them in its
+      ``unconfirmed``.
+
+    Whatever ends the client otherwise (``exit`` while away, ``aclose``,
+    a ``replaced``), ``unconfirmed`` still lists what was not confirmed.
+    At most MAX_UNCONFIRMED talks are kept: a talk past it waits until an
+    echo frees a place, so a program must go on reading (which it must do
+    anyway, or the server drops it as too slow). Talks sent through
+    ``client`` directly, around this one, are not kept, and their copies
+    are taken for those of kept talks with the same target and text.
+
+    Without echo (protocol 1, or ``echo=False``) nothing says what the
+    server took: a talk lost in a drop right after its send returned is
+    lost, and nobody is told; ``unconfirmed`` stays empty, which says
+    nothing about delivery.
+
+    ``talk_batch`` is one write of many frames. With echo, a drop in the
+    middle of it is like a drop right after it: the texts the server did
+    not take go again after a resume (or are listed as unconfirmed), and
+    it returns; cancelled in the middle of its write, it is completed the
+    same way. Without echo a drop in the middle raises ConnectionLost
+    (part of the batch may have gone; the client reconnects meanwhile),
+    since sending it again could repeat messages.
     """
 
     def __init__(
@@ -1540,6 +1634,23 @@ class ReconnectingClient:
         # Why sends fail from now on, once the client has ended.
         self._end_reason = "the client is closed"
         self._pings = 0
+        # With echo: the talks handed to a connection and not confirmed
+        # yet, in the order written (see the class). Writes that keep
+        # something go one at a time under _order, so that this order is
+        # the order on the wire, which the server answers in.
+        self._kept: deque[_Kept] = deque()
+        self._order = trio.Lock()
+        # Pings whose pong is awaited: the connection, the token, and the
+        # last talk kept when it was written (None: none), which the pong
+        # confirms with everything before it.
+        self._barriers: deque[tuple[Client, str, _Kept | None]] = deque()
+        # A talk waits for a place among the kept (MAX_UNCONFIRMED).
+        self._room_wanted = False
+        # The highest message id looked at for copies of the kept talks:
+        # an attempt to come back that fails after reading the replay
+        # reads it again in the next, and a copy must confirm only once
+        # (the same text may have been sent twice).
+        self._looked_at = client.last_id
 
     @classmethod
     @asynccontextmanager
@@ -1585,6 +1696,14 @@ class ReconnectingClient:
     def connected(self) -> bool:
         """Whether the client is connected and logged in just now."""
         return self._client is not None
+
+    @property
+    def unconfirmed(self) -> tuple[Talk, ...]:
+        """With echo: the talks handed to a connection whose delivery the
+        server has not confirmed yet (its copy has not come back), oldest
+        first; what a drop would put at risk (see the class). Always empty
+        without echo."""
+        return tuple(kept.talk for kept in self._kept)
 
     @property
     def name(self) -> str:
@@ -1648,7 +1767,12 @@ class ReconnectingClient:
         client is back. Raises ValueError (nothing sent) as
         ``Client.send`` does, and NotSent when the client ends first (see
         the class)."""
-        await self._deliver(lambda client: client.send(message))
+        if type(message) is Talk:
+            talks: tuple[tuple[str, str], ...] = ((message.to, message.text),)
+        else:
+            talks = ()
+        token = message.token if type(message) is Ping else None
+        await self._deliver(lambda client: client.send(message), talks, token)
 
     async def talk(self, to: str, text: str) -> None:
         await self.send(Talk(to, text))
@@ -1689,14 +1813,39 @@ class ReconnectingClient:
     async def talk_batch(self, to: str, texts: Sequence[str]) -> None:
         """``Client.talk_batch`` once connected; see the class for a drop
         in the middle of it."""
-        client = await self._connected_client()
-        try:
-            await client.talk_batch(to, texts)
-        except ConnectionLost as lost:
-            await self._drop(client, lost)
-            raise ConnectionLost(
-                f"{lost}: part of the batch may not have reached the server"
-            ) from lost
+        if isinstance(texts, str):
+            raise TypeError("texts is a sequence of texts, not one text")
+        while True:
+            client = await self._connected_client()
+            if client.echo:
+                await self._make_room(len(texts))
+            if client is self._client:
+                break
+        async with self._order:
+            key = name_key(to)
+            kept = self._keep(client, ((to, text, key) for text in texts))
+            try:
+                await client.talk_batch(to, texts)
+            except ConnectionLost as lost:
+                await self._drop(client, lost)
+                if client.echo:
+                    return  # what the server did not take goes after the resume
+                raise ConnectionLost(
+                    f"{lost}: part of the batch may not have reached the server"
+                ) from lost
+            except trio.Cancelled:
+                if client._send_broken:
+                    # Part of it may have gone: with echo, the resume
+                    # completes it, as after a drop.
+                    with trio.CancelScope(shield=True):
+                        interrupted = ConnectionLost("a send was interrupted")
+                        await self._drop(client, interrupted)
+                else:
+                    self._forget(kept)
+                raise
+            except BaseException:
+                self._forget(kept)  # refused before anything was written
+                raise
 
     async def exit(self) -> None:
         """Say ``exit`` and close: no reconnecting after it. While the
@@ -1809,31 +1958,186 @@ class ReconnectingClient:
                 return client
             await self._changed.wait()
 
-    async def _deliver(self, act: Callable[[Client], Awaitable[None]]) -> None:
+    async def _deliver(
+        self,
+        act: Callable[[Client], Awaitable[None]],
+        talks: Sequence[tuple[str, str]] = (),
+        ping: str | None = None,
+    ) -> None:
         """Do *act* (one frame's send) over the live connection, waiting
         while away; when the connection breaks under it, again over the
-        next one: the frame did not reach the server whole."""
+        next one: the frame did not reach the server whole. *talks*: the
+        talk it sends, kept until confirmed (with echo); *ping*: the token
+        of the ping it sends, whose pong confirms what went before it."""
         broken: Client | None = None
         while True:
             client = await self._connected_client(broken)
-            try:
-                await act(client)
-            except ConnectionLost as lost:
-                await self._drop(client, lost)
-                broken = client
-                continue
-            except trio.Cancelled:
-                if client._send_broken:
-                    # Cancelled in the middle of the write: the connection
-                    # holds part of a frame and can carry no other. Ending
-                    # it now makes the server drop that part (a frame is
-                    # only whole with its line end) and the session is
-                    # taken back over a new connection.
-                    with trio.CancelScope(shield=True):
-                        interrupted = ConnectionLost("a send was interrupted")
-                        await self._drop(client, interrupted)
-                raise
+            if talks and client.echo:
+                await self._make_room(len(talks))
+                if client is not self._client:
+                    continue
+            async with self._order:
+                kept = self._keep(client, ((to, t, name_key(to)) for to, t in talks))
+                if ping is not None:
+                    self._barrier(client, ping)
+                try:
+                    await act(client)
+                except ConnectionLost as lost:
+                    # One frame, not written whole: the server took none
+                    # of it, and it goes again over the next connection.
+                    self._forget(kept)
+                    await self._drop(client, lost)
+                    broken = client
+                    continue
+                except trio.Cancelled:
+                    self._forget(kept)
+                    if client._send_broken:
+                        # Cancelled in the middle of the write: the
+                        # connection holds part of a frame and can carry no
+                        # other. Ending it now makes the server drop that
+                        # part (a frame is only whole with its line end) and
+                        # the session is taken back over a new connection.
+                        with trio.CancelScope(shield=True):
+                            interrupted = ConnectionLost("a send was interrupted")
+                            await self._drop(client, interrupted)
+                    raise
+                except BaseException:
+                    self._forget(kept)
+                    raise
             return
+
+    # -- what was sent and not confirmed yet (with echo) ----------------------------
+
+    async def _make_room(self, count: int) -> None:
+        """Wait until *count* more talks may be kept (MAX_UNCONFIRMED), the
+        connection changes, or the client ends (NotSent)."""
+        client = self._client
+        while self._kept and len(self._kept) + count > MAX_UNCONFIRMED:
+            if self._ended:
+                raise NotSent(self._end_reason)
+            if self._client is not client:
+                return
+            self._room_wanted = True
+            await self._changed.wait()
+
+    def _keep(
+        self, client: Client, talks: Iterable[tuple[str, str, str]]
+    ) -> list[_Kept]:
+        """Keep *talks* (to, text, clash key of to), about to be written to
+        *client*, until confirmed; nothing without echo."""
+        if not client.echo:
+            return []
+        kept = [_Kept(to, text, key, client) for to, text, key in talks]
+        self._kept.extend(kept)
+        return kept
+
+    def _forget(self, kept: Sequence[_Kept]) -> None:
+        """*kept* were not written after all (or not whole)."""
+        if not kept:
+            return
+        # Under _order nothing is kept after them meanwhile, but an echo
+        # or a resume may have taken some of them off already.
+        gone = set(map(id, kept))
+        self._kept = deque(each for each in self._kept if id(each) not in gone)
+        self._freed()
+
+    def _freed(self) -> None:
+        if self._room_wanted and len(self._kept) < MAX_UNCONFIRMED:
+            self._room_wanted = False
+            self._notify()
+
+    def _barrier(self, client: Client, token: str) -> None:
+        """A ping with *token* is about to be written to *client*: its pong
+        confirms every talk kept before it."""
+        if not client.echo:
+            return
+        if len(self._barriers) >= _MAX_BARRIERS:
+            self._barriers.popleft()  # only a shortcut: an echo confirms too
+        last = self._kept[-1] if self._kept else None
+        self._barriers.append((client, token, last))
+
+    def _confirm(self, message: Message) -> None:
+        """Our own *message*, back from the server: the first talk kept
+        with its target and text is delivered, and every one kept before
+        it was answered too (the server answers in order; with an error,
+        already passed on)."""
+        key = name_key(message.to)
+        text = message.text
+        for index, kept in enumerate(self._kept):
+            if kept.key == key and kept.text == text:
+                for _ in range(index + 1):
+                    self._kept.popleft()
+                self._freed()
+                return
+
+    def _refused(self, error: Error) -> None:
+        """*error* refuses a talk to the target it names: the first one
+        kept to it is answered."""
+        key = name_key(error.detail)
+        for kept in self._kept:
+            if kept.key == key:
+                self._kept.remove(kept)
+                self._freed()
+                return
+
+    def _ponged(self, client: Client, token: str) -> None:
+        """The pong of a ping written to *client*: what was written before
+        that ping has been answered."""
+        found = next(
+            (
+                index
+                for index, (sent_to, said, _) in enumerate(self._barriers)
+                if sent_to is client and said == token
+            ),
+            None,
+        )
+        if found is None:
+            return  # a ping sent around this client
+        # Pongs come in order: the pings before it will get none.
+        for _ in range(found):
+            self._barriers.popleft()
+        last = self._barriers.popleft()[2]
+        if last is None or not any(kept is last for kept in self._kept):
+            return
+        while self._kept and self._kept[0].client is client:
+            if self._kept.popleft() is last:
+                break
+        self._freed()
+
+    async def _catch_up(
+        self, client: Client, events: list[ReconnectingEvent]
+    ) -> list[ReconnectingEvent]:
+        """Back over *client*: the kept talks whose copy *events* (the
+        outcome, then the missed or recovered messages) hold are delivered.
+        After a resume the others never reached the server: they go again
+        now, in order, before the program's next send. After a new login
+        they are listed in the ResumeFailed. Returns *events*."""
+        self._barriers.clear()
+        own = name_key(client.name)
+        looked_at = self._looked_at
+        for event in events:
+            if not isinstance(event, Message) or event.id <= looked_at:
+                continue
+            self._looked_at = max(self._looked_at, event.id)
+            if self._kept and name_key(event.sender) == own:
+                self._confirm(event)
+        if not self._kept:
+            return events
+        outcome = events[0]
+        if isinstance(outcome, Resumed):
+            async with self._order:
+                for kept in self._kept:
+                    kept.client = client
+                # The same server, with the same limits, took each of them
+                # before: no check can refuse one now.
+                frames = [client._connection.send(kept.talk) for kept in self._kept]
+                await client._write(b"".join(frames))
+            return events
+        unconfirmed = self.unconfirmed
+        self._kept.clear()
+        self._freed()
+        assert isinstance(outcome, ResumeFailed), outcome
+        return [attrs.evolve(outcome, unconfirmed=unconfirmed), *events[1:]]
 
     async def _drop(self, client: Client, lost: ConnectionLost) -> None:
         """A send found *client*'s connection broken: close it, so that the
@@ -1850,6 +2154,7 @@ class ReconnectingClient:
                 await self._follow()
             if self._failure is not None:
                 self._end_reason = str(self._failure)
+                self._failure.unconfirmed = self.unconfirmed
             self._ended = True
             self._notify()
             nursery.cancel_scope.cancel()
@@ -1885,19 +2190,33 @@ class ReconnectingClient:
                 return str(lost)
             if not batch:
                 return self._closing_reason or "the server closed the connection"
-            await self._pass(batch)
+            await self._pass(batch, client)
 
-    async def _pass(self, events: Sequence[ReconnectingEvent]) -> None:
+    async def _pass(
+        self, events: Sequence[ReconnectingEvent], client: Client | None = None
+    ) -> None:
         """Pass on *events*, what one read brought, as one batch: they go
         into the channel without a checkpoint between them while it has
         room, so the reader's ``receive_batch`` takes them together (a
-        join's member list, say, stays one answer)."""
+        join's member list, say, stays one answer). *client*: the live
+        connection they came from, whose answers confirm the talks kept
+        (None: a resume's, which ``_catch_up`` has looked at)."""
+        confirming = client is not None and bool(self._kept)
+        own = name_key(self.name)
         for event in events:
             match event:
-                case Message(id=message_id):
+                case Message(id=message_id, sender=sender):
                     if message_id <= self.last_id:
                         continue
                     self.last_id = message_id
+                    if message_id > self._looked_at:
+                        self._looked_at = message_id
+                        if confirming and name_key(sender) == own:
+                            self._confirm(event)
+                case Error(code) if confirming and code in _REFUSES_A_TALK:
+                    self._refused(event)
+                case Pong(token) if confirming and client is not None:
+                    self._ponged(client, token)
                 case Error(code, detail) if code.closes:
                     if code in (ErrorCode.REPLACED, ErrorCode.TOO_LONG):
                         self._final = True
@@ -1925,8 +2244,11 @@ class ReconnectingClient:
                 continue
             sent = trio.current_time()
             self._pings += 1
-            with suppress(ConnectionLost):
-                await client.send(Ping(f"keepalive-{self._pings}"))
+            token = f"keepalive-{self._pings}"
+            async with self._order:
+                self._barrier(client, token)
+                with suppress(ConnectionLost):
+                    await client.send(Ping(token))
             await trio.sleep_until(sent + interval)
             if client is self._client and client.last_heard < sent:
                 self._closing_reason = f"no answer from the server for {interval:g} s"
@@ -1987,6 +2309,7 @@ class ReconnectingClient:
         try:
             client, failure = await self._take_back(stream)
             events = await self._settle(client, failure)
+            events = await self._catch_up(client, events)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

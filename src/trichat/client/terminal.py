@@ -175,10 +175,6 @@ _NAME_REFUSALS: Final = frozenset(
 _UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 # The errors that refuse a message (talk), naming its target.
-_REFUSES_A_MESSAGE: Final = frozenset(
-    {ErrorCode.NO_SUCH_USER, ErrorCode.NOT_IN_ROOM, ErrorCode.MAILBOX_FULL}
-)
-
 _COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
 _TARGETED = re.compile(r"(\S+)(?:\s+(.*))?", re.DOTALL)
 
@@ -306,15 +302,6 @@ class _Session:
         # Why the connection dropped, until the first attempt to reconnect
         # says so.
         self._lost: str | None = None
-        # With echo: what was sent and not yet seen back, as (to, text),
-        # to None for everyone. Those still unseen when the connection
-        # dropped are suspects; the ones a resume does not give back
-        # (its replay holds every message the server took) are sent again
-        # once the replay, *replay_left* messages more, is over.
-        self._unechoed: deque[tuple[str | None, str]] = deque()
-        self._suspects: list[tuple[str | None, str]] = []
-        self._replay_left: int | None = None
-        self._resend: deque[tuple[str | None, str]] = deque()
         # What is sent goes no faster than the server takes it: a script's
         # lines would otherwise be refused by its flood limit.
         self._pacer = Pacer.for_server(client.settings, trio.current_time())
@@ -415,8 +402,6 @@ class _Session:
             try:
                 async for message in self.client:
                     self.show(message)
-                    while self._resend:
-                        await self.send(*self._resend.popleft(), again=True)
                     while self._ask_earlier:
                         room = self._ask_earlier.popleft()
                         await self.request(self.client.history, room, JOIN_HISTORY)
@@ -438,8 +423,6 @@ class _Session:
             self.info("the server is answering again")
         own = name_key(self.client.name)
         listing, self._listing = self._listing, None
-        if isinstance(message, Message):
-            self._replayed(message)
         match message:
             case Disconnected() | Reconnecting() | Resumed() | ResumeFailed():
                 self.show_connection(message)
@@ -491,7 +474,6 @@ class _Session:
             case Error(code) if code.closes:
                 self.finish(EXIT_FAILURE, describe_error(message))
             case Error():
-                self._refused(message)
                 self.problem(describe_error(message))
             case Pong(token) if token == self._last_ping:
                 self._answered.set()
@@ -506,8 +488,6 @@ class _Session:
         match event:
             case Disconnected(reason):
                 self._lost = reason
-                self._suspects = list(self._unechoed)
-                self._replay_left = None
                 # The earlier messages asked for may never come: show what
                 # was held back for them.
                 held, self._earlier = self._earlier, {}
@@ -525,14 +505,8 @@ class _Session:
                 self._lost = None
                 plural = "" if missed == 1 else "s"
                 self.info(f"back: {missed} message{plural} missed while away")
-                self._replay_left = missed
-                self._end_of_replay()
             case ResumeFailed():
                 self._lost = None
-                # Whether the server took them before it lost the session
-                # cannot be known: the gap words cover them.
-                self._suspects = []
-                self._unechoed.clear()
                 recovered = ""
                 if event.recovered:
                     plural = "" if event.recovered == 1 else "s"
@@ -545,54 +519,6 @@ class _Session:
                     f" logged in again as {escape(self.client.name)} and joined"
                     f" your rooms again{recovered}; {_gap_words(event)}"
                 )
-
-    def _replayed(self, message: Message | Delivery) -> None:
-        """Note a message: our own seen back, and the replay's end."""
-        if self.client.echo and self.client.is_own(message):
-            key = (name_key(message.to), message.text)
-            found = next(
-                (
-                    index
-                    for index, (to, text) in enumerate(self._unechoed)
-                    if (name_key(to or BROADCAST), text) == key
-                ),
-                None,
-            )
-            if found is not None:
-                # The server answers in order: what was sent before this
-                # and not seen back was refused (the error said so).
-                for _ in range(found + 1):
-                    done = self._unechoed.popleft()
-                    if done in self._suspects:
-                        self._suspects.remove(done)
-        if self._replay_left is not None:
-            self._replay_left -= 1
-            self._end_of_replay()
-
-    def _refused(self, error: Error) -> None:
-        """A message of ours the server refused (to a user or room that
-        the error names) is not waiting to be seen back any more."""
-        if error.code not in _REFUSES_A_MESSAGE:
-            return
-        detail = name_key(error.detail)
-        for each in self._unechoed:
-            if name_key(each[0] or BROADCAST) in detail:
-                self._unechoed.remove(each)
-                if each in self._suspects:
-                    self._suspects.remove(each)
-                return
-
-    def _end_of_replay(self) -> None:
-        """Once a resume's replay is over, what it did not give back of
-        ours never reached the server: it goes again (the receiving task
-        sends it), as a line sent while away does."""
-        if self._replay_left is None or self._replay_left > 0:
-            return
-        self._replay_left = None
-        lost, self._suspects = self._suspects, []
-        for each in lost:
-            self._unechoed.remove(each)
-            self._resend.append(each)
 
     def keeps_history(self) -> bool:
         """Whether the server keeps messages to show as earlier ones."""
@@ -974,12 +900,11 @@ class _Session:
                 return
         await self.send(to, text)
 
-    async def send(self, to: str | None, text: str, *, again: bool = False) -> None:
+    async def send(self, to: str | None, text: str) -> None:
         """Send *text* to *to* (a user or a room), or to everyone when *to*
-        is None; *again*: a line a dropped connection lost, sent once more,
-        which changes neither the target nor the line being typed."""
-        if not again:
-            self.note_away()
+        is None. With echo, a line that a dropped connection lost on its
+        way in is sent again by the reconnecting client itself."""
+        self.note_away()
         await self.pace()
         try:
             if to is None:
@@ -992,10 +917,6 @@ class _Session:
         except ConnectionLost as lost:
             self.finish(EXIT_FAILURE, escape(str(lost)))
             return
-        if self.client.echo:
-            self._unechoed.append((to, text))
-        if again:
-            return  # its copy, when it comes, is shown as any other
         if to is not None:
             self.target = to
         if not self.tty:
@@ -1437,8 +1358,9 @@ async def _connect_and_chat(args: argparse.Namespace) -> int:
             ssl_context=ssl_context,
             version=args.protocol,
             # Only a terminal shows the user's own messages; a script's
-            # copies tell which lines a dropped connection lost on the way
-            # in, to be sent again after the resume.
+            # copies tell the reconnecting client which lines a dropped
+            # connection lost on the way in, which it sends again after
+            # the resume.
             echo=tty or not args.no_reconnect,
             password=password,
             ask=prompt,

@@ -968,29 +968,23 @@ class ChatModel:
         """Everything missed has come: own messages still unconfirmed from
         before the drop never reached the server. After a resume (whose
         missed messages hold every one the server took, our own among
-        them) they go again, first; after a new login nobody can tell, and
-        they are marked with the note."""
+        them) the reconnecting client has sent them again, first: they
+        wait for their echo as before. After a new login nobody can tell,
+        and they are marked with the note."""
         unsure, self._unsure = self._unsure, []
-        again: list[Outgoing] = []
         for item in unsure:
             if item not in self._awaiting_echo:
                 continue
-            self._awaiting_echo.remove(item)
-            if not self._unsure_note:
-                again.append(item)
-            elif item.entry is not None and item.window is not None:
+            if self._unsure_note:
+                self._awaiting_echo.remove(item)
+            if item.entry is None or item.window is None:
+                continue
+            if self._unsure_note:
                 item.entry.state = EntryState.FAILED
                 item.entry.note = self._unsure_note
-                self.changed(item.window, item.entry)
-        for item in reversed(again):
-            if item.pasted:
-                self.pasted_waiting += 1
-            self.outbox.appendleft(item)
-            if item.entry is not None and item.window is not None:
+            else:
                 item.entry.note = "sent again: the server never got it"
-                self.changed(item.window, item.entry)
-        if again:
-            self.wake_sender()
+            self.changed(item.window, item.entry)
 
     def abandon_outbox(self) -> None:
         """Leaving at once: what waits in the outbox is not sent."""
