@@ -424,6 +424,26 @@ def test_a_crowd_leaving_at_once_costs_each_member_one_put() -> None:
     assert crowd.read("bob") == b"".join(b"exit|u%d\n" % n for n in range(50))
 
 
+def test_a_reader_that_keeps_up_takes_a_crowd_larger_than_its_queue_bytes() -> None:
+    # 50 exits at once make a block larger than tiny's --queue-bytes: tiny
+    # read everything before, and is not dropped for a storm it did not
+    # make; lagging had not read what came before, and is.
+    crowd = Crowd(*(f"u{n}" for n in range(50)))
+    tiny = crowd.join("tiny", queue_bytes=100)
+    lagging = crowd.join("lagging", queue_bytes=100)
+    crowd.read_all()
+    hub = crowd.hub
+    hub.route(crowd["u0"], Envelope("u0", "lagging", [b"unread"]), [])
+    hub.hold_presence = True
+    for n in range(50):
+        hub.leave(crowd[f"u{n}"])
+    hub.release()
+    assert crowd.read("tiny") == b"".join(b"exit|u%d\n" % n for n in range(50))
+    assert crowd.kicked == [("lagging", "too slow: outgoing queue full")]
+    assert tiny.mailbox.queued_frames == 0
+    assert lagging.mailbox.lost
+
+
 def test_a_login_taken_back_is_told_to_whoever_was_given_it() -> None:
     crowd = Crowd("alice", "bob")
     hub = crowd.hub

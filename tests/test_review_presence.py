@@ -23,8 +23,8 @@ from trichat.server.hub import Accepted, Envelope
 class _Keeper:
     """An OfflineKeeper (the store) for which every name is an account."""
 
-    def is_account(self, key: str) -> bool:
-        return True
+    def account_name(self, key: str) -> str | None:
+        return key
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool:
         return True

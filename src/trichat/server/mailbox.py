@@ -143,10 +143,14 @@ class Mailbox:
     # -- for senders -----------------------------------------------------------
 
     def fits(self, size: int, frames: int) -> bool:
+        """Whether *frames* frames of *size* bytes fit. Whatever its size,
+        what comes to a mailbox with no counted bytes fits (in frames): a
+        reader that keeps up is not dropped for a block larger than
+        ``max_bytes``, such as a crowd's presence."""
         # counted_bytes, inlined: every frame put asks.
-        return (
-            self.queued_frames + frames <= self.max_frames
-            and self.queued_bytes - self.answer_bytes + size <= self.max_bytes
+        counted = self.queued_bytes - self.answer_bytes
+        return self.queued_frames + frames <= self.max_frames and (
+            counted + size <= self.max_bytes or not counted
         )
 
     @property
