@@ -81,6 +81,7 @@ from ..protocol.messages import (
     Talk,
     UnknownErrorCode,
     Welcome,
+    check_password,
     check_text,
     is_room,
     name_key,
@@ -1328,7 +1329,11 @@ async def open_client(
 
 def _login_request(name: str, password: str | None) -> Login:
     """The login frame; ValueError for a name the protocol refuses, or a
-    password no account can have (the message never shows it)."""
+    password no account can have (the message never shows it): every
+    way to make an account or set its password keeps to the rules of a
+    new one, and the frame itself no longer checks them."""
+    if password is not None:
+        check_password(password)
     return Login(name, password)
 
 
