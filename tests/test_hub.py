@@ -424,6 +424,29 @@ def test_a_crowd_leaving_at_once_costs_each_member_one_put() -> None:
     assert crowd.read("bob") == b"".join(b"exit|u%d\n" % n for n in range(50))
 
 
+def test_a_login_taken_back_after_a_broadcast_is_told_only_to_those_given_it() -> None:
+    # A broadcast gives everyone the batch so far; a login after it, taken
+    # back, concerns only those given something since (once each, however
+    # often they were).
+    crowd = Crowd("alice", "bob", "carol")
+    hub = crowd.hub
+    hub.hold_presence = True
+    crowd.join("dave")
+    hub.route(crowd["carol"], Envelope("carol", "*", [b"hello all"]), [])
+    crowd.join("erin")
+    hub.route(crowd["erin"], Envelope("erin", "bob", [b"one"]), [])
+    hub.route(crowd["erin"], Envelope("erin", "bob", [b"two"]), [])
+    hub.leave(crowd["erin"])
+    hub.release()
+    assert crowd.read("bob") == (
+        b"login|dave\ntalk|carol|*|hello all\n"
+        b"login|erin\ntalk|erin|bob|one\ntalk|erin|bob|two\nexit|erin\n"
+    )
+    assert crowd.read("alice") == b"login|dave\ntalk|carol|*|hello all\n"
+    assert crowd.read("dave").endswith(b"talk|carol|*|hello all\n")
+    assert b"erin" not in crowd.read("dave")
+
+
 def test_a_reader_that_keeps_up_takes_a_crowd_larger_than_its_queue_bytes() -> None:
     # 50 exits at once make a block larger than tiny's --queue-bytes: tiny
     # read everything before, and is not dropped for a storm it did not

@@ -25,8 +25,10 @@ channel with ``send_nowait``.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
+import itertools
 import math
 import secrets
 import time
@@ -350,9 +352,9 @@ class Hub:
         is in."""
         # What it is told reflects the presence so far: none is for it.
         for batch in self._sending:
-            batch.given[member] = len(batch.frames)
+            batch.note_given(member)
         if self._batch.frames:
-            self._batch.given[member] = len(self._batch.frames)
+            self._batch.note_given(member)
         if resumed:
             frames = [member.session_frame, member.login_frame]
         else:
@@ -439,8 +441,7 @@ class Hub:
         batch = self._batch
         for index in entries:
             batch.frames[index] = b""
-        login = entries[0]
-        told = [member for member, given in batch.given.items() if given > login]
+        told = batch.given_since(entries[0])
         if told:
             self._announce(exit_frame, told)
 
@@ -805,6 +806,8 @@ class _PresenceBatch:
     __slots__ = (
         "_by_rooms",
         "_everyone",
+        "_gives",
+        "_gives_to",
         "_room_keys",
         "_segments",
         "_some",
@@ -822,6 +825,11 @@ class _PresenceBatch:
         self.rooms_for: dict[int, tuple[str, ...]] = {}
         self.moves: dict[Member, dict[str, list[list[float]]]] = {}
         self.given: dict[Member, int] = {}
+        # Every give in order, how far it went (never less than the one
+        # before: frames are only added) and to whom: who was given a frame
+        # is found without a look at everyone given anything.
+        self._gives: list[int] = []
+        self._gives_to: list[Member] = []
         self._everyone: bytes | None = None
         self._some: set[Member] = set()
         self._room_keys: set[str] = set()
@@ -906,6 +914,24 @@ class _PresenceBatch:
             parts.append(segments[number])
         return b"".join(parts)
 
+    def note_given(self, member: Member, end: int | None = None) -> None:
+        """*member* has been given the frames before *end* (default: all)."""
+        if end is None:
+            end = len(self.frames)
+        self.given[member] = end
+        self._gives.append(end)
+        self._gives_to.append(member)
+
+    def given_since(self, index: int) -> list[Member]:
+        """The members still here that have been given frame *index*."""
+        start = bisect.bisect_right(self._gives, index)
+        given = self.given
+        told: dict[Member, None] = {}
+        for member in itertools.islice(self._gives_to, start, None):
+            if given.get(member, 0) > index:
+                told[member] = None
+        return list(told)
+
     def give(self, member: Member) -> None:
         """Put the frames for *member* it has not been given in its mailbox,
         in one write; a member with no room for them is kicked."""
@@ -914,7 +940,7 @@ class _PresenceBatch:
         end = len(frames)
         if start >= end:
             return
-        self.given[member] = end
+        self.note_given(member, end)
         if self._everyone is None or start:
             block = b"".join(
                 frame
