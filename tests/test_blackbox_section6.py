@@ -2,9 +2,9 @@
 offline delivery, history) and the rows of sections 3, 4, 7 and 8 that
 touch it: raw wire lines in, what a client sees asserted.
 
-The tests marked ``xfail(strict=True)`` show where the server disagrees
-with protocol.md today; each reason quotes the rule it breaks. The others
-cover contract rows no other test reaches through the wire."""
+The tests whose docstring names a rule were found failing in this pass
+(fixed in b906861); they hold the server to that rule. The others cover
+contract rows no other test reaches through the wire."""
 
 from __future__ import annotations
 
@@ -55,18 +55,12 @@ async def read_history(client: LineClient, target: str) -> list[Msg]:
 # -- taking over (section 6) and waiting sessions (section 7) ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: a protocol-1 login|NAME|PASSWORD that takes over a waiting "
-        "session gets no talk frame for what the session kept (lost for good); "
-        "protocol.md 7: 'what is sent to it is kept', 'the session goes on in "
-        "the connection that took it over'"
-    ),
-)
 async def test_a_protocol_1_login_taking_over_a_waiting_session_gets_what_it_kept(
     tmp_path: Path,
 ) -> None:
+    """Section 7: what is sent to a waiting session "is kept", and "the
+    session goes on in the connection that took it over", in that
+    connection's protocol (it got nothing)."""
     async with store_server(tmp_path / "t.db", resume_window=60) as live:
         alice = await v2(live)
         await alice.login("alice")
@@ -165,18 +159,12 @@ async def test_offline_messages_keep_their_id_and_time_across_a_restart(
         await expect_quiet(back)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: a direct message kept for an offline account is stored "
-        "under the sender's spelling of the name (hist TO 'ALICE') while the "
-        "msg delivered names it 'Alice'; protocol.md 2: 'A name is shown as "
-        "its owner wrote it'; a live message's hist says 'Alice'"
-    ),
-)
 async def test_history_names_an_offline_recipient_as_the_delivery_did(
     tmp_path: Path,
 ) -> None:
+    """Section 2: "A name is shown as its owner wrote it": the hist frame of
+    a message kept offline is the msg frame that delivered it (it named
+    the account as the sender spelled it)."""
     async with store_server(tmp_path / "t.db") as live:
         alice = await registered(live, "Alice")
         await alice.send("exit")
@@ -193,18 +181,12 @@ async def test_history_names_an_offline_recipient_as_the_delivery_did(
         assert await read_history(back, "bob") == [delivered]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: the echo of a direct message to an offline account names "
-        "it as the sender typed it ('ALICE'), the echo of the same message to "
-        "the account online names it 'Alice'; protocol.md 4: echo TO is 'the "
-        "recipient's name', 2: 'A name is shown as its owner wrote it'"
-    ),
-)
 async def test_the_echo_of_a_message_kept_offline_names_the_account_as_its_owner_does(
     tmp_path: Path,
 ) -> None:
+    """Section 4: the echo's TO is "the recipient's name", shown as its
+    owner wrote it, whether the account is online or not (offline, it was
+    the sender's spelling)."""
     async with store_server(tmp_path / "t.db") as live:
         alice = await registered(live, "Alice")
         bob = await live.connect()
@@ -226,16 +208,6 @@ async def test_the_echo_of_a_message_kept_offline_names_the_account_as_its_owner
 # -- history ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: history|TARGET|after|ID|N with an ID of 2**63 or more (a "
-        "valid ID: up to 20 digits) closes the connection with no error frame "
-        "(OverflowError: Python int too large to convert to SQLite INTEGER in "
-        "the log) and ends the session; protocol.md 2: 'ID: ... at most 20 "
-        "digits'; 4: the answer is hist frames then history|TARGET|COUNT"
-    ),
-)
 @pytest.mark.parametrize(
     ("target", "ident"),
     [
@@ -248,6 +220,9 @@ async def test_the_echo_of_a_message_kept_offline_names_the_account_as_its_owner
 async def test_history_after_the_largest_ids_is_an_empty_answer(
     tmp_path: Path, target: str, ident: str
 ) -> None:
+    """Section 2: an ID has up to 20 digits, beyond SQLite's integers: one
+    above 2**63 - 1 is above every id, not a lost connection (it closed the
+    connection with an OverflowError and ended the session)."""
     async with store_server(tmp_path / "t.db") as live:
         alice = await registered(live, "alice")
         bob = await v2(live)
@@ -400,21 +375,13 @@ async def test_a_history_answer_arrives_whole_while_a_conversation_goes_on(
 # -- logins: passwords' rules, where they are taken ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: login|NAME|PASSWORD with a password outside the rules "
-        "(7 characters, or a control character) for a name that is no account "
-        "is answered wrong-password; protocol.md 8: no-such-account is "
-        "'login|NAME|PASSWORD for a name that is not an account' (bad-frame "
-        "would also fit: 'invalid field'); wrong-password is 'the password "
-        "does not match', and there is nothing to match"
-    ),
-)
 @pytest.mark.parametrize("password", ["1234567", "with\x01control"])
 async def test_a_login_to_no_account_with_a_bad_password_is_not_wrong_password(
     tmp_path: Path, password: str
 ) -> None:
+    """Section 8: wrong-password is "the password does not match"; for a
+    name that is no account there is nothing to match: no-such-account, or
+    bad-frame for a field outside the rules (it was wrong-password)."""
     async with store_server(tmp_path / "t.db") as live:
         client = await v2(live)
         await client.send(f"login|nobody|{password}")
@@ -469,22 +436,15 @@ async def test_away_from_loopback_register_is_tls_required_too(
             await trio.aclose_forcefully(ours)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug (by the table's wording): a password sent over plain TCP "
-        "from a non-loopback address for a name that is no account, or one "
-        "too short for an account, is answered no-such-account / "
-        "wrong-password; protocol.md 8: tls-required is 'a password over "
-        "plain TCP from a non-loopback address', whatever the name"
-    ),
-)
 @pytest.mark.parametrize(
     ("name", "password"), [("nobody", PASSWORD), ("alice", "short")]
 )
 async def test_away_from_loopback_any_password_is_tls_required(
     tmp_path: Path, name: str, password: str
 ) -> None:
+    """Section 8: tls-required is "a password over plain TCP from a
+    non-loopback address", whatever the name or the password (a name that
+    is no account got no-such-account, a short one wrong-password)."""
     async with store_server(tmp_path / "t.db") as live:
         alice = await registered(live, "alice")
         await alice.send("exit")
