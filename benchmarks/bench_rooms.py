@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,19 @@ def port_in_use(port: int) -> bool:
     return True
 
 
+class ServerFailed(SystemExit):
+    """The server of a run exited, or did not listen in time. A script
+    that does not catch it exits with its message; one that compares
+    servers (loadgen.py) records the run as failed and goes on."""
+
+
 @contextmanager
 def fresh_server(
-    command: list[str], env: dict[str, str], port: int, within: float = 10.0
+    command: list[str], env: Mapping[str, str], port: int, within: float = 10.0
 ) -> Iterator[int]:
-    """A new server for one run, listening within *within* seconds; yields
-    its process id."""
+    """A new server for one run (so that one run's teardown or memory does
+    not show in the next), listening within *within* seconds; yields its
+    process id, and stops it with SIGTERM after."""
     if port_in_use(port):
         raise SystemExit(f"something else is listening on port {port}")
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
@@ -80,9 +87,11 @@ def fresh_server(
         deadline = time.monotonic() + within
         while not port_in_use(port):
             if process.poll() is not None:
-                raise SystemExit(f"the server exited with status {process.returncode}")
+                raise ServerFailed(
+                    f"the server exited with status {process.returncode}"
+                )
             if time.monotonic() > deadline:
-                raise SystemExit(f"the server is not listening on {port}")
+                raise ServerFailed(f"the server is not listening on {port}")
             time.sleep(0.05)
         yield process.pid
     finally:

@@ -94,17 +94,15 @@ import json
 import os
 import re
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from bench_rooms import ServerFailed, fresh_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT.parent / "shared" / "bench" / "build.sh"
@@ -316,45 +314,6 @@ def build_loadgen() -> str:
     return built.stdout.strip().splitlines()[-1]
 
 
-def port_in_use(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def wait_for_port(server: subprocess.Popen[bytes], port: int, within: float) -> None:
-    """Return once something accepts connections on *port*."""
-    deadline = time.monotonic() + within
-    while not port_in_use(port):
-        if server.poll() is not None:
-            raise RuntimeError(f"exited with status {server.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not listening on {port} after {within:g} s")
-        time.sleep(0.05)
-
-
-@contextmanager
-def fresh_server(server: Server, port: int, command: list[str]) -> Iterator[int]:
-    """A new *server* for one run, started with *command* (so that one
-    run's teardown or memory does not show in the next); yields its
-    process id."""
-    if port_in_use(port):
-        raise SystemExit(f"something else is listening on port {port}")
-    process = subprocess.Popen(command, env=server.env, stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(process, port, within=10.0)
-        yield process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def scenario_args(flags: list[str], duration: str | None) -> list[str]:
     args = list(flags)
     if duration is not None and "-D" in args:
@@ -369,7 +328,7 @@ def run_once(
     or ``ok`` false and an ``error``."""
     load = SCENARIOS[scenario]
     try:
-        with fresh_server(server, port, server.command_for(load)) as pid:
+        with fresh_server(server.command_for(load), server.env, port) as pid:
             command = [
                 loadgen,
                 "-proto",
@@ -383,7 +342,7 @@ def run_once(
                 *scenario_args(server.generator_flags(load), duration),
             ]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except (RuntimeError, subprocess.TimeoutExpired) as error:
+    except (ServerFailed, subprocess.TimeoutExpired) as error:
         return {"ok": False, "error": str(error)}
     lines = done.stdout.splitlines()
     if not lines:
