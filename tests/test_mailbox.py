@@ -51,16 +51,19 @@ def test_a_put_that_does_not_fit_is_refused_and_changes_nothing(
     assert mailbox.drain() == b"abc\ndef\nghi\n"
 
 
-def test_a_block_larger_than_the_byte_limit_fits_only_an_empty_mailbox() -> None:
+def test_a_whole_block_of_any_size_fits_only_an_empty_mailbox() -> None:
     # A crowd's presence can be larger than --queue-bytes: a reader that
     # keeps up takes it; one that has not read what came before does not.
+    # Anything else that large does not fit at all (1.0's limit).
     mailbox = Mailbox(100, 10)
-    assert mailbox.put(b"x" * 50 + b"\n")
+    assert not mailbox.put(b"x" * 50 + b"\n")
+    mailbox.lost = False
+    assert mailbox.put(b"x" * 50 + b"\n", whole=True)
     assert mailbox.congested
     assert not mailbox.put(b"a\n")
     assert mailbox.drain() == b"x" * 50 + b"\n"
     assert mailbox.put(b"a\n")
-    assert not mailbox.put(b"y" * 50 + b"\n")
+    assert not mailbox.put(b"y" * 50 + b"\n", whole=True)
     assert mailbox.lost
 
 

@@ -965,7 +965,7 @@ class _PresenceBatch:
         # One frame for the limits however many it holds: a crowd's
         # presence is the server's news, and a reader that keeps up must
         # not be dropped for a storm it did not make.
-        if block and not member.mailbox.put(block):
+        if block and not member.mailbox.put(block, whole=True):
             member.kick("too slow: outgoing queue full")
 
 

@@ -135,22 +135,22 @@ class Mailbox:
         self.answer_bytes = 0
         """Bytes of the server's own answers put with *force* and not
         written yet: they do not count against ``max_bytes``."""
-        self._answers: deque[tuple[int, int]] = deque()
+        # The answers not written yet (sequence number, size): made at the
+        # first, as _kept is (deques are large, mailboxes many).
+        self._answers: deque[tuple[int, int]] | None = None
         # What was put and is not written yet, while messages are kept:
         # (first sequence number, data, the id of its last msg frame or 0).
-        self._unwritten: deque[tuple[int, bytes, int]] = deque()
+        self._unwritten: deque[tuple[int, bytes, int]] | None = (
+            deque() if keep else None
+        )
 
     # -- for senders -----------------------------------------------------------
 
     def fits(self, size: int, frames: int) -> bool:
-        """Whether *frames* frames of *size* bytes fit. Whatever its size,
-        what comes to a mailbox with no counted bytes fits (in frames): a
-        reader that keeps up is not dropped for a block larger than
-        ``max_bytes``, such as a crowd's presence."""
         # counted_bytes, inlined: every frame put asks.
-        counted = self.queued_bytes - self.answer_bytes
-        return self.queued_frames + frames <= self.max_frames and (
-            counted + size <= self.max_bytes or not counted
+        return (
+            self.queued_frames + frames <= self.max_frames
+            and self.queued_bytes - self.answer_bytes + size <= self.max_bytes
         )
 
     @property
@@ -177,16 +177,32 @@ class Mailbox:
         )
 
     def put(
-        self, data: bytes, frames: int = 1, *, force: bool = False, last_id: int = 0
+        self,
+        data: bytes,
+        frames: int = 1,
+        *,
+        force: bool = False,
+        last_id: int = 0,
+        whole: bool = False,
     ) -> bool:
         """Send *data*, one frame or a block of *frames* frames, to the writer.
 
         False when it does not fit (the user is too slow) or the mailbox is
         closed. With *force* the size limits do not apply: for the server's
         own frames that must get through (a newcomer's roster, which can
-        be large).
+        be large). A *whole* block fits a mailbox with no counted bytes
+        whatever its size: the server's news of a crowd (its logins and
+        exits), which a client that keeps up must not be dropped for.
         """
-        if self.closed or not (force or self.fits(len(data), frames)):
+        if self.closed or not (
+            force
+            or self.fits(len(data), frames)
+            or (
+                whole
+                and self.queued_bytes == self.answer_bytes
+                and self.queued_frames + frames <= self.max_frames
+            )
+        ):
             self.lost = True
             return False
         if not force:
@@ -196,6 +212,8 @@ class Mailbox:
             return False
         # Counted out until the batch that holds it is written.
         self.answer_bytes += size
+        if self._answers is None:
+            self._answers = deque()
         self._answers.append((self.next_seq - 1, size))
         return True
 
@@ -206,7 +224,7 @@ class Mailbox:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.lost = True
             return False
-        if last_id and self._kept is not None:
+        if last_id and self._unwritten is not None:
             # Messages (*last_id*: the id of the last of them), kept until
             # written and then some, for a resume (messages_after).
             self._unwritten.append((self.next_seq, data, last_id))
@@ -303,13 +321,12 @@ class Mailbox:
         answers = self._answers
         while answers and answers[0][0] <= self.last_written:
             self.answer_bytes -= answers.popleft()[1]
-        kept = self._kept
-        if kept is None:
+        kept, unwritten = self._kept, self._unwritten
+        if kept is None or unwritten is None:
             return
         # Only messages are kept: a resume sends the rest (presence, rooms)
         # as a snapshot. Each piece with the id of its last message, so
         # that nothing is parsed to forget it.
-        unwritten = self._unwritten
         while unwritten and unwritten[0][0] <= self.last_written:
             _, data, last_id = unwritten.popleft()
             frames = data.count(b"\n")
@@ -325,6 +342,8 @@ class Mailbox:
         self.keep = count
         if self._kept is None:
             self._kept = deque()
+        if self._unwritten is None:
+            self._unwritten = deque()
 
     def messages_after(self, last_id: int) -> list[bytes] | None:
         """Every message frame (``msg``) with an id above *last_id* that
@@ -353,8 +372,9 @@ class Mailbox:
         """Take out every piece of messages not written yet (while messages
         are kept): in the channel, handed to a writer that has not run yet,
         or being written."""
-        pieces = [data for _, data, _ in self._unwritten]
-        self._unwritten.clear()
+        pieces = [data for _, data, _ in self._unwritten or ()]
+        if self._unwritten is not None:
+            self._unwritten.clear()
         self._take_unwritten()
         return pieces
 
@@ -378,8 +398,9 @@ class Mailbox:
             self.in_channel -= 1
             self.queued_frames -= frames
             self.queued_bytes -= len(data)
-            while self._answers and self._answers[0][0] < first + frames:
-                self.answer_bytes -= self._answers.popleft()[1]
+            answers = self._answers
+            while answers and answers[0][0] < first + frames:
+                self.answer_bytes -= answers.popleft()[1]
             pieces.append(data)
         return pieces
 
