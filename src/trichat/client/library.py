@@ -1541,16 +1541,20 @@ class ReconnectingClient:
     connection, after the snapshot (so a message to a room goes once the
     room is joined again); a send that the drop interrupts waits and goes
     out again the same way (a frame that a broken write did not finish
-    never reached the server). Nothing is queued behind the program's
-    back: a send either returns, having handed its frame to a live
-    connection, or raises. The wait is bounded by the reconnecting
-    itself: when the client gives up, is closed, or its session is taken
-    over, every waiting send raises ``NotSent`` (a ConnectionLost) saying
-    why. A program that must not wait that long bounds the call
-    (``trio.move_on_after``): cancelled while waiting, nothing was sent;
+    never reached the server). A send waits rather than being queued
+    behind the program's back: it either returns, having handed its frame
+    to a live connection, or raises (only a talk that the server may have
+    lost after that is sent again by the client itself, below). The wait
+    is bounded by the reconnecting itself: when the client gives up, is
+    closed, or its session is taken over, every waiting send raises
+    ``NotSent`` (a ConnectionLost) saying why. A program that must not
+    wait that long bounds the call (``trio.move_on_after``): cancelled
+    while waiting, nothing was sent;
     cancelled in the middle of the write, nothing was taken either (that
     connection is ended, so the server drops the part it got, and the
-    session is taken back over a new one).
+    session is taken back over a new one); a ``talk_batch`` is the
+    exception, see below.
+
     A send that returned may still be lost in a drop right after it (the
     kernel took it, the server never read it). With ``echo`` (protocol 2
     with the ``echo`` option, the default) the client makes up for it by
@@ -1560,7 +1564,8 @@ class ReconnectingClient:
     client to the target it named, with the same text) comes back, or the
     server refuses it (an ``Error`` naming its target: ``no-such-user``,
     ``not-in-room``, ``mailbox-full``; or a later copy, or the pong of a
-    later ``ping``, since the server answers in order). ``unconfirmed``
+    later ``ping`` sent through it, since the server answers in order
+    and refuses some without naming them: ``rate-limited``). ``unconfirmed``
     lists them. After a drop:
 
     - on ``Resumed``, the missed messages hold the copy of every one the
