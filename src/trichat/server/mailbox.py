@@ -135,9 +135,10 @@ class Mailbox:
         self.answer_bytes = 0
         """Bytes of the server's own answers put with *force* and not
         written yet: they do not count against ``max_bytes``."""
-        # The answers not written yet (sequence number, size): made at the
-        # first, as _kept is (deques are large, mailboxes many).
-        self._answers: deque[tuple[int, int]] | None = None
+        # The answers not written yet (sequence number, size): a few at a
+        # time (a login's roster...), so a list (an empty deque is 760
+        # bytes, and a server holds thousands of mailboxes).
+        self._answers: list[tuple[int, int]] = []
         # What was put and is not written yet, while messages are kept:
         # (first sequence number, data, the id of its last msg frame or 0).
         self._unwritten: deque[tuple[int, bytes, int]] | None = (
@@ -212,8 +213,6 @@ class Mailbox:
             return False
         # Counted out until the batch that holds it is written.
         self.answer_bytes += size
-        if self._answers is None:
-            self._answers = deque()
         self._answers.append((self.next_seq - 1, size))
         return True
 
@@ -320,7 +319,7 @@ class Mailbox:
         self.last_written = batch.first + batch.frames - 1
         answers = self._answers
         while answers and answers[0][0] <= self.last_written:
-            self.answer_bytes -= answers.popleft()[1]
+            self.answer_bytes -= answers.pop(0)[1]
         kept, unwritten = self._kept, self._unwritten
         if kept is None or unwritten is None:
             return
@@ -400,7 +399,7 @@ class Mailbox:
             self.queued_bytes -= len(data)
             answers = self._answers
             while answers and answers[0][0] < first + frames:
-                self.answer_bytes -= answers.popleft()[1]
+                self.answer_bytes -= answers.pop(0)[1]
             pieces.append(data)
         return pieces
 
