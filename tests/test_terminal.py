@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import functools
 import io
 import os
@@ -1017,6 +1018,38 @@ async def test_lines_from_a_pipe() -> None:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
+
+
+@fail_after(5)
+async def test_lines_from_a_terminal_that_hung_up_end_in_eio_not_eof() -> None:
+    # Its other end closed: a read returns nothing, as after a Ctrl-D, and
+    # only SIGHUP (which races it) said the user left. EIO says it too.
+    master, slave = os.openpty()
+    try:
+        lines = _Lines(slave)
+        os.write(master, b"typed\n")
+        assert await lines.__anext__() == "typed"
+        os.close(master)
+        master = -1
+        with pytest.raises(OSError, match="hung up") as gone:
+            await lines.__anext__()
+        assert gone.value.errno == errno.EIO
+    finally:
+        if master >= 0:
+            os.close(master)
+        os.close(slave)
+
+
+@fail_after(5)
+async def test_ctrl_d_on_a_terminal_ends_the_lines() -> None:
+    master, slave = os.openpty()
+    try:
+        lines = _Lines(slave)
+        os.write(master, b"last\n\x04")  # Ctrl-D at the start of a line
+        assert [line async for line in lines] == ["last"]
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 @fail_after(5)

@@ -29,6 +29,9 @@ from typing import Final, TextIO, TypeVarTuple
 
 import trio
 
+if sys.platform != "win32":
+    import termios
+
 from .._process import until_interrupted
 from .._units import duration
 from ..protocol.messages import (
@@ -1099,6 +1102,10 @@ class _Lines:
             data = await trio.to_thread.run_sync(
                 self._read, self._fd, 65536, abandon_on_cancel=True
             )
+            if not data and _hung_up(self._fd):
+                # Its other end closed: a read may then end as if Ctrl-D
+                # was typed, racing SIGHUP. It is the user gone, as EIO is.
+                raise OSError(errno.EIO, "the terminal hung up")
             self._eof = not data
             text = self._partial + self._decoder.decode(data, final=self._eof)
             *complete, self._partial = text.split("\n")
@@ -1106,6 +1113,19 @@ class _Lines:
                 complete.append(self._partial)
             self._ready.extend(line.removesuffix("\r") for line in complete)
         return self._ready.popleft()
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether *fd* is a terminal that hung up: asking a hung-up terminal
+    for its settings fails with EIO (anything else that is not one, such
+    as a pipe, with ENOTTY)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        termios.tcgetattr(fd)
+    except termios.error as error:
+        return bool(error.args[0] == errno.EIO)
+    return False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
