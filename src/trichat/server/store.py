@@ -57,16 +57,20 @@ The event loop never waits for the disk:
 What is kept, per conversation: messages to a room (the conversation's key
 is the room's clash key, ``name_key("#Lunch")``), to ``*``, and direct
 messages where the sender or the recipient is an account (kept in that
-account's conversation with the other name, twice if both are accounts).
+account's conversation with the other name: both accounts' conversations,
+if both are, hold the same chunks).
 Each conversation keeps its *history* newest messages (0: none); older
 ones are deleted in the background, in the writer, up to _PRUNE_STEP
 conversations after each commit (a conversation is due once a quarter of
 *history* came since its last pruning), and are never shown meanwhile.
 The file keeps a conversation's messages in chunks, a row for what one
 commit brought to it (see ``_chunk``), which pruning deletes whole or
-trims. Message ids are the
-hub's: ``last_id`` is the highest id the store has seen, kept across
-restarts even for messages it does not keep.
+leaves whole (see ``_prune``). Message ids are the hub's: ``last_id`` is
+the highest id the store has seen, kept across restarts even for messages
+it does not keep. The file holds an id above it, reserved in steps of
+_RESERVE (``_reserve``): a start after a crash goes on above every id
+given out, and no commit is needed for the messages not kept. A clean
+stop writes the last id exactly.
 
 Offline messages (``record_offline``): a direct message to an account that
 is offline is kept for it (and in its history), at most *offline_max* per
@@ -154,6 +158,9 @@ _PRUNE_STEP = 256
 _CHUNK_MOST = 256
 # The least time between the starts of two commits, in seconds.
 _COMMIT_EVERY = 0.01
+# Message ids reserved at a time: the file says the highest id given out
+# may be this far above the last one recorded (see Store._reserve).
+_RESERVE = 1 << 20
 # How often the WAL is copied into the file, in seconds; and its size, in
 # pages, past which the writer copies it itself.
 _CHECKPOINT_EVERY = 0.25
@@ -678,6 +685,10 @@ class Store:
         self.hasher = hasher or Hasher()
         self.stop_timeout = stop_timeout
         self.last_id = 0
+        # The highest id the file covers (see _reserve), and the id past
+        # which more are reserved.
+        self._ceiling = 0
+        self._reserve_at = 0
         """The highest message id the store has seen (recorded, or stored
         before a restart): the hub continues above it."""
         self.committed_id = 0
@@ -750,6 +761,8 @@ class Store:
                 # Anything recorded before the start is queued, and counts.
                 self.last_id = max(self.last_id, state.last_id)
                 self.committed_id = state.last_id
+                self._ceiling = state.ceiling
+                self._reserve_at = state.ceiling - _RESERVE // 2
                 self._accounts = state.accounts
                 self._offline_count = state.offline
                 self._conversation_ids = state.conversations
@@ -757,6 +770,8 @@ class Store:
                     max(state.conversations.values(), default=0) + 1
                 )
                 self._running = True
+                if self.last_id > self._reserve_at:  # recorded before the start
+                    self._reserve(self.last_id)
                 # What was recorded before the start goes first.
                 for accepted, offline in self._early:
                     self._add_rows(accepted, offline)
@@ -792,6 +807,10 @@ class Store:
             # The checkpoints are _checkpoint's: this is the backstop.
             connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             loaded = _Loaded(connection)
+            # Before any id is given out: whatever happens to this run, the
+            # next starts above every id it gave.
+            loaded.ceiling = loaded.last_id + _RESERVE
+            _write_last_id(connection, loaded.ceiling)
         except BaseException:
             connection.close()
             raise
@@ -935,24 +954,38 @@ class Store:
                 self.backlog_bytes += len(text)
                 if first > self.last_id:
                     self.last_id = first
+                    if first > self._reserve_at:
+                        self._reserve(first)
                 return
             sender = accepted.sender
             conversations = self._pairs.get((sender, to))
             if conversations is not None:
-                text = texts[0]
                 first = accepted.first_id
                 if conversations:
+                    text = texts[0]
                     (self._batch or self._open_batch()).rows.append(
                         (conversations, first, accepted.time_ms, sender, to, text)
                     )
-                elif self._batch is None:
-                    self._open_batch()  # for the id
-                self.backlog += 1
-                self.backlog_bytes += len(text)
+                    self.backlog += 1
+                    self.backlog_bytes += len(text)
+                # Else only its id counts, and the reservation covers it.
                 if first > self.last_id:
                     self.last_id = first
+                    if first > self._reserve_at:
+                        self._reserve(first)
                 return
         self._record(accepted, None)
+
+    def _reserve(self, last_id: int) -> None:
+        """Id *last_id* came near the highest the file covers: cover
+        _RESERVE more. The file says a higher id than any given out, so
+        that a restart after a crash goes on above all of them; and no
+        commit need write the last id, nor any happen for messages that
+        are not kept (between guests, or with no history)."""
+        self._ceiling = last_id + _RESERVE
+        self._reserve_at = self._ceiling - _RESERVE // 2
+        if self._running:
+            self._put(_Change(partial(_write_last_id, last_id=self._ceiling), _ignore))
 
     def record_offline(self, accepted: Accepted, account_key: str) -> bool:
         """Keep *accepted*, a direct message to account *account_key* who is
@@ -973,13 +1006,11 @@ class Store:
         return True
 
     def _record(self, accepted: Accepted, offline: str | None) -> None:
-        texts = accepted.texts
-        count = len(texts)
-        first = accepted.first_id
-        if first + count - 1 > self.last_id:
-            self.last_id = first + count - 1
-        self.backlog += count
-        self.backlog_bytes += sum(map(len, texts))
+        last = accepted.first_id + len(accepted.texts) - 1
+        if last > self.last_id:
+            self.last_id = last
+            if last > self._reserve_at:
+                self._reserve(last)
         if not self._running and not self._stopping:
             # Before the start: the conversations' ids are not known yet.
             self._early.append((accepted, offline))
@@ -990,6 +1021,10 @@ class Store:
         texts = accepted.texts
         first = accepted.first_id
         conversations = self._conversations(accepted)
+        if not conversations and offline is None:
+            return  # nothing to keep but its id (see _reserve)
+        self.backlog += len(texts)
+        self.backlog_bytes += sum(map(len, texts))
         batch = self._batch or self._open_batch()
         if offline is not None:
             batch.offline.append((offline, accepted))
@@ -1535,6 +1570,10 @@ def _oldest_shown(
     return int(oldest)
 
 
+def _write_last_id(connection: sqlite3.Connection, last_id: int) -> None:
+    connection.execute("INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (last_id,))
+
+
 def _read_offline(
     connection: sqlite3.Connection, account: str, below: int | None
 ) -> list[StoredMessage]:
@@ -1556,7 +1595,10 @@ class _Loaded:
             "SELECT value FROM meta WHERE key = 'last_id'"
         ).fetchone()
         self.last_id: int = 0 if row is None else int(row[0])
-        # Not written with every group: the newest chunk may be above it.
+        """The highest id given out (or reserved, after a crash)."""
+        self.ceiling = self.last_id
+        """The highest id the file covers once the store has started."""
+        # Files of before the reservations: the newest chunk may be above it.
         # (An index seek per conversation.)
         row = connection.execute(
             "SELECT max((SELECT max(last_id) FROM chunks "
@@ -1635,6 +1677,12 @@ class _Writer:
                     store._wake.wait(0.5 if stop_by is None else 0.1)
                     continue
             elif stopping:
+                # All written: the next start goes on from the next id,
+                # not from above the reservation (which a crash leaves).
+                try:
+                    _write_last_id(self.connection, store.last_id)
+                except sqlite3.OperationalError as error:
+                    log.warning("store: the last id stays reserved: %s", error)
                 return
             if stop_by is None:
                 # In a transaction of its own: what comes meanwhile makes
@@ -1705,10 +1753,6 @@ class _Writer:
                     rows, offline = [], []
                     committed.changes.append((item, item.write(connection)))
             self._insert(rows, offline)
-            if high > self.high_id:
-                connection.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (high,)
-                )
             connection.execute("COMMIT")
         except BaseException:
             _roll_back(connection)
@@ -1731,11 +1775,10 @@ class _Writer:
 
     def _commit_alone(self, items: list[_Item]) -> bool:
         """Commit *items* as one INSERT statement, a transaction by itself,
-        if they are only history that fits one (the common case): three
-        statements fewer than BEGIN, INSERT, the last id, COMMIT, and each
-        statement lets the event loop's thread wait for the GIL again.
-        The last id need not be written when the newest message is in the
-        rows (``_Loaded`` takes the highest id of the chunks too)."""
+        if they are only history that fits one (the common case): two
+        statements fewer than BEGIN, INSERT, COMMIT, and each statement
+        lets the event loop's thread wait for the GIL again. (The last id
+        is never written with a group: see Store._reserve.)"""
         rows: list[_Row] = []
         batches: list[_Batch] = []
         for item in items:
@@ -1744,7 +1787,7 @@ class _Writer:
             rows += item.rows
             batches.append(item)
         high = max(self.high_id, batches[-1].high)
-        if not rows or rows[-1][1] < high:
+        if not rows:
             return False
         chunks = list(_chunks(rows, self.chunk_most))
         if len(chunks) > _INSERT_MOST:
