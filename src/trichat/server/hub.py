@@ -807,7 +807,6 @@ class _PresenceBatch:
         "_by_rooms",
         "_everyone",
         "_gives",
-        "_gives_to",
         "_room_keys",
         "_segments",
         "_some",
@@ -825,11 +824,10 @@ class _PresenceBatch:
         self.rooms_for: dict[int, tuple[str, ...]] = {}
         self.moves: dict[Member, dict[str, list[list[float]]]] = {}
         self.given: dict[Member, int] = {}
-        # Every give in order, how far it went (never less than the one
-        # before: frames are only added) and to whom: who was given a frame
+        # Every give in order: how far it went (never less than the one
+        # before: frames are only added) and to whom. Who was given a frame
         # is found without a look at everyone given anything.
-        self._gives: list[int] = []
-        self._gives_to: list[Member] = []
+        self._gives: list[tuple[int, Member]] = []
         self._everyone: bytes | None = None
         self._some: set[Member] = set()
         self._room_keys: set[str] = set()
@@ -919,15 +917,14 @@ class _PresenceBatch:
         if end is None:
             end = len(self.frames)
         self.given[member] = end
-        self._gives.append(end)
-        self._gives_to.append(member)
+        self._gives.append((end, member))
 
     def given_since(self, index: int) -> list[Member]:
         """The members still here that have been given frame *index*."""
-        start = bisect.bisect_right(self._gives, index)
+        start = bisect.bisect_right(self._gives, index, key=_how_far)
         given = self.given
         told: dict[Member, None] = {}
-        for member in itertools.islice(self._gives_to, start, None):
+        for _, member in itertools.islice(self._gives, start, None):
             if given.get(member, 0) > index:
                 told[member] = None
         return list(told)
@@ -940,7 +937,9 @@ class _PresenceBatch:
         end = len(frames)
         if start >= end:
             return
-        self.note_given(member, end)
+        # note_given, inlined: every member is given every batch.
+        self.given[member] = end
+        self._gives.append((end, member))
         if self._everyone is None or start:
             block = b"".join(
                 frame
@@ -967,6 +966,10 @@ class _PresenceBatch:
         # not be dropped for a storm it did not make.
         if block and not member.mailbox.put(block, whole=True):
             member.kick("too slow: outgoing queue full")
+
+
+def _how_far(give: tuple[int, Member]) -> int:
+    return give[0]
 
 
 def _echo(
