@@ -470,6 +470,54 @@ def test_a_run_holds_texts_of_1_to_max_text_characters() -> None:
     assert plain_talk_run(lines, 3, 4)[0] == 3  # one too long: decode it
 
 
+def _run_one_line_at_a_time(lines: list[bytes], start: int, stop: int) -> int:
+    """Where a run of talk to the target of ``lines[start]`` ends, found as
+    the rules say, a line at a time: what plain_talk_run must agree with."""
+    first = lines[start]
+    bar = first.find(b"|", 5)
+    if bar <= 5 or not first.startswith(b"talk|"):
+        return start
+    head = first[: bar + 1]
+    end = start
+    while end < stop and lines[end].startswith(head):
+        if not 0 < len(lines[end]) - len(head) <= MAX_TEXT:
+            break
+        end += 1
+    return end
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"bob", b"carol", b"b", b"bo"]).flatmap(
+                lambda to: st.binary(max_size=6).map(
+                    lambda text: b"talk|" + to + b"|" + text.replace(b"\n", b"")
+                )
+            ),
+            st.sampled_from([b"ping|x", b"talk|", b"talk||x", b"talk|bob"]),
+            st.just(b"talk|bob|" + b"x" * MAX_TEXT),
+            st.just(b"talk|bob|" + b"x" * (MAX_TEXT + 1)),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.data(),
+)
+def test_a_run_ends_where_the_rules_say(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    start = data.draw(st.integers(0, len(lines) - 1))
+    stop = data.draw(st.integers(start + 1, len(lines)))
+    end, target = plain_talk_run(lines, start, stop)
+    assert end == _run_one_line_at_a_time(lines, start, stop)
+    if end > start:
+        size = len(target) + 6
+        assert talk_texts(lines, start, end, target) == [
+            line[size:] for line in lines[start:end]
+        ]
+
+
 def test_the_target_of_a_run_is_not_checked() -> None:
     # Whoever routes the run checks it (an online user's name, or *).
     assert plain_talk_run([b"talk|*|x"], 0, 1) == (1, b"*")
