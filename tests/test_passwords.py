@@ -159,6 +159,41 @@ def test_a_success_clears_the_account_not_the_address() -> None:
     assert not throttle.allowed("mallory", "10.0.0.1", 6)
 
 
+def test_attempts_being_checked_count_as_failed_until_they_end() -> None:
+    throttle = LoginThrottle(per_account=2, per_address=10, window=60)
+    throttle.attempt("alice", "10.0.0.1", 0)
+    throttle.attempt("alice", "10.0.0.2", 0)
+    # Full, but only of attempts still being checked: a third waits for
+    # them (settled) rather than being refused.
+    assert not throttle.allowed("alice", "10.0.0.3", 1)
+    assert throttle.checking("alice", "10.0.0.3")
+    throttle.ended("alice", "10.0.0.1", 0, right=True)
+    assert throttle.allowed("alice", "10.0.0.3", 1)
+    throttle.ended("alice", "10.0.0.2", 0, right=False)
+    assert not throttle.checking("alice", "10.0.0.3")
+    # The wrong one stays counted: one more failure fills it again.
+    throttle.failed("alice", "10.0.0.3", 2)
+    assert not throttle.allowed("alice", "10.0.0.4", 3)
+
+
+async def test_settled_wakes_when_an_attempt_ends() -> None:
+    throttle = LoginThrottle()
+    throttle.attempt("alice", "10.0.0.1", 0)
+    woken = trio.Event()
+
+    async def waiter() -> None:
+        await throttle.settled()
+        woken.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woken.is_set()
+        throttle.ended("alice", "10.0.0.1", 0, right=True)
+    assert woken.is_set()
+    assert not throttle.checking("alice", "10.0.0.1")
+
+
 def test_the_throttle_forgets_old_failures() -> None:
     throttle = LoginThrottle(per_account=3, per_address=3, window=60)
     for i in range(2000):

@@ -152,6 +152,13 @@ class LoginThrottle:
     logging in to an account of its own). Memory: at most *per_account*
     or *per_address* times per key, and keys with no failure in the window
     are forgotten as new ones come.
+
+    An attempt being checked counts as failed until it proves right
+    (``attempt``), so that guesses sent at once are limited as those sent
+    one after another are. An attempt that finds no room only because of
+    others still being checked waits for them (``settled``): correct logins
+    sent at once (a user's devices reconnecting) are not refused for
+    failures that never happen.
     """
 
     def __init__(
@@ -165,12 +172,55 @@ class LoginThrottle:
         self._accounts: dict[str, deque[float]] = {}
         self._addresses: dict[str, deque[float]] = {}
         self._sweep_at = 1024
+        # Attempts being checked, per account and per address; and what
+        # waiters wait on, set whenever one ends.
+        self._checking_account: dict[str, int] = {}
+        self._checking_address: dict[str, int] = {}
+        self._ended = trio.Event()
 
     def allowed(self, account_key: str, address: str, now: float) -> bool:
         """Whether a login to *account_key* from *address* may be tried."""
         return self._room(self._accounts, account_key, now) and self._room(
             self._addresses, address, now
         )
+
+    def checking(self, account_key: str, address: str) -> bool:
+        """Whether an attempt to *account_key*, or from *address*, is being
+        checked (counted as failed until it proves right)."""
+        return (
+            account_key in self._checking_account or address in self._checking_address
+        )
+
+    async def settled(self) -> None:
+        """Wait until an attempt being checked ends."""
+        await self._ended.wait()
+
+    def attempt(self, account_key: str, address: str, now: float) -> None:
+        """An attempt to *account_key* from *address* starts being checked:
+        counted as failed at *now* until ``ended``."""
+        self.failed(account_key, address, now)
+        for checking, key in (
+            (self._checking_account, account_key),
+            (self._checking_address, address),
+        ):
+            checking[key] = checking.get(key, 0) + 1
+
+    def ended(self, account_key: str, address: str, when: float, right: bool) -> None:
+        """The attempt that started at *when* ended; *right*: it proved
+        right (its failure is taken back, and the account's forgotten)."""
+        for checking, key in (
+            (self._checking_account, account_key),
+            (self._checking_address, address),
+        ):
+            left = checking[key] - 1
+            if left:
+                checking[key] = left
+            else:
+                del checking[key]
+        if right:
+            self.forget(account_key, address, when)
+        self._ended.set()
+        self._ended = trio.Event()
 
     def failed(self, account_key: str, address: str, now: float) -> None:
         """A login to *account_key* from *address* failed at *now*."""

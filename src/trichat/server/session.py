@@ -507,28 +507,34 @@ class Session:
             self.reply(Error(ErrorCode.NO_SUCH_ACCOUNT, f"{name} is not an account"))
             return
         throttle, ip = self.throttle, self.ip
-        if not throttle.allowed(key, ip, self.now):
-            self.reply(
-                Error(
-                    ErrorCode.RATE_LIMITED,
-                    "too many failed logins; try again in a minute",
-                )
-            )
-            return
-
-        # Counted as failed until it proves right, so that guesses sent
-        # in parallel are limited as those sent one after another are.
-        tried = self.now
-        throttle.failed(key, ip, tried)
 
         async def log_in() -> None:
-            right = await store.verify(name, password)
+            while not throttle.allowed(key, ip, trio.current_time()):
+                if not throttle.checking(key, ip):
+                    self.reply(
+                        Error(
+                            ErrorCode.RATE_LIMITED,
+                            "too many failed logins; try again in a minute",
+                        )
+                    )
+                    return
+                # Full only of attempts still being checked: whether they
+                # fail decides.
+                await throttle.settled()
+            # Counted as failed until it proves right, so that guesses sent
+            # in parallel are limited as those sent one after another are.
+            tried = trio.current_time()
+            throttle.attempt(key, ip, tried)
+            right = False
+            try:
+                right = await store.verify(name, password)
+            finally:
+                throttle.ended(key, ip, tried, right)
             if not right:
                 self.reply(
                     Error(ErrorCode.WRONG_PASSWORD, f"wrong password for {name}")
                 )
                 return
-            throttle.forget(key, ip, tried)
             throttle.succeeded(key, ip, trio.current_time())
             account = await store.account(key)
             kept = await store.offline(key)
