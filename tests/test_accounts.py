@@ -278,6 +278,42 @@ async def test_guesses_sent_at_once_are_throttled_as_one_after_another(
         assert codes.count("rate-limited") == 17
 
 
+async def test_what_a_session_held_when_it_ended_waits_for_the_next_login(
+    tmp_path: Path,
+) -> None:
+    # Nothing sent to an account is lost because its session ended before
+    # it came back: what it held goes to the account's offline messages.
+    async with store_server(tmp_path / "t.db", resume_window=1.0) as live:
+        alice = await v2(live)
+        await alice.login("alice")
+        await alice.read_line()  # session
+        await alice.send(f"register|{PASSWORD}")
+        await alice.expect("registered|alice")
+        bob = await v2(live)
+        await bob.login("bob")
+        await bob.read_lines(2)  # session, login|alice
+        await alice.expect("login|bob")
+        await trio.aclose_forcefully(alice.stream)  # her session waits
+        with trio.fail_after(5):
+            while live.server.waiting != 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await bob.send("talk|alice|sent while you were away")
+        await bob.send("talk|*|to everyone")
+        with trio.fail_after(5):
+            await bob.expect("exit|alice")  # the window passed
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice")
+        await back.read_lines(2)  # a new session, login|bob
+        kept = Msg.parse(await back.read_line())
+        assert (kept.sender, kept.to, kept.text) == (
+            "bob",
+            "alice",
+            "sent while you were away",
+        )
+        assert await back.pong_after("end") == []  # once, and not *'s
+
+
 async def test_a_login_that_takes_over_gives_a_new_secret(tmp_path: Path) -> None:
     # Whoever held the old session's secret cannot take the account back
     # without its password; a protocol-1 login that takes over gets none.

@@ -665,6 +665,12 @@ class _Stamped:
         """The room it was said in, or None for a direct message or ``*``."""
         return self.to if is_room(self.to) else None
 
+    @property
+    def time_ms(self) -> int:
+        """``time`` in milliseconds since the Unix epoch, as a server
+        stamps it."""
+        return (self.time - _EPOCH) // _MILLISECOND
+
     def fields(self) -> tuple[str, ...]:
         return (str(self.id), format_time(self.time), self.sender, self.to, self.text)
 

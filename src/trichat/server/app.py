@@ -35,11 +35,11 @@ from typing import NamedTuple
 
 import trio
 
-from ..protocol._codec import encode
-from ..protocol.messages import Error, ErrorCode
+from ..protocol._codec import Role, decode, encode
+from ..protocol.messages import Error, ErrorCode, Message
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
-from .hub import Hub, Member
+from .hub import Accepted, Hub, Member
 from .mailbox import Drainable, Mailbox, Turnstile, write_loop
 from .passwords import Hasher, LoginThrottle
 from .session import Session, SessionEnded, TokenBucket
@@ -811,9 +811,44 @@ class ChatServer:
         """End *member*'s waiting session: now everyone hears it left."""
         if self._waiting.pop(member, None) is None:
             return
+        self._keep_for_later(member)
         member.mailbox.discard()
         self.hub.leave(member, announce=not self.stopping)
         log.info("exit %s (session ended: %s)", member.name, reason)
+
+    def _keep_for_later(self, member: Member) -> None:
+        """The session of *member* ends unresumed: the direct messages sent
+        to it that its mailbox still holds, never written to any connection,
+        go to its account's offline messages, delivered at its next login,
+        as a message to it while offline would be (a guest has none)."""
+        store = self.store
+        if store is None or not store.is_account(member.key):
+            return
+        left = 0
+        for frame in member.mailbox.take_unwritten_messages():
+            message = decode(frame.rstrip(b"\n"), Role.CLIENT)
+            if not (
+                isinstance(message, Message)
+                and message.to == member.name
+                and message.sender != member.name  # its own, echoed
+            ):
+                continue
+            accepted = Accepted(
+                message.sender,
+                message.to,
+                [message.text.encode()],
+                message.id,
+                message.time_ms,
+            )
+            if not store.record_offline(accepted, member.key, history=False):
+                left += 1
+        if left:
+            log.warning(
+                "%s: %d direct messages sent to its session are lost: "
+                "its offline messages are at --offline-max",
+                member.name,
+                left,
+            )
 
     async def _end_waiting_sessions(self) -> None:
         """End each waiting session whose resume window has passed."""

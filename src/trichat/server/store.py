@@ -721,7 +721,8 @@ class Store:
         # the writer and not yet committed, oldest first; and how many texts
         # and bytes of the backlog were handed over.
         self._batch: _Batch | None = None
-        self._early: list[tuple[Accepted, str | None]] = []  # before run
+        # Recorded before run: (accepted, offline, history).
+        self._early: list[tuple[Accepted, str | None, bool]] = []
         self._handed: deque[_Batch] = deque()
         self._handed_count = 0
         self._handed_size = 0
@@ -773,8 +774,8 @@ class Store:
                 if self.last_id > self._reserve_at:  # recorded before the start
                     self._reserve(self.last_id)
                 # What was recorded before the start goes first.
-                for accepted, offline in self._early:
-                    self._add_rows(accepted, offline)
+                for accepted, offline, history in self._early:
+                    self._add_rows(accepted, offline, history)
                 self._early.clear()
                 self._hand_over()
                 log.info(
@@ -987,12 +988,15 @@ class Store:
         if self._running:
             self._put(_Change(partial(_write_last_id, last_id=self._ceiling), _ignore))
 
-    def record_offline(self, accepted: Accepted, account_key: str) -> bool:
+    def record_offline(
+        self, accepted: Accepted, account_key: str, *, history: bool = True
+    ) -> bool:
         """Keep *accepted*, a direct message to account *account_key* who is
         offline, for its next login (``offline``), and in history as
-        ``record`` would (do not ``record`` it as well). False, and nothing
-        kept, if its texts would take the account past *offline_max*
-        (``mailbox-full``)."""
+        ``record`` would (do not ``record`` it as well), unless *history*
+        is false (it was recorded already: a message its session did not
+        deliver before it ended). False, and nothing kept, if its texts
+        would take the account past *offline_max* (``mailbox-full``)."""
         count = self._offline_count.get(account_key, 0) + len(accepted.texts)
         if count > self.offline_max:
             return False
@@ -1002,10 +1006,12 @@ class Store:
             waiting = self._pending_offline[account_key] = _Waiting()
         waiting.messages.append(accepted)
         waiting.count += len(accepted.texts)
-        self._record(accepted, account_key)
+        self._record(accepted, account_key, history)
         return True
 
-    def _record(self, accepted: Accepted, offline: str | None) -> None:
+    def _record(
+        self, accepted: Accepted, offline: str | None, history: bool = True
+    ) -> None:
         last = accepted.first_id + len(accepted.texts) - 1
         if last > self.last_id:
             self.last_id = last
@@ -1013,14 +1019,16 @@ class Store:
                 self._reserve(last)
         if not self._running and not self._stopping:
             # Before the start: the conversations' ids are not known yet.
-            self._early.append((accepted, offline))
+            self._early.append((accepted, offline, history))
             return
-        self._add_rows(accepted, offline)
+        self._add_rows(accepted, offline, history)
 
-    def _add_rows(self, accepted: Accepted, offline: str | None) -> None:
+    def _add_rows(
+        self, accepted: Accepted, offline: str | None, history: bool = True
+    ) -> None:
         texts = accepted.texts
         first = accepted.first_id
-        conversations = self._conversations(accepted)
+        conversations = self._conversations(accepted) if history else ()
         if not conversations and offline is None:
             return  # nothing to keep but its id (see _reserve)
         self.backlog += len(texts)
