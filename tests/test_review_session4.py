@@ -108,8 +108,8 @@ async def test_ids_given_while_the_writer_cannot_commit_stay_covered(
 async def test_a_clean_stop_and_a_restart_go_on_from_the_last_id(
     tmp_path: Path,
 ) -> None:
-    # Checked correct: a clean stop writes the last id exactly, and ids
-    # recorded before the start (the hub's, from 1) still count.
+    # Checked correct: a clean stop writes the last id exactly (the
+    # reservation goes), whether its message was kept or not.
     path = tmp_path / "t.db"
     async with _store(path) as store:
         store.record(_said("bob", "#r", 7, "kept", "too"))
