@@ -166,13 +166,17 @@ def test_attempts_being_checked_count_as_failed_until_they_end() -> None:
     # Full, but only of attempts still being checked: a third waits for
     # them (settled) rather than being refused.
     assert not throttle.allowed("alice", "10.0.0.3", 1)
-    assert throttle.checking("alice", "10.0.0.3")
+    assert throttle.worth_waiting("alice", "10.0.0.3", 1)
     throttle.ended("alice", "10.0.0.1", 0, right=True)
     assert throttle.allowed("alice", "10.0.0.3", 1)
     throttle.ended("alice", "10.0.0.2", 0, right=False)
-    assert not throttle.checking("alice", "10.0.0.3")
-    # The wrong one stays counted: one more failure fills it again.
-    throttle.failed("alice", "10.0.0.3", 2)
+    # Full of settled failures: others' checks (bob's, from the same
+    # address) are no reason to wait.
+    throttle.failed("alice", "10.0.0.3", 1)
+    throttle.attempt("bob", "10.0.0.3", 1)
+    assert not throttle.allowed("alice", "10.0.0.3", 2)
+    assert not throttle.worth_waiting("alice", "10.0.0.3", 2)
+    throttle.ended("bob", "10.0.0.3", 1, right=True)
     assert not throttle.allowed("alice", "10.0.0.4", 3)
 
 
@@ -191,7 +195,7 @@ async def test_settled_wakes_when_an_attempt_ends() -> None:
         assert not woken.is_set()
         throttle.ended("alice", "10.0.0.1", 0, right=True)
     assert woken.is_set()
-    assert not throttle.checking("alice", "10.0.0.1")
+    assert throttle.allowed("alice", "10.0.0.1", 1)
 
 
 def test_the_throttle_forgets_old_failures() -> None:

@@ -222,15 +222,6 @@ async def _account(live: LiveServer, name: str) -> None:
     await client.send("exit")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "de2b7e2: a login to an account locked by failures that are all"
-        " settled waits for any check from the same address (checking() is"
-        " account OR address): its rate-limited answer waits for an"
-        " unrelated login, for ever under a steady stream of them"
-    ),
-)
 async def test_a_locked_account_is_refused_without_waiting_for_other_accounts(
     tmp_path: Path,
 ) -> None:

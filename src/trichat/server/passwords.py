@@ -184,11 +184,18 @@ class LoginThrottle:
             self._addresses, address, now
         )
 
-    def checking(self, account_key: str, address: str) -> bool:
-        """Whether an attempt to *account_key*, or from *address*, is being
-        checked (counted as failed until it proves right)."""
+    def worth_waiting(self, account_key: str, address: str, now: float) -> bool:
+        """Whether a login that is not ``allowed`` may be once attempts
+        being checked end: each limit that is full has an attempt of its
+        own being checked (counted as failed until it proves right). A
+        limit full of settled failures is a refusal now, whatever others
+        are checking."""
         return (
-            account_key in self._checking_account or address in self._checking_address
+            self._room(self._accounts, account_key, now)
+            or account_key in self._checking_account
+        ) and (
+            self._room(self._addresses, address, now)
+            or address in self._checking_address
         )
 
     async def settled(self) -> None:

@@ -510,7 +510,7 @@ class Session:
 
         async def log_in() -> None:
             while not throttle.allowed(key, ip, trio.current_time()):
-                if not throttle.checking(key, ip):
+                if not throttle.worth_waiting(key, ip, trio.current_time()):
                     self.reply(
                         Error(
                             ErrorCode.RATE_LIMITED,
