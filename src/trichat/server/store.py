@@ -685,10 +685,13 @@ class Store:
         self.hasher = hasher or Hasher()
         self.stop_timeout = stop_timeout
         self.last_id = 0
-        # The highest id the file covers (see _reserve), and the id past
-        # which more are reserved.
+        # The highest id the file will cover once what is queued is written
+        # (see _reserve), and the id past which more are reserved; the
+        # highest it covers now, and the id past which senders wait.
         self._ceiling = 0
         self._reserve_at = 0
+        self._covered = 0
+        self._uncovered_at = 0
         """The highest message id the store has seen (recorded, or stored
         before a restart): the hub continues above it."""
         self.committed_id = 0
@@ -764,6 +767,7 @@ class Store:
                 self.committed_id = state.last_id
                 self._ceiling = state.ceiling
                 self._reserve_at = state.ceiling - _RESERVE // 2
+                self._renewed(state.ceiling)
                 self._accounts = state.accounts
                 self._offline_count = state.offline
                 self._conversation_ids = state.conversations
@@ -872,20 +876,24 @@ class Store:
     @property
     def congested(self) -> bool:
         """Whether senders should wait (``make_room``) before more is
-        recorded: the writer is behind by more than half the backlog."""
+        recorded: the writer is behind by more than half the backlog, or
+        ids came near the highest the file covers (see ``_renewed``)."""
         return (
             self.backlog > self.max_backlog >> 1
             or self.backlog_bytes > self.max_backlog_bytes >> 1
+            or self.last_id > self._uncovered_at
         )
 
     async def make_room(self, stall_timeout: float) -> None:
         """Wait until the store is not congested, as long as the writer
         makes progress: after *stall_timeout* seconds without a commit,
-        return anyway (as ``Mailbox.make_room`` does)."""
+        return anyway (as ``Mailbox.make_room`` does), unless ids are near
+        what the file covers: then until it covers more."""
         while self.congested and self._running:
             with trio.move_on_after(stall_timeout) as waited:
                 await self._progress.wait()
-            if waited.cancelled_caught:
+            if waited.cancelled_caught and self.last_id <= self._uncovered_at:
+                # (Ids near what the file covers wait for it however long.)
                 return
 
     def _conversations(self, accepted: Accepted) -> tuple[int, ...]:
@@ -983,10 +991,25 @@ class Store:
         that a restart after a crash goes on above all of them; and no
         commit need write the last id, nor any happen for messages that
         are not kept (between guests, or with no history)."""
-        self._ceiling = last_id + _RESERVE
-        self._reserve_at = self._ceiling - _RESERVE // 2
+        ceiling = self._ceiling = last_id + _RESERVE
+        self._reserve_at = ceiling - _RESERVE // 2
         if self._running:
-            self._put(_Change(partial(_write_last_id, last_id=self._ceiling), _ignore))
+            self._put(
+                _Change(
+                    partial(_write_last_id, last_id=ceiling),
+                    lambda _: self._renewed(ceiling),
+                )
+            )
+
+    def _renewed(self, ceiling: int) -> None:
+        """The file covers every id up to *ceiling*. Senders wait (see
+        ``congested``) once ids come within a quarter of a reservation of
+        what it covers: a writer that cannot commit (the file locked by
+        another process, a full disk) must not let ids run past it, or a
+        crash then would give them out again."""
+        if ceiling > self._covered:
+            self._covered = ceiling
+            self._uncovered_at = ceiling - _RESERVE // 4
 
     def record_offline(
         self, accepted: Accepted, account_key: str, *, history: bool = True
