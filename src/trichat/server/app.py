@@ -827,11 +827,9 @@ class ChatServer:
         left = 0
         for frame in member.mailbox.take_unwritten_messages():
             message = decode(frame.rstrip(b"\n"), Role.CLIENT)
-            if not (
-                isinstance(message, Message)
-                and message.to == member.name
-                and message.sender != member.name  # its own, echoed
-            ):
+            # Direct messages to it (its own echoed name their target, and
+            # a note to itself is one).
+            if not (isinstance(message, Message) and message.to == member.name):
                 continue
             accepted = Accepted(
                 message.sender,
@@ -871,13 +869,17 @@ class ChatServer:
         self._accepting.cancel()
         for member in list(self._waiting):
             self._end_waiting(member, "server shutting down")
-        for session in list(self._connections):
+        for connection in list(self._connections):
             # The goodbye matters more than a backlog there is no time
             # for: beyond _GOODBYE_BACKLOG, what was never taken for
-            # writing is dropped (a frame being written is finished).
-            if session.mailbox.queued_bytes > _GOODBYE_BACKLOG:
-                session.mailbox.drop_unwritten()
-            session.close_with(_GOODBYE, "server shutting down")
+            # writing is dropped (a frame being written is finished), but
+            # for an account's direct messages, kept for its next login.
+            if connection.mailbox.queued_bytes > _GOODBYE_BACKLOG:
+                user = connection.session.member
+                if user is not None:
+                    self._keep_for_later(user)
+                connection.mailbox.drop_unwritten()
+            connection.close_with(_GOODBYE, "server shutting down")
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
         try:
