@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from helpers import (
     LineClient,
     LiveServer,
@@ -312,6 +313,52 @@ async def test_what_a_session_held_when_it_ended_waits_for_the_next_login(
             "sent while you were away",
         )
         assert await back.pong_after("end") == []  # once, and not *'s
+
+
+async def test_direct_messages_dropped_from_a_backlog_at_shutdown_come_later(
+    tmp_path: Path,
+) -> None:
+    # At a stop, a backlog over 64 KiB is dropped so that the goodbye gets
+    # through: an account's direct messages in it are kept for its next
+    # login. Every message comes exactly once, before or after the stop.
+    db = tmp_path / "t.db"
+    texts = [f"{number:03d} " + "x" * 1000 for number in range(100)]
+    async with store_server(db, resume_window=60) as live:
+        first = await v2(live)
+        await first.login("alice")
+        await first.read_line()  # session
+        await first.send(f"register|{PASSWORD}")
+        await first.expect("registered|alice")
+        await first.send("exit")
+        ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.server.serve_connection, theirs, "127.0.0.1")
+            alice = LineClient(ours)
+            await say_hello(alice)
+            await alice.send(f"login|alice|{PASSWORD}")
+            await alice.expect("login|alice")
+            await alice.read_line()  # session
+            bob = await v2(live)
+            await bob.login("bob")
+            await bob.read_lines(2)  # session, login|alice
+            await alice.expect("login|bob")
+            # Alice reads nothing more: it all waits in her mailbox.
+            for text in texts:
+                await bob.send(f"talk|alice|{text}")
+            assert await bob.pong_after("routed") == []
+            live.server.shutdown()
+            before = await alice.read_until_closed()
+            nursery.cancel_scope.cancel()
+    assert before[-1].startswith("error|shutting-down|")
+    got = [Msg.parse(line).text for line in before if line.startswith("msg|")]
+    assert len(got) < len(texts)  # some were dropped before the goodbye
+    async with store_server(db) as live:
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice")  # (no session: resume is off)
+        lines = await back.pong_after("end")
+        got += [Msg.parse(line).text for line in lines]
+    assert got == texts
 
 
 async def test_a_login_that_takes_over_gives_a_new_secret(tmp_path: Path) -> None:

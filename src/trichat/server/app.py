@@ -816,16 +816,21 @@ class ChatServer:
         self.hub.leave(member, announce=not self.stopping)
         log.info("exit %s (session ended: %s)", member.name, reason)
 
-    def _keep_for_later(self, member: Member) -> None:
+    def _keep_for_later(
+        self, member: Member, frames: list[bytes] | None = None
+    ) -> None:
         """The session of *member* ends unresumed: the direct messages sent
-        to it that its mailbox still holds, never written to any connection,
-        go to its account's offline messages, delivered at its next login,
-        as a message to it while offline would be (a guest has none)."""
+        to it that its mailbox still holds, never written to any connection
+        (or among *frames*, dropped from it), go to its account's offline
+        messages, delivered at its next login, as a message to it while
+        offline would be (a guest has none)."""
         store = self.store
         if store is None or not store.is_account(member.key):
             return
+        if frames is None:
+            frames = member.mailbox.take_unwritten_messages()
         left = 0
-        for frame in member.mailbox.take_unwritten_messages():
+        for frame in frames:
             message = decode(frame.rstrip(b"\n"), Role.CLIENT)
             # Direct messages to it (its own echoed name their target, and
             # a note to itself is one).
@@ -875,10 +880,10 @@ class ChatServer:
             # writing is dropped (a frame being written is finished), but
             # for an account's direct messages, kept for its next login.
             if connection.mailbox.queued_bytes > _GOODBYE_BACKLOG:
+                dropped = connection.mailbox.drop_unwritten()
                 user = connection.session.member
                 if user is not None:
-                    self._keep_for_later(user)
-                connection.mailbox.drop_unwritten()
+                    self._keep_for_later(user, dropped)
             connection.close_with(_GOODBYE, "server shutting down")
 
     async def _handle(self, tcp: trio.SocketStream) -> None:

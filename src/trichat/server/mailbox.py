@@ -377,12 +377,13 @@ class Mailbox:
         self._take_unwritten()
         return pieces
 
-    def drop_unwritten(self) -> None:
+    def drop_unwritten(self) -> list[bytes]:
         """Drop what the writer has not taken yet (not the batch it is
         writing, so that no frame is cut): at shutdown, for a client whose
-        backlog there is no time for."""
-        self._take_unwritten()
+        backlog there is no time for. The message frames dropped."""
+        pieces = self._take_unwritten()
         self.lost = True
+        return [frame for piece in pieces for _, frame in message_frames(piece)]
 
     def _take_unwritten(self) -> list[bytes]:
         """Take what waits in the channel's buffer, counted as gone. (A
