@@ -397,6 +397,9 @@ async def test_a_history_answer_arrives_whole_while_a_conversation_goes_on(
         await alice.expect("login|bob")
         for n in range(200):
             await bob.send(f"talk|alice|{n}")
+        # Bob's pong says all 200 were routed (alice's alone would not:
+        # the server may read her ping before the rest of his lines).
+        assert await bob.pong_after("routed") == []
         assert len(await alice.pong_after("sync")) == 200
 
         async def talking() -> None:
