@@ -54,6 +54,26 @@ async def registered(live: LiveServer, name: str) -> LineClient:
     return client
 
 
+async def alice_away_and_bob(live: LiveServer) -> LineClient:
+    """Account alice (protocol 2, sessions on) and guest bob online, each
+    told of the other; then alice's connection drops and her session
+    waits for a resume. Bob's client."""
+    alice = await v2(live)
+    await alice.login("alice")
+    await alice.read_line()  # session
+    await alice.send(f"register|{PASSWORD}")
+    await alice.expect("registered|alice")
+    bob = await v2(live)
+    await bob.login("bob")
+    await bob.read_lines(2)  # session, login|alice
+    await alice.expect("login|bob")
+    await trio.aclose_forcefully(alice.stream)  # her session waits
+    with trio.fail_after(5):
+        while live.server.waiting != 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    return bob
+
+
 async def test_register_then_the_name_needs_its_password(tmp_path: Path) -> None:
     async with store_server(tmp_path / "t.db") as live:
         alice = await registered(live, "alice")
@@ -285,19 +305,7 @@ async def test_what_a_session_held_when_it_ended_waits_for_the_next_login(
     # Nothing sent to an account is lost because its session ended before
     # it came back: what it held goes to the account's offline messages.
     async with store_server(tmp_path / "t.db", resume_window=1.0) as live:
-        alice = await v2(live)
-        await alice.login("alice")
-        await alice.read_line()  # session
-        await alice.send(f"register|{PASSWORD}")
-        await alice.expect("registered|alice")
-        bob = await v2(live)
-        await bob.login("bob")
-        await bob.read_lines(2)  # session, login|alice
-        await alice.expect("login|bob")
-        await trio.aclose_forcefully(alice.stream)  # her session waits
-        with trio.fail_after(5):
-            while live.server.waiting != 1:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        bob = await alice_away_and_bob(live)
         await bob.send("talk|alice|sent while you were away")
         await bob.send("talk|*|to everyone")
         with trio.fail_after(5):
@@ -388,19 +396,7 @@ async def test_a_login_that_takes_over_a_waiting_session_gets_what_it_kept(
     tmp_path: Path,
 ) -> None:
     async with store_server(tmp_path / "t.db", resume_window=60) as live:
-        alice = await v2(live)
-        await alice.login("alice")
-        await alice.read_line()  # session
-        await alice.send(f"register|{PASSWORD}")
-        await alice.expect("registered|alice")
-        bob = await v2(live)
-        await bob.login("bob")
-        await bob.read_lines(2)  # session, login|alice
-        await alice.expect("login|bob")
-        await trio.aclose_forcefully(alice.stream)  # her session waits
-        with trio.fail_after(5):
-            while live.server.waiting != 1:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        bob = await alice_away_and_bob(live)
         await bob.send("talk|alice|sent while you were away")
         back = await v2(live)
         await back.send(f"login|alice|{PASSWORD}")
