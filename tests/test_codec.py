@@ -310,6 +310,16 @@ def test_a_login_password_of_any_length_is_the_servers_to_judge(password: str) -
     assert decode(line, SERVER) == Login("alice", password)
 
 
+@pytest.mark.parametrize("target", ["bad name", ".dot", "#bad room", "#"])
+def test_a_history_target_outside_the_rules_is_a_bad_name(target: str) -> None:
+    # history is protocol 2's: the error table's bad-name (a talk to such a
+    # target stays a bad-frame, as in version 1).
+    error = decode_error(f"history|{target}|latest|5".encode(), SERVER)
+    assert error.code is ErrorCode.BAD_NAME
+    assert decode_error(b"talk|bad name|x", SERVER).code is ErrorCode.BAD_FRAME
+    assert decode_error(b"history|#r|latest|501", SERVER).code is ErrorCode.BAD_FRAME
+
+
 def test_a_login_password_with_a_control_character_is_a_bad_frame() -> None:
     error = decode_error(b"login|alice|secr\x01et", SERVER)
     assert error.code is ErrorCode.BAD_FRAME

@@ -466,6 +466,15 @@ def _target(_: Any, __: Any, value: str) -> None:
         check_name(value)
 
 
+def _history_target(_: Any, __: Any, value: str) -> None:
+    # A protocol-2 frame: a target that breaks the name or room rules is a
+    # bad-name, as the error table says (talk keeps version 1's bad-frame).
+    try:
+        _target(_, __, value)
+    except ValueError as problem:
+        raise FieldError(ErrorCode.BAD_NAME, str(problem)) from None
+
+
 def _text(_: Any, __: Any, value: str) -> None:
     check_text(value)
 
@@ -844,7 +853,7 @@ class History:
     ``*`` or of one's conversation with a user (protocol 2)."""
 
     kind: ClassVar[str] = "history"
-    target: str = attrs.field(validator=_target)
+    target: str = attrs.field(validator=_history_target)
     direction: str = attrs.field(validator=_direction)
     count: int = attrs.field(converter=_history_count)
     anchor: int | None = attrs.field(default=None, converter=_optional_id)
