@@ -354,6 +354,30 @@ async def test_a_line_lost_on_the_way_in_goes_again_after_the_resume(
             await terminal.out.wait_for("you -> bob: into the void")
 
 
+async def test_a_line_that_may_not_have_arrived_is_shown_when_the_session_is_lost() -> (
+    None
+):
+    # The line never reached the server, and the session cannot be taken
+    # back (the server "restarted"): whether it arrived cannot be known,
+    # so it is not sent again, and the user is told.
+    async with setup(echo=True) as (_live, proxy, terminal, _bob):
+        proxy.swallowing = True
+        await terminal.keyboard.send("@bob into the void")
+        with trio.fail_after(STEP_TIMEOUT):
+            await proxy.swallowed.wait()
+        async with running_server(resume_window=30) as other:
+            proxy.server_port = other.port
+            proxy.cut()
+            proxy.swallowing = False
+            proxy.reopen()
+            await terminal.out.wait_for("back, but the session was not kept")
+            line = await terminal.out.wait_for("may not have been delivered")
+            assert line.endswith("may not have been delivered, to bob: into the void")
+            await terminal.keyboard.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                await terminal.ended.wait()
+
+
 async def test_without_reconnecting_a_drop_ends_the_session() -> None:
     async with setup(reconnect=False) as (_live, proxy, terminal, _bob):
         proxy.cut()

@@ -522,6 +522,13 @@ class _Session:
                     f" logged in again as {escape(self.client.name)} and joined"
                     f" your rooms again{recovered}; {_gap_words(event)}"
                 )
+                # Sent before the drop, and not known to have arrived: the
+                # user is told, and may send them again.
+                for talk in event.unconfirmed:
+                    self.problem(
+                        f"may not have been delivered, to {escape(talk.to)}:"
+                        f" {escape(talk.text)}"
+                    )
 
     def keeps_history(self) -> bool:
         """Whether the server keeps messages to show as earlier ones."""
