@@ -180,6 +180,19 @@ def test_attempts_being_checked_count_as_failed_until_they_end() -> None:
     assert not throttle.allowed("alice", "10.0.0.4", 3)
 
 
+def test_a_success_keeps_the_failures_of_guesses_still_being_checked() -> None:
+    # A correct login alongside guesses (sent at the same time) must not
+    # wipe them: each counts until it proves right.
+    throttle = LoginThrottle(per_account=2, per_address=100, window=60)
+    throttle.attempt("alice", "10.0.0.1", 0)  # the owner
+    throttle.attempt("alice", "10.0.0.9", 1)  # a guess
+    throttle.ended("alice", "10.0.0.1", 0, right=True)
+    throttle.succeeded("alice", "10.0.0.1", 2)
+    throttle.ended("alice", "10.0.0.9", 1, right=False)
+    throttle.failed("alice", "10.0.0.9", 3)
+    assert not throttle.allowed("alice", "10.0.0.9", 4)
+
+
 async def test_settled_wakes_when_an_attempt_ends() -> None:
     throttle = LoginThrottle()
     throttle.attempt("alice", "10.0.0.1", 0)

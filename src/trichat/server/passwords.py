@@ -174,7 +174,8 @@ class LoginThrottle:
         self._sweep_at = 1024
         # Attempts being checked, per account and per address; and what
         # waiters wait on, set whenever one ends.
-        self._checking_account: dict[str, int] = {}
+        # (Per account: when each attempt being checked started.)
+        self._checking_account: dict[str, list[float]] = {}
         self._checking_address: dict[str, int] = {}
         self._ended = trio.Event()
 
@@ -206,24 +207,21 @@ class LoginThrottle:
         """An attempt to *account_key* from *address* starts being checked:
         counted as failed at *now* until ``ended``."""
         self.failed(account_key, address, now)
-        for checking, key in (
-            (self._checking_account, account_key),
-            (self._checking_address, address),
-        ):
-            checking[key] = checking.get(key, 0) + 1
+        self._checking_account.setdefault(account_key, []).append(now)
+        self._checking_address[address] = self._checking_address.get(address, 0) + 1
 
     def ended(self, account_key: str, address: str, when: float, right: bool) -> None:
         """The attempt that started at *when* ended; *right*: it proved
         right (its failure is taken back, and the account's forgotten)."""
-        for checking, key in (
-            (self._checking_account, account_key),
-            (self._checking_address, address),
-        ):
-            left = checking[key] - 1
-            if left:
-                checking[key] = left
-            else:
-                del checking[key]
+        started = self._checking_account[account_key]
+        started.remove(when)
+        if not started:
+            del self._checking_account[account_key]
+        left = self._checking_address[address] - 1
+        if left:
+            self._checking_address[address] = left
+        else:
+            del self._checking_address[address]
         if right:
             self.forget(account_key, address, when)
         self._ended.set()
@@ -248,8 +246,15 @@ class LoginThrottle:
                 times.remove(when)
 
     def succeeded(self, account_key: str, address: str, now: float) -> None:
-        """A login to *account_key* from *address* worked."""
-        self._accounts.pop(account_key, None)
+        """A login to *account_key* from *address* worked: the account's
+        failures are forgotten, but for those of attempts still being
+        checked (guesses sent alongside it count until they prove right)."""
+        times = self._accounts.pop(account_key, None)
+        checking = self._checking_account.get(account_key)
+        if times and checking:
+            kept = deque((t for t in times if t in checking), maxlen=self.per_account)
+            if kept:
+                self._accounts[account_key] = kept
 
     def __len__(self) -> int:
         """How many accounts and addresses have failures remembered."""
