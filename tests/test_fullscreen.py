@@ -14,7 +14,7 @@ from helpers import STEP_TIMEOUT, ClockedServer, clocked_server, running_server
 
 from trichat.client.fullscreen._app import FullScreen
 from trichat.client.library import Client, Event
-from trichat.protocol.messages import Exit, Message
+from trichat.protocol.messages import Exit, Message, Pong
 
 SIZE = (80, 24)
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji, three people
@@ -368,6 +368,13 @@ async def test_history_says_what_it_brought_even_out_of_sight() -> None:
         await bob.join("#lunch")
         for number in range(25):
             await bob.talk("#lunch", f"said {number}")
+        # All 25 routed (and so in history) before alice joins: else some
+        # reach her live, and the counts below differ.
+        await bob.ping("routed")
+        with trio.fail_after(STEP_TIMEOUT):
+            async for event in bob:
+                if event == Pong("routed"):
+                    break
         alice = await world.app("alice")
         type_text(alice, "/join #lunch")
         press(alice, "enter")
