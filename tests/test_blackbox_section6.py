@@ -22,7 +22,7 @@ from helpers import (
     expect_quiet,
     say_hello,
 )
-from test_accounts import PASSWORD, registered, store_server, v2
+from test_accounts import PASSWORD, alice_away_and_bob, registered, store_server, v2
 from test_hardening import small_buffered
 
 pytestmark = pytest.mark.trio
@@ -64,17 +64,7 @@ async def test_a_protocol_1_login_taking_over_a_waiting_session_gets_what_it_kep
     session goes on in the connection that took it over", in that
     connection's protocol (it got nothing)."""
     async with store_server(tmp_path / "t.db", resume_window=60) as live:
-        alice = await v2(live)
-        await alice.login("alice")
-        await alice.read_line()  # session
-        await alice.send(f"register|{PASSWORD}")
-        await alice.expect("registered|alice")
-        bob = await v2(live)
-        await bob.login("bob")
-        await bob.read_lines(2)  # session, login|alice
-        await alice.expect("login|bob")
-        await trio.aclose_forcefully(alice.stream)
-        await until_waiting(live, 1)
+        bob = await alice_away_and_bob(live)
         await bob.send("talk|alice|sent while you were away")
         await bob.send("talk|*|to everyone")
         await expect_quiet(bob)  # both routed before the takeover
