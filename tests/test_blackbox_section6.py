@@ -14,9 +14,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import (
-    STEP_TIMEOUT,
     LineClient,
-    LiveServer,
     Msg,
     expect_error_frame,
     expect_quiet,
@@ -26,15 +24,6 @@ from test_accounts import PASSWORD, alice_away_and_bob, registered, store_server
 from test_hardening import small_buffered
 
 pytestmark = pytest.mark.trio
-
-
-async def until_waiting(live: LiveServer, count: int) -> None:
-    """Wait (bounded) until *count* sessions wait for a resume: a client
-    cannot see that the server noticed its drop, so this polls, as the
-    existing takeover test does."""
-    with trio.fail_after(STEP_TIMEOUT):
-        while live.server.waiting != count:  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 def hist_as_msg(line: str) -> Msg:
