@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import trio
 
-from ..protocol._codec import Role, decode, encode
+from ..protocol._codec import ProtocolError, Role, decode, encode
 from ..protocol.messages import Error, ErrorCode, Message
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
@@ -831,7 +831,11 @@ class ChatServer:
             frames = member.mailbox.take_unwritten_messages()
         left = 0
         for frame in frames:
-            message = decode(frame.rstrip(b"\n"), Role.CLIENT)
+            try:
+                message = decode(frame.rstrip(b"\n"), Role.CLIENT)
+            except ProtocolError:  # the server's own frame: never, but no crash
+                left += 1
+                continue
             # Direct messages to it (its own echoed name their target, and
             # a note to itself is one).
             if not (isinstance(message, Message) and message.to == member.name):
@@ -847,8 +851,8 @@ class ChatServer:
                 left += 1
         if left:
             log.warning(
-                "%s: %d direct messages sent to its session are lost: "
-                "its offline messages are at --offline-max",
+                "%s: %d direct messages sent to its session are lost: its "
+                "offline messages are at --offline-max (or unreadable)",
                 member.name,
                 left,
             )
