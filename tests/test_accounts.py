@@ -369,6 +369,36 @@ async def test_direct_messages_dropped_from_a_backlog_at_shutdown_come_later(
     assert got == texts
 
 
+async def test_a_protocol_1_connection_taken_over_writes_what_it_held_first(
+    tmp_path: Path,
+) -> None:
+    # Protocol 1 keeps nothing for a resume: what was queued for the old
+    # connection is written to it before error|replaced, not dropped.
+    async with store_server(tmp_path / "t.db") as live:
+        await (await registered(live, "alice")).send("exit")
+        ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.server.serve_connection, theirs, "127.0.0.1")
+            old = LineClient(ours)  # protocol 1
+            await old.send(f"login|alice|{PASSWORD}")
+            await old.expect("login|alice")
+            bob = await live.connect()
+            await bob.login("bob")
+            await bob.read_line()  # login|alice
+            await old.expect("login|bob")
+            for number in range(20):  # the old connection reads none yet
+                await bob.send(f"talk|alice|{number}")
+            assert await bob.pong_after("routed") == []
+            new = await live.connect()
+            await new.send(f"login|alice|{PASSWORD}")
+            await new.expect("login|alice", "login|bob")
+            lines = await old.read_until_closed()
+            nursery.cancel_scope.cancel()
+        assert lines[:-1] == [f"talk|bob|alice|{number}" for number in range(20)]
+        assert lines[-1].startswith("error|replaced|")
+        assert await new.pong_after("end") == []
+
+
 async def test_a_login_that_takes_over_gives_a_new_secret(tmp_path: Path) -> None:
     # Whoever held the old session's secret cannot take the account back
     # without its password; a protocol-1 login that takes over gets none.

@@ -370,10 +370,12 @@ class Mailbox:
     def _take_unwritten_messages(self) -> list[bytes]:
         """Take out every piece of messages not written yet (while messages
         are kept): in the channel, handed to a writer that has not run yet,
-        or being written."""
-        pieces = [data for _, data, _ in self._unwritten or ()]
-        if self._unwritten is not None:
-            self._unwritten.clear()
+        or being written. A mailbox that keeps none (protocol 1) gives
+        none and keeps what it holds: its writer writes it."""
+        if self._unwritten is None:
+            return []
+        pieces = [data for _, data, _ in self._unwritten]
+        self._unwritten.clear()
         self._take_unwritten()
         return pieces
 
