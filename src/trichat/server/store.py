@@ -685,15 +685,14 @@ class Store:
         self.hasher = hasher or Hasher()
         self.stop_timeout = stop_timeout
         self.last_id = 0
-        # The highest id the file will cover once what is queued is written
-        # (see _reserve), and the id past which more are reserved; the
-        # highest it covers now, and the id past which senders wait.
-        self._ceiling = 0
+        """The highest message id the store has seen (recorded, or stored
+        before a restart): the hub continues above it."""
+        # The id past which more ids are reserved (see _reserve); the
+        # highest the file covers now, and the id past which senders wait
+        # for it to cover more (see _renewed).
         self._reserve_at = 0
         self._covered = 0
         self._uncovered_at = 0
-        """The highest message id the store has seen (recorded, or stored
-        before a restart): the hub continues above it."""
         self.committed_id = 0
         """The highest message id written to the file (everything recorded
         before it is there too)."""
@@ -765,7 +764,6 @@ class Store:
                 # Anything recorded before the start is queued, and counts.
                 self.last_id = max(self.last_id, state.last_id)
                 self.committed_id = state.last_id
-                self._ceiling = state.ceiling
                 self._reserve_at = state.ceiling - _RESERVE // 2
                 self._renewed(state.ceiling)
                 self._accounts = state.accounts
@@ -961,7 +959,7 @@ class Store:
                 )
                 self.backlog += 1
                 self.backlog_bytes += len(text)
-                if first > self.last_id:
+                if first > self.last_id:  # _saw, inlined: the hot path
                     self.last_id = first
                     if first > self._reserve_at:
                         self._reserve(first)
@@ -978,12 +976,19 @@ class Store:
                     self.backlog += 1
                     self.backlog_bytes += len(text)
                 # Else only its id counts, and the reservation covers it.
-                if first > self.last_id:
+                if first > self.last_id:  # _saw, inlined
                     self.last_id = first
                     if first > self._reserve_at:
                         self._reserve(first)
                 return
         self._record(accepted, None)
+
+    def _saw(self, last_id: int) -> None:
+        """Id *last_id* was given out: the highest seen, and reserved."""
+        if last_id > self.last_id:
+            self.last_id = last_id
+            if last_id > self._reserve_at:
+                self._reserve(last_id)
 
     def _reserve(self, last_id: int) -> None:
         """Id *last_id* came near the highest the file covers: cover
@@ -991,7 +996,7 @@ class Store:
         that a restart after a crash goes on above all of them; and no
         commit need write the last id, nor any happen for messages that
         are not kept (between guests, or with no history)."""
-        ceiling = self._ceiling = last_id + _RESERVE
+        ceiling = last_id + _RESERVE
         self._reserve_at = ceiling - _RESERVE // 2
         if self._running:
             self._put(
@@ -1035,11 +1040,7 @@ class Store:
     def _record(
         self, accepted: Accepted, offline: str | None, history: bool = True
     ) -> None:
-        last = accepted.first_id + len(accepted.texts) - 1
-        if last > self.last_id:
-            self.last_id = last
-            if last > self._reserve_at:
-                self._reserve(last)
+        self._saw(accepted.first_id + len(accepted.texts) - 1)
         if not self._running and not self._stopping:
             # Before the start: the conversations' ids are not known yet.
             self._early.append((accepted, offline, history))
