@@ -760,8 +760,7 @@ class Hub:
         offline = self.offline
         # Named as its owner wrote it, however the sender spelled it (as a
         # message to the account online would be).
-        to = None if offline is None else offline.account_name(key)
-        if offline is None or to is None:
+        if offline is None or (to := offline.account_name(key)) is None:
             return Routed(len(texts), Refusal.NO_SUCH_USER, envelope.to)
         first_id = self.next_id
         self._time()
@@ -912,10 +911,10 @@ class _PresenceBatch:
             parts.append(segments[number])
         return b"".join(parts)
 
-    def note_given(self, member: Member, end: int | None = None) -> None:
-        """*member* has been given the frames before *end* (default: all)."""
-        if end is None:
-            end = len(self.frames)
+    def note_given(self, member: Member) -> None:
+        """*member* has been given every frame so far (a newcomer's roster
+        shows what they say)."""
+        end = len(self.frames)
         self.given[member] = end
         self._gives.append((end, member))
 
