@@ -200,7 +200,7 @@ class Mailbox:
             or self.fits(len(data), frames)
             or (
                 whole
-                and self.queued_bytes == self.answer_bytes
+                and not self.counted_bytes
                 and self.queued_frames + frames <= self.max_frames
             )
         ):
