@@ -172,9 +172,8 @@ class LoginThrottle:
         self._accounts: dict[str, deque[float]] = {}
         self._addresses: dict[str, deque[float]] = {}
         self._sweep_at = 1024
-        # Attempts being checked, per account and per address; and what
-        # waiters wait on, set whenever one ends.
-        # (Per account: when each attempt being checked started.)
+        # Attempts being checked: when each started, per account; how
+        # many, per address; and what waiters wait on, set when one ends.
         self._checking_account: dict[str, list[float]] = {}
         self._checking_address: dict[str, int] = {}
         self._ended = trio.Event()
@@ -212,7 +211,8 @@ class LoginThrottle:
 
     def ended(self, account_key: str, address: str, when: float, right: bool) -> None:
         """The attempt that started at *when* ended; *right*: it proved
-        right (its failure is taken back, and the account's forgotten)."""
+        right, and its failure is taken back (``succeeded`` then forgets
+        the account's others)."""
         started = self._checking_account[account_key]
         started.remove(when)
         if not started:
