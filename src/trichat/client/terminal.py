@@ -177,7 +177,6 @@ _NAME_REFUSALS: Final = frozenset(
 # Control, format (bidi among them), surrogate, line and paragraph separators.
 _UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
-# The errors that refuse a message (talk), naming its target.
 _COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
 _TARGETED = re.compile(r"(\S+)(?:\s+(.*))?", re.DOTALL)
 
