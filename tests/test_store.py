@@ -275,7 +275,7 @@ def test_both_sides_of_a_conversation_share_chunks_that_never_overlap() -> None:
     chunks still hold its messages in order, none overlapping another."""
 
     def row(conversations: tuple[int, ...], id: int) -> Any:
-        return (conversations, id, 1000 + id, "alice", "bob", b"hi")
+        return (conversations, talk("alice", "bob", id, "hi", time_ms=1000 + id))
 
     shared = list(chunks_of_a_commit([row((1, 2), 1), row((1, 2), 2)]))
     assert [chunk[0] for chunk in shared] == [1, 2]
@@ -289,6 +289,37 @@ def test_both_sides_of_a_conversation_share_chunks_that_never_overlap() -> None:
             struct.unpack(f"<{len(packed) // 8}q", packed)
         )
     assert by_conversation == {1: [1, 2, 3], 2: [1, 3], 3: [4]}
+
+
+async def test_runs_of_texts_are_cut_to_the_size_of_a_chunk(tmp_path: Path) -> None:
+    """A run of texts accepted at once is one record; the file still holds
+    at most an eighth of --history messages per chunk (cutting the runs
+    that straddle one), and history gives each text with its own id, its
+    run's sender, recipient and time."""
+    path = tmp_path / "t.db"
+    async with running(path, history=16) as store:
+        store.record(talk("alice", "#r", 1, *"abcdefg", time_ms=5000))
+        store.record(talk("bob", "#r", 8, "h", time_ms=6000))
+        store.record(talk("alice", "#r", 9, "i", "j", "k", time_ms=7000))
+        await store.flush()
+        shown = await store.history("#r", "latest", None, 20)
+    assert [(m.id, m.sender, m.text, m.time_ms) for m in shown] == [
+        (i + 1, sender, text, time_ms)
+        for i, (sender, text, time_ms) in enumerate(
+            [("alice", text, 5000) for text in "abcdefg"]
+            + [("bob", "h", 6000)]
+            + [("alice", text, 7000) for text in "ijk"]
+        )
+    ]
+    assert all(m.to == "#r" for m in shown)
+    assert stored_by_conversation(path)["#r"] == [
+        [1, 2],
+        [3, 4],
+        [5, 6],
+        [7, 8],
+        [9, 10],
+        [11],
+    ]
 
 
 async def test_a_long_burst_to_one_room_pages_whole(tmp_path: Path) -> None:

@@ -105,6 +105,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from itertools import chain, repeat
+from operator import add
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
@@ -221,11 +223,13 @@ class NoSuchAccount(StoreError):
 
 # -- the file ------------------------------------------------------------------
 
-_Row: TypeAlias = tuple[tuple[int, ...], int, int, str, str, bytes]
-"""A message as the conversations that keep it keep it: their ids (in
+_Row: TypeAlias = tuple[tuple[int, ...], Accepted]
+"""Messages as the conversations that keep them keep them: their ids (in
 order: the same tuple for every message between the same two accounts,
-whoever sent it), the message's id, time (ms), sender, recipient and text
-(UTF-8)."""
+whoever sent it), and the messages as the hub accepted them (one or more
+texts, numbered on from the first id). A row per ``Accepted``, not per
+text: the event loop only appends it, and the writer thread unpacks it
+with C code (see _chunk)."""
 
 _CHUNKS = """
     CREATE TABLE chunks (
@@ -250,8 +254,9 @@ _CHUNK_COLUMNS = "ids, times, senders, recipients, lengths, texts"
 _Chunk: TypeAlias = tuple[int, int, int, int, bytes, bytes, str, str, bytes, bytes]
 
 
-def _chunk(conversation: int, rows: Sequence[_Row]) -> _Chunk:
-    """One row of ``chunks``: messages of one *conversation*, oldest first.
+def _chunk(conversation: int, rows: Sequence[_Row], most: int) -> list[_Chunk]:
+    """Rows of ``chunks`` for messages of one *conversation*, oldest first:
+    one, unless they are more than *most* messages (see _parts).
 
     Why chunks: SQLite's cost is per row and per page a commit changes, and
     a row per message in an index by conversation meant a row to insert
@@ -259,21 +264,46 @@ def _chunk(conversation: int, rows: Sequence[_Row]) -> _Chunk:
     per conversation per commit. A chunk holds what one commit brought to
     one conversation: the ids and times as little-endian 64-bit integers,
     the names joined by newlines (a name holds no control character), the
-    texts' sizes as 32-bit integers and the texts end to end."""
-    _, ids, times, senders, recipients, texts = zip(*rows, strict=True)
-    count = len(ids)
-    return (
-        conversation,
-        ids[-1],
-        ids[0],
-        count,
-        struct.pack(f"<{count}q", *ids),
-        struct.pack(f"<{count}q", *times),
-        "\n".join(senders),
-        "\n".join(recipients),
-        struct.pack(f"<{count}I", *map(len, texts)),
-        b"".join(texts),
+    texts' sizes as 32-bit integers and the texts end to end.
+
+    Each row's fields are repeated for its texts by ``map`` and
+    ``itertools`` (C code, not a loop of ours per text): the writer holds
+    the GIL while it packs, and the event loop waits for it then."""
+    senders, recipients, texts, firsts, times = zip(
+        *[row[1] for row in rows], strict=True
     )
+    counts = tuple(map(len, texts))
+    count = sum(counts)
+    if count > most:
+        return [
+            chunk
+            for part in _parts(rows, most)
+            for chunk in _chunk(conversation, part, most)
+        ]
+    last = firsts[-1] + counts[-1] - 1
+    if count == len(rows):
+        # A text each (a room's usual traffic): nothing to repeat.
+        ids = firsts
+    else:
+        ids = tuple(chain(*map(range, firsts, map(add, firsts, counts))))
+        times = tuple(chain(*map(repeat, times, counts)))
+        senders = tuple(chain(*map(repeat, senders, counts)))
+        recipients = tuple(chain(*map(repeat, recipients, counts)))
+    every_text = tuple(chain(*texts))
+    return [
+        (
+            conversation,
+            last,
+            firsts[0],
+            count,
+            struct.pack(f"<{count}q", *ids),
+            struct.pack(f"<{count}q", *times),
+            "\n".join(senders),
+            "\n".join(recipients),
+            struct.pack(f"<{count}I", *map(len, every_text)),
+            b"".join(every_text),
+        )
+    ]
 
 
 def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
@@ -298,11 +328,29 @@ def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
             for conversation in row[0]:
                 by_conversations.setdefault((conversation,), []).append(row)
     for conversations, some in by_conversations.items():
-        for start in range(0, len(some), most):
-            packed = _chunk(conversations[0], some[start : start + most])
+        for packed in _chunk(conversations[0], some, most):
             yield packed
             for conversation in conversations[1:]:
                 yield (conversation, *packed[1:])
+
+
+def _parts(rows: list[_Row], most: int) -> Iterator[list[_Row]]:
+    """*rows* cut into parts of at most *most* texts each (a row whose
+    texts straddle a cut is cut too): a chunk holds at most *most*
+    messages, which pruning counts on."""
+    part: list[_Row] = []
+    room = most
+    for conversations, accepted in rows:
+        texts, first = accepted.texts, accepted.first_id
+        while texts:
+            if not room:
+                yield part
+                part, room = [], most
+            some = texts[:room]
+            part.append((conversations, accepted._replace(texts=some, first_id=first)))
+            texts, first, room = texts[room:], first + len(some), room - len(some)
+    if part:
+        yield part
 
 
 def _insert_statement(count: int) -> str:
@@ -370,7 +418,10 @@ def _to_chunks(connection: sqlite3.Connection) -> None:
         "ORDER BY conversation, id"
     )
     for conversation, some in itertools.groupby(rows, lambda row: row[0]):
-        kept = [((conversation,), *row[1:]) for row in some]
+        kept: list[_Row] = [
+            ((conversation,), Accepted(sender, to, (text,), id, time_ms))
+            for _, id, time_ms, sender, to, text in some
+        ]
         connection.executemany(_INSERT_CHUNK, _chunks(kept))
     connection.execute("DROP TABLE messages")
     connection.execute(_CHUNKS_INDEX)
@@ -626,9 +677,13 @@ class _Waiting:
 
 
 def _newest_first(rows: list[_Row], most: int) -> Iterator[StoredMessage]:
-    """The newest *most* of *rows* (oldest first), newest first."""
-    for _, id, time_ms, sender, to, text in itertools.islice(reversed(rows), most):
-        yield StoredMessage(id, time_ms, sender, to, text.decode())
+    """The newest *most* messages of *rows* (oldest first), newest first."""
+    for _, (sender, to, texts, first, time_ms) in reversed(rows):
+        for i in range(len(texts) - 1, -1, -1):
+            if most <= 0:
+                return
+            most -= 1
+            yield StoredMessage(first + i, time_ms, sender, to, texts[i].decode())
 
 
 class _Committed:
@@ -945,43 +1000,28 @@ class Store:
         waiting, never dropped. Kept: messages to rooms and ``*``, and
         direct messages to or from an account (in that account's
         conversation with the other); for the others, only the id."""
+        # The hot path: to a room, or between two names, seen before: a row,
+        # whatever the number of texts (the writer unpacks it).
+        to = accepted.to
+        conversations = self._spellings.get(to)
+        if conversations is None:
+            conversations = self._pairs.get((accepted.sender, to))
+            if conversations is None:
+                self._record(accepted, None)
+                return
         texts = accepted.texts
-        if len(texts) == 1:
-            # The hot paths: one text to a room, or between two names, seen
-            # before: rows at once.
-            to = accepted.to
-            conversations = self._spellings.get(to)
-            if conversations is not None:
-                text = texts[0]
-                first = accepted.first_id
-                (self._batch or self._open_batch()).rows.append(
-                    (conversations, first, accepted.time_ms, accepted.sender, to, text)
-                )
-                self.backlog += 1
-                self.backlog_bytes += len(text)
-                if first > self.last_id:  # _saw, inlined: the hot path
-                    self.last_id = first
-                    if first > self._reserve_at:
-                        self._reserve(first)
-                return
-            sender = accepted.sender
-            conversations = self._pairs.get((sender, to))
-            if conversations is not None:
-                first = accepted.first_id
-                if conversations:
-                    text = texts[0]
-                    (self._batch or self._open_batch()).rows.append(
-                        (conversations, first, accepted.time_ms, sender, to, text)
-                    )
-                    self.backlog += 1
-                    self.backlog_bytes += len(text)
-                # Else only its id counts, and the reservation covers it.
-                if first > self.last_id:  # _saw, inlined
-                    self.last_id = first
-                    if first > self._reserve_at:
-                        self._reserve(first)
-                return
-        self._record(accepted, None)
+        if conversations:
+            (self._batch or self._open_batch()).rows.append((conversations, accepted))
+            self.backlog += len(texts)
+            self.backlog_bytes += (
+                len(texts[0]) if len(texts) == 1 else sum(map(len, texts))
+            )
+        # Else only its ids count, and the reservation covers them.
+        last = accepted.first_id + len(texts) - 1
+        if last > self.last_id:  # _saw, inlined: the hot path
+            self.last_id = last
+            if last > self._reserve_at:
+                self._reserve(last)
 
     def _saw(self, last_id: int) -> None:
         """Id *last_id* was given out: the highest seen, and reserved."""
@@ -1051,7 +1091,6 @@ class Store:
         self, accepted: Accepted, offline: str | None, history: bool = True
     ) -> None:
         texts = accepted.texts
-        first = accepted.first_id
         conversations = self._conversations(accepted) if history else ()
         if not conversations and offline is None:
             return  # nothing to keep but its id (see _reserve)
@@ -1060,14 +1099,8 @@ class Store:
         batch = self._batch or self._open_batch()
         if offline is not None:
             batch.offline.append((offline, accepted))
-        time_ms, sender, to = accepted.time_ms, accepted.sender, accepted.to
         if conversations:
-            batch.rows.extend(
-                [
-                    (conversations, first + i, time_ms, sender, to, text)
-                    for i, text in enumerate(texts)
-                ]
-            )
+            batch.rows.append((conversations, accepted))
 
     def _open_batch(self) -> _Batch:
         """A batch for what is recorded until the scheduler's next pass,
@@ -1309,7 +1342,8 @@ class Store:
                 part = list(itertools.takewhile(lambda m: m.id > anchor, newest))
                 part = part[-n:]
             part.reverse()
-            page = _Page(part, len(waiting), waiting[0][1])
+            count = sum(len(accepted.texts) for _, accepted in waiting)
+            page = _Page(part, count, waiting[0][1].first_id)
         return await self._read(
             lambda connection: _read_history(
                 connection, conversation, direction, anchor, n, page, kept
