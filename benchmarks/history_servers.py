@@ -23,6 +23,20 @@ one-line summary, with the load average when it started, goes to stderr
 as it finishes; then the medians, and the ratio of history 1000 to
 history 0 in each run and of the medians.
 
+A third, ``history-under-rate`` (not among the defaults; name it), is
+issue 12's last target: a server started on a file that holds 1,000,000
+messages (1,000 rooms of 1,000, ``--history 1000``) must be up within 2 s,
+and ``history|ROOM|latest|100`` must be answered within 10 ms at the 99th
+percentile while a ``rate`` load runs (the generator's ``-scenario rate``
+between the 50 pairs of accounts, 20,000 direct messages a second, each
+stored twice). A protocol-2 guest in 50 of the rooms asks for a page of
+a room after another, from the moment the generator's 100 accounts are
+online until the generator ends; each answer is checked (100 messages)
+and timed from the request written to the page read. Start-up is timed
+from the server's process made to its port taking connections.
+
+    python benchmarks/history_servers.py history-under-rate --runs 3
+
 The generator logs in without a password (``login|NAME``); for the
 accounts this script builds a copy of it, in the temporary directory,
 that adds ``|PASSWORD`` to its logins when ``LOADGEN_PASSWORD`` is set
@@ -33,6 +47,7 @@ that adds ``|PASSWORD`` to its logins when ``LOADGEN_PASSWORD`` is set
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -40,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +77,13 @@ SCENARIOS: dict[str, list[str]] = {
     "dm2-accounts": ["-scenario", "dm", "-P", str(PAIRS), "-W", "16", "-hello"],
 }  # fmt: skip
 FIGURES = ["msgs_per_s", "p50_ms", "p99_ms", "srv_cpu_pct"]
+
+# history-under-rate: the generator's load, and what the file holds.
+RATE_LOAD = ["-scenario", "rate", "-P", str(PAIRS), "-R", "20000", "-hello"]
+ROOMS = 1000
+STORED = 1_000_000
+ROOMS_ASKED = 50  # the guest's rooms (the server's --max-rooms by default)
+PAGE = 100
 
 # The copy's change: a login line ends with |PASSWORD when asked to.
 _LOGIN = 'err = c.write([]byte("hello|2\\nlogin|" + name + "\\n"))'
@@ -110,6 +133,26 @@ async def make_accounts(path: Path) -> None:
         for role in ("s", "r"):
             for i in range(PAIRS):
                 await store.register(f"{PREFIX}{role}{i}", PASSWORD)
+        nursery.cancel_scope.cancel()
+
+
+async def add_rooms(path: Path) -> None:
+    """Fill the accounts' file with STORED messages, ROOMS rooms of as
+    many as --history 1000 keeps (as ``store_bench.py big`` does)."""
+    from store_bench import Traffic
+
+    from trichat.server.store import Store
+
+    store = Store(path, history=STORED // ROOMS)
+    traffic = Traffic(1, ROOMS, 10, 0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        while traffic.count < STORED:
+            for accepted in traffic.make(min(2000, STORED - traffic.count)):
+                store.record(accepted)
+            if store.congested:
+                await store.make_room(10.0)
+            await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
 
 
@@ -176,6 +219,95 @@ def run_once(
     return result
 
 
+def history_under_rate(
+    generator: str, template: Path, directory: Path, port: int, duration: str
+) -> dict[str, float]:
+    """One run of history-under-rate: start-up, and the history pages'
+    round trips (ms) while the generator's rate load runs."""
+    db = directory / "run-big.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(template, db)
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    with server(port, db, 1000) as pid:
+        startup = time.monotonic() - started
+        command = [
+            generator, "-proto", "trichat", "-addr", f"127.0.0.1:{port}",
+            "-pid", str(pid), "-prefix", PREFIX, "-D", duration, *RATE_LOAD,
+        ]  # fmt: skip
+        times, load_line = trio.run(_ask_while, command, port)
+    times.sort()
+    result = {
+        "load": load,
+        "startup_s": startup,
+        "pages": len(times),
+        "p50_ms": times[len(times) // 2] * 1000,
+        "p99_ms": times[min(len(times) - 1, len(times) * 99 // 100)] * 1000,
+        "max_ms": times[-1] * 1000,
+    }
+    print(
+        f"  history-under-rate: load {load:.1f}; start-up {startup:.2f} s; "
+        f"{len(times)} pages: p50 {result['p50_ms']:.2f} ms, "
+        f"p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.1f} ms; "
+        f"load: {load_line}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+async def _ask_while(command: list[str], port: int) -> tuple[list[float], str]:
+    """Run the generator (accounts logging in with their password); from
+    the moment its 100 accounts are online until it ends, ask for history
+    pages, one after another. The round trips (s), and its summary line."""
+    from trichat import Login
+    from trichat.client import HistoryPage, open_client
+
+    times: list[float] = []
+    online: set[str] = set()
+    everyone_online = trio.Event()
+    env = {**os.environ, "LOADGEN_PASSWORD": PASSWORD}
+    async with open_client("hq", port=port) as client:
+        rooms = [f"#Room{i}" for i in range(ROOMS_ASKED)]
+        for room in rooms:
+            await client.join(room)
+
+        async def ask() -> None:
+            await everyone_online.wait()
+            for turn in itertools.count():
+                room = rooms[turn % len(rooms)]
+                asked = time.perf_counter()
+                await client.history(room, PAGE)
+                page = None
+                while page is None:
+                    event = await client.__anext__()
+                    if isinstance(event, HistoryPage) and event.target == room:
+                        page = event
+                times.append(time.perf_counter() - asked)
+                if len(page.messages) != PAGE:
+                    raise RuntimeError(f"{room}: {len(page.messages)} messages")
+
+        async def watch_logins() -> None:
+            async for event in client:
+                if isinstance(event, Login) and event.name.startswith(PREFIX):
+                    online.add(event.name)
+                    if len(online) == 2 * PAIRS:
+                        everyone_online.set()
+                        return
+
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(120):
+                await watch_logins()
+            nursery.start_soon(ask)
+            done = await trio.run_process(
+                command, capture_stdout=True, capture_stderr=True, env=env
+            )
+            nursery.cancel_scope.cancel()
+    lines = done.stdout.decode().splitlines()
+    return times, (lines[1].lstrip("# ") if len(lines) > 1 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -190,6 +322,11 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=1000)
     args = parser.parse_args()
     scenarios = args.scenarios or list(SCENARIOS)
+    if "history-under-rate" in scenarios:
+        if scenarios != ["history-under-rate"]:
+            parser.error("history-under-rate runs alone")
+        under_rate(args)
+        return
     for scenario in scenarios:
         if scenario not in SCENARIOS:
             parser.error(f"no such scenario: {scenario}")
@@ -230,6 +367,37 @@ def main() -> None:
             f"(each run: {each}); target at least 0.7: "
             + ("met" if ratio >= 0.7 else "MISSED")
         )
+
+
+def under_rate(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="trichat-history-") as name:
+        directory = Path(name)
+        generator = build_generator(directory)
+        template = directory / "big.db"
+        trio.run(make_accounts, template)
+        filling = time.monotonic()
+        trio.run(add_rooms, template)
+        print(
+            f"  {STORED:,} messages stored in {time.monotonic() - filling:.1f} s",
+            file=sys.stderr,
+        )
+        runs = []
+        for run in range(args.runs):
+            print(f"run {run + 1} of {args.runs}", file=sys.stderr, flush=True)
+            runs.append(
+                history_under_rate(
+                    generator, template, directory, args.port, args.duration
+                )
+            )
+    loads = f"{min(r['load'] for r in runs):.1f} to {max(r['load'] for r in runs):.1f}"
+    print(f"history-under-rate (medians of {args.runs}; load averages {loads})")
+    for figure, target in (("startup_s", 2.0), ("p99_ms", 10.0)):
+        value = statistics.median(r[figure] for r in runs)
+        each = ", ".join(f"{r[figure]:.2f}" for r in runs)
+        verdict = "met" if value < target else "MISSED"
+        print(f"  {figure} {value:.2f} (each run: {each}); under {target}: {verdict}")
+    median = statistics.median(r["p50_ms"] for r in runs)
+    print(f"  p50_ms {median:.2f}, pages per run {[r['pages'] for r in runs]}")
 
 
 def _loads(results: dict[tuple[str, int], list[dict[str, Any]]], scenario: str) -> str:

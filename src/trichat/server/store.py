@@ -334,7 +334,7 @@ def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
                 yield (conversation, *packed[1:])
 
 
-def _parts(rows: list[_Row], most: int) -> Iterator[list[_Row]]:
+def _parts(rows: Sequence[_Row], most: int) -> Iterator[list[_Row]]:
     """*rows* cut into parts of at most *most* texts each (a row whose
     texts straddle a cut is cut too): a chunk holds at most *most*
     messages, which pruning counts on."""
