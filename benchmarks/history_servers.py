@@ -30,7 +30,8 @@ and ``history|ROOM|latest|100`` must be answered within 10 ms at the 99th
 percentile while a ``rate`` load runs (the generator's ``-scenario rate``
 between the 50 pairs of accounts, 20,000 direct messages a second, each
 stored twice). A protocol-2 guest in 50 of the rooms asks for a page of
-a room after another, from the moment the generator's 100 accounts are
+a room every 20 ms (back to back, the pages themselves would be the
+load), from the moment the generator's 100 accounts are
 online until the generator ends; each answer is checked (100 messages)
 and timed from the request written to the page read. Start-up is timed
 from the server's process made to its port taking connections.
@@ -79,11 +80,12 @@ SCENARIOS: dict[str, list[str]] = {
 FIGURES = ["msgs_per_s", "p50_ms", "p99_ms", "srv_cpu_pct"]
 
 # history-under-rate: the generator's load, and what the file holds.
-RATE_LOAD = ["-scenario", "rate", "-P", str(PAIRS), "-R", "20000", "-hello"]
+RATE_LOAD = ["-scenario", "rate", "-P", str(PAIRS), "-hello"]
 ROOMS = 1000
 STORED = 1_000_000
 ROOMS_ASKED = 50  # the guest's rooms (the server's --max-rooms by default)
 PAGE = 100
+PAGES_PER_S = 50  # one page every 20 ms, from one client
 
 # The copy's change: a login line ends with |PASSWORD when asked to.
 _LOGIN = 'err = c.write([]byte("hello|2\\nlogin|" + name + "\\n"))'
@@ -220,8 +222,9 @@ def run_once(
 
 
 def history_under_rate(
-    generator: str, template: Path, directory: Path, port: int, duration: str
-) -> dict[str, float]:
+    generator: str, template: Path, directory: Path, port: int, duration: str,
+    rate: float,
+) -> dict[str, float]:  # fmt: skip
     """One run of history-under-rate: start-up, and the history pages'
     round trips (ms) while the generator's rate load runs."""
     db = directory / "run-big.db"
@@ -235,6 +238,7 @@ def history_under_rate(
         command = [
             generator, "-proto", "trichat", "-addr", f"127.0.0.1:{port}",
             "-pid", str(pid), "-prefix", PREFIX, "-D", duration, *RATE_LOAD,
+            "-R", str(rate),
         ]  # fmt: skip
         times, load_line = trio.run(_ask_while, command, port)
     times.sort()
@@ -266,7 +270,7 @@ async def _ask_while(command: list[str], port: int) -> tuple[list[float], str]:
 
     times: list[float] = []
     online: set[str] = set()
-    everyone_online = trio.Event()
+    output = ""
     env = {**os.environ, "LOADGEN_PASSWORD": PASSWORD}
     async with open_client("hq", port=port) as client:
         rooms = [f"#Room{i}" for i in range(ROOMS_ASKED)]
@@ -274,8 +278,12 @@ async def _ask_while(command: list[str], port: int) -> tuple[list[float], str]:
             await client.join(room)
 
         async def ask() -> None:
-            await everyone_online.wait()
+            # Paced, as users scroll back: pages back to back would make
+            # the pages themselves the load.
+            every = 1 / PAGES_PER_S
+            start = trio.current_time()
             for turn in itertools.count():
+                await trio.sleep_until(start + turn * every)
                 room = rooms[turn % len(rooms)]
                 asked = time.perf_counter()
                 await client.history(room, PAGE)
@@ -293,18 +301,22 @@ async def _ask_while(command: list[str], port: int) -> tuple[list[float], str]:
                 if isinstance(event, Login) and event.name.startswith(PREFIX):
                     online.add(event.name)
                     if len(online) == 2 * PAIRS:
-                        everyone_online.set()
                         return
 
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(120):
-                await watch_logins()
-            nursery.start_soon(ask)
+        async def generate() -> None:
+            nonlocal output
             done = await trio.run_process(
                 command, capture_stdout=True, capture_stderr=True, env=env
             )
-            nursery.cancel_scope.cancel()
-    lines = done.stdout.decode().splitlines()
+            output = done.stdout.decode()
+            nursery.cancel_scope.cancel()  # the load is over: so is asking
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(generate)
+            with trio.fail_after(120):
+                await watch_logins()
+            await ask()
+    lines = output.splitlines()
     return times, (lines[1].lstrip("# ") if len(lines) > 1 else "")
 
 
@@ -320,6 +332,12 @@ def main() -> None:
     parser.add_argument("--duration", default="10s", help="the generator's -D")
     parser.add_argument("--port", type=int, default=7391)
     parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20000,
+        help="history-under-rate: the direct messages a second offered (-R)",
+    )
     args = parser.parse_args()
     scenarios = args.scenarios or list(SCENARIOS)
     if "history-under-rate" in scenarios:
@@ -386,7 +404,12 @@ def under_rate(args: argparse.Namespace) -> None:
             print(f"run {run + 1} of {args.runs}", file=sys.stderr, flush=True)
             runs.append(
                 history_under_rate(
-                    generator, template, directory, args.port, args.duration
+                    generator,
+                    template,
+                    directory,
+                    args.port,
+                    args.duration,
+                    args.rate,
                 )
             )
     loads = f"{min(r['load'] for r in runs):.1f} to {max(r['load'] for r in runs):.1f}"
