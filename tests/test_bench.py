@@ -22,8 +22,8 @@ from trichat.bench.cli import Settings, add_arguments, main
 from trichat.bench.latency import parse_stamp, percentile, stamp, summarize_latencies
 from trichat.bench.reader import FedStream, SharedReader, available
 from trichat.bench.report import format_report
+from trichat.bench.run import Handler, Progress, Run
 from trichat.bench.runner import run_bench
-from trichat.bench.traffic import Handler, Progress, Run
 from trichat.bench.usage import (
     Usage,
     loop_note,

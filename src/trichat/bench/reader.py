@@ -60,7 +60,7 @@ from ..protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from .traffic import Handler, Run
+    from .run import Handler, Run
 
 __all__ = ["FedStream", "SharedReader", "available", "dispatch"]
 

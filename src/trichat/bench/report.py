@@ -8,8 +8,8 @@ from typing import Any
 from .. import __version__
 from ..protocol.messages import ErrorCode
 from .latency import summarize_latencies
+from .run import Run
 from .settings import Settings
-from .traffic import Run
 from .usage import loop_note, usage_summary
 
 __all__ = ["LATE_WARNING_MS", "begin_result", "finish_result", "format_report"]

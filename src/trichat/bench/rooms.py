@@ -38,15 +38,8 @@ from ..client.library import Client, ConnectionLost
 from ..protocol.messages import Error
 from .latency import parse_stamp, percentile, stamp
 from .reader import SharedReader, available
-from .traffic import (
-    NS,
-    BenchError,
-    Handler,
-    Run,
-    log_in_all,
-    run_window,
-    sleep_until_ns,
-)
+from .run import NS, BenchError, Handler, Run, sleep_until_ns
+from .traffic import log_in_all, run_window
 from .usage import Usage, rss_kb_or_none
 
 __all__ = ["run_rooms"]
@@ -231,10 +224,10 @@ async def run_rooms(run: Run, nursery: trio.Nursery, result: dict[str, Any]) -> 
     async def join(index: int, client: Client) -> None:
         await _join(run, users[index], client, [room_names[r] for r in joins[index]])
 
-    if settings.shared_reader and available():
-        run.reader = SharedReader(run)
-        nursery.start_soon(run.reader.run)
-    result["shared_reader"] = run.reader is not None
+    reader = SharedReader(run) if settings.shared_reader and available() else None
+    if reader is not None:
+        nursery.start_soon(reader.run)
+    result["shared_reader"] = reader is not None
     rss0 = rss_kb_or_none(pid)
     if rss0 is not None:
         result["rss0_kb"] = rss0
@@ -242,7 +235,7 @@ async def run_rooms(run: Run, nursery: trio.Nursery, result: dict[str, Any]) -> 
     joining = Usage.now(pid)
     began = time.perf_counter()
     with trio.move_on_after(settings.deadline) as login_scope:
-        clients = await log_in_all(run, nursery, names, users, join)
+        clients = await log_in_all(run, nursery, names, users, join, reader=reader)
     if login_scope.cancelled_caught:
         raise BenchError(
             f"only {run.joined} of {count} users logged in and joined within "

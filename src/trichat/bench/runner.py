@@ -11,9 +11,9 @@ import trio
 
 from .._process import raise_file_limit, until_interrupted
 from .report import begin_result, finish_result, format_report
+from .run import BenchError, Progress, Run
 from .scenarios import run_scenario
 from .settings import Settings
-from .traffic import BenchError, Progress, Run
 from .usage import process_cpu, process_rss_kb
 
 __all__ = ["run_bench", "run_command"]

@@ -38,16 +38,8 @@ from ..client.library import Client
 from ..protocol.messages import BROADCAST, Delivery, Error, ErrorCode, Message
 from .latency import parse_stamp, percentile, stamp
 from .rooms import run_rooms
-from .traffic import (
-    NS,
-    BenchError,
-    Flow,
-    Handler,
-    Run,
-    log_in_all,
-    run_window,
-    sleep_until_ns,
-)
+from .run import NS, BenchError, Handler, Run, sleep_until_ns
+from .traffic import Flow, log_in_all, run_window
 from .usage import Usage, rss_kb_or_none
 
 __all__ = ["run_scenario"]
