@@ -27,7 +27,7 @@ from trichat.client import (
     Resumed,
     ResumeFailed,
 )
-from trichat.client.library import MAX_UNCONFIRMED
+from trichat.client import MAX_UNCONFIRMED
 from trichat.protocol.messages import (
     ClientMessage,
     Error,

@@ -12,6 +12,7 @@ the protocol's ``resumed`` frame.)
 from .library import (
     DEFAULT_PORT,
     MAX_SERVER_FRAME,
+    MAX_UNCONFIRMED,
     Backoff,
     BadServerFrame,
     Client,
@@ -38,6 +39,7 @@ from .library import (
 __all__ = [
     "DEFAULT_PORT",
     "MAX_SERVER_FRAME",
+    "MAX_UNCONFIRMED",
     "Backoff",
     "BadServerFrame",
     "Client",
