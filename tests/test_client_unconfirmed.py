@@ -17,6 +17,7 @@ from fakeserver import Breakable, FakeServer, Reopener, fake_server_pair, logged
 from helpers import clocked_server
 
 from trichat.client import (
+    MAX_UNCONFIRMED,
     Backoff,
     Client,
     ConnectionLost,
@@ -27,7 +28,6 @@ from trichat.client import (
     Resumed,
     ResumeFailed,
 )
-from trichat.client import MAX_UNCONFIRMED
 from trichat.protocol.messages import (
     ClientMessage,
     Error,
