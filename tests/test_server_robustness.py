@@ -560,12 +560,15 @@ async def test_a_client_is_not_pinged_while_what_it_sent_is_being_handled() -> N
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve_connection, alice, "10.0.0.1")
         nursery.start_soon(server.serve_connection, bob, "10.0.0.2")
-        await alice_end.send_all(b"login|alice\n")
         await bob_end.send_all(b"login|bob\n")
         with trio.fail_after(STEP):
             assert await bob_end.receive_some(64)  # then Bob stops reading
+        # Alice's login comes with the rest: she is never quiet for a ping
+        # interval before it (a ping then would be her due, and the check
+        # below would take it for one sent while she was being handled).
         await alice_end.send_all(
-            b"pong|p\n" * 3000
+            b"login|alice\n"
+            + b"pong|p\n" * 3000
             + b"talk|bob|x\n" * 40
             + b"pong|q\n" * 200
             + b"ping|end\n"
