@@ -1483,10 +1483,31 @@ class _Kept:
     text: str
     key: str
     client: Client
+    order: int = 0
+    """Where it was written among the requests that can draw the same
+    refusal (see _Asked)."""
 
     @property
     def talk(self) -> Talk:
         return Talk(self.to, self.text)
+
+
+@attrs.frozen
+class _Asked:
+    """A ``part`` or ``history`` request written over the live connection
+    and not answered yet. Its refusal, ``not-in-room`` with the room, is
+    also how a talk to that room is refused: the server answers in order,
+    so the refusal is the one of whichever of the two went first
+    (``order``, counted with the kept talks')."""
+
+    kind: str  # "part" or "history"
+    key: str
+    order: int
+
+
+# Requests waiting for an answer that are remembered, at most (the rest
+# are answered long since, or the server is not answering at all).
+_MAX_ASKED: Final = 256
 
 
 @attrs.frozen
@@ -1565,8 +1586,10 @@ class ReconnectingClient:
     server refuses it (an ``Error`` naming its target: ``no-such-user``,
     ``not-in-room``, ``mailbox-full``; or a later copy, or the pong of a
     later ``ping`` sent through it, since the server answers in order
-    and refuses some without naming them: ``rate-limited``). ``unconfirmed``
-    lists them. After a drop:
+    and refuses some without naming them: ``rate-limited``). A
+    ``not-in-room`` that answers a ``part`` or ``history`` of that room
+    sent before the talk is not taken for the talk's refusal (answers come
+    in order). ``unconfirmed`` lists them. After a drop:
 
     - on ``Resumed``, the missed messages hold the copy of every one the
       server took; the others never reached it and are sent again over the
@@ -1654,6 +1677,10 @@ class ReconnectingClient:
         # last talk kept when it was written (None: none), which the pong
         # confirms with everything before it.
         self._barriers: deque[tuple[Client, str, _Kept | None]] = deque()
+        # Parts and history requests not answered yet (with echo), and the
+        # count that orders them and the kept talks (see _Asked).
+        self._asking: deque[_Asked] = deque()
+        self._written = 0
         # A talk waits for a place among the kept (MAX_UNCONFIRMED).
         self._room_wanted = False
         # The highest message id looked at for copies of the kept talks:
@@ -1782,7 +1809,12 @@ class ReconnectingClient:
         else:
             talks = ()
         token = message.token if type(message) is Ping else None
-        await self._deliver(lambda client: client.send(message), talks, token)
+        asking: tuple[str, str] | None = None
+        if type(message) is Part:
+            asking = ("part", name_key(message.room))
+        elif type(message) is History:
+            asking = ("history", name_key(message.target))
+        await self._deliver(lambda client: client.send(message), talks, token, asking)
 
     async def talk(self, to: str, text: str) -> None:
         await self.send(Talk(to, text))
@@ -1811,7 +1843,8 @@ class ReconnectingClient:
         before: int | None = None,
     ) -> None:
         await self._deliver(
-            lambda client: client.history(target, count, after=after, before=before)
+            lambda client: client.history(target, count, after=after, before=before),
+            asking=("history", name_key(target)),
         )
 
     async def register(self, password: str) -> None:
@@ -1973,12 +2006,15 @@ class ReconnectingClient:
         act: Callable[[Client], Awaitable[None]],
         talks: Sequence[tuple[str, str]] = (),
         ping: str | None = None,
+        asking: tuple[str, str] | None = None,
     ) -> None:
         """Do *act* (one frame's send) over the live connection, waiting
         while away; when the connection breaks under it, again over the
         next one: the frame did not reach the server whole. *talks*: the
         talk it sends, kept until confirmed (with echo); *ping*: the token
-        of the ping it sends, whose pong confirms what went before it."""
+        of the ping it sends, whose pong confirms what went before it;
+        *asking*: the kind and key of the part or history request it
+        sends (see _Asked)."""
         broken: Client | None = None
         while True:
             client = await self._connected_client(broken)
@@ -1990,17 +2026,20 @@ class ReconnectingClient:
                 kept = self._keep(client, ((to, t, name_key(to)) for to, t in talks))
                 if ping is not None:
                     self._barrier(client, ping)
+                asked = None if asking is None else self._ask(client, *asking)
                 try:
                     await act(client)
                 except ConnectionLost as lost:
                     # One frame, not written whole: the server took none
                     # of it, and it goes again over the next connection.
                     self._forget(kept)
+                    self._unask(asked)
                     await self._drop(client, lost)
                     broken = client
                     continue
                 except trio.Cancelled:
                     self._forget(kept)
+                    self._unask(asked)
                     if client._send_broken:
                         # Cancelled in the middle of the write: the
                         # connection holds part of a frame and can carry no
@@ -2013,6 +2052,7 @@ class ReconnectingClient:
                     raise
                 except BaseException:
                     self._forget(kept)
+                    self._unask(asked)
                     raise
             return
 
@@ -2038,8 +2078,37 @@ class ReconnectingClient:
         if not client.echo:
             return []
         kept = [_Kept(to, text, key, client) for to, text, key in talks]
+        for each in kept:
+            self._written += 1
+            each.order = self._written
         self._kept.extend(kept)
         return kept
+
+    def _ask(self, client: Client, kind: str, key: str) -> _Asked | None:
+        """A part or history request (*kind*) to *key* is about to be
+        written to *client*: remembered until answered; nothing without
+        echo (no talk is kept then)."""
+        if not client.echo:
+            return None
+        if len(self._asking) >= _MAX_ASKED:
+            self._asking.popleft()
+        self._written += 1
+        asked = _Asked(kind, key, self._written)
+        self._asking.append(asked)
+        return asked
+
+    def _unask(self, asked: _Asked | None) -> None:
+        """*asked* was not written after all (or not whole)."""
+        if asked is not None and asked in self._asking:
+            self._asking.remove(asked)
+
+    def _answered(self, kind: str, key: str | None) -> None:
+        """The first request of *kind* to *key* (any key: None) waiting for
+        an answer got it."""
+        for asked in self._asking:
+            if asked.kind == kind and (key is None or asked.key == key):
+                self._asking.remove(asked)
+                return
 
     def _forget(self, kept: Sequence[_Kept]) -> None:
         """*kept* were not written after all (or not whole)."""
@@ -2082,13 +2151,19 @@ class ReconnectingClient:
 
     def _refused(self, error: Error) -> None:
         """*error* refuses a talk to the target it names: the first one
-        kept to it is answered."""
+        kept to it is answered; unless it is a ``not-in-room`` and a part
+        or history request to that room went before that talk: then it
+        is that request's answer."""
         key = name_key(error.detail)
-        for kept in self._kept:
-            if kept.key == key:
-                self._kept.remove(kept)
-                self._freed()
+        talk = next((kept for kept in self._kept if kept.key == key), None)
+        if error.code is ErrorCode.NOT_IN_ROOM:
+            asked = next((each for each in self._asking if each.key == key), None)
+            if asked is not None and (talk is None or asked.order < talk.order):
+                self._asking.remove(asked)
                 return
+        if talk is not None:
+            self._kept.remove(talk)
+            self._freed()
 
     def _ponged(self, client: Client, token: str) -> None:
         """The pong of a ping written to *client*: what was written before
@@ -2123,6 +2198,8 @@ class ReconnectingClient:
         now, in order, before the program's next send. After a new login
         they are listed in the ResumeFailed. Returns *events*."""
         self._barriers.clear()
+        # Asked over the connection that was lost: no answer will come.
+        self._asking.clear()
         own = name_key(client.name)
         looked_at = self._looked_at
         for event in events:
@@ -2212,6 +2289,7 @@ class ReconnectingClient:
         connection they came from, whose answers confirm the talks kept
         (None: a resume's, which ``_catch_up`` has looked at)."""
         confirming = client is not None and bool(self._kept)
+        asking = client is not None and bool(self._asking)
         own = name_key(self.name)
         for event in events:
             match event:
@@ -2223,8 +2301,14 @@ class ReconnectingClient:
                         self._looked_at = message_id
                         if confirming and name_key(sender) == own:
                             self._confirm(event)
-                case Error(code) if confirming and code in _REFUSES_A_TALK:
+                case Error(code) if (confirming or asking) and code in _REFUSES_A_TALK:
                     self._refused(event)
+                case Parted(room, name) if asking and name_key(name) == own:
+                    self._answered("part", name_key(room))
+                case HistoryPage(target=target) if asking:
+                    self._answered("history", name_key(target))
+                case Error(ErrorCode.NO_HISTORY | ErrorCode.NEEDS_HELLO) if asking:
+                    self._answered("history", None)
                 case Pong(token) if confirming and client is not None:
                     self._ponged(client, token)
                 case Error(code, detail) if code.closes:
