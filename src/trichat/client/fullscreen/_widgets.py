@@ -173,6 +173,38 @@ _Frame = urwid.Frame["urwid.ListBox[int]", "urwid.AttrMap[urwid.Text]", urwid.Pi
 _Size = tuple[()] | tuple[int] | tuple[int, int]
 
 
+class _StatusLine(urwid.Widget):
+    """The status line: where messages go on the left, the connection's
+    state on the right. When both do not fit, the state wins: a narrow
+    terminal still shows that the connection is lost (the left part is
+    cut instead)."""
+
+    _sizing = frozenset([urwid.Sizing.FLOW])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where = urwid.Text("", wrap="clip")
+        self.state = urwid.Text("", wrap="clip")
+
+    def set_markup(self, where: _Markup, state: _Markup) -> None:
+        self.where.set_text(where)
+        self.state.set_text(state)
+        self._invalidate()
+
+    def rows(self, size: _Size, focus: bool = False) -> int:
+        return 1
+
+    def render(self, size: _Size, focus: bool = False) -> urwid.Canvas:
+        assert len(size) == 1, size  # a flow widget: (columns,)
+        width = size[0]
+        right = min(self.state.pack()[0], width)
+        left = width - right
+        parts = [(self.state.render((right,)), None, False, right)]
+        if left:
+            parts.insert(0, (self.where.render((left,)), None, False, left))
+        return urwid.CanvasJoin(parts)
+
+
 class ChatView(urwid.WidgetWrap[_Frame]):
     """The whole screen: the window bar, the current window's messages, the
     status line and the input line."""
@@ -192,7 +224,7 @@ class ChatView(urwid.WidgetWrap[_Frame]):
         self._panes: dict[Window, _Pane] = {}
         self._pasting: list[str] | None = None
         self.bar = urwid.Text("", wrap="clip")
-        self.status = urwid.Text("", wrap="clip")
+        self.status = _StatusLine()
         self.input = _Input()
         footer = urwid.Pile(
             [urwid.AttrMap(self.status, "status"), self.input], focus_item=1
@@ -240,7 +272,7 @@ class ChatView(urwid.WidgetWrap[_Frame]):
             del self._panes[closed]
         self.frame.body = self._pane(model.current).listbox
         self.bar.set_text(self._bar_markup())
-        self.status.set_text(self._status_markup())
+        self.status.set_markup(*self._status_markup())
         asking = model.password_entry
         if asking is None:
             self.input.set_caption(
@@ -269,7 +301,9 @@ class ChatView(urwid.WidgetWrap[_Frame]):
                 markup.append(f" {label} ")
         return markup
 
-    def _status_markup(self) -> _Markup:
+    def _status_markup(self) -> tuple[_Markup, _Markup]:
+        """The status line's two parts: where messages go, and the
+        connection's state."""
         model = self.model
         window = model.current
         where = display_text(window.target)
@@ -283,23 +317,25 @@ class ChatView(urwid.WidgetWrap[_Frame]):
             )
         elif model.look_alikes(window.target):
             where += " (looks like another name!)"
-        markup: _Markup = [f" {display_text(model.name)} | to {where} | "]
+        markup: _Markup = [f" {display_text(model.name)} | to {where} "]
+        state: _Markup = [" "]
         if model.link is Link.CONNECTED:
-            markup.append("connected")
+            state.append("connected")
         elif model.link is Link.AWAY:
-            markup.append(("status.bad", model.link_note or model.link.value))
+            state.append(("status.bad", model.link_note or model.link.value))
         else:
-            markup.append(("status.bad", model.link.value))
+            state.append(("status.bad", model.link.value))
         if model.lag is not None:
-            markup.append(f" | lag {model.lag * 1000:.0f} ms")
+            state.append(f" | lag {model.lag * 1000:.0f} ms")
         sending = model.sending
         if sending is not None:
             done, total = sending
-            markup.append(("status.bad", f" | sending {done}/{total}"))
+            state.append(("status.bad", f" | sending {done}/{total}"))
         pane = self._panes.get(window)
         if pane is not None and not pane.at_bottom:
-            markup.append(("status.bad", " | scrolled back (PageDown)"))
-        return markup
+            markup.append(("status.bad", "| scrolled back (PageDown) "))
+        state.append(" ")
+        return markup, state
 
     # -- input ----------------------------------------------------------------------
 
