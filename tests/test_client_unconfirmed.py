@@ -28,6 +28,7 @@ from trichat.client import (
     Resumed,
     ResumeFailed,
 )
+from trichat.client.library import _MAX_ASKED as MAX_ASKED
 from trichat.protocol.messages import (
     ClientMessage,
     Error,
@@ -371,6 +372,48 @@ async def test_a_refused_part_or_history_does_not_pass_for_a_talk_refused(
         await resume(second, settings=WITH_HISTORY)
         frames = await frames_before_ping(client, second)
         assert frames == [Talk("#r", "still here")]
+
+
+async def test_a_refusal_among_more_requests_than_are_remembered_keeps_the_talk(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # More history requests wait than the client remembers: the oldest is
+    # forgotten, and its not-in-room could be anybody's. The talk stays
+    # kept (at worst it would go twice), and goes again after the resume.
+    async with alice(WITH_HISTORY) as (client, server, reopen):
+        await client.history("#a", 10)
+        for _ in range(MAX_ASKED):
+            await client.history("#b", 10)
+        await client.talk("#a", "hello")
+        with trio.fail_after(STEP):
+            assert await server.receive() == History("#a", "latest", 10)
+            await server.send("error|not-in-room|#a")
+        assert await take(client, 1) == [Error(ErrorCode.NOT_IN_ROOM, "#a")]
+        assert kept(client) == [Talk("#a", "hello")]
+        await drop(client, server)
+        second = await reopen.next_server()
+        await resume(second, settings=WITH_HISTORY)
+        assert await frames_before_ping(client, second) == [Talk("#a", "hello")]
+
+
+async def test_a_request_answered_unseen_does_not_take_a_later_refusal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A history request refused in a way the client does not follow
+    # (rate-limited names no target), then a talk whose copy comes back:
+    # everything before it was answered, so a later talk's not-in-room
+    # is that talk's.
+    async with alice(WITH_HISTORY) as (client, server, _):
+        await client.history("#r", 10)
+        await client.talk("bob", "hi")
+        await client.talk("#r", "refused")
+        with trio.fail_after(STEP):
+            await server.receive()
+            await server.send("error|rate-limited|slow down", own(1, "hi"))
+            await server.send("error|not-in-room|#r")
+        events = await take(client, 3)
+        assert events[-1] == Error(ErrorCode.NOT_IN_ROOM, "#r")
+        assert kept(client) == []
 
 
 async def test_a_talk_refused_after_a_part_that_was_not_is_still_refused(

@@ -1505,8 +1505,11 @@ class _Asked:
     order: int
 
 
-# Requests waiting for an answer that are remembered, at most (the rest
-# are answered long since, or the server is not answering at all).
+# Requests waiting for an answer that are remembered, at most. Those
+# answered are forgotten as their answers come, and those the server must
+# have answered (written before a talk whose copy came back); past this,
+# the oldest is forgotten and a not-in-room is no longer taken for a talk's
+# refusal until the server is known to have answered it (see _refused).
 _MAX_ASKED: Final = 256
 
 
@@ -1681,6 +1684,8 @@ class ReconnectingClient:
         # count that orders them and the kept talks (see _Asked).
         self._asking: deque[_Asked] = deque()
         self._written = 0
+        # The order of the last request forgotten unanswered (0: none).
+        self._forgot_asked = 0
         # A talk waits for a place among the kept (MAX_UNCONFIRMED).
         self._room_wanted = False
         # The highest message id looked at for copies of the kept talks:
@@ -2091,7 +2096,7 @@ class ReconnectingClient:
         if not client.echo:
             return None
         if len(self._asking) >= _MAX_ASKED:
-            self._asking.popleft()
+            self._forgot_asked = self._asking.popleft().order
         self._written += 1
         asked = _Asked(kind, key, self._written)
         self._asking.append(asked)
@@ -2147,7 +2152,18 @@ class ReconnectingClient:
                 for _ in range(index + 1):
                     self._kept.popleft()
                 self._freed()
+                self._settled(kept.order)
                 return
+
+    def _settled(self, order: int) -> None:
+        """Everything written before *order* has been answered: the
+        requests among it that still wait were answered in ways not
+        followed (``rate-limited``...)."""
+        asking = self._asking
+        while asking and asking[0].order < order:
+            asking.popleft()
+        if self._forgot_asked < order:
+            self._forgot_asked = 0
 
     def _refused(self, error: Error) -> None:
         """*error* refuses a talk to the target it names: the first one
@@ -2160,6 +2176,12 @@ class ReconnectingClient:
             asked = next((each for each in self._asking if each.key == key), None)
             if asked is not None and (talk is None or asked.order < talk.order):
                 self._asking.remove(asked)
+                return
+            if talk is not None and self._forgot_asked > talk.order:
+                pass  # the talk went before every request forgotten
+            elif talk is not None and self._forgot_asked:
+                # Perhaps a forgotten request's answer: the talk stays
+                # kept (at worst it goes twice, never lost).
                 return
         if talk is not None:
             self._kept.remove(talk)
@@ -2188,6 +2210,7 @@ class ReconnectingClient:
             if self._kept.popleft() is last:
                 break
         self._freed()
+        self._settled(last.order)
 
     async def _catch_up(
         self, client: Client, events: list[ReconnectingEvent]
@@ -2200,6 +2223,7 @@ class ReconnectingClient:
         self._barriers.clear()
         # Asked over the connection that was lost: no answer will come.
         self._asking.clear()
+        self._forgot_asked = 0
         own = name_key(client.name)
         looked_at = self._looked_at
         for event in events:
