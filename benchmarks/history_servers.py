@@ -33,7 +33,8 @@ stored twice). A protocol-2 guest in 50 of the rooms asks for a page of
 a room every 20 ms (back to back, the pages themselves would be the
 load), from the moment the generator's 100 accounts are
 online until the generator ends; each answer is checked (100 messages)
-and timed from the request written to the page read. Start-up is timed
+and timed from the request written to the last line of the page read
+(raw lines: the client library's decoding is the client's cost). Start-up is timed
 from the server's process made to its port taking connections.
 
     python benchmarks/history_servers.py history-under-rate --runs 3
@@ -261,63 +262,80 @@ def history_under_rate(
     return result
 
 
+class _Lines:
+    """The server's frames as raw lines: the pages are timed to their last
+    byte, without the client library's decoding (a client's cost, not
+    the server's)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> bytes:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
 async def _ask_while(command: list[str], port: int) -> tuple[list[float], str]:
     """Run the generator (accounts logging in with their password); from
     the moment its 100 accounts are online until it ends, ask for history
-    pages, one after another. The round trips (s), and its summary line."""
-    from trichat import Login
-    from trichat.client import HistoryPage, open_client
-
+    pages, paced. The round trips (s), and the generator's summary line."""
     times: list[float] = []
-    online: set[str] = set()
+    online: set[bytes] = set()
     output = ""
     env = {**os.environ, "LOADGEN_PASSWORD": PASSWORD}
-    async with open_client("hq", port=port) as client:
-        rooms = [f"#Room{i}" for i in range(ROOMS_ASKED)]
-        for room in rooms:
-            await client.join(room)
+    rooms = [f"#Room{i}" for i in range(ROOMS_ASKED)]
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    lines = _Lines(stream)
+    await stream.send_all(
+        b"hello|2\nlogin|hq\n" + b"".join(f"join|{r}\n".encode() for r in rooms)
+    )
 
-        async def ask() -> None:
-            # Paced, as users scroll back: pages back to back would make
-            # the pages themselves the load.
-            every = 1 / PAGES_PER_S
-            start = trio.current_time()
-            for turn in itertools.count():
-                await trio.sleep_until(start + turn * every)
-                room = rooms[turn % len(rooms)]
-                asked = time.perf_counter()
-                await client.history(room, PAGE)
-                page = None
-                while page is None:
-                    event = await client.__anext__()
-                    if isinstance(event, HistoryPage) and event.target == room:
-                        page = event
-                times.append(time.perf_counter() - asked)
-                if len(page.messages) != PAGE:
-                    raise RuntimeError(f"{room}: {len(page.messages)} messages")
+    async def ask() -> None:
+        # Paced, as users scroll back: pages back to back would make the
+        # pages themselves the load.
+        every = 1 / PAGES_PER_S
+        start = trio.current_time()
+        for turn in itertools.count():
+            await trio.sleep_until(start + turn * every)
+            room = rooms[turn % len(rooms)]
+            end = f"history|{room}|".encode()
+            asked = time.perf_counter()
+            await stream.send_all(f"history|{room}|latest|{PAGE}\n".encode())
+            got = 0
+            while not (line := await lines.next()).startswith(end):
+                got += line.startswith(b"hist|")
+            times.append(time.perf_counter() - asked)
+            if got != PAGE or line != end + str(PAGE).encode():
+                raise RuntimeError(f"{room}: {got} messages, then {line!r}")
 
-        async def watch_logins() -> None:
-            async for event in client:
-                if isinstance(event, Login) and event.name.startswith(PREFIX):
-                    online.add(event.name)
-                    if len(online) == 2 * PAIRS:
-                        return
+    async def watch_logins() -> None:
+        prefix = f"login|{PREFIX}".encode()
+        while len(online) < 2 * PAIRS:
+            line = await lines.next()
+            if line.startswith(prefix):
+                online.add(line)
 
-        async def generate() -> None:
-            nonlocal output
-            done = await trio.run_process(
-                command, capture_stdout=True, capture_stderr=True, env=env
-            )
-            output = done.stdout.decode()
-            nursery.cancel_scope.cancel()  # the load is over: so is asking
+    async def generate() -> None:
+        nonlocal output
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, env=env
+        )
+        output = done.stdout.decode()
+        nursery.cancel_scope.cancel()  # the load is over: so is asking
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(generate)
-            with trio.fail_after(120):
-                await watch_logins()
-            await ask()
-    lines = output.splitlines()
-    return times, (lines[1].lstrip("# ") if len(lines) > 1 else "")
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(generate)
+        with trio.fail_after(120):
+            await watch_logins()
+        await ask()
+    summary = output.splitlines()
+    return times, (summary[1].lstrip("# ") if len(summary) > 1 else "")
 
 
 def main() -> None:
