@@ -664,21 +664,11 @@ class _Waiting:
         self.messages: deque[Accepted] = deque()
         self.count = 0
 
-    def newest_first(self, most: int) -> Iterator[StoredMessage]:
-        """The newest *most* of them, newest first."""
-        for accepted in reversed(self.messages):
-            first, time_ms = accepted.first_id, accepted.time_ms
-            sender, to, texts = accepted.sender, accepted.to, accepted.texts
-            for i in range(len(texts) - 1, -1, -1):
-                if most <= 0:
-                    return
-                most -= 1
-                yield StoredMessage(first + i, time_ms, sender, to, texts[i].decode())
 
-
-def _newest_first(rows: list[_Row], most: int) -> Iterator[StoredMessage]:
-    """The newest *most* messages of *rows* (oldest first), newest first."""
-    for _, (sender, to, texts, first, time_ms) in reversed(rows):
+def _newest_first(messages: Sequence[Accepted], most: int) -> Iterator[StoredMessage]:
+    """The newest *most* texts of *messages* (oldest first), newest first,
+    each a message of its own."""
+    for sender, to, texts, first, time_ms in reversed(messages):
         for i in range(len(texts) - 1, -1, -1):
             if most <= 0:
                 return
@@ -1332,7 +1322,7 @@ class Store:
             page = _Page([], 0, _NO_ID)
         else:
             # What the file cannot have yet: the newest messages.
-            newest = _newest_first(waiting, kept)
+            newest = _newest_first([accepted for _, accepted in waiting], kept)
             if direction == "latest":
                 part = list(itertools.islice(newest, n))
             elif direction == "before":
@@ -1369,7 +1359,11 @@ class Store:
         # of now, before the read (it may be written meanwhile).
         done = self._delivered.get(account_key, 0)
         waiting = self._pending_offline.get(account_key)
-        newer = [] if waiting is None else list(waiting.newest_first(waiting.count))
+        newer = (
+            []
+            if waiting is None
+            else list(_newest_first(waiting.messages, waiting.count))
+        )
         newer.reverse()
         below = newer[0].id if newer else _NO_ID
         messages = await self._read(
@@ -1636,6 +1630,11 @@ def _oldest_shown(
     return int(oldest)
 
 
+def _accounts_by_key(connection: sqlite3.Connection) -> dict[str, str]:
+    """Every account's name as its owner wrote it, by clash key."""
+    return dict(connection.execute("SELECT key, name FROM accounts"))
+
+
 def _write_last_id(connection: sqlite3.Connection, last_id: int) -> None:
     connection.execute("INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (last_id,))
 
@@ -1672,9 +1671,7 @@ class _Loaded:
         ).fetchone()
         if row[0] is not None and row[0] > self.last_id:
             self.last_id = row[0]
-        self.accounts: dict[str, str] = dict(
-            connection.execute("SELECT key, name FROM accounts")
-        )
+        self.accounts = _accounts_by_key(connection)
         self.offline: dict[str, int] = dict(
             connection.execute("SELECT account, count(*) FROM offline GROUP BY account")
         )
@@ -1966,5 +1963,5 @@ class _Writer:
         if version == self.data_version:
             return
         self.data_version = version
-        accounts = dict(self.connection.execute("SELECT key, name FROM accounts"))
+        accounts = _accounts_by_key(self.connection)
         self.store._tell(self.store._accounts_changed, accounts)
