@@ -1679,7 +1679,7 @@ class ReconnectingClient:
         # Pings whose pong is awaited: the connection, the token, and the
         # last talk kept when it was written (None: none), which the pong
         # confirms with everything before it.
-        self._barriers: deque[tuple[Client, str, _Kept | None]] = deque()
+        self._barriers: deque[tuple[Client, str, int]] = deque()
         # Parts and history requests not answered yet (with echo), and the
         # count that orders them and the kept talks (see _Asked).
         self._asking: deque[_Asked] = deque()
@@ -2137,8 +2137,7 @@ class ReconnectingClient:
             return
         if len(self._barriers) >= _MAX_BARRIERS:
             self._barriers.popleft()  # only a shortcut: an echo confirms too
-        last = self._kept[-1] if self._kept else None
-        self._barriers.append((client, token, last))
+        self._barriers.append((client, token, self._written))
 
     def _confirm(self, message: Message) -> None:
         """Our own *message*, back from the server: the first talk kept
@@ -2155,14 +2154,14 @@ class ReconnectingClient:
                 self._settled(kept.order)
                 return
 
-    def _settled(self, order: int) -> None:
-        """Everything written before *order* has been answered: the
-        requests among it that still wait were answered in ways not
+    def _settled(self, through: int) -> None:
+        """Everything written up to *through* (in order) has been answered:
+        the requests among it that still wait were answered in ways not
         followed (``rate-limited``...)."""
         asking = self._asking
-        while asking and asking[0].order < order:
+        while asking and asking[0].order <= through:
             asking.popleft()
-        if self._forgot_asked < order:
+        if self._forgot_asked <= through:
             self._forgot_asked = 0
 
     def _refused(self, error: Error) -> None:
@@ -2177,11 +2176,10 @@ class ReconnectingClient:
             if asked is not None and (talk is None or asked.order < talk.order):
                 self._asking.remove(asked)
                 return
-            if talk is not None and self._forgot_asked > talk.order:
-                pass  # the talk went before every request forgotten
-            elif talk is not None and self._forgot_asked:
-                # Perhaps a forgotten request's answer: the talk stays
-                # kept (at worst it goes twice, never lost).
+            if talk is not None and 0 < self._forgot_asked < talk.order:
+                # Perhaps the answer of a request forgotten before the
+                # talk: the talk stays kept (at worst it goes twice, never
+                # lost).
                 return
         if talk is not None:
             self._kept.remove(talk)
@@ -2203,14 +2201,12 @@ class ReconnectingClient:
         # Pongs come in order: the pings before it will get none.
         for _ in range(found):
             self._barriers.popleft()
-        last = self._barriers.popleft()[2]
-        if last is None or not any(kept is last for kept in self._kept):
-            return
-        while self._kept and self._kept[0].client is client:
-            if self._kept.popleft() is last:
-                break
+        written = self._barriers.popleft()[2]
+        kept = self._kept
+        while kept and kept[0].client is client and kept[0].order <= written:
+            kept.popleft()
         self._freed()
-        self._settled(last.order)
+        self._settled(written)
 
     async def _catch_up(
         self, client: Client, events: list[ReconnectingEvent]
