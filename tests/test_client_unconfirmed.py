@@ -15,12 +15,12 @@ import trio
 import trio.testing
 from fakeserver import Breakable, FakeServer, Reopener, fake_server_pair, logged_in
 from helpers import clocked_server
+from test_client_reconnect import read_to_the_end, take
 
 from trichat.client import (
     MAX_UNCONFIRMED,
     Backoff,
     Client,
-    ConnectionLost,
     Disconnected,
     Reconnecting,
     ReconnectingClient,
@@ -73,11 +73,6 @@ def texts(events: Sequence[ReconnectingEvent]) -> list[str]:
     return [event.text for event in events if isinstance(event, Message)]
 
 
-async def take(client: ReconnectingClient, count: int) -> list[ReconnectingEvent]:
-    with trio.fail_after(STEP):
-        return [await anext(client) for _ in range(count)]
-
-
 async def take_until_pong(
     client: ReconnectingClient, token: str
 ) -> list[ReconnectingEvent]:
@@ -89,21 +84,6 @@ async def take_until_pong(
                 return events
             events.append(event)
     raise AssertionError(f"the iteration ended before pong {token}: {events}")
-
-
-async def read_to_the_end(
-    client: ReconnectingClient,
-) -> tuple[list[ReconnectingEvent], ConnectionLost | None]:
-    """Every event until the iteration ends, and the ConnectionLost that
-    ended it (None: it just ended)."""
-    events: list[ReconnectingEvent] = []
-    with trio.fail_after(STEP):
-        try:
-            async for event in client:
-                events.append(event)
-        except ConnectionLost as lost:
-            return events, lost
-    return events, None
 
 
 async def resume(
