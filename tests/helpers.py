@@ -19,9 +19,9 @@ from trichat.server import ChatServer, ServerConfig
 
 # No single step of a network test should take anywhere near this long.
 STEP_TIMEOUT = 5.0
-# nox runs the network tests a second time with this set to 0, so that the
-# server's fallback (each connection's task waits for its own socket) stays
-# tested on Linux too.
+# nox runs the tests of how the server reads (noxfile.py, READ_PATH_TESTS) a
+# second time with this set to 0, so that the server's fallback (each
+# connection's task waits for its own socket) stays tested on Linux too.
 SHARED_READER = os.environ.get("TRICHAT_TEST_SHARED_READER", "1") != "0"
 
 
