@@ -38,6 +38,9 @@ and timed from the request written to the last line of the page read
 from the server's process made to its port taking connections.
 
     python benchmarks/history_servers.py history-under-rate --runs 3
+    python benchmarks/history_servers.py history-under-rate --history-cache 0
+
+(the second with no page in the server's memory: each read from the file).
 
 The generator logs in without a password (``login|NAME``); for the
 accounts this script builds a copy of it, in the temporary directory,
@@ -160,13 +163,18 @@ async def add_rooms(path: Path) -> None:
 
 
 @contextmanager
-def server(port: int, db: Path, history: int) -> Iterator[int]:
-    """A new ``trichat serve`` of this checkout on *db*; its process id."""
+def server(
+    port: int, db: Path, history: int, cache: int | None = None
+) -> Iterator[int]:
+    """A new ``trichat serve`` of this checkout on *db* (with *cache* as its
+    ``--history-cache``, if given); its process id."""
     command = [
         sys.executable, "-m", "trichat", "serve", "--port", str(port),
         "--rate", "0", "--max-per-ip", "0", "--log-level", "warning",
         "--db", str(db), "--history", str(history),
     ]  # fmt: skip
+    if cache is not None:
+        command += ["--history-cache", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     # A store on disk may take a while to open: 20 s.
     with fresh_server(command, env, port, within=20.0) as pid:
@@ -175,7 +183,7 @@ def server(port: int, db: Path, history: int) -> Iterator[int]:
 
 def run_once(
     generator: str, template: Path, directory: Path, port: int,
-    scenario: str, history: int, duration: str,
+    scenario: str, history: int, duration: str, cache: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     db = directory / f"run-{history}.db"
     for suffix in ("", "-wal", "-shm"):
@@ -185,7 +193,7 @@ def run_once(
     env = dict(os.environ)
     if scenario == "dm2-accounts":
         env["LOADGEN_PASSWORD"] = PASSWORD
-    with server(port, db, history) as pid:
+    with server(port, db, history, cache) as pid:
         done = subprocess.run(
             [
                 generator,
@@ -224,7 +232,7 @@ def run_once(
 
 def history_under_rate(
     generator: str, template: Path, directory: Path, port: int, duration: str,
-    rate: float,
+    rate: float, cache: int | None,
 ) -> dict[str, float]:  # fmt: skip
     """One run of history-under-rate: start-up, and the history pages'
     round trips (ms) while the generator's rate load runs."""
@@ -234,7 +242,7 @@ def history_under_rate(
     shutil.copy(template, db)
     load = os.getloadavg()[0]
     started = time.monotonic()
-    with server(port, db, 1000) as pid:
+    with server(port, db, 1000, cache) as pid:
         startup = time.monotonic() - started
         command = [
             generator, "-proto", "trichat", "-addr", f"127.0.0.1:{port}",
@@ -356,6 +364,12 @@ def main() -> None:
         default=20000,
         help="history-under-rate: the direct messages a second offered (-R)",
     )
+    parser.add_argument(
+        "--history-cache",
+        type=int,
+        default=None,
+        help="the server's --history-cache (default: its own)",
+    )
     args = parser.parse_args()
     scenarios = args.scenarios or list(SCENARIOS)
     if "history-under-rate" in scenarios:
@@ -380,7 +394,7 @@ def main() -> None:
                 for history in order:
                     result = run_once(
                         generator, template, directory, args.port,
-                        scenario, history, args.duration,
+                        scenario, history, args.duration, args.history_cache,
                     )  # fmt: skip
                     results.setdefault((scenario, history), []).append(result)
     for scenario in scenarios:
@@ -428,6 +442,7 @@ def under_rate(args: argparse.Namespace) -> None:
                     args.port,
                     args.duration,
                     args.rate,
+                    args.history_cache,
                 )
             )
     loads = f"{min(r['load'] for r in runs):.1f} to {max(r['load'] for r in runs):.1f}"

@@ -153,7 +153,7 @@ async def drive(
 
 async def sustained(args: argparse.Namespace, directory: str) -> None:
     path = os.path.join(directory, "sustained.db")
-    store = Store(path, history=args.history)
+    store = Store(path, history=args.history, history_cache=args.history_cache)
     traffic = Traffic(1, args.rooms, args.accounts, args.direct, args.pairs)
     print(
         f"sustained: {args.rate or 'max'} messages/s for {args.seconds:g} s, "
@@ -334,6 +334,13 @@ def main() -> None:
         "generator's dm (0: any two)",
     )
     parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument(
+        "--history-cache",
+        type=int,
+        default=64 << 20,
+        help="sustained: the store's history_cache (bytes for the newest "
+        "messages in memory; 0: none)",
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--load", type=float, default=50_000.0)

@@ -240,8 +240,9 @@ async def test_a_history_read_that_fails_is_an_error_not_a_lost_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read the store cannot do (a disk error, a file locked too long)
-    fails that request: the client is told, and stays connected."""
-    async with store_server(tmp_path / "t.db") as live:
+    fails that request: the client is told, and stays connected. (No
+    history cache: every page reads the file.)"""
+    async with store_server(tmp_path / "t.db", history_cache=0) as live:
         alice = await v2(live)
         await alice.login("alice")
         await alice.send("talk|*|kept")
@@ -257,6 +258,47 @@ async def test_a_history_read_that_fails_is_an_error_not_a_lost_connection(
         monkeypatch.undo()
         await alice.send("history|*|latest|5")
         assert (await alice.read_line()).startswith("hist|")
+        await alice.expect("history|*|1")
+
+
+async def test_recent_pages_are_answered_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest messages of the conversations used last are in memory
+    too (--history-cache): a page of them reads nothing, so it is answered
+    even while the file cannot be read, up to the newest message; a longer
+    page reads the file."""
+    async with store_server(tmp_path / "t.db") as live:
+        alice = await v2(live)
+        await alice.login("alice")
+        for i in range(120):
+            await alice.send(f"talk|*|m{i}")
+        await alice.send("ping|sync")
+        await alice.expect("pong|sync")
+        store = live.server.store
+        assert store is not None
+        await store.flush()
+
+        def broken(*args: object) -> object:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store, "_read_in_thread", broken)
+        await alice.send("talk|*|not written yet")
+        await alice.send("history|*|latest|3")
+        texts = [(await alice.read_line()).rsplit("|", 1)[1] for _ in range(3)]
+        assert texts == ["m118", "m119", "not written yet"]
+        await alice.expect("history|*|3")
+        await alice.send("history|*|latest|110")  # more than memory holds
+        await expect_error_frame(alice, "no-history")
+        monkeypatch.undo()
+        # Answers keep their order: one read from the file, then one from
+        # memory, asked for at once.
+        await alice.send("history|*|latest|110\nhistory|*|latest|1")
+        for i in range(11, 120):
+            assert (await alice.read_line()).endswith(f"|m{i}")
+        assert (await alice.read_line()).endswith("|not written yet")
+        await alice.expect("history|*|110")
+        assert (await alice.read_line()).endswith("|not written yet")
         await alice.expect("history|*|1")
 
 

@@ -143,6 +143,8 @@ async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
         for i in range(1, 101):
             assert store.record_offline(Accepted("carol", "bob", [b"hi"], i, 0), "bob")
         await store.flush()
+        latest = await store.history("carol", "latest", None, 5, account_key="bob")
+        assert [m.id for m in latest] == [96, 97, 98, 99, 100]
         assert (
             await trio.to_thread.run_sync(
                 accounts,
@@ -167,3 +169,6 @@ async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
         assert store.is_account("alice")
         assert await store.accounts() == ["alice"]
         assert await store.offline("bob") == []
+        # Its history went with it, in memory as in the file.
+        await store.flush()  # the deletion is written
+        assert await store.history("carol", "latest", None, 5, account_key="bob") == []

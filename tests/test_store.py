@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trichat.server.hub import Accepted
@@ -856,3 +857,154 @@ def test_pages_before_and_after_tile_a_conversation(
         path.unlink()
 
     trio.run(check)
+
+
+# -- the newest messages, in memory --------------------------------------------
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("talk"), st.integers(0, 2), st.integers(1, 60)),
+            st.tuples(st.just("latest"), st.integers(0, 2), st.integers(1, 130)),
+            st.tuples(st.just("flush"), st.just(0), st.just(0)),
+            st.tuples(st.just("restart"), st.just(0), st.just(0)),
+        ),
+        max_size=25,
+    ),
+    kept=st.sampled_from([3, 60, 150]),
+    cache=st.sampled_from([0, 3_000, 30_000, 32 << 20]),
+)
+# More than a tail's 100 in the file, asked for after a commit and after a
+# restart: the tail alone cannot answer.
+@example(
+    steps=[("talk", 0, 70), ("talk", 0, 50), ("flush", 0, 0), ("latest", 0, 130)],
+    kept=150,
+    cache=32 << 20,
+)
+@example(
+    steps=[("talk", 0, 120), ("restart", 0, 0), ("latest", 0, 110)],
+    kept=150,
+    cache=32 << 20,
+)
+def test_latest_pages_are_the_newest_messages_whatever_memory_holds(
+    steps: list[tuple[str, int, int]], kept: int, cache: int, tmp_path: Path
+) -> None:
+    """Runs of messages to three rooms, pages of the latest of them, commits
+    and restarts, in any order: whether a page comes from the tails in
+    memory (each of the newest 100, *cache* bytes of them), from the file, or
+    from both and what waits for the writer, it is the newest messages,
+    each once, in order; and ``latest_now`` answers the same or not at
+    all."""
+    rooms = ["#a", "#b", "#c"]
+
+    async def check() -> None:
+        path = tmp_path / f"tails-{os.getpid()}-{id(steps)}.db"
+        sent: dict[str, list[int]] = {room: [] for room in rooms}
+        next_id = 1
+        step = 0
+        while step < len(steps):
+            async with running(path, history=kept, history_cache=cache) as store:
+                next_id = max(next_id, store.last_id + 1)
+                for what, room_index, n in steps[step:]:
+                    step += 1
+                    room = rooms[room_index]
+                    if what == "talk":
+                        store.record(talk("a", room, next_id, *["x"] * n))
+                        sent[room] += range(next_id, next_id + n)
+                        next_id += n
+                    elif what == "flush":
+                        await store.flush()
+                    elif what == "restart":
+                        break
+                    else:
+                        newest = sent[room][-kept:][-n:]
+                        now = store.latest_now(room, n)
+                        assert now is None or ids(now) == newest
+                        page = await store.history(room, "latest", None, n)
+                        assert ids(page) == newest
+        path.unlink(missing_ok=True)
+
+    trio.run(check)
+
+
+async def test_a_page_read_while_its_conversation_gets_a_commit_leaves_no_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of a conversation memory does not hold is read from the file,
+    and kept in memory for the next, unless a commit added to it while the
+    read ran (the read may have missed that): the next page still has
+    every message."""
+    # Memory (about 370 bytes a message, and its text) for one of the two
+    # rooms, not both.
+    async with running(tmp_path / "t.db", history_cache=1200) as store:
+        store.record(talk("a", "#r", 1, "one", "two"))
+        store.record(talk("a", "#q", 3, "x" * 400))  # memory holds #q only
+        await store.flush()
+        reading, release = threading.Event(), threading.Event()
+        read_from_file = store._read_in_thread
+
+        def slow_read(*args: Any) -> Any:
+            # Read, then wait: what is committed meanwhile is not in it.
+            found = read_from_file(*args)
+            reading.set()
+            release.wait(STEP)
+            return found
+
+        monkeypatch.setattr(store, "_read_in_thread", slow_read)
+        pages: list[list[int]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                pages.append(ids(await store.history("#r", "latest", None, 10)))
+
+            nursery.start_soon(ask)
+            await trio.to_thread.run_sync(reading.wait, STEP)
+            store.record(talk("a", "#r", 4, "three"))
+            await store.flush()
+            release.set()
+        monkeypatch.undo()
+        assert pages == [[1, 2]]  # asked for before 4 was said
+        assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
+        assert store.latest_now("#r", 10) is not None
+        assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
+
+
+async def test_the_messages_kept_in_memory_stay_within_their_budget(
+    tmp_path: Path,
+) -> None:
+    """Busy rooms, some of them read, short texts and long: the memory the
+    newest messages take stays within --history-cache, before and after a
+    restart (which loads those of the rooms written to last), and pages
+    are right whether memory or the file answers them."""
+    budget = 150_000  # a few rooms' worth of 100 short messages
+    path = tmp_path / "t.db"
+    next_id = 1
+    async with running(path, history_cache=budget) as store:
+        for turn in range(30):
+            for room in range(20):
+                text = "x" * (4000 if room % 3 == 0 else 60)
+                store.record(talk("a", f"#r{room}", next_id, *[text] * 7))
+                next_id += 7
+            await store.flush()
+            page = await store.history(f"#r{turn % 20}", "latest", None, 100)
+            assert ids(page)[-1] == next_id - 7 * (20 - turn % 20) + 6
+            # (A room of long texts alone is over budget: it is not kept.)
+            assert store.cached_bytes <= budget
+        await store.history("#r1", "latest", None, 100)
+        assert store.latest_now("#r1", 100) is not None
+        assert 0 < store.cached_bytes <= budget
+    async with running(path, history_cache=budget) as store:
+        assert 0 < store.cached_bytes <= budget
+        # The room written to last is in memory.
+        assert store.latest_now("#r19", 5) is not None
+        for room in range(20):
+            page = await store.history(f"#r{room}", "latest", None, 100)
+            assert len(page) == 100
+            assert ids(page)[-1] == next_id - 7 * (20 - room) + 6
+            assert store.cached_bytes <= budget

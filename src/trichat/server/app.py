@@ -522,6 +522,7 @@ class ChatServer:
             self.store = Store(
                 config.db,
                 history=config.history,
+                history_cache=config.history_cache,
                 offline_max=config.offline_max,
                 hasher=hasher,
             )

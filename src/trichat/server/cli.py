@@ -167,6 +167,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0: none (%(default)s)",
     )
     store.add_argument(
+        "--history-cache",
+        type=int,
+        default=d.history_cache,
+        help="bytes of memory, about, for the newest 100 messages of the "
+        "conversations used last, so that pages of them need no read of the "
+        "file; 0: none (%(default)s)",
+    )
+    store.add_argument(
         "--offline-max",
         type=int,
         default=d.offline_max,
@@ -332,6 +340,7 @@ def _server_config(
         resume_window=args.resume_window,
         db=str(default_path()) if args.db is None else args.db,
         history=args.history,
+        history_cache=args.history_cache,
         offline_max=args.offline_max,
         allow_plain_passwords=args.allow_plain_passwords,
         presence=args.presence,

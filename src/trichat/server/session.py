@@ -680,26 +680,37 @@ class Session:
             )
             return
 
+        direction = cast(Direction, request.direction)  # checked when decoded
+        asked = (target, direction, request.anchor, request.count)
+        if direction == "latest":
+            # A page memory holds is answered at once: no worker thread,
+            # and no wait for this connection's task (Store.latest_now).
+            try:
+                found = store.latest_now(target, request.count, account_key=member.key)
+            except StoreError:
+                found = None  # the read says why
+            if found is not None:
+                self._answer_history(target, found)
+                return
+
         async def answer() -> None:
             try:
-                found = await store.history(
-                    target,
-                    cast(Direction, request.direction),  # checked when decoded
-                    request.anchor,
-                    request.count,
-                    account_key=member.key,
-                )
+                found = await store.history(*asked, account_key=member.key)
             except StoreError as error:
                 # The request failed, not the connection: say so (the
                 # closest code there is), and the client may ask again.
                 log.warning("history for %s failed: %s", self.address, error)
                 self.reply(Error(ErrorCode.NO_HISTORY, "history cannot be read now"))
                 return
-            frames = [_stored_frame("hist", m, m.to) for m in found]
-            data = "".join(frames).encode() + encode(HistoryEnd(target, len(found)))
-            self._answer(data, force=True)
+            self._answer_history(target, found)
 
         self.pending = answer
+
+    def _answer_history(self, target: str, found: list[StoredMessage]) -> None:
+        """The ``hist`` frames of *found*, then ``history|TARGET|COUNT``."""
+        frames = [_stored_frame("hist", m, m.to) for m in found]
+        data = "".join(frames).encode() + encode(HistoryEnd(target, len(found)))
+        self._answer(data, force=True)
 
     def _needs_hello(self, what: str) -> bool:
         """True on a protocol-2 connection; else tell the client that

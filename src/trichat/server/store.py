@@ -15,6 +15,7 @@ and migrations (``MIGRATIONS``) from the first release on. In brief::
     store.offline_delivered(key, last_id_delivered)
     await store.history(target, "latest" | "before" | "after", anchor_id, n,
                         account_key=key)  # key: for a NAME target
+    store.latest_now(target, n, account_key=key)  # from memory, or None
     await store.register(name, password)  # AccountExists
     await store.verify(name, password)    # bool; rehashes if need be
     await store.set_password(name, password)  # NoSuchAccount
@@ -49,7 +50,9 @@ The event loop never waits for the disk:
   worker threads behind a ``trio.CapacityLimiter``, each on a read
   connection of its own. What is recorded but not yet committed is added
   to what they read, so a message is in history from the moment it is
-  recorded.
+  recorded. The newest messages of the conversations used last are in
+  memory too (``_Recent``, about *history_cache* bytes of them): a
+  ``latest`` page within them reads nothing (``latest_now``).
 - Account changes (``register``, ``set_password``, ``delete_account``) go
   through the writer too, and return once committed; password hashing
   happens in the ``Hasher``'s own threads (``passwords.py``).
@@ -102,8 +105,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import chain, repeat
 from operator import add
@@ -172,6 +175,10 @@ _CHECKPOINT_PAGES = 16384
 _INSERT_MOST = 512
 # Spellings of rooms remembered with their conversation, at most.
 _SPELLINGS_MOST = 65536
+# The newest messages of a conversation kept in memory (see _Recent): the
+# pages clients ask for most fit (the terminal's join and /history ask for
+# 20), as do the 100-message pages of a client that scrolls.
+_TAIL = 100
 
 
 @attrs.frozen
@@ -395,6 +402,10 @@ def _unpack(
     count = len(ids) >> 3
     messages = []
     end = 0
+    # One string per name, not one per message: the tails in memory keep
+    # what is read (see _Recent), and a room's messages share a recipient.
+    names: dict[str, str] = {}
+    name = names.setdefault
     for id, time_ms, sender, to, length in zip(
         struct.unpack(f"<{count}q", ids),
         struct.unpack(f"<{count}q", times),
@@ -405,7 +416,13 @@ def _unpack(
     ):
         start, end = end, end + length
         messages.append(
-            StoredMessage(id, time_ms, sender, to, texts[start:end].decode())
+            StoredMessage(
+                id,
+                time_ms,
+                name(sender, sender),
+                name(to, to),
+                texts[start:end].decode(),
+            )
         )
     return messages
 
@@ -690,6 +707,199 @@ class _Committed:
 _Item: TypeAlias = _Batch | _Change
 
 
+# -- the newest messages, in memory ---------------------------------------------
+
+
+class _Tail:
+    """The newest messages of one conversation that are in the file:
+    *loaded* (oldest first), then *fresh*, the rows commits brought since,
+    turned into messages only when a page needs them (a busy room nobody
+    asks about costs a list append per commit). *whole*: the file holds
+    no older message of the conversation. *size*: about the memory they
+    take, in bytes (see _cost)."""
+
+    __slots__ = ("fresh", "fresh_count", "fresh_size", "loaded", "loaded_size", "whole")
+
+    def __init__(self, loaded: list[StoredMessage], whole: bool) -> None:
+        self.loaded = loaded
+        self.loaded_size = sum(_cost(len(m.text)) for m in loaded)
+        self.whole = whole
+        self.fresh: deque[Accepted] = deque()
+        self.fresh_count = 0
+        self.fresh_size = 0
+
+    @property
+    def size(self) -> int:
+        return self.loaded_size + self.fresh_size
+
+    def add(self, accepted: Accepted, length: int) -> int:
+        """Committed: *accepted*; how many bytes more the tail takes. (The
+        event loop's work for every row of every group: kept short.)"""
+        texts = accepted.texts
+        if len(texts) == 1:
+            cost = _MESSAGE_COST + len(texts[0])
+            self.fresh_count += 1
+        else:
+            cost = _row_cost(texts)
+            self.fresh_count += len(texts)
+        self.fresh.append(accepted)
+        self.fresh_size += cost
+        if self.fresh_count < length + length:
+            return cost
+        return cost - self._trim(length)
+
+    def _trim(self, length: int) -> int:
+        """Keep only the rows that hold the newest *length* (the loaded
+        messages are older than all of them); how many bytes that freed."""
+        fresh = self.fresh
+        freed = self.loaded_size
+        while self.fresh_count - len(fresh[0].texts) >= length:
+            texts = fresh.popleft().texts
+            self.fresh_count -= len(texts)
+            cost = _row_cost(texts)
+            self.fresh_size -= cost
+            freed += cost
+        self.loaded = []
+        self.loaded_size = 0
+        self.whole = False
+        return freed
+
+    def newest(self, want: int, length: int) -> list[StoredMessage] | None:
+        """The newest *want* messages (oldest first; all of them, if fewer
+        and the tail is whole), or None if the file must be read."""
+        if self.fresh:
+            if len(self.loaded) + self.fresh_count > length:
+                self.whole = False
+            fresh = list(_newest_first(self.fresh, length))
+            fresh.reverse()
+            self.loaded = (self.loaded + fresh)[-length:]
+            self.loaded_size = sum(_cost(len(m.text)) for m in self.loaded)
+            self.fresh.clear()
+            self.fresh_count = self.fresh_size = 0
+        if want <= len(self.loaded):
+            return self.loaded[-want:]
+        return list(self.loaded) if self.whole else None
+
+
+# About what a message in memory takes besides its text's characters: the
+# message, its id and time, the text's header, a list's pointer to it, and
+# what Python's allocator keeps around them; its names are shared (see
+# _unpack). Measured: 100,000 messages with 64-byte texts took 43 MB more
+# of the server's resident memory (docs/performance.md).
+_MESSAGE_COST = 370
+
+
+def _cost(text_length: int) -> int:
+    return _MESSAGE_COST + text_length
+
+
+def _row_cost(texts: Sequence[bytes]) -> int:
+    return _MESSAGE_COST * len(texts) + sum(map(len, texts))
+
+
+class _Recent:
+    """The newest *length* messages of the conversations used last, in
+    memory (their tails), about *budget* bytes of them at most: a
+    ``latest`` page within a tail is answered without reading the file,
+    which under load cost a few milliseconds of a worker thread's turns at
+    the GIL and of the event loop's.
+
+    A tail holds what the file holds, not what waits for the writer (that
+    is added to a page as for a read of the file): the store adds each
+    group's rows to the tails when told the group is committed. Tails come
+    from the file at the start (``_newest_tails``), when a conversation is
+    made, and from a ``latest`` page read from the file (``fill_from``,
+    then ``filled``), unless a commit that added to the conversation was
+    told of while the read ran: the read may not have seen it."""
+
+    def __init__(self, budget: int, length: int) -> None:
+        self.budget = budget if length > 0 else 0
+        self.length = length
+        self.size = 0
+        self.tails: OrderedDict[int, _Tail] = OrderedDict()
+        # Conversations being read to fill their tails: the read's token.
+        self._filling: dict[int, int] = {}
+        self._tokens = itertools.count(1)
+
+    def install(
+        self, conversation: int, messages: list[StoredMessage], whole: bool
+    ) -> None:
+        """*messages*: the newest of *conversation* in the file (all of
+        them, if *whole*), oldest first."""
+        if not self.budget:
+            return
+        length = self.length
+        if len(messages) > length:
+            messages, whole = messages[-length:], False
+        self.forget((conversation,))
+        tail = self.tails[conversation] = _Tail(messages, whole)
+        self.size += tail.size
+        self._shrink()
+
+    def newest(self, conversation: int, want: int) -> list[StoredMessage] | None:
+        """The newest *want* messages of *conversation* in the file, if its
+        tail has them (see ``_Tail.newest``)."""
+        tail = self.tails.get(conversation)
+        if tail is None:
+            return None
+        self.tails.move_to_end(conversation)
+        size = tail.size
+        found = tail.newest(want, self.length)
+        self.size += tail.size - size
+        return found
+
+    def committed(self, rows: list[_Row]) -> None:
+        """On the event loop: *rows* are in the file now."""
+        tails, filling, length = self.tails, self._filling, self.length
+        grown = 0
+        for conversations, accepted in rows:
+            for conversation in conversations:
+                tail = tails.get(conversation)
+                if tail is not None:
+                    grown += tail.add(accepted, length)
+                elif filling and conversation in filling:
+                    del filling[conversation]  # the read may have missed it
+        self.size += grown
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Forget the tails used longest ago while over budget."""
+        tails = self.tails
+        while self.size > self.budget and tails:
+            _, tail = tails.popitem(last=False)
+            self.size -= tail.size
+
+    def forget(self, conversations: Iterable[int]) -> None:
+        """*conversations* lost messages (an account was deleted), or get
+        a new tail."""
+        for conversation in conversations:
+            tail = self.tails.pop(conversation, None)
+            if tail is not None:
+                self.size -= tail.size
+            self._filling.pop(conversation, None)
+
+    def fill_from(self, conversation: int) -> int:
+        """A read of *conversation*'s newest messages is about to start:
+        a token for ``filled``, or 0 if its tail is not wanted."""
+        if not self.budget or conversation in self._filling:
+            return 0
+        token = self._filling[conversation] = next(self._tokens)
+        return token
+
+    def filled(
+        self,
+        conversation: int,
+        token: int,
+        messages: list[StoredMessage] | None,
+        whole: bool,
+    ) -> None:
+        """The read of *token* ended with *messages* (None: it failed)."""
+        if token and self._filling.get(conversation) == token:
+            del self._filling[conversation]
+            if messages is not None:
+                self.install(conversation, messages, whole)
+
+
 # -- the store -----------------------------------------------------------------
 
 
@@ -704,7 +914,9 @@ class Store:
     *max_backlog_bytes* bytes of text waiting for the writer. *limiter*
     bounds the reads running at once (one read connection each); *hasher*
     hashes passwords (tests pass a cheap one). *stop_timeout* bounds the
-    last write when ``run`` is cancelled.
+    last write when ``run`` is cancelled. The newest _TAIL messages of the
+    conversations used last are in memory too, about *history_cache*
+    bytes of them (see ``_Recent``; 0: none).
     """
 
     def __init__(
@@ -718,9 +930,13 @@ class Store:
         limiter: trio.CapacityLimiter | None = None,
         hasher: Hasher | None = None,
         stop_timeout: float = 10.0,
+        history_cache: int = 64 << 20,
     ) -> None:
-        if history < 0 or offline_max < 0 or max_backlog < 2 or max_backlog_bytes < 2:
-            raise ValueError("history and offline_max >= 0, backlogs >= 2")
+        if (
+            min(history, offline_max, history_cache) < 0
+            or min(max_backlog, max_backlog_bytes) < 2
+        ):
+            raise ValueError("history, offline_max, history_cache >= 0, backlogs >= 2")
         self.path = path
         self.history_size = history
         self.offline_max = offline_max
@@ -764,6 +980,7 @@ class Store:
         # And direct messages' by (sender, recipient) as written, while the
         # accounts stay as they are.
         self._pairs: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._recent = _Recent(history_cache, min(_TAIL, history))
         # Messages recorded since the scheduler's last pass; those handed to
         # the writer and not yet committed, oldest first; and how many texts
         # and bytes of the backlog were handed over.
@@ -786,6 +1003,12 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, history={self.history_size})"
+
+    @property
+    def cached_bytes(self) -> int:
+        """About how much memory the newest messages kept in memory take
+        (at most about *history_cache*; see ``_Recent``)."""
+        return self._recent.size
 
     # -- running -----------------------------------------------------------------
 
@@ -814,6 +1037,8 @@ class Store:
                 self._accounts = state.accounts
                 self._offline_count = state.offline
                 self._conversation_ids = state.conversations
+                for conversation, messages, whole in state.tails:
+                    self._recent.install(conversation, messages, whole)
                 self._next_conversation = (
                     max(state.conversations.values(), default=0) + 1
                 )
@@ -854,7 +1079,7 @@ class Store:
         try:
             # The checkpoints are _checkpoint's: this is the backstop.
             connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
-            loaded = _Loaded(connection)
+            loaded = _Loaded(connection, self._recent.budget, self._recent.length)
             # Before any id is given out: whatever happens to this run, the
             # next starts above every id it gave.
             loaded.ceiling = loaded.last_id + _RESERVE
@@ -980,6 +1205,7 @@ class Store:
         if conversation is None:
             conversation = self._conversation_ids[key] = self._next_conversation
             self._next_conversation += 1
+            self._recent.install(conversation, [], whole=True)
             (self._batch or self._open_batch()).conversations.append(
                 (conversation, key)
             )
@@ -1185,10 +1411,13 @@ class Store:
         """On the event loop: a group is in the file."""
         pending_offline = self._pending_offline
         handed = self._handed
+        recent = self._recent
         messages = size = 0
         for batch in committed.batches:
             assert handed[0] is batch
             handed.popleft()
+            if recent.budget:
+                recent.committed(batch.rows)
             messages += batch.count
             size += batch.size
             for offline, accepted in batch.offline:
@@ -1222,9 +1451,24 @@ class Store:
             # history; and what was queued for it since is deleted too.
             self._offline_count.pop(key, None)
             self._delivered[key] = self.last_id
-            self._put(_Change(partial(_delete_account_data, key=key), _ignore))
+            self._put(
+                _Change(
+                    partial(_delete_account_data, key=key),
+                    partial(self._history_deleted, key),
+                )
+            )
         self._accounts = accounts
         self._pairs.clear()  # who is an account changed
+
+    def _history_deleted(self, key: str, _: object = None) -> None:
+        """On the event loop: account *key*'s conversations were emptied
+        (committed): their tails go too."""
+        low = key + _SEP
+        self._recent.forget(
+            conversation
+            for other, conversation in self._conversation_ids.items()
+            if other.startswith(low)
+        )
 
     def _tell(self, function: Callable[..., None], *args: Any) -> None:
         """From the writer thread: call *function* on the event loop."""
@@ -1301,6 +1545,44 @@ class Store:
         shown. Pages ``before`` the first id of a page and ``after`` the
         last one tile the conversation, with no gap and no repeat.
         """
+        asked = self._asked(target, direction, anchor_id, n, account_key)
+        if asked is None:
+            return []
+        conversation, anchor, page = asked
+        if direction == "latest":
+            found = self._latest_in_memory(conversation, n, page)
+            if found is not None:
+                return found
+            return await self._read_latest_page(conversation, n, page)
+        kept = self.history_size
+        return await self._read(
+            lambda connection: _read_history(
+                connection, conversation, direction, anchor, n, page, kept
+            )
+        )
+
+    def latest_now(
+        self, target: str, n: int, *, account_key: str | None = None
+    ) -> list[StoredMessage] | None:
+        """What ``history(target, "latest", None, n)`` would answer, if
+        memory holds it (no read of the file); else None."""
+        asked = self._asked(target, "latest", None, n, account_key)
+        if asked is None:
+            return []
+        conversation, _, page = asked
+        return self._latest_in_memory(conversation, n, page)
+
+    def _asked(
+        self,
+        target: str,
+        direction: Direction,
+        anchor_id: int | None,
+        n: int,
+        account_key: str | None,
+    ) -> tuple[int, int, _Page] | None:
+        """A history request checked: its conversation, its anchor, and the
+        part of the page not in the file yet; None if the page is empty
+        whatever the file holds."""
         if direction not in ("latest", "before", "after"):
             raise ValueError(f"no such direction: {direction!r}")
         if direction != "latest" and anchor_id is None:
@@ -1310,36 +1592,63 @@ class Store:
             raise StoreClosed("the store is not running")
         kept = self.history_size
         if n <= 0 or not kept:
-            return []
+            return None
         # Ids run to 20 digits, SQLite's integers to 2**63 - 1: above every
         # id there is.
         anchor = min(anchor_id or 0, _NO_ID)
         conversation = self._conversation_ids.get(key)
         if conversation is None:
-            return []
+            return None
         waiting = self._waiting(conversation)
         if not waiting:
-            page = _Page([], 0, _NO_ID)
+            return conversation, anchor, _Page([], 0, _NO_ID)
+        # What the file cannot have yet: the newest messages.
+        newest = _newest_first([accepted for _, accepted in waiting], kept)
+        if direction == "latest":
+            part = list(itertools.islice(newest, n))
+        elif direction == "before":
+            older = itertools.dropwhile(lambda m: m.id >= anchor, newest)
+            part = list(itertools.islice(older, n))
         else:
-            # What the file cannot have yet: the newest messages.
-            newest = _newest_first([accepted for _, accepted in waiting], kept)
-            if direction == "latest":
-                part = list(itertools.islice(newest, n))
-            elif direction == "before":
-                older = itertools.dropwhile(lambda m: m.id >= anchor, newest)
-                part = list(itertools.islice(older, n))
-            else:
-                part = list(itertools.takewhile(lambda m: m.id > anchor, newest))
-                part = part[-n:]
-            part.reverse()
-            count = sum(len(accepted.texts) for _, accepted in waiting)
-            page = _Page(part, count, waiting[0][1].first_id)
-        return await self._read(
-            lambda connection: _read_history(
-                connection, conversation, direction, anchor, n, page, kept
-            ),
-            one_statement=direction == "latest",
-        )
+            part = list(itertools.takewhile(lambda m: m.id > anchor, newest))
+            part = part[-n:]
+        part.reverse()
+        count = sum(len(accepted.texts) for _, accepted in waiting)
+        return conversation, anchor, _Page(part, count, waiting[0][1].first_id)
+
+    def _latest_in_memory(
+        self, conversation: int, n: int, page: _Page
+    ) -> list[StoredMessage] | None:
+        """The latest *n* messages of *conversation*, *page* on top of what
+        its tail holds; None if the file must be read."""
+        want = _wanted_from_file(page, n, self.history_size)
+        if not want:
+            return page.messages
+        found = self._recent.newest(conversation, want)
+        return None if found is None else found + page.messages
+
+    async def _read_latest_page(
+        self, conversation: int, n: int, page: _Page
+    ) -> list[StoredMessage]:
+        """The latest *n* messages of *conversation*: *page* on top of the
+        file's newest; and, if its tail is wanted, a tail's worth of them
+        read for it."""
+        want = _wanted_from_file(page, n, self.history_size)
+        recent = self._recent
+        token = recent.fill_from(conversation)
+        ask = max(want, recent.length) if token else want
+        below = page.below
+        found: list[StoredMessage] | None = None
+        try:
+            found = await self._read(
+                lambda connection: _read_latest(connection, conversation, below, ask),
+                one_statement=True,
+            )
+        finally:
+            recent.filled(
+                conversation, token, found, found is not None and len(found) < ask
+            )
+        return found[-want:] + page.messages
 
     def _waiting(self, conversation: int) -> list[_Row]:
         """The rows of *conversation* recorded and not yet committed,
@@ -1382,9 +1691,16 @@ class Store:
 
     # -- changing accounts --------------------------------------------------------
 
-    async def _change(self, key: str, after: bool, write: Callable[..., Any]) -> Any:
+    async def _change(
+        self,
+        key: str,
+        after: bool,
+        write: Callable[..., Any],
+        committed: Callable[[str], None] | None = None,
+    ) -> Any:
         """Queue *write* (a change to account *key*, which exists *after*)
-        and wait until it is committed; the result of *write*."""
+        and wait until it is committed, when ``committed(key)`` is called on
+        the event loop; the result of *write*."""
         if not self._running:
             raise StoreClosed("the store is not running")
         changes = self._account_changes.setdefault(key, [])
@@ -1395,6 +1711,8 @@ class Store:
             changes.pop(0)
             if not changes:
                 del self._account_changes[key]
+            if committed is not None:
+                committed(key)
             waiter(result)
 
         self._put(_Change(write, done))
@@ -1483,7 +1801,7 @@ class Store:
         def write(connection: sqlite3.Connection) -> bool:
             return delete_account_rows(connection, key)
 
-        deleted = await self._change(key, False, write)
+        deleted = await self._change(key, False, write, self._history_deleted)
         if self._delivered.get(key) == done:
             del self._delivered[key]
         if not deleted:
@@ -1521,6 +1839,14 @@ class _Page(NamedTuple):
     below: int
 
 
+def _wanted_from_file(waiting: _Page, n: int, kept: int) -> int:
+    """How many messages a ``latest`` page of *n* needs from the file, below
+    the *waiting* part: only the newest *kept* are shown."""
+    shown = kept - waiting.waiting
+    need = n - len(waiting.messages)
+    return max(0, min(need, shown))
+
+
 def _read_history(
     connection: sqlite3.Connection,
     conversation: int,
@@ -1530,8 +1856,9 @@ def _read_history(
     waiting: _Page,
     kept: int,
 ) -> list[StoredMessage]:
-    """A page of history: read from the file, with the *waiting* part on
-    top. Only the newest *kept* messages of a conversation are shown."""
+    """A page ``before`` or ``after`` *anchor*: read from the file, with the
+    *waiting* part on top. Only the newest *kept* messages of a
+    conversation are shown."""
     newer = waiting.messages
     # Chunks committed since the page was asked for are among the waiting
     # (a chunk's messages are either all below `below` or none).
@@ -1542,9 +1869,6 @@ def _read_history(
     need = n - len(newer) if direction != "after" else n
     if shown <= 0 or need <= 0:
         return newer
-    if direction == "latest":
-        want = min(need, shown)
-        return _read_latest(connection, conversation, below, want) + newer
     select = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE conversation = ? AND "
     oldest = _oldest_shown(connection, conversation, below, shown)
     if direction == "before":
@@ -1655,7 +1979,7 @@ def _read_offline(
 class _Loaded:
     """What the store must know before it starts, read from the file."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, tails: int, length: int) -> None:
         row = connection.execute(
             "SELECT value FROM meta WHERE key = 'last_id'"
         ).fetchone()
@@ -1684,6 +2008,34 @@ class _Loaded:
             key: id
             for id, key in connection.execute("SELECT id, key FROM conversations")
         }
+        self.tails = _newest_tails(connection, tails, length)
+        """The newest *length* messages of the conversations written to
+        last, about *tails* bytes of them, those written to last at the
+        end."""
+
+
+def _newest_tails(
+    connection: sqlite3.Connection, budget: int, length: int
+) -> list[tuple[int, list[StoredMessage], bool]]:
+    """For ``_Recent``: the newest *length* messages of the conversations
+    written to last, about *budget* bytes of them, and whether they are
+    all the conversation has; those written to last at the end."""
+    tails: list[tuple[int, list[StoredMessage], bool]] = []
+    if not budget:
+        return tails
+    newest_first = connection.execute(
+        "SELECT id FROM conversations ORDER BY (SELECT max(last_id) FROM chunks "
+        "WHERE conversation = conversations.id) DESC"
+    ).fetchall()
+    size = 0
+    for (conversation,) in newest_first:
+        messages = _read_latest(connection, conversation, _NO_ID, length)
+        size += sum(_cost(len(m.text)) for m in messages)
+        if size > budget:
+            break
+        tails.append((conversation, messages, len(messages) < length))
+    tails.reverse()
+    return tails
 
 
 _INSERT_OFFLINE = "INSERT OR IGNORE INTO offline VALUES (?, ?, ?, ?, ?, ?)"
