@@ -169,6 +169,8 @@ async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
         assert store.is_account("alice")
         assert await store.accounts() == ["alice"]
         assert await store.offline("bob") == []
-        # Its history went with it, in memory as in the file.
-        await store.flush()  # the deletion is written
+        # Its history went with it, in memory as in the file: as soon as
+        # the server heard of it, and once its own deletion is written.
+        assert await store.history("carol", "latest", None, 5, account_key="bob") == []
+        await store.flush()
         assert await store.history("carol", "latest", None, 5, account_key="bob") == []

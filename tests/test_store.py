@@ -940,9 +940,9 @@ async def test_a_page_read_while_its_conversation_gets_a_commit_leaves_no_gap(
     and kept in memory for the next, unless a commit added to it while the
     read ran (the read may have missed that): the next page still has
     every message."""
-    # Memory (about 370 bytes a message, and its text) for one of the two
-    # rooms, not both.
-    async with running(tmp_path / "t.db", history_cache=1200) as store:
+    # Memory (about 1,000 bytes a room and 370 a message, and its text)
+    # for one of the two rooms, not both.
+    async with running(tmp_path / "t.db", history_cache=2500) as store:
         store.record(talk("a", "#r", 1, "one", "two"))
         store.record(talk("a", "#q", 3, "x" * 400))  # memory holds #q only
         await store.flush()
@@ -1008,3 +1008,95 @@ async def test_the_messages_kept_in_memory_stay_within_their_budget(
             assert len(page) == 100
             assert ids(page)[-1] == next_id - 7 * (20 - room) + 6
             assert store.cached_bytes <= budget
+
+
+async def test_a_long_page_read_while_a_commit_lands_keeps_memory_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page longer than memory holds is read from the file; a commit
+    that lands meanwhile goes to the conversation's tail in memory, and
+    the read does not replace it (it did not see that commit)."""
+    async with running(tmp_path / "t.db") as store:
+        store.record(talk("a", "#r", 1, *["x"] * 150))
+        await store.flush()
+        reading, release = threading.Event(), threading.Event()
+        read_from_file = store._read_in_thread
+
+        def slow_read(*args: Any) -> Any:
+            found = read_from_file(*args)
+            reading.set()
+            release.wait(STEP)
+            return found
+
+        monkeypatch.setattr(store, "_read_in_thread", slow_read)
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                assert len(await store.history("#r", "latest", None, 200)) == 150
+
+            nursery.start_soon(ask)
+            await trio.to_thread.run_sync(reading.wait, STEP)
+            store.record(talk("a", "#r", 151, "new"))
+            await store.flush()
+            release.set()
+        monkeypatch.undo()
+        now = store.latest_now("#r", 5)
+        assert now is not None
+        assert ids(now) == [147, 148, 149, 150, 151]
+        store.record(talk("a", "#r", 152, "newer"))
+        await store.flush()
+        assert ids(await store.history("#r", "latest", None, 5)) == [
+            148,
+            149,
+            150,
+            151,
+            152,
+        ]
+
+
+async def test_a_commit_a_read_saw_before_the_store_was_told_is_kept_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer tells the event loop of a commit after it is in the file:
+    a page read in between (of a conversation memory does not hold) may see
+    it. What the page leaves in memory holds each message once."""
+    async with running(tmp_path / "t.db", history_cache=2500) as store:
+        store.record(talk("a", "#r", 1, "one", "two"))
+        store.record(talk("a", "#q", 3, "x" * 400))  # memory holds #q only
+        await store.flush()
+        assert store.latest_now("#r", 10) is None
+        go, told = threading.Event(), threading.Event()
+        held: list[tuple[Any, ...]] = []
+        read_from_file, tell = store._read_in_thread, store._tell
+
+        def late_read(*args: Any) -> Any:
+            go.wait(STEP)
+            return read_from_file(*args)
+
+        def tell_late(function: Any, *args: Any) -> None:
+            if function == store._committed and not held:
+                held.append(args)  # as if the writer were held up here
+                told.set()
+                return
+            tell(function, *args)
+
+        monkeypatch.setattr(store, "_read_in_thread", late_read)
+        monkeypatch.setattr(store, "_tell", tell_late)
+        pages: list[list[int]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                pages.append(ids(await store.history("#r", "latest", None, 10)))
+
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()  # asked: nothing waits
+            store.record(talk("a", "#r", 4, "three"))
+            await trio.to_thread.run_sync(told.wait, STEP)  # in the file
+            go.set()  # the read can see 4
+        store._committed(*held[0])  # and only now is the store told
+        monkeypatch.undo()
+        assert pages == [[1, 2]]
+        assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
+        now = store.latest_now("#r", 10)
+        assert now is not None
+        assert ids(now) == [1, 2, 4]

@@ -730,7 +730,7 @@ class _Tail:
 
     @property
     def size(self) -> int:
-        return self.loaded_size + self.fresh_size
+        return _TAIL_COST + self.loaded_size + self.fresh_size
 
     def add(self, accepted: Accepted, length: int) -> int:
         """Committed: *accepted*; how many bytes more the tail takes. (The
@@ -789,6 +789,13 @@ class _Tail:
 _MESSAGE_COST = 370
 
 
+# And what a tail takes with no message: the object, its deque's first block,
+# its place in the dict (measured with tracemalloc over 100,000 empty ones).
+_TAIL_COST = 1000
+# Start-up loads tails for at most this long (the rest come when asked for).
+_PRELOAD_SECONDS = 0.5
+
+
 def _cost(text_length: int) -> int:
     return _MESSAGE_COST + text_length
 
@@ -808,9 +815,12 @@ class _Recent:
     is added to a page as for a read of the file): the store adds each
     group's rows to the tails when told the group is committed. Tails come
     from the file at the start (``_newest_tails``), when a conversation is
-    made, and from a ``latest`` page read from the file (``fill_from``,
-    then ``filled``), unless a commit that added to the conversation was
-    told of while the read ran: the read may not have seen it."""
+    made, and from a ``latest`` page of a conversation with no tail read
+    from the file (``fill_from``, then ``filled``). That read sees only
+    the ids the store had seen when it was asked for (``_read_latest_page``),
+    so a commit told of later adds nothing it holds; and a commit to the
+    conversation told of while it ran may hold ids it did not see: then
+    its result is not kept."""
 
     def __init__(self, budget: int, length: int) -> None:
         self.budget = budget if length > 0 else 0
@@ -881,7 +891,11 @@ class _Recent:
     def fill_from(self, conversation: int) -> int:
         """A read of *conversation*'s newest messages is about to start:
         a token for ``filled``, or 0 if its tail is not wanted."""
-        if not self.budget or conversation in self._filling:
+        if (
+            not self.budget
+            or conversation in self._filling
+            or conversation in self.tails
+        ):
             return 0
         token = self._filling[conversation] = next(self._tokens)
         return token
@@ -1451,6 +1465,7 @@ class Store:
             # history; and what was queued for it since is deleted too.
             self._offline_count.pop(key, None)
             self._delivered[key] = self.last_id
+            self._history_deleted(key)  # the file's pages are empty already
             self._put(
                 _Change(
                     partial(_delete_account_data, key=key),
@@ -1637,7 +1652,9 @@ class Store:
         recent = self._recent
         token = recent.fill_from(conversation)
         ask = max(want, recent.length) if token else want
-        below = page.below
+        # Only ids seen by now: those committed meanwhile are the commits'
+        # to add to a tail, once told of (and the page's, if waiting now).
+        below = min(page.below, self.last_id + 1)
         found: list[StoredMessage] | None = None
         try:
             found = await self._read(
@@ -2018,8 +2035,9 @@ def _newest_tails(
     connection: sqlite3.Connection, budget: int, length: int
 ) -> list[tuple[int, list[StoredMessage], bool]]:
     """For ``_Recent``: the newest *length* messages of the conversations
-    written to last, about *budget* bytes of them, and whether they are
-    all the conversation has; those written to last at the end."""
+    written to last, about *budget* bytes of them (or what _PRELOAD_SECONDS
+    reads), and whether they are all the conversation has; those written
+    to last at the end."""
     tails: list[tuple[int, list[StoredMessage], bool]] = []
     if not budget:
         return tails
@@ -2028,10 +2046,11 @@ def _newest_tails(
         "WHERE conversation = conversations.id) DESC"
     ).fetchall()
     size = 0
+    until = time.monotonic() + _PRELOAD_SECONDS
     for (conversation,) in newest_first:
         messages = _read_latest(connection, conversation, _NO_ID, length)
-        size += sum(_cost(len(m.text)) for m in messages)
-        if size > budget:
+        size += _TAIL_COST + sum(_cost(len(m.text)) for m in messages)
+        if size > budget or time.monotonic() > until:
             break
         tails.append((conversation, messages, len(messages) < length))
     tails.reverse()
