@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from functools import partial
@@ -18,6 +19,7 @@ from helpers import STEP_TIMEOUT, LineClient
 
 from trichat.server import ServerConfig
 from trichat.server.cli import _config, add_arguments
+from trichat.server.store import SCHEMA_VERSION
 
 
 class ServeProcess:
@@ -128,6 +130,50 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
     message = second.stderr.decode()
     assert f"cannot listen on 127.0.0.1:{port}" in message
     assert "Traceback" not in message
+
+
+async def failed_to_start(*options: str) -> str:
+    """What ``trichat serve OPTIONS`` says as it exits with status 1."""
+    with trio.fail_after(STEP_TIMEOUT * 3):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trichat", "serve", "--port", "0", *options],
+            stdin=subprocess.DEVNULL,
+            capture_stderr=True,
+            check=False,
+        )
+    complaint = result.stderr.decode()
+    assert result.returncode == 1, complaint
+    assert "Traceback" not in complaint
+    return complaint
+
+
+async def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
+    """A file where the store's directory should be, a store of a newer
+    trichat, a store another process holds locked (past the 5 s the server
+    waits for it): each said in a line, with the file's name."""
+    (tmp_path / "file").write_text("not a directory")
+    message = await failed_to_start("--db", str(tmp_path / "file" / "t.db"))
+    assert f"cannot open the store {tmp_path / 'file' / 't.db'}" in message
+
+    newer = tmp_path / "newer.db"
+    connection = sqlite3.connect(newer)
+    with connection:
+        connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        connection.execute(
+            "INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,)
+        )
+    connection.close()
+    message = await failed_to_start("--db", str(newer))
+    assert "newer than this trichat's" in message
+
+    locked = tmp_path / "locked.db"
+    holder = sqlite3.connect(locked, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        message = await failed_to_start("--db", str(locked))
+    finally:
+        holder.close()
+    assert f"the store {locked} is locked by another process" in message
 
 
 async def refused(*options: str) -> str:

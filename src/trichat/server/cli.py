@@ -8,6 +8,7 @@ import re
 import signal
 import ssl
 import sys
+from typing import TypeVar
 
 import attrs
 import trio
@@ -17,7 +18,9 @@ from .._units import duration
 from ._logs import background_stderr
 from .app import ChatServer, ServerConfig
 from .config import PRESENCE_MODES
-from .store import default_path
+from .store import StoreError, default_path
+
+E = TypeVar("E", bound=BaseException)
 
 log = logging.getLogger("trichat.server")
 
@@ -386,10 +389,18 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     raise_file_limit(config.max_clients + 64)
     failures: list[OSError] = []
+    unusable: list[StoreError] = []
     try:
         trio.run(run, ChatServer(config))
+    except* StoreError as group:
+        unusable.extend(_leaves(group, StoreError))
     except* OSError as group:
-        failures.extend(e for e in group.exceptions if isinstance(e, OSError))
+        failures.extend(_leaves(group, OSError))
+    if unusable:
+        # A file locked by another process, a newer trichat's, a directory
+        # that cannot be made: said once, without a traceback.
+        print(f"trichat serve: {unusable[0]}", file=sys.stderr)
+        return 1
     if failures:
         reason = failures[0].strerror or failures[0]
         print(
@@ -398,3 +409,15 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[E], kind: type[E]) -> list[E]:
+    """The exceptions of *kind* in *group*, however deeply nested (a
+    nursery inside a nursery nests its group in the outer one's)."""
+    found: list[E] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            found += _leaves(error, kind)
+        elif isinstance(error, kind):
+            found.append(error)
+    return found

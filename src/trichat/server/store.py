@@ -509,6 +509,17 @@ def _connect(
     return connection
 
 
+def _cannot_open(path: str | os.PathLike[str], error: Exception) -> str:
+    """Why the store's file at *path* could not be opened, in words."""
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        return (
+            f"the store {path} is locked by another process (waited "
+            f"{BUSY_TIMEOUT:g} s for it); try again once it is done"
+        )
+    reason = error.strerror if isinstance(error, OSError) else error
+    return f"cannot open the store {path}: {reason}"
+
+
 def open_database(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """Open (creating it and its directory, readable by its owner only, if
     need be) the store's file at *path*, in WAL mode and migrated to
@@ -1041,7 +1052,10 @@ class Store:
             else:
                 self._file = os.fspath(self.path)
             started = time.monotonic()
-            writer, state = await trio.to_thread.run_sync(self._open, self._file)
+            try:
+                writer, state = await trio.to_thread.run_sync(self._open, self._file)
+            except (sqlite3.Error, OSError) as error:
+                raise StoreError(_cannot_open(self.path, error)) from error
             try:
                 # Anything recorded before the start is queued, and counts.
                 self.last_id = max(self.last_id, state.last_id)
