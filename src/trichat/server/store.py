@@ -51,7 +51,7 @@ The event loop never waits for the disk:
   connection of its own. What is recorded but not yet committed is added
   to what they read, so a message is in history from the moment it is
   recorded. The newest messages of the conversations used last are in
-  memory too (``_Recent``, about *history_cache* bytes of them): a
+  memory too (``Recent``, about *history_cache* bytes of them): a
   ``latest`` page within them reads nothing (``latest_now``).
 - Account changes (``register``, ``set_password``, ``delete_account``) go
   through the writer too, and return once committed; password hashing
@@ -105,8 +105,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import chain, repeat
 from operator import add
@@ -117,6 +117,15 @@ import attrs
 import trio
 
 from ..protocol.messages import BROADCAST, name_key
+from .history import (
+    TAIL,
+    TAIL_COST,
+    Recent,
+    Row,
+    StoredMessage,
+    message_cost,
+    newest_first,
+)
 from .hub import Accepted
 from .passwords import Hasher
 
@@ -175,23 +184,9 @@ _CHECKPOINT_PAGES = 16384
 _INSERT_MOST = 512
 # Spellings of rooms remembered with their conversation, at most.
 _SPELLINGS_MOST = 65536
-# The newest messages of a conversation kept in memory (see _Recent): the
-# pages clients ask for most fit (the terminal's join and /history ask for
-# 20), as do the 100-message pages of a client that scrolls.
-_TAIL = 100
-
-
-@attrs.frozen
-class StoredMessage:
-    """A message as the store keeps it: its id and time (milliseconds since
-    the epoch, UTC), who sent it, to whom (a name, a room as its first
-    member wrote it, or ``*``), and its text."""
-
-    id: int
-    time_ms: int
-    sender: str
-    to: str
-    text: str
+# Start-up loads the newest messages into memory for at most this long (the
+# rest come when asked for; see _newest_tails).
+_PRELOAD_SECONDS = 0.5
 
 
 @attrs.frozen
@@ -230,7 +225,7 @@ class NoSuchAccount(StoreError):
 
 # -- the file ------------------------------------------------------------------
 
-_Row: TypeAlias = tuple[tuple[int, ...], Accepted]
+
 """Messages as the conversations that keep them keep them: their ids (in
 order: the same tuple for every message between the same two accounts,
 whoever sent it), and the messages as the hub accepted them (one or more
@@ -261,7 +256,7 @@ _CHUNK_COLUMNS = "ids, times, senders, recipients, lengths, texts"
 _Chunk: TypeAlias = tuple[int, int, int, int, bytes, bytes, str, str, bytes, bytes]
 
 
-def _chunk(conversation: int, rows: Sequence[_Row], most: int) -> list[_Chunk]:
+def _chunk(conversation: int, rows: Sequence[Row], most: int) -> list[_Chunk]:
     """Rows of ``chunks`` for messages of one *conversation*, oldest first:
     one, unless they are more than *most* messages (see _parts).
 
@@ -313,12 +308,12 @@ def _chunk(conversation: int, rows: Sequence[_Row], most: int) -> list[_Chunk]:
     ]
 
 
-def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
+def _chunks(rows: list[Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
     """*rows* (in id order) as chunks: one per conversation, or more when
     it has more than *most* of them. Conversations that keep the same
     messages (both sides of one between two accounts) get the same
     chunks, packed once."""
-    by_conversations: dict[tuple[int, ...], list[_Row]] = {}
+    by_conversations: dict[tuple[int, ...], list[Row]] = {}
     for row in rows:
         some = by_conversations.get(row[0])
         if some is None:
@@ -341,11 +336,11 @@ def _chunks(rows: list[_Row], most: int = _CHUNK_MOST) -> Iterator[_Chunk]:
                 yield (conversation, *packed[1:])
 
 
-def _parts(rows: Sequence[_Row], most: int) -> Iterator[list[_Row]]:
+def _parts(rows: Sequence[Row], most: int) -> Iterator[list[Row]]:
     """*rows* cut into parts of at most *most* texts each (a row whose
     texts straddle a cut is cut too): a chunk holds at most *most*
     messages, which pruning counts on."""
-    part: list[_Row] = []
+    part: list[Row] = []
     room = most
     for conversations, accepted in rows:
         texts, first = accepted.texts, accepted.first_id
@@ -403,7 +398,7 @@ def _unpack(
     messages = []
     end = 0
     # One string per name, not one per message: the tails in memory keep
-    # what is read (see _Recent), and a room's messages share a recipient.
+    # what is read (see Recent), and a room's messages share a recipient.
     names: dict[str, str] = {}
     name = names.setdefault
     for id, time_ms, sender, to, length in zip(
@@ -435,7 +430,7 @@ def _to_chunks(connection: sqlite3.Connection) -> None:
         "ORDER BY conversation, id"
     )
     for conversation, some in itertools.groupby(rows, lambda row: row[0]):
-        kept: list[_Row] = [
+        kept: list[Row] = [
             ((conversation,), Accepted(sender, to, (text,), id, time_ms))
             for _, id, time_ms, sender, to, text in some
         ]
@@ -644,7 +639,7 @@ class _Batch:
     __slots__ = ("conversations", "count", "high", "offline", "rows", "size")
 
     def __init__(self) -> None:
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         self.conversations: list[tuple[int, str]] = []
         self.offline: list[tuple[str, Accepted]] = []
         self.count = 0
@@ -693,17 +688,6 @@ class _Waiting:
         self.count = 0
 
 
-def _newest_first(messages: Sequence[Accepted], most: int) -> Iterator[StoredMessage]:
-    """The newest *most* texts of *messages* (oldest first), newest first,
-    each a message of its own."""
-    for sender, to, texts, first, time_ms in reversed(messages):
-        for i in range(len(texts) - 1, -1, -1):
-            if most <= 0:
-                return
-            most -= 1
-            yield StoredMessage(first + i, time_ms, sender, to, texts[i].decode())
-
-
 class _Committed:
     """What the writer tells the event loop after a commit."""
 
@@ -716,213 +700,6 @@ class _Committed:
 
 
 _Item: TypeAlias = _Batch | _Change
-
-
-# -- the newest messages, in memory ---------------------------------------------
-
-
-class _Tail:
-    """The newest messages of one conversation that are in the file:
-    *loaded* (oldest first), then *fresh*, the rows commits brought since,
-    turned into messages only when a page needs them (a busy room nobody
-    asks about costs a list append per commit). *whole*: the file holds
-    no older message of the conversation. *size*: about the memory they
-    take, in bytes (see _cost)."""
-
-    __slots__ = ("fresh", "fresh_count", "fresh_size", "loaded", "loaded_size", "whole")
-
-    def __init__(self, loaded: list[StoredMessage], whole: bool) -> None:
-        self.loaded = loaded
-        self.loaded_size = sum(_cost(len(m.text)) for m in loaded)
-        self.whole = whole
-        self.fresh: deque[Accepted] = deque()
-        self.fresh_count = 0
-        self.fresh_size = 0
-
-    @property
-    def size(self) -> int:
-        return _TAIL_COST + self.loaded_size + self.fresh_size
-
-    def add(self, accepted: Accepted, length: int) -> int:
-        """Committed: *accepted*; how many bytes more the tail takes. (The
-        event loop's work for every row of every group: kept short.)"""
-        texts = accepted.texts
-        if len(texts) == 1:
-            cost = _MESSAGE_COST + len(texts[0])
-            self.fresh_count += 1
-        else:
-            cost = _row_cost(texts)
-            self.fresh_count += len(texts)
-        self.fresh.append(accepted)
-        self.fresh_size += cost
-        if self.fresh_count < length + length:
-            return cost
-        return cost - self._trim(length)
-
-    def _trim(self, length: int) -> int:
-        """Keep only the rows that hold the newest *length* (the loaded
-        messages are older than all of them); how many bytes that freed."""
-        fresh = self.fresh
-        freed = self.loaded_size
-        while self.fresh_count - len(fresh[0].texts) >= length:
-            texts = fresh.popleft().texts
-            self.fresh_count -= len(texts)
-            cost = _row_cost(texts)
-            self.fresh_size -= cost
-            freed += cost
-        self.loaded = []
-        self.loaded_size = 0
-        self.whole = False
-        return freed
-
-    def newest(self, want: int, length: int) -> list[StoredMessage] | None:
-        """The newest *want* messages (oldest first; all of them, if fewer
-        and the tail is whole), or None if the file must be read."""
-        if self.fresh:
-            if len(self.loaded) + self.fresh_count > length:
-                self.whole = False
-            fresh = list(_newest_first(self.fresh, length))
-            fresh.reverse()
-            self.loaded = (self.loaded + fresh)[-length:]
-            self.loaded_size = sum(_cost(len(m.text)) for m in self.loaded)
-            self.fresh.clear()
-            self.fresh_count = self.fresh_size = 0
-        if want <= len(self.loaded):
-            return self.loaded[-want:]
-        return list(self.loaded) if self.whole else None
-
-
-# About what a message in memory takes besides its text's characters: the
-# message, its id and time, the text's header, a list's pointer to it, and
-# what Python's allocator keeps around them; its names are shared (see
-# _unpack). Measured: 100,000 messages with 64-byte texts took 43 MB more
-# of the server's resident memory (docs/performance.md).
-_MESSAGE_COST = 370
-
-
-# And what a tail takes with no message: the object, its deque's first block,
-# its place in the dict (measured with tracemalloc over 100,000 empty ones).
-_TAIL_COST = 1000
-# Start-up loads tails for at most this long (the rest come when asked for).
-_PRELOAD_SECONDS = 0.5
-
-
-def _cost(text_length: int) -> int:
-    return _MESSAGE_COST + text_length
-
-
-def _row_cost(texts: Sequence[bytes]) -> int:
-    return _MESSAGE_COST * len(texts) + sum(map(len, texts))
-
-
-class _Recent:
-    """The newest *length* messages of the conversations used last, in
-    memory (their tails), about *budget* bytes of them at most: a
-    ``latest`` page within a tail is answered without reading the file,
-    which under load cost a few milliseconds of a worker thread's turns at
-    the GIL and of the event loop's.
-
-    A tail holds what the file holds, not what waits for the writer (that
-    is added to a page as for a read of the file): the store adds each
-    group's rows to the tails when told the group is committed. Tails come
-    from the file at the start (``_newest_tails``), when a conversation is
-    made, and from a ``latest`` page of a conversation with no tail read
-    from the file (``fill_from``, then ``filled``). That read sees only
-    the ids the store had seen when it was asked for (``_read_latest_page``),
-    so a commit told of later adds nothing it holds; and a commit to the
-    conversation told of while it ran may hold ids it did not see: then
-    its result is not kept."""
-
-    def __init__(self, budget: int, length: int) -> None:
-        self.budget = budget if length > 0 else 0
-        self.length = length
-        self.size = 0
-        self.tails: OrderedDict[int, _Tail] = OrderedDict()
-        # Conversations being read to fill their tails: the read's token.
-        self._filling: dict[int, int] = {}
-        self._tokens = itertools.count(1)
-
-    def install(
-        self, conversation: int, messages: list[StoredMessage], whole: bool
-    ) -> None:
-        """*messages*: the newest of *conversation* in the file (all of
-        them, if *whole*), oldest first."""
-        if not self.budget:
-            return
-        length = self.length
-        if len(messages) > length:
-            messages, whole = messages[-length:], False
-        self.forget((conversation,))
-        tail = self.tails[conversation] = _Tail(messages, whole)
-        self.size += tail.size
-        self._shrink()
-
-    def newest(self, conversation: int, want: int) -> list[StoredMessage] | None:
-        """The newest *want* messages of *conversation* in the file, if its
-        tail has them (see ``_Tail.newest``)."""
-        tail = self.tails.get(conversation)
-        if tail is None:
-            return None
-        self.tails.move_to_end(conversation)
-        size = tail.size
-        found = tail.newest(want, self.length)
-        self.size += tail.size - size
-        return found
-
-    def committed(self, rows: list[_Row]) -> None:
-        """On the event loop: *rows* are in the file now."""
-        tails, filling, length = self.tails, self._filling, self.length
-        grown = 0
-        for conversations, accepted in rows:
-            for conversation in conversations:
-                tail = tails.get(conversation)
-                if tail is not None:
-                    grown += tail.add(accepted, length)
-                elif filling and conversation in filling:
-                    del filling[conversation]  # the read may have missed it
-        self.size += grown
-        self._shrink()
-
-    def _shrink(self) -> None:
-        """Forget the tails used longest ago while over budget."""
-        tails = self.tails
-        while self.size > self.budget and tails:
-            _, tail = tails.popitem(last=False)
-            self.size -= tail.size
-
-    def forget(self, conversations: Iterable[int]) -> None:
-        """*conversations* lost messages (an account was deleted), or get
-        a new tail."""
-        for conversation in conversations:
-            tail = self.tails.pop(conversation, None)
-            if tail is not None:
-                self.size -= tail.size
-            self._filling.pop(conversation, None)
-
-    def fill_from(self, conversation: int) -> int:
-        """A read of *conversation*'s newest messages is about to start:
-        a token for ``filled``, or 0 if its tail is not wanted."""
-        if (
-            not self.budget
-            or conversation in self._filling
-            or conversation in self.tails
-        ):
-            return 0
-        token = self._filling[conversation] = next(self._tokens)
-        return token
-
-    def filled(
-        self,
-        conversation: int,
-        token: int,
-        messages: list[StoredMessage] | None,
-        whole: bool,
-    ) -> None:
-        """The read of *token* ended with *messages* (None: it failed)."""
-        if token and self._filling.get(conversation) == token:
-            del self._filling[conversation]
-            if messages is not None:
-                self.install(conversation, messages, whole)
 
 
 # -- the store -----------------------------------------------------------------
@@ -939,9 +716,9 @@ class Store:
     *max_backlog_bytes* bytes of text waiting for the writer. *limiter*
     bounds the reads running at once (one read connection each); *hasher*
     hashes passwords (tests pass a cheap one). *stop_timeout* bounds the
-    last write when ``run`` is cancelled. The newest _TAIL messages of the
+    last write when ``run`` is cancelled. The newest TAIL messages of the
     conversations used last are in memory too, about *history_cache*
-    bytes of them (see ``_Recent``; 0: none).
+    bytes of them (see ``Recent``; 0: none).
     """
 
     def __init__(
@@ -1005,7 +782,7 @@ class Store:
         # And direct messages' by (sender, recipient) as written, while the
         # accounts stay as they are.
         self._pairs: dict[tuple[str, str], tuple[int, ...]] = {}
-        self._recent = _Recent(history_cache, min(_TAIL, history))
+        self._recent = Recent(history_cache, min(TAIL, history))
         # Messages recorded since the scheduler's last pass; those handed to
         # the writer and not yet committed, oldest first; and how many texts
         # and bytes of the backlog were handed over.
@@ -1032,7 +809,7 @@ class Store:
     @property
     def cached_bytes(self) -> int:
         """About how much memory the newest messages kept in memory take
-        (at most about *history_cache*; see ``_Recent``)."""
+        (at most about *history_cache*; see ``Recent``)."""
         return self._recent.size
 
     # -- running -----------------------------------------------------------------
@@ -1632,7 +1409,7 @@ class Store:
         if not waiting:
             return conversation, anchor, _Page([], 0, _NO_ID)
         # What the file cannot have yet: the newest messages.
-        newest = _newest_first([accepted for _, accepted in waiting], kept)
+        newest = newest_first([accepted for _, accepted in waiting], kept)
         if direction == "latest":
             part = list(itertools.islice(newest, n))
         elif direction == "before":
@@ -1681,11 +1458,11 @@ class Store:
             )
         return found[-want:] + page.messages
 
-    def _waiting(self, conversation: int) -> list[_Row]:
+    def _waiting(self, conversation: int) -> list[Row]:
         """The rows of *conversation* recorded and not yet committed,
         oldest first. (Looked for among all of them: a few milliseconds'
         worth, or half *max_backlog* at most.)"""
-        rows: list[_Row] = []
+        rows: list[Row] = []
         batches = list(self._handed)
         if self._batch is not None:
             batches.append(self._batch)
@@ -1702,7 +1479,7 @@ class Store:
         newer = (
             []
             if waiting is None
-            else list(_newest_first(waiting.messages, waiting.count))
+            else list(newest_first(waiting.messages, waiting.count))
         )
         newer.reverse()
         below = newer[0].id if newer else _NO_ID
@@ -2048,22 +1825,22 @@ class _Loaded:
 def _newest_tails(
     connection: sqlite3.Connection, budget: int, length: int
 ) -> list[tuple[int, list[StoredMessage], bool]]:
-    """For ``_Recent``: the newest *length* messages of the conversations
+    """For ``Recent``: the newest *length* messages of the conversations
     written to last, about *budget* bytes of them (or what _PRELOAD_SECONDS
     reads), and whether they are all the conversation has; those written
     to last at the end."""
     tails: list[tuple[int, list[StoredMessage], bool]] = []
     if not budget:
         return tails
-    newest_first = connection.execute(
+    written_to_last = connection.execute(
         "SELECT id FROM conversations ORDER BY (SELECT max(last_id) FROM chunks "
         "WHERE conversation = conversations.id) DESC"
     ).fetchall()
     size = 0
     until = time.monotonic() + _PRELOAD_SECONDS
-    for (conversation,) in newest_first:
+    for (conversation,) in written_to_last:
         messages = _read_latest(connection, conversation, _NO_ID, length)
-        size += _TAIL_COST + sum(_cost(len(m.text)) for m in messages)
+        size += TAIL_COST + sum(message_cost(len(m.text)) for m in messages)
         if size > budget or time.monotonic() > until:
             break
         tails.append((conversation, messages, len(messages) < length))
@@ -2171,7 +1948,7 @@ class _Writer:
             return
         connection = self.connection
         committed = _Committed()
-        rows: list[_Row] = []
+        rows: list[Row] = []
         offline: list[tuple[str, int, int, str, str, bytes]] = []
         high = self.high_id
         connection.execute("BEGIN IMMEDIATE")
@@ -2227,7 +2004,7 @@ class _Writer:
         statements fewer than BEGIN, INSERT, COMMIT, and each statement
         lets the event loop's thread wait for the GIL again. (The last id
         is never written with a group: see Store._reserve.)"""
-        rows: list[_Row] = []
+        rows: list[Row] = []
         batches: list[_Batch] = []
         for item in items:
             if not isinstance(item, _Batch) or item.conversations or item.offline:
@@ -2248,7 +2025,7 @@ class _Writer:
         return True
 
     def _insert(
-        self, rows: list[_Row], offline: list[tuple[str, int, int, str, str, bytes]]
+        self, rows: list[Row], offline: list[tuple[str, int, int, str, str, bytes]]
     ) -> None:
         if rows:
             chunks = list(_chunks(rows, self.chunk_most))
