@@ -265,9 +265,10 @@ async def test_recent_pages_are_answered_from_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The newest messages of the conversations used last are in memory
-    too (--history-cache): a page of them reads nothing, so it is answered
-    even while the file cannot be read, up to the newest message; a longer
-    page reads the file."""
+    too (--history-cache): a page of them (latest, before or after an id
+    among them) reads nothing, so it is answered even while the file
+    cannot be read, up to the newest message; a longer page reads the
+    file."""
     async with store_server(tmp_path / "t.db") as live:
         alice = await v2(live)
         await alice.login("alice")
@@ -285,9 +286,22 @@ async def test_recent_pages_are_answered_from_memory(
         monkeypatch.setattr(store, "_read_in_thread", broken)
         await alice.send("talk|*|not written yet")
         await alice.send("history|*|latest|3")
-        texts = [(await alice.read_line()).rsplit("|", 1)[1] for _ in range(3)]
-        assert texts == ["m118", "m119", "not written yet"]
+        lines = [await alice.read_line() for _ in range(3)]
+        assert [line.rsplit("|", 1)[1] for line in lines] == [
+            "m118",
+            "m119",
+            "not written yet",
+        ]
         await alice.expect("history|*|3")
+        # And pages before and after an id in memory.
+        m118 = lines[0].split("|")[1]
+        await alice.send(f"history|*|before|{m118}|2\nhistory|*|after|{m118}|5")
+        for text in ("m116", "m117"):
+            assert (await alice.read_line()).endswith(f"|{text}")
+        await alice.expect("history|*|2")
+        for text in ("m119", "not written yet"):
+            assert (await alice.read_line()).endswith(f"|{text}")
+        await alice.expect("history|*|2")
         await alice.send("history|*|latest|110")  # more than memory holds
         await expect_error_frame(alice, "no-history")
         monkeypatch.undo()

@@ -32,6 +32,7 @@ from trichat.server.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AccountExists,
+    Direction,
     NoSuchAccount,
     Store,
     StoreClosed,
@@ -872,6 +873,8 @@ def test_pages_before_and_after_tile_a_conversation(
         st.one_of(
             st.tuples(st.just("talk"), st.integers(0, 2), st.integers(1, 60)),
             st.tuples(st.just("latest"), st.integers(0, 2), st.integers(1, 130)),
+            st.tuples(st.just("before"), st.integers(0, 2), st.integers(1, 130)),
+            st.tuples(st.just("after"), st.integers(0, 2), st.integers(1, 130)),
             st.tuples(st.just("flush"), st.just(0), st.just(0)),
             st.tuples(st.just("restart"), st.just(0), st.just(0)),
         ),
@@ -892,15 +895,22 @@ def test_pages_before_and_after_tile_a_conversation(
     kept=150,
     cache=32 << 20,
 )
-def test_latest_pages_are_the_newest_messages_whatever_memory_holds(
+# Pages before and after an id older than memory holds (ids 21-120 are
+# in memory; the anchors are 36 and 14).
+@example(
+    steps=[("talk", 0, 120), ("flush", 0, 0), ("before", 0, 30), ("after", 0, 32)],
+    kept=150,
+    cache=32 << 20,
+)
+def test_pages_are_right_whatever_memory_holds(
     steps: list[tuple[str, int, int]], kept: int, cache: int, tmp_path: Path
 ) -> None:
-    """Runs of messages to three rooms, pages of the latest of them, commits
-    and restarts, in any order: whether a page comes from the tails in
-    memory (each of the newest 100, *cache* bytes of them), from the file, or
-    from both and what waits for the writer, it is the newest messages,
-    each once, in order; and ``latest_now`` answers the same or not at
-    all."""
+    """Runs of messages to three rooms, pages of them (latest, before and
+    after an id), commits and restarts, in any order: whether a page comes
+    from the tails in memory (each of the newest 100, *cache* bytes of
+    them), from the file, or from both and what waits for the writer, it
+    is the messages asked for of the newest *kept*, each once, in order;
+    and ``history_now`` answers the same or not at all."""
     rooms = ["#a", "#b", "#c"]
 
     async def check() -> None:
@@ -922,12 +932,26 @@ def test_latest_pages_are_the_newest_messages_whatever_memory_holds(
                         await store.flush()
                     elif what == "restart":
                         break
-                    else:
+                    elif what == "latest":
                         newest = sent[room][-kept:][-n:]
-                        now = store.latest_now(room, n)
+                        now = store.history_now(room, "latest", None, n)
                         assert now is None or ids(now) == newest
                         page = await store.history(room, "latest", None, n)
                         assert ids(page) == newest
+                    else:
+                        # Anchored on one of the room's ids, or off its ends.
+                        shown = sent[room][-kept:]
+                        ids_of = [0, *sent[room], next_id]
+                        anchor = ids_of[(n * 7919) % len(ids_of)]
+                        direction: Direction = "before"
+                        expected = [i for i in shown if i < anchor][-n:]
+                        if what == "after":
+                            direction = "after"
+                            expected = [i for i in shown if i > anchor][:n]
+                        now = store.history_now(room, direction, anchor, n)
+                        assert now is None or ids(now) == expected
+                        page = await store.history(room, direction, anchor, n)
+                        assert ids(page) == expected
         path.unlink(missing_ok=True)
 
     trio.run(check)
@@ -971,7 +995,7 @@ async def test_a_page_read_while_its_conversation_gets_a_commit_leaves_no_gap(
         monkeypatch.undo()
         assert pages == [[1, 2]]  # asked for before 4 was said
         assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
-        assert store.latest_now("#r", 10) is not None
+        assert store.history_now("#r", "latest", None, 10) is not None
         assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
 
 
@@ -997,12 +1021,12 @@ async def test_the_messages_kept_in_memory_stay_within_their_budget(
             # (A room of long texts alone is over budget: it is not kept.)
             assert store.cached_bytes <= budget
         await store.history("#r1", "latest", None, 100)
-        assert store.latest_now("#r1", 100) is not None
+        assert store.history_now("#r1", "latest", None, 100) is not None
         assert 0 < store.cached_bytes <= budget
     async with running(path, history_cache=budget) as store:
         assert 0 < store.cached_bytes <= budget
         # The room written to last is in memory.
-        assert store.latest_now("#r19", 5) is not None
+        assert store.history_now("#r19", "latest", None, 5) is not None
         for room in range(20):
             page = await store.history(f"#r{room}", "latest", None, 100)
             assert len(page) == 100
@@ -1040,7 +1064,7 @@ async def test_a_long_page_read_while_a_commit_lands_keeps_memory_right(
             await store.flush()
             release.set()
         monkeypatch.undo()
-        now = store.latest_now("#r", 5)
+        now = store.history_now("#r", "latest", None, 5)
         assert now is not None
         assert ids(now) == [147, 148, 149, 150, 151]
         store.record(talk("a", "#r", 152, "newer"))
@@ -1064,7 +1088,7 @@ async def test_a_commit_a_read_saw_before_the_store_was_told_is_kept_once(
         store.record(talk("a", "#r", 1, "one", "two"))
         store.record(talk("a", "#q", 3, "x" * 400))  # memory holds #q only
         await store.flush()
-        assert store.latest_now("#r", 10) is None
+        assert store.history_now("#r", "latest", None, 10) is None
         go, told = threading.Event(), threading.Event()
         held: list[tuple[Any, ...]] = []
         read_from_file, tell = store._read_in_thread, store._tell
@@ -1097,6 +1121,6 @@ async def test_a_commit_a_read_saw_before_the_store_was_told_is_kept_once(
         monkeypatch.undo()
         assert pages == [[1, 2]]
         assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
-        now = store.latest_now("#r", 10)
+        now = store.history_now("#r", "latest", None, 10)
         assert now is not None
         assert ids(now) == [1, 2, 4]

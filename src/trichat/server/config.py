@@ -128,8 +128,8 @@ class ServerConfig:
     (0: none)."""
     history_cache: int = attrs.field(default=64 << 20, validator=_not_negative)
     """About how many bytes of memory the newest 100 messages of the
-    conversations used last may take: a ``latest`` page within them is
-    answered without reading the file (0: every page reads it)."""
+    conversations used last may take: a page within them is answered
+    without reading the file (0: every page reads it)."""
     offline_max: int = attrs.field(default=1000, validator=_not_negative)
     """Direct messages kept for one account while it is offline."""
     allow_plain_passwords: bool = False

@@ -113,9 +113,9 @@ class _Tail:
         self.whole = False
         return freed
 
-    def newest(self, want: int, length: int) -> list[StoredMessage] | None:
-        """The newest *want* messages (oldest first; all of them, if fewer
-        and the tail is whole), or None if the file must be read."""
+    def held(self, length: int) -> list[StoredMessage]:
+        """The messages it holds, oldest first (not to be changed): the
+        newest of the file's, all of them if *whole*."""
         if self.fresh:
             if len(self.loaded) + self.fresh_count > length:
                 self.whole = False
@@ -125,9 +125,7 @@ class _Tail:
             self.loaded_size = sum(message_cost(len(m.text)) for m in self.loaded)
             self.fresh.clear()
             self.fresh_count = self.fresh_size = 0
-        if want <= len(self.loaded):
-            return self.loaded[-want:]
-        return list(self.loaded) if self.whole else None
+        return self.loaded
 
 
 # About what a message in memory takes besides its text's characters: the
@@ -154,7 +152,7 @@ def row_cost(texts: Sequence[bytes]) -> int:
 class Recent:
     """The newest *length* messages of the conversations used last, in
     memory (their tails), about *budget* bytes of them at most: a
-    ``latest`` page within a tail is answered without reading the file,
+    page within a tail is answered without reading the file,
     which under load cost a few milliseconds of a worker thread's turns at
     the GIL and of the event loop's.
 
@@ -194,17 +192,18 @@ class Recent:
         self.size += tail.size
         self._shrink()
 
-    def newest(self, conversation: int, want: int) -> list[StoredMessage] | None:
-        """The newest *want* messages of *conversation* in the file, if its
-        tail has them (see ``_Tail.newest``)."""
+    def held(self, conversation: int) -> tuple[list[StoredMessage], bool] | None:
+        """The newest messages of *conversation* in the file, oldest first
+        (not to be changed), and whether they are all of them; None if
+        memory holds none of its."""
         tail = self.tails.get(conversation)
         if tail is None:
             return None
         self.tails.move_to_end(conversation)
         size = tail.size
-        found = tail.newest(want, self.length)
+        messages = tail.held(self.length)
         self.size += tail.size - size
-        return found
+        return messages, tail.whole
 
     def committed(self, rows: list[Row]) -> None:
         """On the event loop: *rows* are in the file now."""

@@ -682,16 +682,15 @@ class Session:
 
         direction = cast(Direction, request.direction)  # checked when decoded
         asked = (target, direction, request.anchor, request.count)
-        if direction == "latest":
-            # A page memory holds is answered at once: no worker thread,
-            # and no wait for this connection's task (Store.latest_now).
-            try:
-                found = store.latest_now(target, request.count, account_key=member.key)
-            except StoreError:
-                found = None  # the read says why
-            if found is not None:
-                self._answer_history(target, found)
-                return
+        # A page memory holds is answered at once: no worker thread, and no
+        # wait for this connection's task (Store.history_now).
+        try:
+            found = store.history_now(*asked, account_key=member.key)
+        except StoreError:
+            found = None  # the read says why
+        if found is not None:
+            self._answer_history(target, found)
+            return
 
         async def answer() -> None:
             try:

@@ -15,7 +15,7 @@ and migrations (``MIGRATIONS``) from the first release on. In brief::
     store.offline_delivered(key, last_id_delivered)
     await store.history(target, "latest" | "before" | "after", anchor_id, n,
                         account_key=key)  # key: for a NAME target
-    store.latest_now(target, n, account_key=key)  # from memory, or None
+    store.history_now(target, ..., account_key=key)  # from memory, or None
     await store.register(name, password)  # AccountExists
     await store.verify(name, password)    # bool; rehashes if need be
     await store.set_password(name, password)  # NoSuchAccount
@@ -52,7 +52,7 @@ The event loop never waits for the disk:
   to what they read, so a message is in history from the moment it is
   recorded. The newest messages of the conversations used last are in
   memory too (``Recent``, about *history_cache* bytes of them): a
-  ``latest`` page within them reads nothing (``latest_now``).
+  page within them reads nothing (``history_now``).
 - Account changes (``register``, ``set_password``, ``delete_account``) go
   through the writer too, and return once committed; password hashing
   happens in the ``Hasher``'s own threads (``passwords.py``).
@@ -1355,10 +1355,10 @@ class Store:
         if asked is None:
             return []
         conversation, anchor, page = asked
+        found = self._in_memory(conversation, direction, anchor, n, page)
+        if found is not None:
+            return found
         if direction == "latest":
-            found = self._latest_in_memory(conversation, n, page)
-            if found is not None:
-                return found
             return await self._read_latest_page(conversation, n, page)
         kept = self.history_size
         return await self._read(
@@ -1367,16 +1367,22 @@ class Store:
             )
         )
 
-    def latest_now(
-        self, target: str, n: int, *, account_key: str | None = None
+    def history_now(
+        self,
+        target: str,
+        direction: Direction,
+        anchor_id: int | None,
+        n: int,
+        *,
+        account_key: str | None = None,
     ) -> list[StoredMessage] | None:
-        """What ``history(target, "latest", None, n)`` would answer, if
-        memory holds it (no read of the file); else None."""
-        asked = self._asked(target, "latest", None, n, account_key)
+        """What ``history`` would answer, if memory holds it (no read of the
+        file); else None."""
+        asked = self._asked(target, direction, anchor_id, n, account_key)
         if asked is None:
             return []
-        conversation, _, page = asked
-        return self._latest_in_memory(conversation, n, page)
+        conversation, anchor, page = asked
+        return self._in_memory(conversation, direction, anchor, n, page)
 
     def _asked(
         self,
@@ -1422,16 +1428,18 @@ class Store:
         count = sum(len(accepted.texts) for _, accepted in waiting)
         return conversation, anchor, _Page(part, count, waiting[0][1].first_id)
 
-    def _latest_in_memory(
-        self, conversation: int, n: int, page: _Page
+    def _in_memory(
+        self, conversation: int, direction: Direction, anchor: int, n: int, page: _Page
     ) -> list[StoredMessage] | None:
-        """The latest *n* messages of *conversation*, *page* on top of what
-        its tail holds; None if the file must be read."""
-        want = _wanted_from_file(page, n, self.history_size)
-        if not want:
-            return page.messages
-        found = self._recent.newest(conversation, want)
-        return None if found is None else found + page.messages
+        """A page of *conversation*: *page* on top of what its tail holds;
+        None if the file must be read."""
+        held = self._recent.held(conversation)
+        if held is None:
+            return None
+        tail, whole = held
+        return _page_from_tail(
+            tail, whole, direction, anchor, n, page, self.history_size
+        )
 
     async def _read_latest_page(
         self, conversation: int, n: int, page: _Page
@@ -1653,6 +1661,43 @@ def _wanted_from_file(waiting: _Page, n: int, kept: int) -> int:
     shown = kept - waiting.waiting
     need = n - len(waiting.messages)
     return max(0, min(need, shown))
+
+
+def _page_from_tail(
+    tail: list[StoredMessage],
+    whole: bool,
+    direction: Direction,
+    anchor: int,
+    n: int,
+    waiting: _Page,
+    kept: int,
+) -> list[StoredMessage] | None:
+    """A page as ``_read_latest`` or ``_read_history`` would read it, from
+    *tail*, the newest of the file's messages (all of them if *whole*),
+    with the *waiting* part on top; None if the tail cannot tell."""
+    newer = waiting.messages
+    shown = kept - waiting.waiting
+    need = n - len(newer) if direction != "after" else n
+    if shown <= 0 or need <= 0:
+        return newer
+    # The file's messages that may be shown, as far as the tail holds them;
+    # `complete` if that is all of them.
+    complete = whole or shown <= len(tail)
+    shown_held = tail[-shown:] if shown <= len(tail) else tail
+    if direction == "latest":
+        if need <= len(shown_held):
+            return shown_held[-need:] + newer
+        return shown_held + newer if complete else None
+    if direction == "before":
+        older = [m for m in shown_held if m.id < anchor]
+        if len(older) >= need:
+            return older[-need:] + newer
+        return older + newer if complete else None
+    # After: everything above the anchor must be in the tail.
+    if not complete and (not tail or anchor < tail[0].id):
+        return None
+    later = [m for m in shown_held if m.id > anchor]
+    return (later + newer)[:n]
 
 
 def _read_history(
