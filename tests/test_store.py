@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -877,6 +877,7 @@ def test_pages_before_and_after_tile_a_conversation(
             st.tuples(st.just("after"), st.integers(0, 2), st.integers(1, 130)),
             st.tuples(st.just("flush"), st.just(0), st.just(0)),
             st.tuples(st.just("restart"), st.just(0), st.just(0)),
+            st.tuples(st.just("held"), st.integers(0, 2), st.integers(1, 40)),
         ),
         max_size=25,
     ),
@@ -894,6 +895,13 @@ def test_pages_before_and_after_tile_a_conversation(
     steps=[("talk", 0, 120), ("restart", 0, 0), ("latest", 0, 110)],
     kept=150,
     cache=32 << 20,
+)
+# A page the messages waiting for the writer fill, of a room memory does
+# not hold (30 messages are over a 3,000-byte budget).
+@example(
+    steps=[("talk", 0, 30), ("flush", 0, 0), ("talk", 0, 2), ("latest", 0, 2)],
+    kept=150,
+    cache=3_000,
 )
 # Pages before and after an id older than memory holds (ids 21-120 are
 # in memory; the anchors are 36 and 14).
@@ -918,6 +926,29 @@ def test_pages_are_right_whatever_memory_holds(
         sent: dict[str, list[int]] = {room: [] for room in rooms}
         next_id = 1
         step = 0
+
+        def say(room: str, texts: int) -> None:
+            nonlocal next_id
+            store.record(talk("a", room, next_id, *["x"] * texts))
+            sent[room] += range(next_id, next_id + texts)
+            next_id += texts
+
+        async def ask(store: Store, direction: Direction, room: str, n: int) -> None:
+            shown = sent[room][-kept:]
+            # Anchored on one of the room's ids, or off its ends.
+            ids_of = [0, *sent[room], next_id]
+            edge = ids_of[(n * 7919) % len(ids_of)]
+            anchor: int | None = edge
+            if direction == "latest":
+                anchor, expected = None, shown[-n:]
+            elif direction == "before":
+                expected = [i for i in shown if i < edge][-n:]
+            else:
+                expected = [i for i in shown if i > edge][:n]
+            now = store.history_now(room, direction, anchor, n)
+            assert now is None or ids(now) == expected
+            assert ids(await store.history(room, direction, anchor, n)) == expected
+
         while step < len(steps):
             async with running(path, history=kept, history_cache=cache) as store:
                 next_id = max(next_id, store.last_id + 1)
@@ -925,33 +956,19 @@ def test_pages_are_right_whatever_memory_holds(
                     step += 1
                     room = rooms[room_index]
                     if what == "talk":
-                        store.record(talk("a", room, next_id, *["x"] * n))
-                        sent[room] += range(next_id, next_id + n)
-                        next_id += n
+                        say(room, n)
                     elif what == "flush":
                         await store.flush()
                     elif what == "restart":
                         break
-                    elif what == "latest":
-                        newest = sent[room][-kept:][-n:]
-                        now = store.history_now(room, "latest", None, n)
-                        assert now is None or ids(now) == newest
-                        page = await store.history(room, "latest", None, n)
-                        assert ids(page) == newest
+                    elif what == "held":
+                        # Runs waiting for a writer held up, pages meanwhile.
+                        with writer_held(path):
+                            say(room, n)
+                            for direction in ("latest", "before", "after"):
+                                await ask(store, direction, room, n)
                     else:
-                        # Anchored on one of the room's ids, or off its ends.
-                        shown = sent[room][-kept:]
-                        ids_of = [0, *sent[room], next_id]
-                        anchor = ids_of[(n * 7919) % len(ids_of)]
-                        direction: Direction = "before"
-                        expected = [i for i in shown if i < anchor][-n:]
-                        if what == "after":
-                            direction = "after"
-                            expected = [i for i in shown if i > anchor][:n]
-                        now = store.history_now(room, direction, anchor, n)
-                        assert now is None or ids(now) == expected
-                        page = await store.history(room, direction, anchor, n)
-                        assert ids(page) == expected
+                        await ask(store, cast(Direction, what), room, n)
         path.unlink(missing_ok=True)
 
     trio.run(check)

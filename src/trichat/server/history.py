@@ -203,6 +203,7 @@ class Recent:
         size = tail.size
         messages = tail.held(self.length)
         self.size += tail.size - size
+        self._shrink()  # (the list stays whole if its tail goes)
         return messages, tail.whole
 
     def committed(self, rows: list[Row]) -> None:

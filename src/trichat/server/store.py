@@ -1433,6 +1433,8 @@ class Store:
     ) -> list[StoredMessage] | None:
         """A page of *conversation*: *page* on top of what its tail holds;
         None if the file must be read."""
+        if not _needed_from_file(direction, n, page, self.history_size):
+            return page.messages
         held = self._recent.held(conversation)
         if held is None:
             return None
@@ -1447,7 +1449,12 @@ class Store:
         """The latest *n* messages of *conversation*: *page* on top of the
         file's newest; and, if its tail is wanted, a tail's worth of them
         read for it."""
-        want = _wanted_from_file(page, n, self.history_size)
+        want = min(
+            _needed_from_file("latest", n, page, self.history_size),
+            self.history_size - page.waiting,
+        )
+        if not want:
+            return page.messages
         recent = self._recent
         token = recent.fill_from(conversation)
         ask = max(want, recent.length) if token else want
@@ -1655,12 +1662,13 @@ class _Page(NamedTuple):
     below: int
 
 
-def _wanted_from_file(waiting: _Page, n: int, kept: int) -> int:
-    """How many messages a ``latest`` page of *n* needs from the file, below
-    the *waiting* part: only the newest *kept* are shown."""
+def _needed_from_file(direction: Direction, n: int, waiting: _Page, kept: int) -> int:
+    """How many messages a page of *n* may need from the file, besides
+    the *waiting* part: none if that fills it (``before``, ``latest``) or
+    if the newest *kept* are all waiting."""
     shown = kept - waiting.waiting
-    need = n - len(waiting.messages)
-    return max(0, min(need, shown))
+    need = n - len(waiting.messages) if direction != "after" else n
+    return 0 if shown <= 0 or need <= 0 else need
 
 
 def _page_from_tail(
@@ -1676,10 +1684,10 @@ def _page_from_tail(
     *tail*, the newest of the file's messages (all of them if *whole*),
     with the *waiting* part on top; None if the tail cannot tell."""
     newer = waiting.messages
-    shown = kept - waiting.waiting
-    need = n - len(newer) if direction != "after" else n
-    if shown <= 0 or need <= 0:
+    need = _needed_from_file(direction, n, waiting, kept)
+    if not need:
         return newer
+    shown = kept - waiting.waiting
     # The file's messages that may be shown, as far as the tail holds them;
     # `complete` if that is all of them.
     complete = whole or shown <= len(tail)
@@ -1716,12 +1724,12 @@ def _read_history(
     # Chunks committed since the page was asked for are among the waiting
     # (a chunk's messages are either all below `below` or none).
     below = waiting.below
-    # How many of the file's newest messages (below `below`) may be shown,
-    # and how many this page wants from the file.
-    shown = kept - waiting.waiting
-    need = n - len(newer) if direction != "after" else n
-    if shown <= 0 or need <= 0:
+    # How many this page wants from the file, and how many of the file's
+    # newest messages (below `below`) may be shown.
+    need = _needed_from_file(direction, n, waiting, kept)
+    if not need:
         return newer
+    shown = kept - waiting.waiting
     select = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE conversation = ? AND "
     oldest = _oldest_shown(connection, conversation, below, shown)
     if direction == "before":
