@@ -132,21 +132,6 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
     assert "Traceback" not in message
 
 
-async def failed_to_start(*options: str) -> str:
-    """What ``trichat serve OPTIONS`` says as it exits with status 1."""
-    with trio.fail_after(STEP_TIMEOUT * 3):
-        result = await trio.run_process(
-            [sys.executable, "-m", "trichat", "serve", "--port", "0", *options],
-            stdin=subprocess.DEVNULL,
-            capture_stderr=True,
-            check=False,
-        )
-    complaint = result.stderr.decode()
-    assert result.returncode == 1, complaint
-    assert "Traceback" not in complaint
-    return complaint
-
-
 async def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
     """A file where the store's directory should be, a store of a newer
     trichat, a store another process holds locked (past the 5 s the server
@@ -176,9 +161,9 @@ async def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -
     assert f"the store {locked} is locked by another process" in message
 
 
-async def refused(*options: str) -> str:
-    """What ``trichat serve OPTIONS`` says as it exits with status 2."""
-    with trio.fail_after(STEP_TIMEOUT * 2):
+async def exits_saying(status: int, *options: str) -> str:
+    """What ``trichat serve OPTIONS`` says as it exits with *status*."""
+    with trio.fail_after(STEP_TIMEOUT * 3):
         result = await trio.run_process(
             [sys.executable, "-m", "trichat", "serve", "--port", "0", *options],
             stdin=subprocess.DEVNULL,
@@ -186,9 +171,19 @@ async def refused(*options: str) -> str:
             check=False,
         )
     complaint = result.stderr.decode()
-    assert result.returncode == 2, complaint
+    assert result.returncode == status, complaint
     assert "Traceback" not in complaint
     return complaint
+
+
+async def refused(*options: str) -> str:
+    """What ``trichat serve OPTIONS`` says as it refuses them (status 2)."""
+    return await exits_saying(2, *options)
+
+
+async def failed_to_start(*options: str) -> str:
+    """What ``trichat serve OPTIONS`` says as it fails to start (status 1)."""
+    return await exits_saying(1, *options)
 
 
 @pytest.mark.parametrize(

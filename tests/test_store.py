@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -974,6 +974,39 @@ def test_pages_are_right_whatever_memory_holds(
     trio.run(check)
 
 
+async def read_across_a_commit(
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    page: Callable[[], Awaitable[list[StoredMessage]]],
+    commit: Accepted,
+) -> list[StoredMessage]:
+    """*page*, read from the file; *commit* recorded and committed after the
+    read and before its result comes back (the read did not see it)."""
+    reading, release = threading.Event(), threading.Event()
+    read_from_file = store._read_in_thread
+
+    def slow_read(*args: Any) -> Any:
+        found = read_from_file(*args)
+        reading.set()
+        release.wait(STEP)
+        return found
+
+    monkeypatch.setattr(store, "_read_in_thread", slow_read)
+    found: list[StoredMessage] = []
+    async with trio.open_nursery() as nursery:
+
+        async def ask() -> None:
+            found.extend(await page())
+
+        nursery.start_soon(ask)
+        await trio.to_thread.run_sync(reading.wait, STEP)
+        store.record(commit)
+        await store.flush()
+        release.set()
+    monkeypatch.undo()
+    return found
+
+
 async def test_a_page_read_while_its_conversation_gets_a_commit_leaves_no_gap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -987,30 +1020,13 @@ async def test_a_page_read_while_its_conversation_gets_a_commit_leaves_no_gap(
         store.record(talk("a", "#r", 1, "one", "two"))
         store.record(talk("a", "#q", 3, "x" * 400))  # memory holds #q only
         await store.flush()
-        reading, release = threading.Event(), threading.Event()
-        read_from_file = store._read_in_thread
-
-        def slow_read(*args: Any) -> Any:
-            # Read, then wait: what is committed meanwhile is not in it.
-            found = read_from_file(*args)
-            reading.set()
-            release.wait(STEP)
-            return found
-
-        monkeypatch.setattr(store, "_read_in_thread", slow_read)
-        pages: list[list[int]] = []
-        async with trio.open_nursery() as nursery:
-
-            async def ask() -> None:
-                pages.append(ids(await store.history("#r", "latest", None, 10)))
-
-            nursery.start_soon(ask)
-            await trio.to_thread.run_sync(reading.wait, STEP)
-            store.record(talk("a", "#r", 4, "three"))
-            await store.flush()
-            release.set()
-        monkeypatch.undo()
-        assert pages == [[1, 2]]  # asked for before 4 was said
+        page = await read_across_a_commit(
+            store,
+            monkeypatch,
+            lambda: store.history("#r", "latest", None, 10),
+            talk("a", "#r", 4, "three"),
+        )
+        assert ids(page) == [1, 2]  # asked for before 4 was said
         assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
         assert store.history_now("#r", "latest", None, 10) is not None
         assert ids(await store.history("#r", "latest", None, 10)) == [1, 2, 4]
@@ -1060,27 +1076,13 @@ async def test_a_long_page_read_while_a_commit_lands_keeps_memory_right(
     async with running(tmp_path / "t.db") as store:
         store.record(talk("a", "#r", 1, *["x"] * 150))
         await store.flush()
-        reading, release = threading.Event(), threading.Event()
-        read_from_file = store._read_in_thread
-
-        def slow_read(*args: Any) -> Any:
-            found = read_from_file(*args)
-            reading.set()
-            release.wait(STEP)
-            return found
-
-        monkeypatch.setattr(store, "_read_in_thread", slow_read)
-        async with trio.open_nursery() as nursery:
-
-            async def ask() -> None:
-                assert len(await store.history("#r", "latest", None, 200)) == 150
-
-            nursery.start_soon(ask)
-            await trio.to_thread.run_sync(reading.wait, STEP)
-            store.record(talk("a", "#r", 151, "new"))
-            await store.flush()
-            release.set()
-        monkeypatch.undo()
+        page = await read_across_a_commit(
+            store,
+            monkeypatch,
+            lambda: store.history("#r", "latest", None, 200),
+            talk("a", "#r", 151, "new"),
+        )
+        assert len(page) == 150
         now = store.history_now("#r", "latest", None, 5)
         assert now is not None
         assert ids(now) == [147, 148, 149, 150, 151]
