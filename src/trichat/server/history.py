@@ -1,8 +1,8 @@
 """History as the server's memory holds it: the stored message, and the
 newest messages of the conversations used last (``Recent``), which answer
-the ``latest`` pages clients ask for most without reading the store's
-file. No I/O and no threads: the store (``store.py``) reads and writes
-the file, and tells ``Recent`` what each committed group holds."""
+the pages clients ask for most without reading the store's file. No I/O
+and no threads: the store (``store.py``) reads and writes the file, and
+tells ``Recent`` what each committed group holds."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ class _Tail:
     """The newest messages of one conversation that are in the file:
     *loaded* (oldest first), then *fresh*, the rows commits brought since,
     turned into messages only when a page needs them (a busy room nobody
-    asks about costs a list append per commit). *whole*: the file holds
-    no older message of the conversation. *size*: about the memory they
-    take, in bytes (see _cost)."""
+    asks about costs an append and a sum per committed row). *whole*: the
+    file holds no older message of the conversation. *size*: about the
+    memory they take, in bytes (see ``message_cost``)."""
 
     __slots__ = ("fresh", "fresh_count", "fresh_size", "loaded", "loaded_size", "whole")
 
@@ -131,8 +131,8 @@ class _Tail:
 # About what a message in memory takes besides its text's characters: the
 # message, its id and time, the text's header, a list's pointer to it, and
 # what Python's allocator keeps around them; its names are shared (see
-# store._unpack). Measured: 100,000 messages with 64-byte texts took 43 MB more
-# of the server's resident memory (docs/performance.md).
+# store._unpack). Measured: 100,000 messages with 64-byte texts took 43 MB
+# more of the server's resident memory (docs/performance.md).
 _MESSAGE_COST = 370
 
 
@@ -142,31 +142,32 @@ TAIL_COST = 1000
 
 
 def message_cost(text_length: int) -> int:
+    """About the bytes a message with a text of *text_length* takes."""
     return _MESSAGE_COST + text_length
 
 
 def row_cost(texts: Sequence[bytes]) -> int:
+    """About the bytes the messages of *texts* take."""
     return _MESSAGE_COST * len(texts) + sum(map(len, texts))
 
 
 class Recent:
     """The newest *length* messages of the conversations used last, in
-    memory (their tails), about *budget* bytes of them at most: a
-    page within a tail is answered without reading the file,
-    which under load cost a few milliseconds of a worker thread's turns at
-    the GIL and of the event loop's.
+    memory (their tails), about *budget* bytes of them at most: a page
+    within a tail is answered without reading the file, which under load
+    cost a few milliseconds of a worker thread's turns at the GIL and of
+    the event loop's.
 
     A tail holds what the file holds, not what waits for the writer (that
     is added to a page as for a read of the file): the store adds each
     group's rows to the tails when told the group is committed. Tails come
-    from the file at the start (``store._newest_tails``), when a conversation is
-    made, and from a ``latest`` page of a conversation with no tail read
-    from the file (``fill_from``, then ``filled``). That read sees only
-    the ids the store had seen when it was asked for
-    (``Store._read_latest_page``),
-    so a commit told of later adds nothing it holds; and a commit to the
-    conversation told of while it ran may hold ids it did not see: then
-    its result is not kept."""
+    from the file at the start (``store._newest_tails``), when a
+    conversation is made, and from a ``latest`` page of a conversation
+    with no tail read from the file (``fill_from``, then ``filled``). That
+    read sees only the ids the store had seen when it was asked for
+    (``Store._read_latest_page``), so a commit told of later adds nothing
+    it holds; and a commit to the conversation told of while it ran may
+    hold ids it did not see: then its result is not kept."""
 
     def __init__(self, budget: int, length: int) -> None:
         self.budget = budget if length > 0 else 0

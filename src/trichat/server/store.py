@@ -398,7 +398,8 @@ def _unpack(
     messages = []
     end = 0
     # One string per name, not one per message: the tails in memory keep
-    # what is read (see Recent), and a room's messages share a recipient.
+    # what is read (see history.Recent), and a room's messages share a
+    # recipient.
     names: dict[str, str] = {}
     name = names.setdefault
     for id, time_ms, sender, to, length in zip(
