@@ -273,6 +273,19 @@ def test_durations_take_units() -> None:
     assert (config.stall_timeout, config.presence_delay) == (2, 0)
 
 
+def test_sizes_take_units() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [
+        *("--queue-bytes", "2M", "--history-cache", "256M"),
+        *("--max-queued-bytes", "1G", "--max-queued-bytes-per-ip", "65536"),
+    ]
+    config = _config(parser.parse_args(options))
+    assert (config.queue_bytes, config.history_cache) == (2 << 20, 256 << 20)
+    assert config.max_queued_bytes == 1 << 30
+    assert config.max_queued_bytes_per_ip == 65536
+
+
 async def test_a_login_timeout_in_milliseconds() -> None:
     async with trio.open_nursery() as nursery:
         serve, port = await start_serve(nursery, "--login-timeout", "300ms")

@@ -1,4 +1,4 @@
-"""Durations as the commands read them."""
+"""Durations and sizes as the commands read them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trichat._units import duration, parse_duration
+from trichat._units import duration, parse_duration, parse_size, size
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,39 @@ def test_as_an_argparse_type(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["--wait", "soon"])
     assert "argument --wait: not a duration: 'soon'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("1048576", 1 << 20),
+        ("0", 0),
+        ("512K", 512 << 10),
+        ("64M", 64 << 20),
+        ("64m", 64 << 20),
+        ("64MiB", 64 << 20),
+        ("64MB", 64 << 20),
+        ("1G", 1 << 30),
+        (" 2 K ", 2048),
+    ],
+)
+def test_parse_size(text: str, count: int) -> None:
+    assert parse_size(text) == count
+
+
+@pytest.mark.parametrize(
+    "text", ["", "M", "ten", "-1", "1.5M", "1T", "1e6", "64 megabytes", "0x10"]
+)
+def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size") as refused:
+        parse_size(text)
+    assert "try 1048576, 512K, 64M or 1G" in str(refused.value)
+
+
+def test_a_size_as_an_argparse_type(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="demo")
+    parser.add_argument("--cache", type=size)
+    assert parser.parse_args(["--cache", "8M"]).cache == 8 << 20
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cache", "8X"])
+    assert "argument --cache: not a size: '8X'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from .._process import raise_file_limit
-from .._units import duration
+from .._units import duration, size
 from ._logs import background_stderr
 from .app import ChatServer, ServerConfig
 from .config import PRESENCE_MODES
@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits = parser.add_argument_group(
         "limits (0 switches off those that say so; durations are seconds, or "
-        "take a unit: 10s, 1.5s, 500ms, 2m)"
+        "take a unit: 10s, 1.5s, 500ms, 2m; sizes are bytes, or take a unit: "
+        "512K, 64M, 1G)"
     )
     limits.add_argument(
         "--max-line",
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--queue-bytes",
-        type=int,
+        type=size,
         default=d.queue_bytes,
         help="bytes queued for a client before it counts as too slow (%(default)s)",
     )
@@ -171,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     store.add_argument(
         "--history-cache",
-        type=int,
+        type=size,
         default=d.history_cache,
         help="bytes of memory, about, for the newest 100 messages of the "
         "conversations used last, so that pages of them need no read of the "
@@ -214,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--max-queued-bytes",
-        type=int,
+        type=size,
         default=d.max_queued_bytes,
         help="bytes all the outgoing queues together may hold; beyond it the "
         "connections holding the most are dropped first; 0: no limit "
@@ -222,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--max-queued-bytes-per-ip",
-        type=int,
+        type=size,
         default=d.max_queued_bytes_per_ip,
         help="bytes the outgoing queues of one address's connections may hold "
         "together (loopback: no limit); beyond it that address's connections "
