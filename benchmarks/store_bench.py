@@ -153,7 +153,8 @@ async def drive(
 
 async def sustained(args: argparse.Namespace, directory: str) -> None:
     path = os.path.join(directory, "sustained.db")
-    store = Store(path, history=args.history, history_cache=args.history_cache)
+    cache = {} if args.history_cache is None else {"history_cache": args.history_cache}
+    store = Store(path, history=args.history, **cache)
     traffic = Traffic(1, args.rooms, args.accounts, args.direct, args.pairs)
     print(
         f"sustained: {args.rate or 'max'} messages/s for {args.seconds:g} s, "
@@ -337,9 +338,9 @@ def main() -> None:
     parser.add_argument(
         "--history-cache",
         type=int,
-        default=64 << 20,
+        default=None,
         help="sustained: the store's history_cache (bytes for the newest "
-        "messages in memory; 0: none)",
+        "messages in memory; 0: none; default: the store's own)",
     )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000)

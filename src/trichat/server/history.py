@@ -45,8 +45,12 @@ class StoredMessage:
 
 
 Row: TypeAlias = tuple[tuple[int, ...], Accepted]
-"""A message recorded for history: the conversations that keep it, and
-the hub's ``Accepted``."""
+"""Messages as the conversations that keep them keep them: their ids (in
+order: the same tuple for every message between the same two accounts,
+whoever sent it), and the messages as the hub accepted them (one or more
+texts, numbered on from the first id). A row per ``Accepted``, not per
+text: the event loop only appends it, and the store's writer thread
+unpacks it with C code (see ``store._chunk``)."""
 
 
 def newest_first(messages: Sequence[Accepted], most: int) -> Iterator[StoredMessage]:

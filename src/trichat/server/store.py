@@ -225,14 +225,6 @@ class NoSuchAccount(StoreError):
 
 # -- the file ------------------------------------------------------------------
 
-
-"""Messages as the conversations that keep them keep them: their ids (in
-order: the same tuple for every message between the same two accounts,
-whoever sent it), and the messages as the hub accepted them (one or more
-texts, numbered on from the first id). A row per ``Accepted``, not per
-text: the event loop only appends it, and the writer thread unpacks it
-with C code (see _chunk)."""
-
 _CHUNKS = """
     CREATE TABLE chunks (
         conversation INTEGER NOT NULL,
