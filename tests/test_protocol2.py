@@ -556,9 +556,17 @@ async def test_ids_strictly_increase_as_each_connection_sees_them() -> None:
 
 async def test_ids_stay_in_order_through_a_burst_to_a_slow_reader() -> None:
     burst, direct = 3000, 600
-    # A short queue, so that bob's fills and the senders wait for him.
+    # A short queue, so that bob's fills and the senders wait for him. They
+    # wait as long as he reads: with the default quarter-second budget per
+    # read, a slow machine (or a full collection mid-burst) could get a
+    # recipient dropped as too slow, which is another test's subject; and a
+    # sender dropped with lines unread gets a reset, not its messages.
     async with running_server_without_sessions(
-        rate=0, presence="rooms", queue_size=64
+        rate=0,
+        presence="rooms",
+        queue_size=64,
+        max_sender_wait=STEP_TIMEOUT,
+        stall_timeout=STEP_TIMEOUT,
     ) as live:
         sock = trio.socket.socket()
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 1)
