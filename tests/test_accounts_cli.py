@@ -183,3 +183,34 @@ async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
         assert await store.offline("bob") == []
         await store.flush()
         assert await store.history("carol", "latest", None, 5, account_key="bob") == []
+
+
+@pytest.mark.parametrize("by", ["command", "server"])
+async def test_a_deleted_accounts_messages_leave_no_bytes_in_the_file(
+    tmp_path: Path, by: str
+) -> None:
+    # Texts long enough that their chunk spills into overflow pages, which
+    # a delete frees whole: only an erasing delete overwrites those.
+    secret = b"no one else may read this " * 40
+    db = tmp_path / "t.db"
+    async with running(db) as store:
+        await store.register("bob", "password0")
+        await store.register("carol", "password0")
+        for i in range(1, 7):
+            store.record(Accepted("bob", "#room", [b"kept"], i, 0))
+            store.record(Accepted("alice", "bob", [secret + b"%d" % i], 10 + i, 0))
+            assert store.record_offline(
+                Accepted("alice", "bob", [secret + b"offline"], 20 + i, 0), "bob"
+            )
+            store.record(Accepted("carol", "alice", [b"carol's own"], 30 + i, 0))
+        await store.flush()
+        if by == "server":
+            await store.delete_account("bob")
+    if by == "command":
+        assert accounts("delete", "bob", "--db", str(db)) == 0
+    # (Closed by its last user, the file has taken in its write-ahead log.)
+    data = db.read_bytes()
+    assert not (tmp_path / "t.db-wal").exists()
+    assert b"no one else may read" not in data
+    assert b"carol's own" in data
+    assert b"kept" in data
