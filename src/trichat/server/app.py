@@ -100,7 +100,6 @@ class _Connection:
         "mailbox",
         "parked",
         "quiet_scope",
-        "read_scope",
         "server",
         "session",
         "shared",
@@ -138,9 +137,10 @@ class _Connection:
             # Only flood control needs to know (rate 0: none).
             stalls=server.stalls.seconds if config.rate else None,
         )
-        self.read_scope = trio.CancelScope()
         # The scope of the reader and writer both (their nursery's).
         self.connection_scope: trio.CancelScope | None = None
+        # The reading's, for one quiet period (see read_loop); cancelled,
+        # with session.stopped set, it ends the reading.
         self.quiet_scope = trio.CancelScope()
         self.end_reason = "closed"
         self.end_error: Error | None = None
@@ -165,7 +165,7 @@ class _Connection:
             # From now on a message to this user is refused, not queued and
             # lost; the name stays taken until go_offline, which tells others.
             self.mailbox.discard()
-        self.read_scope.cancel()
+        self.quiet_scope.cancel()
         if self.connection_scope is not None:
             self.connection_scope.cancel()
 
@@ -192,7 +192,7 @@ class _Connection:
         self.end_reason = reason
         self.end_error = error
         self.session.stopped = True
-        self.read_scope.cancel()
+        self.quiet_scope.cancel()
 
     # -- the connection's life -----------------------------------------------
 
@@ -203,17 +203,16 @@ class _Connection:
             nursery.start_soon(self.write)
             read_ended = False  # not by a bug
             try:
-                with self.read_scope:
-                    try:
-                        await self.read_loop()
-                    except SessionEnded as end:
-                        # Unless a kick or the shutdown came first (between
-                        # the shared reader's handing this over and now).
-                        if not self.session.stopped:
-                            self.end_reason = end.reason
-                            self.end_error = end.error
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.end_reason = "connection lost"
+                try:
+                    await self.read_loop()
+                except SessionEnded as end:
+                    # Unless a kick or the shutdown came first (between the
+                    # shared reader's handing this over and now).
+                    if not self.session.stopped:
+                        self.end_reason = end.reason
+                        self.end_error = end.error
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.end_reason = "connection lost"
                 read_ended = True
             finally:
                 self.session.stopped = True
@@ -287,16 +286,23 @@ class _Connection:
     # -- reading -------------------------------------------------------------
 
     async def read_loop(self) -> None:
-        """Read and handle frames until the session ends (SessionEnded).
+        """Read and handle frames until the session ends (SessionEnded), or
+        is stopped (a kick, a close).
 
         The login, ping and ping-answer deadlines share one cancel scope per
         quiet period rather than one per read: reads are the hot path, and
         a scope that expires early just wakes us to set a later deadline.
+        Stopping cancels that scope too: a second scope for it, held by
+        every idle connection, cost most of a KiB each.
         """
         session = self.session
         while True:
             with trio.move_on_at(session.wake_at()) as self.quiet_scope:
-                await self.read_frames()
+                # (Handling what came at the deadline may have stopped it.)
+                if not session.stopped:
+                    await self.read_frames()
+            if session.stopped:
+                return
             self.read_what_came()
             session.check_quiet(trio.current_time())
 
