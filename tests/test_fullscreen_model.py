@@ -465,3 +465,17 @@ def test_a_message_being_written_at_a_drop_is_not_taken_for_lost() -> None:
     chat.delivered("alice", "bob", "in flight", id=3, time=NOW)
     assert (item.entry.state, item.entry.note) == (EntryState.DONE, "")
     assert texts(chat.current.entries).count("in flight") == 1
+
+
+def test_a_message_kept_while_offline_does_not_make_its_sender_online() -> None:
+    chat = model(online=())
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    chat.delivered("dave", "alice", "while you were out", id=3, time=earlier)
+    chat.who()
+    assert texts(chat.current.entries)[-1] == "nobody else is online"
+    dave = chat.find_window("dave")
+    assert dave is not None
+    chat.show(dave)
+    chat.who()
+    assert texts(dave.entries)[-1] == "dave is not online (as far as this client knows)"
+    assert chat.candidates("@d", True) == ["@dave"]

@@ -626,9 +626,9 @@ class ChatModel:
         elif to == BROADCAST or is_room(to):
             window = self.window_for(to)
         else:
+            # Not taken for a sign that the sender is online: a message kept
+            # while we were offline comes at login from someone long gone.
             window = self.window_for(sender)
-            if name_key(sender) not in self.online:
-                self.online[name_key(sender)] = sender
             self._check_look_alikes()
         mention = not own and mentions(text, self.name)
         entry = Entry(
