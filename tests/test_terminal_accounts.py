@@ -494,6 +494,42 @@ async def test_joining_a_room_shows_what_was_said_in_it(tmp_path: Path) -> None:
     ]
 
 
+@fail_after(30)
+async def test_a_script_gets_the_answers_to_its_lines_in_their_order(
+    tmp_path: Path,
+) -> None:
+    # A script's lines go without waiting for answers: the earlier
+    # messages of a room it joins are asked for right behind the join,
+    # before what the script says next; and /who waits for what came before.
+    async with (
+        store_server(tmp_path / "t.db") as port,
+        open_client("bob", port=port) as bob,
+    ):
+        await bob.join("#lunch")
+        await bob.talk("#lunch", "soup today")
+        await bob.ping("said")
+        async for event in bob:
+            if event == Pong("said"):
+                break
+        script = b"/join #new\n/history 5\n/part\n/join #lunch\n/who #lunch\n"
+        result = await connect_process("alice", "--port", str(port), stdin=script)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stderr == b""
+    shown = [line.split(" ", 1)[1] for line in result.stdout.decode().splitlines()]
+    assert shown == [
+        "* logged in as alice",
+        "* bob is online",
+        "* you joined #new",
+        "* no earlier messages in #new",
+        "* you left #new",
+        "* you joined #lunch",
+        "* bob is in #lunch",
+        "* 1 earlier message in #lunch:",
+        "[earlier] bob (#lunch): soup today",
+        "* in #lunch: alice, bob",
+    ]
+
+
 # The full-screen client's model
 
 

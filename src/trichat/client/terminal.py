@@ -301,6 +301,8 @@ class _Session:
         # and the rooms whose earlier messages are still to be asked for.
         self._earlier: dict[str, list[Event]] = {}
         self._ask_earlier: deque[str] = deque()
+        # A join or part was sent whose answer may not have come yet.
+        self._rooms_changed = False
         # Why the connection dropped, until the first attempt to reconnect
         # says so.
         self._lost: str | None = None
@@ -683,26 +685,32 @@ class _Session:
     async def last_answers(self) -> None:
         """Wait (at most LAST_ANSWERS_TIMEOUT) until the server has answered
         what was sent: a script that ends with ``/join``, ``/history`` or a
-        message the server refuses sees the answer. The server answers in
-        order, so the pong of a ping sent last comes after every answer;
-        the earlier messages of a room just joined are asked for only when
-        the join's answer arrives, so it pings again while any are due."""
-        client = self.client
+        message the server refuses sees the answer. The earlier messages
+        of a room joined again after a reconnection are asked for only when
+        the join's answer arrives, so it waits again while any are due."""
         with trio.move_on_after(LAST_ANSWERS_TIMEOUT):
-            while True:
-                if isinstance(client, ReconnectingClient) and not client.connected:
-                    return  # nobody to answer now
-                self._pings += 1
-                self._last_ping = f"last-{self._pings}"
-                self._answered = trio.Event()
-                await self.pace()
-                try:
-                    await client.ping(self._last_ping)
-                except ConnectionLost:
-                    return
-                await self._answered.wait()
-                if not self._earlier and not self._ask_earlier:
-                    return
+            while await self.caught_up() and (self._earlier or self._ask_earlier):
+                pass
+
+    async def caught_up(self) -> bool:
+        """Wait (at most LAST_ANSWERS_TIMEOUT) until the server has answered
+        everything sent so far: it answers in order, so the pong of a ping
+        sent now comes after all of it. False if no answer came (no
+        connection, or not in time)."""
+        client = self.client
+        if isinstance(client, ReconnectingClient) and not client.connected:
+            return False  # nobody to answer now
+        self._pings += 1
+        self._last_ping = f"last-{self._pings}"
+        self._answered = answered = trio.Event()
+        await self.pace()
+        try:
+            await client.ping(self._last_ping)
+        except ConnectionLost:
+            return False
+        with trio.move_on_after(LAST_ANSWERS_TIMEOUT):
+            await answered.wait()
+        return answered.is_set()
 
     async def handle(self, line: str) -> bool:
         """Act on one input line; False when it asks to quit."""
@@ -745,6 +753,10 @@ class _Session:
         elif name == "rooms":
             await self.request(self.client.list_rooms)
         elif name == "who":
+            # Answered from what the client knows: after a join or a part,
+            # once their answers came ("/join #r" then "/who #r" lists #r).
+            if self._rooms_changed and await self.caught_up():
+                self._rooms_changed = False
             self.who(rest.strip())
         elif name == "history":
             await self.history(rest.strip())
@@ -813,12 +825,22 @@ class _Session:
         if len(room.split()) != 1:
             self.problem("usage: /join #ROOM")
             return
+        known = {name_key(joined) for joined in self.client.rooms}
         if await self.request(self.client.join, room):
+            self._rooms_changed = True
             # The room is the target from now on, not once the answer
             # arrives: the server takes the lines that follow after the
             # join, so a script's next line goes to the room (or, if the
             # join was refused, is refused too), never to the last peer.
             self.target = room
+            key = name_key(room)
+            if self.keeps_history() and key not in known and key not in self._earlier:
+                # Its earlier messages, asked for right behind the join (a
+                # refused join gets them refused too): asked for once the
+                # join's answer came, they went after the script's next
+                # lines, and a /history or /part there took their place.
+                self._earlier[key] = []
+                await self.request(self.client.history, room, JOIN_HISTORY)
 
     async def part(self, room: str) -> None:
         if not room and self.target is not None and is_room(self.target):
@@ -826,7 +848,8 @@ class _Session:
         if len(room.split()) != 1:
             self.problem("usage: /part #ROOM (the current target is no room)")
             return
-        await self.request(self.client.part, room)
+        if await self.request(self.client.part, room):
+            self._rooms_changed = True
 
     async def request(
         self, send: Callable[[*Args], Awaitable[None]], *args: *Args
