@@ -294,6 +294,23 @@ async def test_a_session_that_cannot_be_taken_back_says_what_may_be_missing() ->
         assert terminal.outcome() == EXIT_OK
 
 
+async def test_a_server_that_shuts_down_and_comes_back_is_reconnected_to() -> None:
+    async with setup() as (live, proxy, terminal, _bob):
+        async with running_server(resume_window=30) as other:
+            # Connections made from now on reach the server "restarted".
+            proxy.server_port = other.port
+            live.server.shutdown()
+            await terminal.out.wait_for("! the server is shutting down")
+            line = await terminal.out.wait_for("back, but the session was not kept")
+            assert "logged in again as alice" in line
+            assert terminal.outcome() is None
+            await terminal.keyboard.aclose()
+            with trio.fail_after(STEP_TIMEOUT):
+                await terminal.ended.wait()
+        assert terminal.outcome() == EXIT_OK
+        assert terminal.err.getvalue() == ""
+
+
 async def test_when_only_direct_messages_may_be_missing_it_says_so_plainly() -> None:
     async with setup() as (_live, proxy, terminal, bob):
         await terminal.keyboard.send("/join #lunch")

@@ -475,6 +475,12 @@ class _Session:
                 self.info(f"{escape(name)} is online")
             case Exit(str(name)) if name_key(name) != own:
                 self.info(f"{escape(name)} left")
+            case Error(ErrorCode.SHUTTING_DOWN) if isinstance(
+                self.client, ReconnectingClient
+            ):
+                # Said, not the end: the client reconnects (a restart), as
+                # after any drop, and gives up past the resume window.
+                self.problem(describe_error(message))
             case Error(code) if code.closes:
                 self.finish(EXIT_FAILURE, describe_error(message))
             case Error():
