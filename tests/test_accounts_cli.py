@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -214,3 +215,29 @@ async def test_a_deleted_accounts_messages_leave_no_bytes_in_the_file(
     assert b"no one else may read" not in data
     assert b"carol's own" in data
     assert b"kept" in data
+
+
+_ACCOUNTS = [sys.executable, "-m", "trichat", "accounts"]
+
+
+async def test_with_no_terminal_the_password_is_not_read_where_it_may_echo(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "t.db"
+    await make_accounts(db, "alice")
+    # A session of its own: no controlling terminal for getpass to open.
+    result = await trio.run_process(
+        [*_ACCOUNTS, "set-password", "alice", "--db", str(db)],
+        stdin=b"piped password\npiped password\n",
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        start_new_session=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        "trichat accounts: no terminal to ask for the password on: give it"
+        " with --password-file FILE ('-': standard input)\n"
+    )
+    async with running(db) as store:
+        assert await store.verify("alice", "password0")

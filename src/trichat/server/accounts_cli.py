@@ -15,6 +15,7 @@ import contextlib
 import getpass
 import sqlite3
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
             return _fail(f"no such account: {args.name}")
         print(f"password set for {args.name}")
         return 0
-    except (BadPassword, OSError, sqlite3.Error) as error:
+    except (BadPassword, NoTerminal, OSError, sqlite3.Error) as error:
         return _fail(error)
     except (EOFError, KeyboardInterrupt):
         print(file=sys.stderr)
@@ -127,12 +128,31 @@ def _new_password(password_file: str | None) -> str:
         with open(password_file, encoding="utf-8") as file:
             password = file.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("New password: ")
+        password = _ask("New password: ")
         check_password(password)
-        if getpass.getpass("Again: ") != password:
+        if _ask("Again: ") != password:
             raise BadPassword("the two passwords differ")
     check_password(password)
     return password
+
+
+class NoTerminal(Exception):
+    """A password is to be asked for, and there is no terminal."""
+
+
+def _ask(prompt: str) -> str:
+    """A password typed on the terminal, not echoed. With no terminal,
+    getpass would read standard input with a warning that it may echo:
+    refused instead, pointing to --password-file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            return getpass.getpass(prompt)
+        except getpass.GetPassWarning:
+            raise NoTerminal(
+                "no terminal to ask for the password on: give it with"
+                " --password-file FILE ('-': standard input)"
+            ) from None
 
 
 def _fail(problem: object) -> int:
