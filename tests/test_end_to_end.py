@@ -56,17 +56,19 @@ class Program:
         assert self.process.stdin is not None
         await self.process.stdin.aclose()
 
-    async def wait_for(self, shown: str | re.Pattern[str]) -> list[str]:
+    async def wait_for(
+        self, shown: str | re.Pattern[str], within: float = STEP_TIMEOUT
+    ) -> list[str]:
         """Read stdout until a time-stamped line shows *shown* (a string, or
         a pattern the whole of it matches).
 
         Returns what the lines read on the way show (without their time
         stamps), that line last. Fails when the process ends first or
-        nothing matching arrives within STEP_TIMEOUT.
+        nothing matching arrives *within* seconds.
         """
         assert self.process.stdout is not None
         seen: list[str] = []
-        with trio.fail_after(STEP_TIMEOUT):
+        with trio.fail_after(within):
             while True:
                 end = self.stdout.find(b"\n", self._unread)
                 if end < 0:
@@ -130,9 +132,10 @@ async def _read_to_end(stream: trio.abc.ReceiveStream | None, into: bytearray) -
         into += data
 
 
-async def start_server(nursery: trio.Nursery) -> tuple[Program, int]:
-    """``trichat serve --port 0``, and the port it logged."""
-    server = await Program.start(nursery, "serve", "serve", "--port", "0")
+async def start_server(nursery: trio.Nursery, port: int = 0) -> tuple[Program, int]:
+    """``trichat serve --port PORT`` (0: any free one), and the port it
+    logged."""
+    server = await Program.start(nursery, "serve", "serve", "--port", str(port))
     stderr = server.process.stderr
     assert stderr is not None
     pattern = re.compile(rb"listening on 127\.0\.0\.1 port (\d+)")
@@ -152,12 +155,15 @@ async def stop_server(server: Program) -> None:
 
 
 async def start_users(
-    nursery: trio.Nursery, port: int, *names: str
+    nursery: trio.Nursery, port: int, *names: str, options: tuple[str, ...] = ()
 ) -> tuple[Program, ...]:
-    """``trichat connect NAME`` for each of *names*, all started at once, and
-    each one seen to be logged in and to know of all the others."""
+    """``trichat connect NAME`` (with *options*) for each of *names*, all
+    started at once, and each one seen to be logged in and to know of all
+    the others."""
     users = [
-        await Program.start(nursery, name, "connect", name, "--port", str(port))
+        await Program.start(
+            nursery, name, "connect", name, "--port", str(port), *options
+        )
         for name in names
     ]
 
@@ -323,10 +329,13 @@ async def test_a_taken_name_is_refused_with_one_clear_line() -> None:
     alice.assert_no_traceback()
 
 
-async def test_a_server_stopped_by_sigterm_ends_every_session_with_status_1() -> None:
+async def test_a_server_stopped_by_sigterm_ends_sessions_with_status_1() -> None:
+    # (Sessions that do not reconnect: those that do try again, below.)
     async with trio.open_nursery() as nursery:
         server, port = await start_server(nursery)
-        users = await start_users(nursery, port, "alice", "bob")
+        users = await start_users(
+            nursery, port, "alice", "bob", options=("--no-reconnect",)
+        )
 
         server.process.send_signal(signal.SIGTERM)
         for user in users:
@@ -340,3 +349,27 @@ async def test_a_server_stopped_by_sigterm_ends_every_session_with_status_1() ->
             user.assert_no_traceback()
         assert await server.finish() == 0
     server.assert_no_traceback()
+
+
+async def test_a_server_restarted_on_its_port_is_reconnected_to() -> None:
+    async with trio.open_nursery() as nursery:
+        server, port = await start_server(nursery)
+        alice, bob = await start_users(nursery, port, "alice", "bob")
+        await stop_server(server)
+        for user in (alice, bob):
+            await user.wait_for("! the server is shutting down: the server is stopping")
+        again, _ = await start_server(nursery, port)
+        for user in (alice, bob):
+            # Sessions waiting for a resume live in the server's memory:
+            # each logs in again, at its next attempt (1 s after the drop,
+            # then 2 s later, 4 s...: bounded by three of those).
+            back = re.compile(r"! back, but the session was not kept.*")
+            await user.wait_for(back, within=3 * STEP_TIMEOUT)
+        await bob.type("@alice still there?")
+        await alice.wait_for("bob: still there?")
+        for user in (alice, bob):
+            await user.end_input()
+            assert await user.finish() == 0
+            assert user.error_lines() == []
+            user.assert_no_traceback()
+        await stop_server(again)
