@@ -3,6 +3,7 @@ while a server's store has it open. Every file is in tmp_path."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sqlite3
 import sys
@@ -22,8 +23,8 @@ STEP = 10.0
 
 
 @asynccontextmanager
-async def running(path: Path) -> AsyncIterator[Store]:
-    store = Store(path, hasher=Hasher(memory_kib=8, time_cost=1))
+async def running(path: Path, history: int = 1000) -> AsyncIterator[Store]:
+    store = Store(path, history=history, hasher=Hasher(memory_kib=8, time_cost=1))
     with trio.fail_after(STEP):
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
@@ -190,21 +191,28 @@ async def test_changes_while_the_server_runs_reach_it(tmp_path: Path) -> None:
 async def test_a_deleted_accounts_messages_leave_no_bytes_in_the_file(
     tmp_path: Path, by: str
 ) -> None:
-    # Texts long enough that their chunk spills into overflow pages, which
-    # a delete frees whole: only an erasing delete overwrites those.
+    # Texts long enough that their chunks spill into overflow pages, which a
+    # delete frees whole; and more of them than the history keeps, so that
+    # the oldest are pruned first. None may stay, pruned or deleted.
     secret = b"no one else may read this " * 40
     db = tmp_path / "t.db"
-    async with running(db) as store:
+    async with running(db, history=20) as store:
         await store.register("bob", "password0")
         await store.register("carol", "password0")
         for i in range(1, 7):
             store.record(Accepted("bob", "#room", [b"kept"], i, 0))
-            store.record(Accepted("alice", "bob", [secret + b"%d" % i], 10 + i, 0))
             assert store.record_offline(
                 Accepted("alice", "bob", [secret + b"offline"], 20 + i, 0), "bob"
             )
             store.record(Accepted("carol", "alice", [b"carol's own"], 30 + i, 0))
+        for i in range(100, 400):
+            store.record(Accepted("alice", "bob", [secret + b"%d" % i], i, 0))
+            if i % 10 == 0:
+                await store.flush()  # a chunk per flush
         await store.flush()
+        with trio.fail_after(STEP):
+            while _stored(db) > 100:  # noqa: ASYNC110 (pruned in the background)
+                await trio.sleep(0.05)
         if by == "server":
             await store.delete_account("bob")
     if by == "command":
@@ -215,6 +223,13 @@ async def test_a_deleted_accounts_messages_leave_no_bytes_in_the_file(
     assert b"no one else may read" not in data
     assert b"carol's own" in data
     assert b"kept" in data
+
+
+def _stored(db: Path) -> int:
+    """How many messages the history in *db* holds."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        (count,) = connection.execute("SELECT sum(count) FROM chunks").fetchone()
+    return int(count)
 
 
 _ACCOUNTS = [sys.executable, "-m", "trichat", "accounts"]

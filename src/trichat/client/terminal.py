@@ -711,6 +711,9 @@ class _Session:
         self._answered = answered = trio.Event()
         await self.pace()
         try:
+            # Not under the time limit: a send cut short would leave half a
+            # frame on the connection. (If it dropped since the check above,
+            # this waits, as every line sent meanwhile does, until it is back.)
             await client.ping(self._last_ping)
         except ConnectionLost:
             return False
@@ -761,8 +764,9 @@ class _Session:
         elif name == "who":
             # Answered from what the client knows: after a join or a part,
             # once their answers came ("/join #r" then "/who #r" lists #r).
-            if self._rooms_changed and await self.caught_up():
-                self._rooms_changed = False
+            if self._rooms_changed:
+                self._rooms_changed = False  # (once: a silent server waits 5 s)
+                await self.caught_up()
             self.who(rest.strip())
         elif name == "history":
             await self.history(rest.strip())

@@ -95,7 +95,6 @@ about a second (``PRAGMA data_version``) and reloads the account names.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -493,12 +492,12 @@ def _connect(
     )
     connection.execute("PRAGMA synchronous = NORMAL")
     connection.execute("PRAGMA cache_size = -32768")  # 32 MiB
-    # Many builds (Debian's among them) overwrite with zeros every page a
-    # delete frees: for the pruning of old messages, a second write of all
-    # they took (dm2-accounts went from 0.44 to 0.55 of no history without
-    # it, docs/performance.md). FAST zeroes only what costs no more I/O;
-    # a deleted account's data is erased whole (see _erasing).
-    connection.execute("PRAGMA secure_delete = FAST")
+    # What a delete frees is overwritten with zeros, whatever the build's
+    # default (Debian's does this, others do not): pruned messages and a
+    # deleted account's do not linger in the file's free pages, where a
+    # later deletion could not reach them. It costs the pruning a second
+    # write (docs/performance.md, "Session 8: overwriting what is deleted").
+    connection.execute("PRAGMA secure_delete = ON")
     if read_only:
         connection.execute("PRAGMA query_only = ON")
     return connection
@@ -614,29 +613,14 @@ def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
 
 def _delete_account_data(connection: sqlite3.Connection, key: str) -> None:
     """Delete the offline messages of account *key* and the messages of
-    its conversations, their bytes overwritten in the file. (The
+    its conversations (overwritten in the file: see _connect). (The
     conversations' ids stay: a running writer knows them by heart.)"""
-    with _erasing(connection):
-        connection.execute("DELETE FROM offline WHERE account = ?", (key,))
-        low, high = key + _SEP, key + chr(ord(_SEP) + 1)
-        conversations = "SELECT id FROM conversations WHERE key >= ? AND key < ?"
-        connection.execute(
-            f"DELETE FROM chunks WHERE conversation IN ({conversations})",
-            (low, high),
-        )
-
-
-@contextlib.contextmanager
-def _erasing(connection: sqlite3.Connection) -> Iterator[None]:
-    """Deletes on *connection* overwrite with zeros all they free, pages
-    included (SQLite's secure_delete, FAST otherwise: see _connect). The
-    bytes of a deleted account's messages must not stay in the file's free
-    pages until new messages happen to reuse them."""
-    connection.execute("PRAGMA secure_delete = ON")
-    try:
-        yield
-    finally:
-        connection.execute("PRAGMA secure_delete = FAST")
+    connection.execute("DELETE FROM offline WHERE account = ?", (key,))
+    low, high = key + _SEP, key + chr(ord(_SEP) + 1)
+    conversations = "SELECT id FROM conversations WHERE key >= ? AND key < ?"
+    connection.execute(
+        f"DELETE FROM chunks WHERE conversation IN ({conversations})", (low, high)
+    )
 
 
 # -- what goes to the writer ---------------------------------------------------
