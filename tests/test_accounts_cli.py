@@ -225,6 +225,36 @@ async def test_a_deleted_accounts_messages_leave_no_bytes_in_the_file(
     assert b"kept" in data
 
 
+@pytest.mark.parametrize("by", ["command", "server"])
+async def test_while_the_server_runs_its_log_keeps_no_copy_of_them_either(
+    tmp_path: Path, by: str
+) -> None:
+    secret = b"not in the log either " * 40
+    db = tmp_path / "t.db"
+    log = tmp_path / "t.db-wal"
+    async with running(db) as store:
+        await store.register("bob", "password0")
+        for i in range(1, 31):
+            store.record(Accepted("alice", "bob", [secret + b"%d" % i], i, 0))
+        await store.flush()
+        assert secret in log.read_bytes()  # the log has them, as written
+        if by == "server":
+            await store.delete_account("bob")
+        else:
+            assert (
+                await trio.to_thread.run_sync(
+                    accounts, "delete", "bob", "--db", str(db)
+                )
+                == 0
+            )
+        # Emptied by the checkpoint after the deletion (within a second or
+        # two: the server hears of the command's within a second).
+        with trio.fail_after(STEP):
+            while secret in log.read_bytes() or secret in db.read_bytes():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert await store.history("alice", "latest", None, 5, account_key="bob") == []
+
+
 def _stored(db: Path) -> int:
     """How many messages the history in *db* holds."""
     with contextlib.closing(sqlite3.connect(db)) as connection:

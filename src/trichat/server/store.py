@@ -611,6 +611,13 @@ def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
     return True
 
 
+def _run_checkpoint(connection: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(MODE)``: whether it could not finish (busy),
+    the log's size and how much of it was copied, in pages."""
+    busy, size, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    return int(busy), int(size), int(copied)
+
+
 def _delete_account_data(connection: sqlite3.Connection, key: str) -> None:
     """Delete the offline messages of account *key* and the messages of
     its conversations (overwritten in the file: see _connect). (The
@@ -794,6 +801,9 @@ class Store:
         # Offline messages recorded and not yet committed, by account.
         self._pending_offline: dict[str, _Waiting] = {}
         self._progress = trio.Event()  # set at every commit
+        # An account's data was deleted: the write-ahead log may still hold
+        # copies of it, until the next checkpoint empties it (_checkpoint).
+        self._log_to_empty = False
         self._opened = trio.Event()  # set when a batch is opened
         self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
@@ -911,14 +921,22 @@ class Store:
         try:
             while True:
                 await trio.sleep(_CHECKPOINT_EVERY)
+                # After an account's deletion the log is emptied too: it
+                # holds the pages as they were before (their texts
+                # included) until SQLite happens to write over them. That
+                # waits for the readers of those pages, and the writer
+                # waits for it: once a deletion, not every time.
+                emptying, self._log_to_empty = self._log_to_empty, False
+                mode = "TRUNCATE" if emptying else "PASSIVE"
                 try:
-                    await trio.to_thread.run_sync(
-                        connection.execute,
-                        "PRAGMA wal_checkpoint(PASSIVE)",
-                        limiter=limiter,
+                    busy, _, _ = await trio.to_thread.run_sync(
+                        _run_checkpoint, connection, mode, limiter=limiter
                     )
                 except sqlite3.OperationalError as error:
                     log.warning("store checkpoint failed, will retry: %s", error)
+                    busy = True
+                if emptying and busy:
+                    self._log_to_empty = True  # the next one tries again
         finally:
             connection.close()
 
@@ -1267,7 +1285,8 @@ class Store:
 
     def _history_deleted(self, key: str, _: object = None) -> None:
         """On the event loop: account *key*'s conversations were emptied
-        (committed): their tails go too."""
+        (committed): their tails go too, and the log's copies of them."""
+        self._log_to_empty = True
         low = key + _SEP
         self._recent.forget(
             conversation
