@@ -182,6 +182,9 @@ _CHECKPOINT_PAGES = 16384
 # Chunks inserted by one statement, at most (10 values each; SQLite takes
 # 32,766 since version 3.32).
 _INSERT_MOST = 512
+# Reads of an account's offline messages at a login, at most, while more
+# are recorded for it during each (see Store.offline).
+_OFFLINE_READS = 10
 # Spellings of rooms remembered with their conversation, at most.
 _SPELLINGS_MOST = 65536
 # Start-up loads the newest messages into memory for at most this long (the
@@ -778,6 +781,9 @@ class Store:
         # Account changes queued and not yet committed: key -> exists after.
         self._account_changes: dict[str, list[bool]] = {}
         self._offline_count: dict[str, int] = {}
+        # Offline messages recorded for each account since the start (see
+        # ``offline``): a read that saw the count change reads again.
+        self._offline_recorded: dict[str, int] = {}
         # Offline messages delivered (up to that id) whose deletion is queued.
         self._delivered: dict[str, int] = {}
         # Conversations by key, with the id their rows carry; and rooms (and
@@ -1112,6 +1118,9 @@ class Store:
             waiting = self._pending_offline[account_key] = _Waiting()
         waiting.messages.append(accepted)
         waiting.count += len(accepted.texts)
+        self._offline_recorded[account_key] = (
+            self._offline_recorded.get(account_key, 0) + 1
+        )
         self._record(accepted, account_key, history)
         return True
 
@@ -1504,7 +1513,21 @@ class Store:
         return rows
 
     async def offline(self, account_key: str) -> list[StoredMessage]:
-        """The offline messages kept for *account_key*, in order."""
+        """The offline messages kept for *account_key*, in order: all those
+        recorded until it returns, so that a login that goes online at once
+        after it leaves none behind (a message recorded while a read ran
+        could be neither in what was waiting before it nor in the file as
+        it read it: then it reads again)."""
+        for _ in range(_OFFLINE_READS - 1):
+            recorded = self._offline_recorded.get(account_key, 0)
+            messages = await self._offline_once(account_key)
+            if self._offline_recorded.get(account_key, 0) == recorded:
+                return messages
+        # (A stream of messages to it that every read misses: the last ones
+        # are delivered at the next login.)
+        return await self._offline_once(account_key)
+
+    async def _offline_once(self, account_key: str) -> list[StoredMessage]:
         # Those delivered whose deletion is not written yet are left out: as
         # of now, before the read (it may be written meanwhile).
         done = self._delivered.get(account_key, 0)
