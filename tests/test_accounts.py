@@ -379,6 +379,32 @@ async def test_what_a_session_held_when_it_ended_waits_for_the_next_login(
         assert await back.pong_after("end") == []  # once, and not *'s
 
 
+async def test_what_a_session_held_beyond_offline_max_is_refused_to_its_sender(
+    tmp_path: Path,
+) -> None:
+    # Accepted while the session waited, but its offline messages have room
+    # for two: the sender is told of each of the others, not left to think
+    # they arrived.
+    async with store_server(
+        tmp_path / "t.db", resume_window=1.0, offline_max=2
+    ) as live:
+        bob = await alice_away_and_bob(live)
+        for number in range(5):
+            await bob.send(f"talk|alice|held {number}")
+        with trio.fail_after(5):  # the window passes
+            assert await bob.read_lines(4) == [
+                *["error|mailbox-full|alice"] * 3,
+                "exit|alice",
+            ]
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice")
+        await back.read_lines(2)  # a new session, login|bob
+        kept = [Msg.parse(await back.read_line()).text for _ in range(2)]
+        assert kept == ["held 0", "held 1"]
+        assert await back.pong_after("end") == []
+
+
 async def test_direct_messages_dropped_from_a_backlog_at_shutdown_come_later(
     tmp_path: Path,
 ) -> None:

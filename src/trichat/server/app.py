@@ -36,7 +36,7 @@ from typing import NamedTuple
 import trio
 
 from ..protocol._codec import ProtocolError, Role, decode, encode
-from ..protocol.messages import Error, ErrorCode, Message
+from ..protocol.messages import Error, ErrorCode, Message, name_key
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
 from .hub import Accepted, Hub, Member
@@ -823,6 +823,17 @@ class ChatServer:
         self.hub.leave(member, announce=not self.stopping)
         log.info("exit %s (session ended: %s)", member.name, reason)
 
+    def _tell_mailbox_full(self, name: str, refused: dict[str, int]) -> None:
+        """The senders online of direct messages to *name* that its offline
+        messages had no room for hear ``mailbox-full``, once a message, as
+        if they had sent them now: accepted when *name*'s session held
+        them, they are not delivered after all."""
+        frame = encode(Error(ErrorCode.MAILBOX_FULL, name))
+        for sender, count in refused.items():
+            holder = self.hub.member(name_key(sender))
+            if holder is not None and holder.name == sender:
+                holder.send(frame * count, count)
+
     def _keep_for_later(
         self, member: Member, frames: list[bytes] | None = None
     ) -> None:
@@ -837,6 +848,7 @@ class ChatServer:
         if frames is None:
             frames = member.mailbox.take_unwritten_messages()
         left = 0
+        refused: dict[str, int] = {}  # by sender's name
         for frame in frames:
             try:
                 message = decode(frame.rstrip(b"\n"), Role.CLIENT)
@@ -856,10 +868,13 @@ class ChatServer:
             )
             if not store.record_offline(accepted, member.key, history=False):
                 left += 1
+                refused[message.sender] = refused.get(message.sender, 0) + 1
+        self._tell_mailbox_full(member.name, refused)
         if left:
             log.warning(
-                "%s: %d direct messages sent to its session are lost: its "
-                "offline messages are at --offline-max (or unreadable)",
+                "%s: %d direct messages sent to its session are not kept: "
+                "its offline messages are at --offline-max (or unreadable); "
+                "their senders online were told mailbox-full",
                 member.name,
                 left,
             )
