@@ -850,7 +850,9 @@ class _Session:
                 # join's answer came, they went after the script's next
                 # lines, and a /history or /part there took their place.
                 self._earlier[key] = []
-                await self.request(self.client.history, room, JOIN_HISTORY)
+                if not await self.request(self.client.history, room, JOIN_HISTORY):
+                    for event in self._earlier.pop(key, []):  # held meanwhile
+                        self.show(event)
 
     async def part(self, room: str) -> None:
         if not room and self.target is not None and is_room(self.target):
