@@ -614,11 +614,10 @@ def delete_account_rows(connection: sqlite3.Connection, key: str) -> bool:
     return True
 
 
-def _run_checkpoint(connection: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
-    """``PRAGMA wal_checkpoint(MODE)``: whether it could not finish (busy),
-    the log's size and how much of it was copied, in pages."""
-    busy, size, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-    return int(busy), int(size), int(copied)
+def _run_checkpoint(connection: sqlite3.Connection, mode: str) -> bool:
+    """``PRAGMA wal_checkpoint(MODE)``: whether it could not finish (busy)."""
+    busy, _, _ = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    return bool(busy)
 
 
 def _delete_account_data(connection: sqlite3.Connection, key: str) -> None:
@@ -935,7 +934,7 @@ class Store:
                 emptying, self._log_to_empty = self._log_to_empty, False
                 mode = "TRUNCATE" if emptying else "PASSIVE"
                 try:
-                    busy, _, _ = await trio.to_thread.run_sync(
+                    busy = await trio.to_thread.run_sync(
                         _run_checkpoint, connection, mode, limiter=limiter
                     )
                 except sqlite3.OperationalError as error:
