@@ -129,6 +129,7 @@ class _Connection:
             address,
             trio.current_time(),
             replaced=self.replaced,
+            ended=self.ended_elsewhere,
             store=server.store,
             throttle=server.throttle,
             private=_private(stream, ip),
@@ -175,6 +176,13 @@ class _Connection:
         log.info("replaced %s %s", self.address, self.session.name)
         self.session.member = None
         self.close_with(_REPLACED, "replaced")
+
+    def ended_elsewhere(self, reason: str) -> None:
+        """This connection's session ended on another (a resume there
+        failed): tell the client why, as ``replaced``, and close."""
+        log.info("replaced %s %s (session ended)", self.address, self.session.name)
+        self.session.member = None
+        self.close_with(Error(ErrorCode.REPLACED, reason), "session ended")
 
     def _session_waits(self) -> bool:
         """Whether the session outlives this connection's end, waiting for
@@ -255,6 +263,7 @@ class _Connection:
         that stalled every user for hundreds of milliseconds."""
         self.session.kick = _ignore_kick
         self.session.replaced = _nothing
+        self.session.ended = _ignore_kick
 
     async def say_goodbye(self) -> None:
         """After ``run``: let the client read what was sent last (see
@@ -801,6 +810,7 @@ class ChatServer:
         when the resume window passes, or when its mailbox overflows."""
         member.kick = partial(self._end_waiting, member)
         member.replace = partial(self._resumed, member)
+        member.end = member.kick
         # Nobody waits for a mailbox that has no writer.
         member.mailbox.stalled = True
         self._waiting[member] = _Waiting(

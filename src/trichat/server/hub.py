@@ -129,6 +129,7 @@ class Member:
 
     __slots__ = (
         "echo",
+        "end",
         "exit_frame",
         "key",
         "kick",
@@ -170,6 +171,11 @@ class Member:
         self.replace: Callable[[], None] = _nothing
         """Let go of the session, which another connection takes over: the
         connection that holds it (if any) is told ``replaced`` and closed."""
+        self.end: Callable[[str], None] = kick
+        """End the session now, giving the reason (a resume on another
+        connection failed, say): a connection that holds it is told why and
+        closed, after what is queued for it; a waiting session ends as when
+        its window passes."""
         self.login_frame = encode(Login(name))
         self.exit_frame = encode(Exit(name))
 

@@ -172,6 +172,7 @@ class Session:
         "crowded",
         "deadline_moved",
         "echo",
+        "ended",
         "flood_since",
         "hub",
         "ip",
@@ -205,6 +206,7 @@ class Session:
         address: str,
         now: float,
         replaced: Callable[[], None] = lambda: None,
+        ended: Callable[[str], None] = lambda reason: None,
         *,
         store: Store | None = None,
         throttle: LoginThrottle | None = None,
@@ -220,6 +222,9 @@ class Session:
         """Drop the client at once (too slow, say), giving the reason."""
         self.replaced = replaced
         """Let go of the session, which another connection took over."""
+        self.ended = ended
+        """Let go of the session, which ended elsewhere (a resume on
+        another connection failed), telling the client why."""
         self.store = store
         """Accounts, offline messages and history; None: nothing is kept."""
         # (An empty throttle is falsy: "or" would not share it.)
@@ -588,6 +593,7 @@ class Session:
         member.mailbox = self.mailbox
         member.kick = self.kick
         member.replace = self.replaced
+        member.end = self.ended
         member.version = self.version or 1
         member.echo = self.echo
 
@@ -763,6 +769,7 @@ class Session:
             name, self.mailbox, self.kick, version=self.version or 1, echo=self.echo
         )
         member.replace = self.replaced
+        member.end = self.ended
         if self._resumable and name not in self.hub:
             self.hub.open_session(member, self._session_frame)
         try:
@@ -806,9 +813,13 @@ class Session:
         missed = member.mailbox.messages_after(last_id)
         if missed is None:
             # The session cannot be resumed whole: it ends, and its name is
-            # free for a login at once.
+            # free for a login at once. A connection that still holds it
+            # hears why, as one taken over would.
             self.hub.leave(member)
-            member.kick("resume failed: messages were lost")
+            member.end(
+                "another connection resumed this session from a message that"
+                " is no longer kept: the session has ended"
+            )
             self.reply(
                 Error(
                     ErrorCode.RESUME_FAILED,
