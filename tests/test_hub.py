@@ -675,6 +675,27 @@ def test_echo_gives_the_sender_its_message_with_the_target_it_named() -> None:
     )
 
 
+@pytest.mark.parametrize("to", ["bob", "*"])
+def test_a_route_takes_only_what_fits_the_room_of_the_sender_it_echoes_to(
+    to: str,
+) -> None:
+    # The sender's own queue is half full of echoes it has not read; the
+    # recipient's is empty: what goes at once must fit the sender's queue
+    # too, or the sender is dropped for its own messages.
+    crowd = Crowd("bob", queue=10)
+    crowd.join("alice", queue=10, version=2, echo=True)
+    crowd.read_all()
+    alice = crowd["alice"]
+    assert alice.mailbox.put(b"echoes\n", 5)
+    congested: list[Drainable] = []
+    texts = [b"%d" % number for number in range(8)]
+    routed = crowd.hub.route(alice, Envelope("alice", to, texts), congested)
+    assert routed == Routed(1)
+    assert crowd.kicked == []
+    assert congested == [alice.mailbox]
+    assert crowd.read("bob") == b"talk|alice|" + to.encode() + b"|0\n"
+
+
 def test_no_echo_for_a_refused_message() -> None:
     crowd = Crowd()
     crowd.join("alice", version=2, echo=True)

@@ -697,11 +697,14 @@ class Hub:
         addressed to *to*, and echo them to the sender if it asked. For a
         *direct* message, a recipient too slow to take it is a refusal."""
         texts = envelope.texts
-        if len(texts) > 1 and recipients:
-            if len(recipients) == 1:
-                frame_room, byte_room = recipients[0].mailbox.room
+        echo = sender.echo and to != sender.name
+        if len(texts) > 1 and (recipients or echo):
+            # Its echoes must fit the sender's own queue as well.
+            holders = [*recipients, sender] if echo else recipients
+            if len(holders) == 1:
+                frame_room, byte_room = holders[0].mailbox.room
             else:
-                rooms = [member.mailbox.room for member in recipients]
+                rooms = [member.mailbox.room for member in holders]
                 frame_room = min(frames for frames, _ in rooms)
                 byte_room = min(size for _, size in rooms)
             # A msg frame's id and time cost about 45 bytes on top of its head.
@@ -742,7 +745,7 @@ class Hub:
                     crowded.append(mailbox)
                 else:
                     congested.append(mailbox)
-        if sender.echo and to != sender.name:
+        if echo:
             if msg is None:
                 msg = message_block(first_id, self._time(), sender.name, to, texts)
             _echo(sender, msg, count, last_id, congested)
