@@ -4,7 +4,8 @@ section 6), black-box over TCP, with the store in a temporary file."""
 from __future__ import annotations
 
 import sqlite3
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import (
+    STEP_TIMEOUT,
     LineClient,
     LiveServer,
     Msg,
@@ -21,6 +23,7 @@ from helpers import (
     serving,
 )
 
+from trichat.cli import main
 from trichat.server.app import ChatServer
 from trichat.server.config import ServerConfig
 from trichat.server.passwords import Hasher
@@ -405,50 +408,159 @@ async def test_what_a_session_held_beyond_offline_max_is_refused_to_its_sender(
         assert await back.pong_after("end") == []
 
 
-async def test_direct_messages_dropped_from_a_backlog_at_shutdown_come_later(
+async def test_a_message_that_overflows_a_waiting_session_is_kept_too(
     tmp_path: Path,
 ) -> None:
-    # At a stop, a backlog over 64 KiB is dropped so that the goodbye gets
-    # through: an account's direct messages in it are kept for its next
-    # login. Every message comes exactly once, before or after the stop.
-    db = tmp_path / "t.db"
-    texts = [f"{number:03d} " + "x" * 1000 for number in range(100)]
-    async with store_server(db, resume_window=60) as live:
-        first = await v2(live)
-        await first.login("alice")
-        await first.read_line()  # session
-        await first.send(f"register|{PASSWORD}")
-        await first.expect("registered|alice")
-        await first.send("exit")
-        ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(live.server.serve_connection, theirs, "127.0.0.1")
-            alice = LineClient(ours)
+    # The session holds 8 frames; the 9th message ends it (everyone hears
+    # alice left), and is kept for the account like the 8 before it and
+    # those after: not refused as if alice were no account.
+    async with store_server(tmp_path / "t.db", resume_window=60, queue_size=8) as live:
+        bob = await alice_away_and_bob(live)
+        for number in range(12):
+            await bob.send(f"talk|alice|q{number}")
+        assert await bob.pong_after("sent") == ["exit|alice"]
+        back = await v2(live)
+        await back.send(f"login|alice|{PASSWORD}")
+        await back.expect("login|alice")
+        await back.read_lines(2)  # a new session, login|bob
+        kept = [Msg.parse(line).text for line in await back.pong_after("end")]
+        assert kept == [f"q{number}" for number in range(12)]
+
+
+class Unread:
+    """Account alice on a connection with no buffer that reads nothing
+    unless told to; *ended* is set once the server is done with that
+    connection."""
+
+    def __init__(self, live: LiveServer, alice: LineClient, ended: trio.Event) -> None:
+        self.live = live
+        self.alice = alice
+        self.ended = ended
+
+
+@asynccontextmanager
+async def unread_alice(db: Path, version: int, **config: Any) -> AsyncIterator[Unread]:
+    """A server on *db* with *config*, and alice on it on protocol *version*."""
+    async with store_server(db, **config) as live, _unread(live, version) as alice:
+        yield alice
+
+
+@asynccontextmanager
+async def _unread(live: LiveServer, version: int) -> AsyncIterator[Unread]:
+    first = await live.connect()  # protocol 1: no session to read past
+    await first.login("alice")
+    await first.send(f"register|{PASSWORD}")
+    await first.expect("registered|alice")
+    await first.send("exit")
+    ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
+    ended = trio.Event()
+
+    async def serve() -> None:
+        await live.server.serve_connection(theirs, "127.0.0.1")
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        alice = LineClient(ours)
+        if version >= 2:
             await say_hello(alice)
-            await alice.send(f"login|alice|{PASSWORD}")
-            await alice.expect("login|alice")
+        await alice.send(f"login|alice|{PASSWORD}")
+        await alice.expect("login|alice")
+        if version >= 2 and live.server.config.resume_window:
             await alice.read_line()  # session
-            bob = await v2(live)
-            await bob.login("bob")
-            await bob.read_lines(2)  # session, login|alice
-            await alice.expect("login|bob")
-            # Alice reads nothing more: it all waits in her mailbox.
-            for text in texts:
-                await bob.send(f"talk|alice|{text}")
-            assert await bob.pong_after("routed") == []
-            live.server.shutdown()
-            before = await alice.read_until_closed()
-            nursery.cancel_scope.cancel()
-    assert before[-1].startswith("error|shutting-down|")
-    got = [Msg.parse(line).text for line in before if line.startswith("msg|")]
-    assert len(got) < len(texts)  # some were dropped before the goodbye
+        yield Unread(live, alice, ended)
+        nursery.cancel_scope.cancel()
+
+
+async def send_to_alice(live: LiveServer, alice: LineClient, texts: list[str]) -> None:
+    """Bob, online, sends *texts* to alice; each is accepted."""
+    bob = await live.connect()
+    await bob.login("bob")
+    await bob.read_line()  # login|alice
+    await alice.expect("login|bob")
+    for text in texts:
+        await bob.send(f"talk|alice|{text}")
+    assert await bob.pong_after("routed") == []
+
+
+def said(lines: list[str]) -> list[str]:
+    """The texts of the ``msg`` or ``talk`` frames among *lines*."""
+    return [
+        line.rsplit("|", 1)[1] if line.startswith("talk|") else Msg.parse(line).text
+        for line in lines
+        if line.startswith(("msg|", "talk|"))
+    ]
+
+
+def each_arrived(before: list[str], later: list[str], texts: list[str]) -> None:
+    """*texts*, in order, arrived *before* a connection ended or *later*
+    (at the next login), none lost. The batch a writer was in the middle of
+    may come both ways: the server cannot know whether it was read."""
+    assert before == texts[: len(before)]
+    assert later == texts[len(texts) - len(later) :]
+    assert len(before) + len(later) >= len(texts)
+
+
+async def come_at_next_login(db: Path) -> list[str]:
+    """What alice gets at her next login, from a new server on *db*."""
     async with store_server(db) as live:
         back = await v2(live)
         await back.send(f"login|alice|{PASSWORD}")
         await back.expect("login|alice")  # (no session: resume is off)
-        lines = await back.pong_after("end")
-        got += [Msg.parse(line).text for line in lines]
-    assert got == texts
+        return said(await back.pong_after("end"))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_direct_messages_dropped_from_a_backlog_at_shutdown_come_later(
+    tmp_path: Path, version: int
+) -> None:
+    # At a stop, a backlog over 64 KiB is dropped so that the goodbye gets
+    # through: an account's direct messages in it are kept for its next
+    # login. Every message comes exactly once, before or after the stop;
+    # on protocol 1 too, whose deliveries carry no id.
+    db = tmp_path / "t.db"
+    texts = [f"{number:03d} " + "x" * 1000 for number in range(100)]
+    async with unread_alice(db, version, resume_window=60) as unread:
+        await send_to_alice(unread.live, unread.alice, texts)
+        unread.live.server.shutdown()
+        before = await unread.alice.read_until_closed()
+    assert before[-1].startswith("error|shutting-down|")
+    got = said(before)
+    assert len(got) < len(texts)  # some were dropped before the goodbye
+    assert got + await come_at_next_login(db) == texts
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_backlog_not_read_before_the_close_timeout_comes_later(
+    tmp_path: Path, version: int
+) -> None:
+    # A backlog small enough to be kept for the goodbye, which the client
+    # does not read in time: not lost either.
+    db = tmp_path / "t.db"
+    texts = [f"{number:03d} " + "x" * 1000 for number in range(30)]
+    async with unread_alice(db, version, resume_window=60, close_timeout=0.2) as unread:
+        await send_to_alice(unread.live, unread.alice, texts)
+        unread.live.server.shutdown()
+        with trio.fail_after(STEP_TIMEOUT):
+            await unread.ended.wait()
+        before = said(await unread.alice.read_until_closed())
+    each_arrived(before, await come_at_next_login(db), texts)
+
+
+async def test_an_account_dropped_over_the_queue_budget_gets_its_messages_later(
+    tmp_path: Path,
+) -> None:
+    # --max-queued-bytes drops the largest queue, and the session with it
+    # (its memory is what is wanted back): the direct messages it held go
+    # to the account's offline messages, as a waiting session's would.
+    db = tmp_path / "t.db"
+    texts = [f"{number:03d} " + "x" * 1000 for number in range(40)]
+    async with unread_alice(db, 2, resume_window=60, max_queued_bytes=20_000) as unread:
+        await send_to_alice(unread.live, unread.alice, texts)
+        with trio.fail_after(STEP_TIMEOUT):
+            await unread.ended.wait()
+        before = said(await unread.alice.read_until_closed())
+    each_arrived(before, await come_at_next_login(db), texts)
 
 
 async def test_a_protocol_1_connection_taken_over_writes_what_it_held_first(
@@ -516,3 +628,24 @@ async def test_a_login_that_takes_over_a_waiting_session_gets_what_it_kept(
         await back.read_lines(2)  # a new session, login|bob
         kept = Msg.parse(await back.read_line())
         assert (kept.sender, kept.text) == ("bob", "sent while you were away")
+
+
+async def test_a_message_to_an_account_deleted_by_the_command_is_refused(
+    tmp_path: Path,
+) -> None:
+    # The server hears of a deletion by `trichat accounts` within about a
+    # second; a direct message to the account meanwhile is taken for an
+    # offline one, and is then refused, not kept for nobody.
+    db = tmp_path / "t.db"
+    async with store_server(db) as live:
+        await (await registered(live, "carol")).send("exit")
+        bob = await live.connect()
+        await bob.login("bob")
+        deleted = await trio.to_thread.run_sync(
+            main, ["accounts", "delete", "carol", "--db", str(db)]
+        )
+        assert deleted == 0
+        await bob.send("talk|carol|are you there?")
+        await expect_error_frame(bob, "no-such-user", "carol")
+        await bob.send("talk|carol|hello?")
+        await expect_error_frame(bob, "no-such-user", "carol")

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import trio
 
 from ..protocol._codec import ProtocolError, Role, decode, encode
-from ..protocol.messages import Error, ErrorCode, Message, name_key
+from ..protocol.messages import Delivery, Error, ErrorCode, Message, name_key
 from ._shared_reader import SharedReader, available
 from .config import ServerConfig
 from .hub import Accepted, Hub, Member
@@ -97,6 +97,7 @@ class _Connection:
         "end_reason",
         "ip",
         "kicked",
+        "leaving",
         "mailbox",
         "parked",
         "quiet_scope",
@@ -147,6 +148,8 @@ class _Connection:
         self.end_error: Error | None = None
         self.close_by = 0.0
         self.kicked = False
+        self.leaving: Member | None = None
+        """The user whose session ends with this connection (once closed)."""
         self.parked = False
         """The session waits for a resume (the server holds it now)."""
 
@@ -232,6 +235,11 @@ class _Connection:
                     self.park(nursery.cancel_scope)
                 else:
                     self.close(nursery.cancel_scope)
+        leaving, self.leaving = self.leaving, None
+        if leaving is not None and leaving.mailbox is self.mailbox:
+            # The writer is done: what it did not write (the client did not
+            # read it in time, or was dropped) is not lost for an account.
+            self.server.keep_for_later(leaving)
 
     def park(self, scope: trio.CancelScope) -> None:
         """Leave the session waiting for a resume, with its mailbox, which
@@ -246,7 +254,7 @@ class _Connection:
         """However reading ended, a bug included: the user goes offline and
         the mailbox takes no more frames; the writer has until the close
         timeout to write what is queued."""
-        self.go_offline()
+        self.leaving = self.go_offline()
         final = encode(self.end_error) if self.end_error else b""
         self.mailbox.close(final)
         # Only the writer is left: flushing and lingering share one
@@ -261,6 +269,7 @@ class _Connection:
         collector came. Freed by reference counting instead, a crowd of
         connections that come and go no longer feeds the full collections
         that stalled every user for hundreds of milliseconds."""
+        self.leaving = None
         self.session.kick = _ignore_kick
         self.session.replaced = _nothing
         self.session.ended = _ignore_kick
@@ -275,7 +284,8 @@ class _Connection:
             with trio.move_on_at(self.close_by):
                 await _linger(self.stream)
 
-    def go_offline(self) -> None:
+    def go_offline(self) -> Member | None:
+        """The user, if any, leaves the hub (who it was is returned)."""
         member, self.session.member = self.session.member, None
         who = f" {member.name}" if member else ""
         if member is not None:
@@ -284,6 +294,7 @@ class _Connection:
             log.info("exit %s%s (%s)", self.address, who, self.end_reason)
         else:
             log.info("drop %s%s: %s", self.address, who, self.end_reason)
+        return member
 
     async def write(self) -> None:
         """The writer task: the only one that writes to the client."""
@@ -583,6 +594,7 @@ class ChatServer:
                     await storing.start(self.store.run)
                     self.hub.next_id = max(self.hub.next_id, self.store.last_id + 1)
                     self.hub.offline = self.store
+                    self.store.refused = self._tell_no_such_user
                     self.hub.observe(self.store.record)
                 await self._listen(listeners, task_status)
                 storing.cancel_scope.cancel()
@@ -828,7 +840,7 @@ class ChatServer:
         """End *member*'s waiting session: now everyone hears it left."""
         if self._waiting.pop(member, None) is None:
             return
-        self._keep_for_later(member)
+        self.keep_for_later(member)
         member.mailbox.discard()
         self.hub.leave(member, announce=not self.stopping)
         log.info("exit %s (session ended: %s)", member.name, reason)
@@ -838,25 +850,34 @@ class ChatServer:
         messages had no room for hear ``mailbox-full``, once a message, as
         if they had sent them now: accepted when *name*'s session held
         them, they are not delivered after all."""
-        frame = encode(Error(ErrorCode.MAILBOX_FULL, name))
+        self._tell_refused(Error(ErrorCode.MAILBOX_FULL, name), refused)
+
+    def _tell_no_such_user(self, name: str, refused: dict[str, int]) -> None:
+        """The senders online of direct messages to account *name* kept for
+        it while offline hear ``no-such-user``, once a message: the account
+        was deleted (by ``trichat accounts``) before they were written."""
+        self._tell_refused(Error(ErrorCode.NO_SUCH_USER, name), refused)
+
+    def _tell_refused(self, error: Error, refused: dict[str, int]) -> None:
+        """Each sender online in *refused* hears *error* as many times."""
+        frame = encode(error)
         for sender, count in refused.items():
             holder = self.hub.member(name_key(sender))
             if holder is not None and holder.name == sender:
                 holder.send(frame * count, count)
 
-    def _keep_for_later(
-        self, member: Member, frames: list[bytes] | None = None
-    ) -> None:
+    def keep_for_later(self, member: Member, frames: list[bytes] | None = None) -> None:
         """The session of *member* ends unresumed: the direct messages sent
-        to it that its mailbox still holds, never written to any connection
-        (or among *frames*, dropped from it), go to its account's offline
-        messages, delivered at its next login, as a message to it while
-        offline would be (a guest has none)."""
+        to it that its mailbox still holds, never written whole to any
+        connection (or among *frames*, dropped from it), go to its
+        account's offline messages, delivered at its next login, as a
+        message to it while offline would be (a guest has none). A
+        protocol-1 delivery gets an id and a time only now."""
         store = self.store
         if store is None or not store.is_account(member.key):
             return
         if frames is None:
-            frames = member.mailbox.take_unwritten_messages()
+            frames = member.mailbox.leftover_messages()
         left = 0
         refused: dict[str, int] = {}  # by sender's name
         for frame in frames:
@@ -867,15 +888,18 @@ class ChatServer:
                 continue
             # Direct messages to it (its own echoed name their target, and
             # a note to itself is one).
-            if not (isinstance(message, Message) and message.to == member.name):
+            if isinstance(message, Message) and message.to == member.name:
+                accepted = Accepted(
+                    message.sender,
+                    message.to,
+                    [message.text.encode()],
+                    message.id,
+                    message.time_ms,
+                )
+            elif isinstance(message, Delivery) and message.to == member.name:
+                accepted = self.hub.restamp(message.sender, message.to, message.text)
+            else:
                 continue
-            accepted = Accepted(
-                message.sender,
-                message.to,
-                [message.text.encode()],
-                message.id,
-                message.time_ms,
-            )
             if not store.record_offline(accepted, member.key, history=False):
                 left += 1
                 refused[message.sender] = refused.get(message.sender, 0) + 1
@@ -919,7 +943,7 @@ class ChatServer:
                 dropped = connection.mailbox.drop_unwritten()
                 user = connection.session.member
                 if user is not None:
-                    self._keep_for_later(user, dropped)
+                    self.keep_for_later(user, dropped)
             connection.close_with(_GOODBYE, "server shutting down")
 
     async def _handle(self, tcp: trio.SocketStream) -> None:

@@ -737,6 +737,10 @@ class Hub:
                 sent = member.send(block, count, last_id)
             if not sent:
                 if direct:
+                    if self.offline is not None and member.key not in self._members:
+                        # Its session ended for it (one that waited for a
+                        # resume and overflowed): kept for the account.
+                        return self._keep_offline(sender, envelope, congested)
                     # Too slow, and being dropped: refused, not lost unsaid.
                     return Routed(count, Refusal.NO_SUCH_USER, envelope.to)
             elif member.mailbox.congested:
@@ -785,6 +789,15 @@ class Hub:
             self.catch_up(sender)
             _echo(sender, msg, count, first_id + count - 1, congested)
         return Routed(len(texts))
+
+    def restamp(self, sender: str, to: str, text: str) -> Accepted:
+        """A message accepted earlier whose id and time its receiver was
+        never told (a protocol-1 delivery), as if accepted now: kept for
+        later, it needs both."""
+        first_id = self.next_id
+        self.next_id = first_id + 1
+        self._time()
+        return Accepted(sender, to, [text.encode()], first_id, self._stamp_ms)
 
     def _time(self) -> bytes:
         """The time stamp of a message accepted now, as the wire writes it:

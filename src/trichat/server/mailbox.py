@@ -96,6 +96,7 @@ class Mailbox:
         "queued_bytes",
         "queued_frames",
         "stalled",
+        "taken",
     )
 
     def __init__(self, max_frames: int, max_bytes: int, *, keep: int = 0) -> None:
@@ -129,6 +130,8 @@ class Mailbox:
         """Written after everything queued, whatever the limits: a closing
         error."""
         self._progress: trio.Event | None = None
+        self.taken: Batch | None = None
+        """The batch the writer took and has not written whole yet."""
         # Since when a sender has seen it congested and its writer has made
         # no progress (None: it has since).
         self._idle_since: float | None = None
@@ -299,14 +302,15 @@ class Mailbox:
                 return None
         more = self.in_channel - 1
         self.in_channel = 0
-        if not more:
-            return Batch(first, data, frames)
-        pieces = [data]
-        for _ in range(more):
-            _, later, count = inbox.receive_nowait()
-            pieces.append(later)
-            frames += count
-        return Batch(first, b"".join(pieces), frames)
+        if more:
+            pieces = [data]
+            for _ in range(more):
+                _, later, count = inbox.receive_nowait()
+                pieces.append(later)
+                frames += count
+            data = b"".join(pieces)
+        self.taken = batch = Batch(first, data, frames)
+        return batch
 
     def sent(self, count: int) -> None:
         """The writer wrote *count* more bytes."""
@@ -315,6 +319,7 @@ class Mailbox:
 
     def written(self, batch: Batch) -> None:
         """The writer wrote all of *batch*."""
+        self.taken = None
         self.queued_frames -= batch.frames
         self.last_written = batch.first + batch.frames - 1
         answers = self._answers
@@ -382,21 +387,38 @@ class Mailbox:
     def drop_unwritten(self) -> list[bytes]:
         """Drop what the writer has not taken yet (not the batch it is
         writing, so that no frame is cut): at shutdown, for a client whose
-        backlog there is no time for. The message frames dropped."""
+        backlog there is no time for. The messages dropped (``msg`` or
+        ``talk`` frames)."""
         pieces = self._take_unwritten()
         self.lost = True
-        return [frame for piece in pieces for _, frame in message_frames(piece)]
+        return _messages_in(pieces)
+
+    def leftover_messages(self) -> list[bytes]:
+        """The messages (``msg`` or ``talk`` frames) put and never written
+        whole, taken out: once the writer is gone, for the direct messages
+        to an account that its connection did not get to write (a client
+        that did not read them before the connection closed, one dropped)."""
+        if self._unwritten is not None:
+            return self.take_unwritten_messages()
+        pieces = self._take_unwritten()
+        if self.taken is not None:
+            # Cut off in the middle, or never begun: perhaps not read.
+            pieces.insert(0, self.taken.data)
+            self.taken = None
+        return _messages_in(pieces)
 
     def _take_unwritten(self) -> list[bytes]:
         """Take what waits in the channel's buffer, counted as gone. (A
         batch the channel handed straight to a waiting writer is not in
         the buffer: that writer writes it.)"""
         pieces = []
+        oldest = self.next_seq
         while self.in_channel:
             try:
                 first, data, frames = self._inbox.receive_nowait()
             except trio.WouldBlock:
                 break
+            oldest = min(oldest, first)
             self.in_channel -= 1
             self.queued_frames -= frames
             self.queued_bytes -= len(data)
@@ -404,6 +426,12 @@ class Mailbox:
             while answers and answers[0][0] < first + frames:
                 self.answer_bytes -= answers.pop(0)[1]
             pieces.append(data)
+        unwritten = self._unwritten
+        if unwritten:
+            # What was taken is the newest of what was put: no longer
+            # unwritten (nor kept, once "written").
+            while unwritten and unwritten[-1][0] >= oldest:
+                unwritten.pop()
         return pieces
 
     def drain(self) -> bytes:
@@ -424,6 +452,16 @@ class Mailbox:
         if self._progress is not None:
             self._progress.set()
             self._progress = None
+
+
+def _messages_in(pieces: list[bytes]) -> list[bytes]:
+    """The ``msg`` and ``talk`` frames in *pieces* (whole frames)."""
+    return [
+        line + b"\n"
+        for piece in pieces
+        for line in piece.split(b"\n")
+        if line.startswith((b"msg|", b"talk|"))
+    ]
 
 
 class Turnstile:

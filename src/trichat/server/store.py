@@ -182,9 +182,6 @@ _CHECKPOINT_PAGES = 16384
 # Chunks inserted by one statement, at most (10 values each; SQLite takes
 # 32,766 since version 3.32).
 _INSERT_MOST = 512
-# Reads of an account's offline messages at a login, at most, while more
-# are recorded for it during each (see Store.offline).
-_OFFLINE_READS = 10
 # Spellings of rooms remembered with their conversation, at most.
 _SPELLINGS_MOST = 65536
 # Start-up loads the newest messages into memory for at most this long (the
@@ -696,15 +693,21 @@ class _Waiting:
         self.count = 0
 
 
+def _ignore_refused(to: str, senders: dict[str, int]) -> None:
+    """Nobody to tell (see ``Store.refused``)."""
+
+
 class _Committed:
     """What the writer tells the event loop after a commit."""
 
-    __slots__ = ("batches", "changes", "high_id")
+    __slots__ = ("batches", "changes", "high_id", "refused")
 
     def __init__(self) -> None:
         self.batches: list[_Batch] = []
         self.changes: list[tuple[_Change, Any]] = []
         self.high_id = 0
+        self.refused: list[tuple[str, str]] = []
+        """Offline messages not kept, their account gone: (to, sender)."""
 
 
 _Item: TypeAlias = _Batch | _Change
@@ -780,9 +783,13 @@ class Store:
         # Account changes queued and not yet committed: key -> exists after.
         self._account_changes: dict[str, list[bool]] = {}
         self._offline_count: dict[str, int] = {}
-        # Offline messages recorded for each account since the start (see
-        # ``offline``): a read that saw the count change reads again.
-        self._offline_recorded: dict[str, int] = {}
+        self.refused: Callable[[str, dict[str, int]], None] = _ignore_refused
+        """Told, on the event loop, of direct messages to account NAME
+        recorded as offline messages and not kept after all (another process
+        deleted it before they were written): how many, by sender."""
+        # The offline messages recorded for an account while its offline
+        # messages are read (see ``offline``): one list per read under way.
+        self._offline_reads: dict[str, list[list[Accepted]]] = {}
         # Offline messages delivered (up to that id) whose deletion is queued.
         self._delivered: dict[str, int] = {}
         # Conversations by key, with the id their rows carry; and rooms (and
@@ -1117,9 +1124,8 @@ class Store:
             waiting = self._pending_offline[account_key] = _Waiting()
         waiting.messages.append(accepted)
         waiting.count += len(accepted.texts)
-        self._offline_recorded[account_key] = (
-            self._offline_recorded.get(account_key, 0) + 1
-        )
+        for read in self._offline_reads.get(account_key, ()):
+            read.append(accepted)
         self._record(accepted, account_key, history)
         return True
 
@@ -1264,6 +1270,13 @@ class Store:
             self.committed_id = committed.high_id
         for change, result in committed.changes:
             change.done(result)
+        if committed.refused:
+            senders: dict[str, dict[str, int]] = {}
+            for to, sender in committed.refused:
+                by_sender = senders.setdefault(to, {})
+                by_sender[sender] = by_sender.get(sender, 0) + 1
+            for to, by_sender in senders.items():
+                self.refused(to, by_sender)
         self._progress.set()
         self._progress = trio.Event()
 
@@ -1514,19 +1527,32 @@ class Store:
     async def offline(self, account_key: str) -> list[StoredMessage]:
         """The offline messages kept for *account_key*, in order: all those
         recorded until it returns, so that a login that goes online at once
-        after it leaves none behind (a message recorded while a read ran
-        could be neither in what was waiting before it nor in the file as
-        it read it: then it reads again)."""
-        for _ in range(_OFFLINE_READS - 1):
-            recorded = self._offline_recorded.get(account_key, 0)
-            messages = await self._offline_once(account_key)
-            if self._offline_recorded.get(account_key, 0) == recorded:
-                return messages
-        # (A stream of messages to it that every read misses: the last ones
-        # are delivered at the next login.)
-        return await self._offline_once(account_key)
+        after it leaves none behind. Those recorded while the file is read
+        may be neither in what was waiting to be written before the read
+        nor in the file as it was read: they are collected as they are
+        recorded, and added."""
+        during: list[Accepted] = []
+        reads = self._offline_reads.setdefault(account_key, [])
+        reads.append(during)
+        try:
+            messages = await self._offline_before(account_key)
+        finally:
+            reads.remove(during)
+            if not reads:
+                del self._offline_reads[account_key]
+        if during:
+            # (Some may have reached the file before it was read.)
+            seen = {message.id for message in messages}
+            later = list(newest_first(during, sum(len(a.texts) for a in during)))
+            later.reverse()
+            messages.extend(m for m in later if m.id not in seen)
+            messages.sort(key=lambda message: message.id)
+            done = self._delivered.get(account_key, 0)
+            messages = [message for message in messages if message.id > done]
+        return messages
 
-    async def _offline_once(self, account_key: str) -> list[StoredMessage]:
+    async def _offline_before(self, account_key: str) -> list[StoredMessage]:
+        """The offline messages of *account_key* recorded before this call."""
         # Those delivered whose deletion is not written yet are left out: as
         # of now, before the read (it may be written meanwhile).
         done = self._delivered.get(account_key, 0)
@@ -2067,10 +2093,10 @@ class _Writer:
                 else:
                     assert isinstance(item, _Change)
                     # In order: what came before it is written first.
-                    self._insert(rows, offline)
+                    committed.refused += self._insert(rows, offline)
                     rows, offline = [], []
                     committed.changes.append((item, item.write(connection)))
-            self._insert(rows, offline)
+            committed.refused += self._insert(rows, offline)
             connection.execute("COMMIT")
         except BaseException:
             _roll_back(connection)
@@ -2119,13 +2145,30 @@ class _Writer:
 
     def _insert(
         self, rows: list[Row], offline: list[tuple[str, int, int, str, str, bytes]]
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Insert *rows* of history and *offline* messages; the latter's
+        (to, sender) whose account is gone, which are not kept."""
         if rows:
             chunks = list(_chunks(rows, self.chunk_most))
             _insert_chunks(self.connection, chunks)
             self.inserted += [(chunk[0], chunk[3]) for chunk in chunks]
-        if offline:
-            self.connection.executemany(_INSERT_OFFLINE, offline)
+        if not offline:
+            return []
+        # Another process (the accounts command) may have deleted one since
+        # the event loop last heard: its messages would be kept for nobody.
+        keys = list({row[0] for row in offline})
+        present = {
+            key
+            for (key,) in self.connection.execute(
+                f"SELECT key FROM accounts WHERE key IN ({', '.join('?' * len(keys))})",
+                keys,
+            )
+        }
+        refused = [(row[4], row[3]) for row in offline if row[0] not in present]
+        if refused:
+            offline = [row for row in offline if row[0] in present]
+        self.connection.executemany(_INSERT_OFFLINE, offline)
+        return refused
 
     def _find_overfull(self) -> None:
         """At the start, after a restart with a smaller *history*: the
