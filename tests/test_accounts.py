@@ -19,6 +19,7 @@ from helpers import (
     Msg,
     expect_error_frame,
     expect_quiet,
+    read_until_gone,
     say_hello,
     serving,
 )
@@ -649,3 +650,64 @@ async def test_a_message_to_an_account_deleted_by_the_command_is_refused(
         await expect_error_frame(bob, "no-such-user", "carol")
         await bob.send("talk|carol|hello?")
         await expect_error_frame(bob, "no-such-user", "carol")
+
+
+async def big_room(live: LiveServer, name: str = "writer") -> None:
+    """#big holds 100 messages of 3,900 bytes (a page of them is 390 KB)."""
+    writer = await v2(live)
+    await writer.login(name)
+    await writer.send("join|#big")
+    await writer.expect(f"join|#big|{name}")
+    for number in range(100):
+        await writer.send(f"talk|#big|{number} " + "y" * 3900)
+    await writer.pong_after("said")
+
+
+async def test_history_asked_faster_than_it_is_read_waits_for_the_reading(
+    tmp_path: Path,
+) -> None:
+    # Answers do not count against --queue-bytes, but a page is asked for
+    # only once the answers not yet read are within it: all come, in order.
+    async with store_server(tmp_path / "t.db", rate=0, queue_bytes=65536) as live:
+        await big_room(live)
+        reader = await v2(live)
+        await reader.login("reader")
+        await reader.send("join|#big")
+        await reader.pong_after("joined")  # writer's login, the joins
+        await reader.send_raw(b"history|#big|latest|100\n" * 20)
+        for _ in range(20):
+            page = await reader.read_lines(101)
+            assert page[-1] == "history|#big|100"
+            texts = [line.split("|", 5)[5] for line in page[:-1]]
+            assert texts == [f"{number} " + "y" * 3900 for number in range(100)]
+
+
+async def test_a_client_that_asks_for_history_and_reads_none_is_dropped(
+    tmp_path: Path,
+) -> None:
+    # Before, 200 pages asked for and never read took 79 MB of the server.
+    async with store_server(
+        tmp_path / "t.db", rate=0, stall_timeout=0.2, queue_bytes=65536
+    ) as live:
+        await big_room(live)
+        ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
+        ended = trio.Event()
+
+        async def serve() -> None:
+            await live.server.serve_connection(theirs, "127.0.0.1")
+            ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            hog = LineClient(ours)
+            await say_hello(hog)
+            await hog.login("hog")
+            await hog.send("join|#big")
+            await hog.pong_after("joined")  # writer's login, the joins
+            nursery.start_soon(hog.send_raw, b"history|#big|latest|100\n" * 200)
+            with trio.fail_after(STEP_TIMEOUT):
+                await ended.wait()
+            # (Dropped in the middle of a page: the last line is cut.)
+            got = await read_until_gone(hog.stream)
+            nursery.cancel_scope.cancel()
+        assert got.count(b"history|#big|100\n") < 200

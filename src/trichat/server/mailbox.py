@@ -251,6 +251,22 @@ class Mailbox:
             or (self.queued_bytes - self.answer_bytes) * 2 > self.max_bytes
         )
 
+    async def answers_read(self, most: int, stall_timeout: float) -> bool:
+        """Wait until the server's answers not written yet (``answer_bytes``)
+        are at most *most* bytes, as long as the writer makes progress;
+        False once it has made none for *stall_timeout*, or if the mailbox
+        is closed."""
+        while self.answer_bytes > most:
+            if self.closed:
+                return False
+            if self._progress is None:
+                self._progress = trio.Event()
+            with trio.move_on_after(stall_timeout) as waited:
+                await self._progress.wait()
+            if waited.cancelled_caught:
+                return False
+        return True
+
     async def make_room(self, stall_timeout: float) -> None:
         """Wait until the mailbox is at most half full, as long as its writer
         keeps writing: after *stall_timeout* without progress, mark it

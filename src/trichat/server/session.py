@@ -668,6 +668,11 @@ class Session:
         first, then ``history|TARGET|COUNT``, as one answer."""
         store, member = self.store, self.member
         assert member is not None
+        if self.mailbox.answer_bytes > self.config.queue_bytes:
+            # The client asks faster than it reads its answers, which do
+            # not count against its queue: this one (and its reading) waits.
+            self.pending = partial(self._history_once_read, request)
+            return
         target = request.target
         if store is None or not store.history_size:
             self.reply(Error(ErrorCode.NO_HISTORY, "this server keeps no history"))
@@ -710,6 +715,24 @@ class Session:
             self._answer_history(target, found)
 
         self.pending = answer
+
+    async def _history_once_read(self, request: History) -> None:
+        """``_history`` once the answers not written yet are within
+        ``--queue-bytes``; a client that reads none of them for
+        ``--stall-timeout`` is dropped as too slow."""
+        config = self.config
+        try:
+            read = await self.mailbox.answers_read(
+                config.queue_bytes, config.stall_timeout
+            )
+        except trio.Cancelled:
+            # (A deadline, say: the request is taken up again after it.)
+            self.pending = partial(self._history_once_read, request)
+            raise
+        if read:
+            self._history(request)
+        elif not self.stopped:
+            self.kick("too slow: outgoing queue full")
 
     def _answer_history(self, target: str, found: list[StoredMessage]) -> None:
         """The ``hist`` frames of *found*, then ``history|TARGET|COUNT``."""
