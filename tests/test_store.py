@@ -1173,3 +1173,27 @@ async def test_a_commit_a_read_saw_before_the_store_was_told_is_kept_once(
         now = store.history_now("#r", "latest", None, 10)
         assert now is not None
         assert ids(now) == [1, 2, 4]
+
+
+async def test_a_damaged_file_stops_the_store_with_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lock or a full disk is waited out; anything else SQLite says of a
+    # write (a damaged file) stops the store, and so the server, with a
+    # StoreError that `trichat serve` says in one line, not a traceback.
+    def damaged(self: object, batch: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr("trichat.server.store._Writer._commit", damaged)
+    store = Store(tmp_path / "t.db", hasher=cheap_hasher())
+    with (
+        trio.fail_after(STEP),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(StoreError, match="disk image is malformed"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            store.record(talk("alice", "*", 1, "hi"))
+            await store.flush()

@@ -921,7 +921,17 @@ class Store:
         # ends by itself once told to stop (within stop_timeout). A thread
         # of its own: the default limiter's threads are for reads.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
+            try:
+                await trio.to_thread.run_sync(
+                    writer.run, limiter=trio.CapacityLimiter(1)
+                )
+            except sqlite3.Error as error:
+                # Not a lock or a full disk, which it waits out: the file is
+                # damaged, say. Stopping says so in a line, with no trace.
+                raise StoreError(
+                    f"the store {self.path} failed ({error}); the server stops"
+                    f" with {self.backlog} messages unwritten"
+                ) from error
 
     async def _checkpoint(self, file: str) -> None:
         """Copy the WAL into the file every _CHECKPOINT_EVERY seconds, in
@@ -947,6 +957,10 @@ class Store:
                 except sqlite3.OperationalError as error:
                     log.warning("store checkpoint failed, will retry: %s", error)
                     busy = True
+                except sqlite3.Error as error:
+                    raise StoreError(
+                        f"the store {self.path} failed ({error}); the server stops"
+                    ) from error
                 if emptying and busy:
                     self._log_to_empty = True  # the next one tries again
         finally:
