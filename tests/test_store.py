@@ -1197,3 +1197,21 @@ async def test_a_damaged_file_stops_the_store_with_a_store_error(
             await nursery.start(store.run)
             store.record(talk("alice", "*", 1, "hi"))
             await store.flush()
+
+
+async def test_stop_now_leaves_what_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file locked by another process is waited out, within stop_timeout
+    # at a stop; a second Ctrl-C (stop_now) does not wait for it.
+    def locked(self: object, batch: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    store = Store(tmp_path / "t.db", hasher=cheap_hasher(), stop_timeout=10 * STEP)
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            monkeypatch.setattr("trichat.server.store._Writer._commit", locked)
+            store.record(talk("alice", "*", 1, "never written"))
+            store.stop_now()
+            nursery.cancel_scope.cancel()

@@ -368,6 +368,8 @@ async def run(server: ChatServer) -> None:
             async for signum in signals:
                 if server.stopping:
                     log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    if server.store is not None:
+                        server.store.stop_now()  # (its writer is shielded)
                     nursery.cancel_scope.cancel()
                     return
                 log.info("%s received", signal.Signals(signum).name)

@@ -821,6 +821,7 @@ class Store:
         self._wake = threading.Event()
         self._writer_waiting = False
         self._stopping = False
+        self._stop_now = False
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._lost = 0
 
@@ -965,6 +966,12 @@ class Store:
                     self._log_to_empty = True  # the next one tries again
         finally:
             connection.close()
+
+    def stop_now(self) -> None:
+        """Stop without writing what is left (a second Ctrl-C): the writer
+        ends once the commit under way, if any, is done."""
+        self._stop_now = self._stopping = True
+        self._wake.set()
 
     def _stop_writer(self) -> None:
         self._hand_over()
@@ -2019,6 +2026,11 @@ class _Writer:
             stopping = store._stopping
             batch = carried + self._take(wait=not carried)
             carried = []
+            if store._stop_now:
+                left = len(batch) + len(store._queue)
+                if left:
+                    log.error("store stopped at once with %d changes unwritten", left)
+                return
             if store._stopping and stop_by is None:
                 stop_by = time.monotonic() + store.stop_timeout
             if batch:
