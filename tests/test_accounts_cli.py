@@ -102,6 +102,10 @@ async def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         == 1
     )
     assert "No such file" in capsys.readouterr().err
+    typo = tmp_path / "t.bd"
+    assert accounts("list", "--db", str(typo)) == 1
+    assert f"no store at {typo}" in capsys.readouterr().err
+    assert not await trio.Path(typo).exists()
     async with running(db) as store:
         assert await store.verify("alice", "password0")
 
@@ -125,6 +129,13 @@ async def test_the_password_from_a_prompt_that_does_not_echo(
     assert "differ" in capsys.readouterr().err
     async with running(db) as store:
         assert await store.verify("alice", "typed password")
+
+    def interrupted(prompt: str = "") -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(getpass, "getpass", interrupted)
+    # Ctrl-C at the prompt: the status a shell gives an interrupted command.
+    assert accounts("set-password", "alice", "--db", str(db)) == 130
 
 
 async def test_the_default_file_is_made_in_the_data_directory(

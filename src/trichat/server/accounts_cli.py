@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import signal
 import sqlite3
 import sys
 import warnings
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``trichat accounts``; the exit status."""
     path = Path(args.db) if args.db else default_path()
+    if args.db and not path.exists():
+        # A typo would otherwise make an empty store and list nobody.
+        return _fail(f"no store at {path}: `trichat serve --db {path}` makes one")
     try:
         connection = open_database(path)
     except (OSError, StoreError, sqlite3.Error) as error:
@@ -96,9 +100,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except (BadPassword, NoTerminal, OSError, sqlite3.Error) as error:
         return _fail(error)
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         print(file=sys.stderr)
         return _fail("no password given")
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: as a shell reports it
+        print(file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         connection.close()
 
