@@ -519,10 +519,10 @@ class _Session:
                 self._lost = None
                 recovered = ""
                 if event.recovered:
-                    plural = "" if event.recovered == 1 else "s"
+                    count = event.recovered
                     recovered = (
-                        f"; {event.recovered} message{plural} found in the"
-                        " server's history follow"
+                        f"; {count} message{'' if count == 1 else 's'} found in"
+                        f" the server's history follow{'s' if count == 1 else ''}"
                     )
                 self.problem(
                     f"back, but the session was not kept ({escape(event.reason)}):"

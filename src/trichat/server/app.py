@@ -930,7 +930,10 @@ class ChatServer:
         if self.stopping:
             return
         self.stopping = True
-        log.info("shutting down: closing %d connections", len(self._connections))
+        count = len(self._connections)
+        log.info(
+            "shutting down: closing %d connection%s", count, "" if count == 1 else "s"
+        )
         self._accepting.cancel()
         for member in list(self._waiting):
             self._end_waiting(member, "server shutting down")

@@ -1302,7 +1302,11 @@ class ChatModel:
     def _win(self, rest: str) -> None:
         if rest.isdigit():
             if not self.show_number(int(rest)):
-                self.problem(f"there is no window {rest}: {len(self.windows)} are open")
+                count = len(self.windows)
+                self.problem(
+                    f"there is no window {rest}:"
+                    f" {count} {'is' if count == 1 else 'are'} open"
+                )
             return
         window = self.find_window(rest) if rest else None
         if window is None:
