@@ -1215,3 +1215,24 @@ async def test_stop_now_leaves_what_cannot_be_written(
             store.record(talk("alice", "*", 1, "never written"))
             store.stop_now()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("committed", [False, True])
+async def test_offline_messages_come_in_id_order_whatever_order_they_were_kept(
+    tmp_path: Path, committed: bool
+) -> None:
+    # What a closing connection did not write is kept after what was sent
+    # meanwhile, with its older ids: read in id order, and once delivered
+    # up to the newest, none comes again.
+    async with running(tmp_path / "t.db") as store:
+        await store.register("bob", "password2")
+        assert store.record_offline(talk("alice", "bob", 100, "later"), "bob")
+        if committed:
+            await store.flush()
+        assert store.record_offline(
+            talk("alice", "bob", 50, "left unwritten"), "bob", history=False
+        )
+        kept = await store.offline("bob")
+        assert [(m.id, m.text) for m in kept] == [(50, "left unwritten"), (100, "later")]
+        store.offline_delivered("bob", kept[-1].id)
+        assert await store.offline("bob") == []

@@ -888,7 +888,11 @@ class ChatServer:
                 continue
             # Direct messages to it (its own echoed name their target, and
             # a note to itself is one).
-            if isinstance(message, Message) and message.to == member.name:
+            if (
+                isinstance(message, Message)
+                and message.to == member.name
+                and message.id > store.delivered_through(member.key)
+            ):
                 accepted = Accepted(
                     message.sender,
                     message.to,
@@ -896,7 +900,9 @@ class ChatServer:
                     message.id,
                     message.time_ms,
                 )
-            elif isinstance(message, Delivery) and message.to == member.name:
+            elif isinstance(message, (Message, Delivery)) and message.to == member.name:
+                # No id (protocol 1), or one at or below what a login since
+                # took as delivered: a new one, or it would never be.
                 accepted = self.hub.restamp(message.sender, message.to, message.text)
             else:
                 continue

@@ -1565,12 +1565,19 @@ class Store:
             # (Some may have reached the file before it was read.)
             seen = {message.id for message in messages}
             later = list(newest_first(during, sum(len(a.texts) for a in during)))
-            later.reverse()
             messages.extend(m for m in later if m.id not in seen)
-            messages.sort(key=lambda message: message.id)
             done = self._delivered.get(account_key, 0)
             messages = [message for message in messages if message.id > done]
+        # In id order, whatever the order they were recorded in (what a
+        # connection left unwritten is kept after what came meanwhile).
+        messages.sort(key=lambda message: message.id)
         return messages
+
+    def delivered_through(self, account_key: str) -> int:
+        """The id up to which *account_key*'s offline messages were
+        delivered (a message kept with an id at or below it would never
+        be)."""
+        return self._delivered.get(account_key, 0)
 
     async def _offline_before(self, account_key: str) -> list[StoredMessage]:
         """The offline messages of *account_key* recorded before this call."""
@@ -1583,11 +1590,13 @@ class Store:
             if waiting is None
             else list(newest_first(waiting.messages, waiting.count))
         )
-        newer.reverse()
-        below = newer[0].id if newer else _NO_ID
+        # (Pending ids are not all above those in the file: what a closing
+        # connection left unwritten is kept with its own, older ids.)
+        pending = {message.id for message in newer}
         messages = await self._read(
-            lambda connection: _read_offline(connection, account_key, below)
+            lambda connection: _read_offline(connection, account_key, None)
         )
+        messages = [message for message in messages if message.id not in pending]
         messages.extend(newer)
         return [message for message in messages if message.id > done]
 
