@@ -1233,6 +1233,9 @@ async def test_offline_messages_come_in_id_order_whatever_order_they_were_kept(
             talk("alice", "bob", 50, "left unwritten"), "bob", history=False
         )
         kept = await store.offline("bob")
-        assert [(m.id, m.text) for m in kept] == [(50, "left unwritten"), (100, "later")]
+        assert [(m.id, m.text) for m in kept] == [
+            (50, "left unwritten"),
+            (100, "later"),
+        ]
         store.offline_delivered("bob", kept[-1].id)
         assert await store.offline("bob") == []

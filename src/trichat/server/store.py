@@ -1594,7 +1594,7 @@ class Store:
         # connection left unwritten is kept with its own, older ids.)
         pending = {message.id for message in newer}
         messages = await self._read(
-            lambda connection: _read_offline(connection, account_key, None)
+            lambda connection: _read_offline(connection, account_key)
         )
         messages = [message for message in messages if message.id not in pending]
         messages.extend(newer)
@@ -1920,12 +1920,9 @@ def _write_last_id(connection: sqlite3.Connection, last_id: int) -> None:
     connection.execute("INSERT OR REPLACE INTO meta VALUES ('last_id', ?)", (last_id,))
 
 
-def _read_offline(
-    connection: sqlite3.Connection, account: str, below: int | None
-) -> list[StoredMessage]:
+def _read_offline(connection: sqlite3.Connection, account: str) -> list[StoredMessage]:
     rows = connection.execute(
-        f"SELECT {_COLUMNS} FROM offline WHERE account = ? AND id < ? ORDER BY id",
-        (account, _NO_ID if below is None else below),
+        f"SELECT {_COLUMNS} FROM offline WHERE account = ? ORDER BY id", (account,)
     )
     return _messages(rows)
 
