@@ -439,6 +439,23 @@ class Unread:
         self.ended = ended
 
 
+def lockstep_client(
+    live: LiveServer, nursery: trio.Nursery
+) -> tuple[LineClient, trio.Event]:
+    """A client on a connection with no buffer (what it does not read, the
+    server's writer is still writing), served in *nursery*; the event is
+    set once the server is done with the connection."""
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    ended = trio.Event()
+
+    async def serve() -> None:
+        await live.server.serve_connection(theirs, "127.0.0.1")
+        ended.set()
+
+    nursery.start_soon(serve)
+    return LineClient(ours), ended
+
+
 @asynccontextmanager
 async def unread_alice(db: Path, version: int, **config: Any) -> AsyncIterator[Unread]:
     """A server on *db* with *config*, and alice on it on protocol *version*."""
@@ -453,16 +470,8 @@ async def _unread(live: LiveServer, version: int) -> AsyncIterator[Unread]:
     await first.send(f"register|{PASSWORD}")
     await first.expect("registered|alice")
     await first.send("exit")
-    ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
-    ended = trio.Event()
-
-    async def serve() -> None:
-        await live.server.serve_connection(theirs, "127.0.0.1")
-        ended.set()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
-        alice = LineClient(ours)
+        alice, ended = lockstep_client(live, nursery)
         if version >= 2:
             await say_hello(alice)
         await alice.send(f"login|alice|{PASSWORD}")
@@ -690,16 +699,8 @@ async def test_a_client_that_asks_for_history_and_reads_none_is_dropped(
         tmp_path / "t.db", rate=0, stall_timeout=0.2, queue_bytes=65536
     ) as live:
         await big_room(live)
-        ours, theirs = trio.testing.lockstep_stream_pair()  # no buffer
-        ended = trio.Event()
-
-        async def serve() -> None:
-            await live.server.serve_connection(theirs, "127.0.0.1")
-            ended.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
-            hog = LineClient(ours)
+            hog, ended = lockstep_client(live, nursery)
             await say_hello(hog)
             await hog.login("hog")
             await hog.send("join|#big")
