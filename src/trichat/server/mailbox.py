@@ -442,12 +442,11 @@ class Mailbox:
             while answers and answers[0][0] < first + frames:
                 self.answer_bytes -= answers.pop(0)[1]
             pieces.append(data)
+        # What was taken is the newest of what was put: no longer unwritten
+        # (nor kept, once "written").
         unwritten = self._unwritten
-        if unwritten:
-            # What was taken is the newest of what was put: no longer
-            # unwritten (nor kept, once "written").
-            while unwritten and unwritten[-1][0] >= oldest:
-                unwritten.pop()
+        while unwritten and unwritten[-1][0] >= oldest:
+            unwritten.pop()
         return pieces
 
     def drain(self) -> bytes:

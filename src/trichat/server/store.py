@@ -1242,7 +1242,7 @@ class Store:
     def offline_delivered(self, account_key: str, up_to_id: int) -> None:
         """The offline messages of *account_key* up to id *up_to_id* were
         delivered: they are deleted (queued for the writer)."""
-        done = max(self._delivered.get(account_key, 0), up_to_id)
+        done = max(self.delivered_through(account_key), up_to_id)
         self._delivered[account_key] = done
 
         def write(connection: sqlite3.Connection) -> int:
@@ -1566,7 +1566,7 @@ class Store:
             seen = {message.id for message in messages}
             later = list(newest_first(during, sum(len(a.texts) for a in during)))
             messages.extend(m for m in later if m.id not in seen)
-            done = self._delivered.get(account_key, 0)
+            done = self.delivered_through(account_key)
             messages = [message for message in messages if message.id > done]
         # In id order, whatever the order they were recorded in (what a
         # connection left unwritten is kept after what came meanwhile).
@@ -1583,7 +1583,7 @@ class Store:
         """The offline messages of *account_key* recorded before this call."""
         # Those delivered whose deletion is not written yet are left out: as
         # of now, before the read (it may be written meanwhile).
-        done = self._delivered.get(account_key, 0)
+        done = self.delivered_through(account_key)
         waiting = self._pending_offline.get(account_key)
         newer = (
             []
